@@ -1,0 +1,270 @@
+"""The ``land`` command line (also ``python -m land`` and ``PythonSlicer -m land``).
+
+Exit codes: 0 ok; 2 bad input; 3 model problem; 130 cancelled (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, LANDError, ModelError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def bundled_resources() -> Path:
+    """The extension's ``Resources`` folder (repository checkout or installed Slicer extension)."""
+    return Path(__file__).resolve().parents[2] / "Resources"
+
+
+def default_model_dir() -> Path:
+    return bundled_resources() / "Models" / "land-demo-phantom"
+
+
+def parse_memory(text: str) -> int:
+    """'2G', '1536M', '500000000' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"memory size {text!r} not understood; use e.g. 2G or 1500M") from e
+
+
+class Reporter:
+    """Prints progress as a tqdm bar, JSON lines (for the Slicer module) or nothing."""
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.bar = None
+        self.started: dict[str, float] = {}
+        self.last = time.monotonic()
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        if self.style == "json":
+            print(json.dumps(obj), flush=True)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        self.emit({"warning": message})
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage, step, total = event["stage"], event["step"], event["total"]
+        now = time.monotonic()
+        start = self.started.setdefault(stage, self.last)
+        self.last = now
+        eta = (now - start) / max(step, 1) * (total - step)
+        if self.style == "json":
+            self.emit({"stage": stage, "step": step, "total": total, "eta_s": round(eta, 1)})
+        elif self.style == "bar":
+            from tqdm import tqdm
+
+            if self.bar is None or self.bar.desc != stage:
+                self.close()
+                self.bar = tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
+            self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------- commands
+@command("init-model")
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from .pipeline import LANDPipeline
+
+    pipe = LANDPipeline.from_config(args.config, seed=args.seed)
+    if args.name:
+        pipe.config.name = args.name
+    pipe.config.provenance = {"created_by": "land init-model", "config": args.config, "seed": args.seed}
+    pipe.config.card = "Random weights (untrained): for tests, benchmarks and as the start of training only."
+    out = pipe.save_pretrained(args.out)
+    counts = pipe.parameter_counts()
+    print(f"wrote untrained {args.config} model to {out}")
+    print(f"parameters: U-Net {counts['unet']:,}, VAE {counts['vae']:,}")
+    return 0
+
+
+def _load_masks(args: argparse.Namespace):
+    from .conditioning import parse_texture_overrides
+    from .io import read_masks
+
+    overrides = parse_texture_overrides(args.texture) if args.texture else None
+    if args.mask is None and args.nodules is None:
+        if overrides:
+            raise InputError("--texture was given without masks; add --mask (and --nodules) or drop --texture")
+        return None
+    if args.mask is None:
+        raise InputError("--nodules needs --mask (the lung mask image, or a .seg.nrrd with lungs and nodules)")
+    return read_masks(args.mask, args.nodules, overrides)
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .io import write_volume
+    from .pipeline import LANDPipeline
+
+    reporter = Reporter(args.progress)
+    warnings.showwarning = lambda message, *a, **k: reporter.warning(str(message))
+    out = Path(args.out)
+    if not out.name.endswith((".nii.gz", ".nii", ".nrrd")):
+        raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist; create it or choose another --out")
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    if args.model is None and not (model_dir / "model.json").is_file():
+        raise ModelError(
+            "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
+            "model directory (train one with land train-ldm, or make an untrained test model with "
+            "land init-model --config small --out DIR)"
+        )
+    masks = _load_masks(args)
+    pipe = LANDPipeline.from_pretrained(model_dir)
+    if not pipe.config.trained:
+        reporter.warning(f"model {pipe.config.name} is UNTRAINED (random weights): the output is noise")
+
+    cancel = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        ct = pipe.generate(
+            masks,
+            mode=args.mode,
+            steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            device=args.device,
+            progress=reporter,
+            cancel=cancel,
+            strict=args.strict,
+            decode=args.decode,
+            max_memory=args.max_memory,
+            match_input=args.match_input,
+        )
+    except KeyboardInterrupt:
+        from .errors import Cancelled
+
+        raise Cancelled("generation cancelled") from None
+    finally:
+        reporter.close()
+    write_volume(out, ct, ct.metadata)
+    reporter.emit({"done": True, "out": str(out)})
+    if args.progress != "json":
+        print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")
+    return 0
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from .model_dir import ModelConfig, read_model_json
+    from .pipeline import LANDPipeline
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    meta = read_model_json(model_dir)
+    cfg = ModelConfig.from_json(meta)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    counts = LANDPipeline.from_config(cfg).parameter_counts()
+    lines = [
+        f"model       {cfg.name} ({model_dir})",
+        f"trained     {'yes' if cfg.trained else 'NO (random weights)'}",
+        f"grid        {'x'.join(map(str, cfg.grid_size))} voxels at {'x'.join(map(str, cfg.spacing))} mm",
+        f"latent      {cfg.unet.latent_channels}x{'x'.join(map(str, cfg.latent_size))}",
+        f"mode        {cfg.mode}",
+        f"intensity   HU [{cfg.intensity['hu_min']:g}, {cfg.intensity['hu_max']:g}] <-> [0, 1]",
+        f"parameters  U-Net {counts['unet']:,}, VAE {counts['vae']:,}",
+        f"U-Net       channels {list(cfg.unet.channels)}, attention {list(cfg.unet.attention_levels)}",
+        f"VAE         channels {list(cfg.vae.channels)}, latent scale {cfg.latent_scale:g}",
+    ]
+    for key, value in cfg.provenance.items():
+        lines.append(f"provenance  {key}: {value}")
+    for name, sha in meta.get("weights", {}).items():
+        lines.append(f"sha256      {name} {sha}")
+    print("\n".join(lines))
+    if cfg.card:
+        print("\n" + cfg.card)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .conditioning import MODES
+    from .diffusion import SAMPLERS
+
+    parser = argparse.ArgumentParser(prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks")
+    parser.add_argument("--version", action="version", version=f"land {__import__('land').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init-model", help="write a model directory with random weights (trained: false)")
+    p.add_argument("--config", choices=["paper", "small"], required=True, help="architecture size")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--name", help="model name stored in model.json")
+
+    p = sub.add_parser("generate", help="synthesize a CT from masks (or unconditionally)")
+    p.add_argument("--model", help="model directory (default: the bundled demo model)")
+    p.add_argument("--mask", help="Slicer .seg.nrrd (lungs + nodules + textures) or a lung mask image")
+    p.add_argument("--nodules", help="nodule label image (0 none, 1..K nodules), with a lung --mask")
+    p.add_argument("--texture", help="texture per nodule label, e.g. 1=5,2=3 (1 non-solid .. 5 solid)")
+    p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    p.add_argument("--strict", action="store_true", help="nodules outside the lungs are an error")
+    p.add_argument("--decode", choices=["tiled", "full"], default="tiled", help="tiled: bounded memory")
+    p.add_argument("--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)")
+    p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
+    p.add_argument("--out", required=True, help="output .nii.gz or .nrrd")
+
+    p = sub.add_parser("info", help="print a model's card")
+    p.add_argument("--model", help="model directory (default: the bundled demo model)")
+    p.add_argument("--json", action="store_true", help="print model.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except LANDError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if getattr(args, "progress", None) == "json":
+            print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

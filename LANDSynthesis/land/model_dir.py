@@ -1,0 +1,201 @@
+"""Model directories: ``model.json`` (architecture, grid, intensity window, provenance, hashes) + safetensors.
+
+Weights are never unpickled: they are read with safetensors after their sha256 matches ``model.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelError
+from .models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
+
+FORMAT = "land-model/1"
+MODEL_JSON = "model.json"
+WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
+DIFFUSION_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "schedule": "linear_beta",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "prediction_type": "v_prediction",
+}
+# MAISI's CT mapping: HU clipped to [-1000, 1000] and scaled linearly to [0, 1].
+INTENSITY_DEFAULTS = {"hu_min": -1000.0, "hu_max": 1000.0}
+
+
+@dataclass
+class ModelConfig:
+    """Everything in ``model.json`` except the hashes, which are computed when saving."""
+
+    name: str
+    vae: VAEConfig
+    unet: UNetConfig
+    grid_size: tuple[int, int, int] = (256, 256, 256)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mode: str = "nodule+lung+texture"
+    latent_scale: float = 1.0
+    trained: bool = False
+    intensity: dict[str, float] = field(default_factory=lambda: dict(INTENSITY_DEFAULTS))
+    diffusion: dict[str, Any] = field(default_factory=lambda: dict(DIFFUSION_DEFAULTS))
+    provenance: dict[str, Any] = field(default_factory=dict)
+    card: str = ""
+
+    @property
+    def latent_size(self) -> tuple[int, int, int]:
+        c = self.vae.compression
+        return tuple(s // c for s in self.grid_size)  # type: ignore[return-value]
+
+    def validate(self) -> None:
+        """Check the grid against the networks' down-sampling; raise ModelError naming the problem."""
+        c = self.vae.compression
+        f = c * 2 ** (len(self.unet.channels) - 1)
+        if any(s % f for s in self.grid_size):
+            raise ModelError(
+                f"grid size {self.grid_size} must be divisible by {f} (VAE compression {c} x U-Net "
+                f"down-sampling {f // c}); fix 'grid.size' in {MODEL_JSON}"
+            )
+        if self.vae.latent_channels != self.unet.latent_channels:
+            raise ModelError(
+                f"VAE latent channels ({self.vae.latent_channels}) differ from the U-Net's "
+                f"({self.unet.latent_channels}); the two networks do not belong together"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "trained": self.trained,
+            "vae": self.vae.to_dict(),
+            "unet": self.unet.to_dict(),
+            "grid": {"size": list(self.grid_size), "spacing": list(self.spacing)},
+            "intensity": dict(self.intensity),
+            "conditioning": {"mode": self.mode, "encoding": "background 0, lung 0.5, nodule texture 1..5; /5"},
+            "diffusion": dict(self.diffusion),
+            "latent_scale": self.latent_scale,
+            "provenance": dict(self.provenance),
+            "card": self.card,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelConfig:
+        if d.get("format") != FORMAT:
+            raise ModelError(f"{MODEL_JSON} has format {d.get('format')!r}; this LAND reads {FORMAT!r}")
+        try:
+            return cls(
+                name=str(d["name"]),
+                vae=VAEConfig.from_dict(d["vae"]),
+                unet=UNetConfig.from_dict(d["unet"]),
+                grid_size=tuple(int(s) for s in d["grid"]["size"]),  # type: ignore[arg-type]
+                spacing=tuple(float(s) for s in d["grid"]["spacing"]),  # type: ignore[arg-type]
+                mode=str(d["conditioning"]["mode"]),
+                latent_scale=float(d.get("latent_scale", 1.0)),
+                trained=bool(d.get("trained", False)),
+                intensity={k: float(v) for k, v in d.get("intensity", INTENSITY_DEFAULTS).items()},
+                diffusion=dict(d.get("diffusion", DIFFUSION_DEFAULTS)),
+                provenance=dict(d.get("provenance", {})),
+                card=str(d.get("card", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{MODEL_JSON} is incomplete or invalid ({type(e).__name__}: {e})") from e
+
+
+def named_config(config: str, name: str | None = None) -> ModelConfig:
+    """A ``paper`` or ``small`` model configuration (untrained)."""
+    if config not in UNET_CONFIGS:
+        raise ModelError(f"unknown config {config!r}; choose one of {sorted(UNET_CONFIGS)}")
+    grid = (256, 256, 256) if config == "paper" else (128, 128, 128)
+    spacing = (1.0, 1.0, 1.0) if config == "paper" else (2.0, 2.0, 2.0)
+    cfg = ModelConfig(
+        name=name or f"land-{config}-untrained",
+        vae=VAEConfig(**VAE_CONFIGS[config].to_dict()),
+        unet=UNetConfig.from_dict(UNET_CONFIGS[config].to_dict()),
+        grid_size=grid,
+        spacing=spacing,
+    )
+    cfg.validate()
+    return cfg
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The raw ``model.json`` of a model directory (ModelError when missing or not JSON)."""
+    path = Path(model_dir) / MODEL_JSON
+    if not Path(model_dir).is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist; pass --model with a LAND model directory")
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; a LAND model directory holds {MODEL_JSON} and *.safetensors")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from e
+
+
+def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """Verify each weights file against the sha256 in ``model.json`` and load it with safetensors."""
+    hashes = meta.get("weights", {})
+    out = {}
+    for key, filename in WEIGHT_FILES.items():
+        path = Path(model_dir) / filename
+        expected = hashes.get(filename)
+        if not path.is_file():
+            raise ModelError(f"weights file {path} is missing")
+        if not expected:
+            raise ModelError(f"{MODEL_JSON} has no sha256 for {filename}; refusing to load unverified weights")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelError(
+                f"sha256 of {path} is {actual[:16]}…, {MODEL_JSON} expects {expected[:16]}…: the file is "
+                "corrupt, truncated or was replaced; download or copy the model again"
+            )
+        try:
+            out[key] = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"cannot read {path}: {e}") from e
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model_dir(
+    model_dir: str | os.PathLike, config: ModelConfig, state_dicts: dict[str, dict[str, torch.Tensor]]
+) -> Path:
+    """Write weights (safetensors) and ``model.json`` with their sha256; files are replaced atomically."""
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for key, filename in WEIGHT_FILES.items():
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dicts[key].items()}
+        _atomic_write(out / filename, lambda p, t=tensors: save_file(t, p, metadata={"format": "pt"}))
+        hashes[filename] = sha256_file(out / filename)
+    meta = config.to_json()
+    meta["weights"] = hashes
+    _atomic_write(out / MODEL_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    return out

@@ -1,0 +1,236 @@
+"""LAND's 3D denoising U-Net: additive skips, timestep embedding, cross-attention to mask tokens.
+
+Assembled from MONAI's diffusion blocks (``DiffusionUNetResnetBlock``, ``SpatialTransformer``,
+``get_timestep_embedding``). MONAI's ``DiffusionModelUNet`` concatenates skip connections; LAND adds
+them, which keeps every decoder block at the encoder's width (fewer parameters, less compute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets.diffusion_model_unet import (
+    DiffusionUNetResnetBlock,
+    SpatialTransformer,
+    get_timestep_embedding,
+    zero_module,
+)
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of :class:`LANDUNet` (stored in ``model.json``)."""
+
+    channels: Sequence[int] = (128, 384, 512, 512, 512)
+    num_res_blocks: int = 2
+    attention_levels: Sequence[bool] = (False, False, False, True, True)
+    latent_channels: int = 4
+    cond_channels: int = 1
+    num_head_channels: int = 64
+    cross_attention_dim: int = 64
+    mask_patch: int = 4
+    norm_num_groups: int = 32
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["attention_levels"] = list(self.attention_levels)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys: {unknown}")
+        cfg = cls(**known)
+        cfg.channels = tuple(cfg.channels)
+        cfg.attention_levels = tuple(bool(a) for a in cfg.attention_levels)
+        return cfg
+
+
+UNET_CONFIGS: dict[str, UNetConfig] = {
+    # LAND's released training script: base 128 channels, multipliers (1, 3, 4, 4, 4).
+    "paper": UNetConfig(),
+    # CPU demo and tests: base 32, multipliers (1, 2, 2, 4, 4).
+    "small": UNetConfig(
+        channels=(32, 64, 64, 128, 128),
+        num_head_channels=32,
+        cross_attention_dim=32,
+    ),
+}
+
+
+class MaskTokenizer(nn.Module):
+    """Turns the latent-grid conditioning mask into tokens for cross-attention.
+
+    Non-overlapping ``patch``-sized cubes of the mask (plus normalised coordinates, so every token
+    knows where it is) are projected to ``dim``-d tokens: a 64^3 latent mask with patch 4 gives 4096 tokens.
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv3d(in_channels + 3, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        n, _, d, h, w = mask.shape
+        axes = [torch.linspace(-1.0, 1.0, s, device=mask.device, dtype=mask.dtype) for s in (d, h, w)]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).expand(n, 3, d, h, w)
+        tokens = self.proj(torch.cat([mask, coords], dim=1))
+        return self.norm(tokens.flatten(2).transpose(1, 2))
+
+
+class _AttentionBlock(nn.Module):
+    """MONAI ``SpatialTransformer``: self-attention over voxels, then cross-attention to mask tokens."""
+
+    def __init__(self, channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        heads = max(1, channels // cfg.num_head_channels)
+        self.block = SpatialTransformer(
+            spatial_dims=3,
+            in_channels=channels,
+            num_attention_heads=heads,
+            num_head_channels=channels // heads,
+            norm_num_groups=cfg.norm_num_groups,
+            cross_attention_dim=cfg.cross_attention_dim,
+            use_flash_attention=True,
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.block(x, context=context)
+
+
+class _Level(nn.Module):
+    """Residual blocks of one resolution level, each optionally followed by attention."""
+
+    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, temb: int, attn: bool, cfg: UNetConfig):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            DiffusionUNetResnetBlock(
+                spatial_dims=3,
+                in_channels=in_ch if i == 0 else out_ch,
+                out_channels=out_ch,
+                temb_channels=temb,
+                norm_num_groups=cfg.norm_num_groups,
+            )
+            for i in range(n_blocks)
+        )
+        self.attentions = nn.ModuleList(_AttentionBlock(out_ch, cfg) for _ in range(n_blocks)) if attn else None
+
+
+class LANDUNet(nn.Module):
+    """LAND's denoiser: a 3D U-Net with **additive** skip connections.
+
+    Input: noisy latent (N, 4, D, H, W) and the latent-grid conditioning mask (N, 1, D, H, W), which is
+    both concatenated to the latent and tokenised for cross-attention at the attention levels and the
+    middle block. Output: the v-prediction (N, 4, D, H, W). D, H, W must be divisible by 2**(levels-1).
+    """
+
+    def __init__(self, cfg: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or UNetConfig()
+        ch = list(cfg.channels)
+        if len(ch) != len(cfg.attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+        if any(c % cfg.norm_num_groups for c in ch):
+            raise ValueError(f"every channel count must be a multiple of norm_num_groups={cfg.norm_num_groups}")
+        self.cfg = cfg
+        self.use_checkpoint = False
+        temb = ch[0] * 4
+        self.time_embed = nn.Sequential(nn.Linear(ch[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.tokenizer = MaskTokenizer(cfg.cond_channels, cfg.cross_attention_dim, cfg.mask_patch)
+        self.conv_in = Convolution(3, cfg.latent_channels + cfg.cond_channels, ch[0], kernel_size=3, conv_only=True)
+
+        n = cfg.num_res_blocks
+        self.down_levels = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, c in enumerate(ch):
+            prev = ch[i - 1] if i else ch[0]
+            self.down_levels.append(_Level(prev, c, n, temb, cfg.attention_levels[i], cfg))
+            if i < len(ch) - 1:
+                self.downsamplers.append(Convolution(3, c, c, strides=2, kernel_size=3, conv_only=True))
+
+        mid_ch = ch[-1]
+        rb = dict(spatial_dims=3, temb_channels=temb, norm_num_groups=cfg.norm_num_groups)
+        self.mid_res1 = DiffusionUNetResnetBlock(in_channels=mid_ch, out_channels=mid_ch, **rb)
+        self.mid_attn = _AttentionBlock(mid_ch, cfg)
+        self.mid_res2 = DiffusionUNetResnetBlock(in_channels=mid_ch, out_channels=mid_ch, **rb)
+
+        self.up_levels = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            self.up_levels.append(_Level(ch[i], ch[i], n, temb, cfg.attention_levels[i], cfg))
+            if i > 0:
+                self.upsamplers.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        Convolution(3, ch[i], ch[i - 1], kernel_size=3, conv_only=True),
+                    )
+                )
+        self.out = nn.Sequential(
+            nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=1e-6),
+            nn.SiLU(),
+            zero_module(Convolution(3, ch[0], cfg.latent_channels, kernel_size=3, conv_only=True)),
+        )
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.cfg.channels) - 1)
+
+    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and self.training:
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def _level(self, level: _Level, h: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor, skips: list | None):
+        """Run one level; with ``skips`` (decoder) each block first adds the matching encoder feature."""
+        outputs = []
+        for j, resnet in enumerate(level.resnets):
+            if skips is not None:
+                h = h + skips.pop()
+            h = self._run(resnet, h, emb)
+            if level.attentions is not None:
+                h = self._run(level.attentions[j], h, ctx)
+            outputs.append(h)
+        return h, outputs
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.downsampling_factor
+        if x.ndim != 5 or any(s % f for s in x.shape[2:]):
+            raise ValueError(f"latent must be (N, C, D, H, W) with D, H, W divisible by {f}; got {tuple(x.shape)}")
+        if cond is None:
+            cond = torch.zeros((x.shape[0], self.cfg.cond_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        if cond.shape[2:] != x.shape[2:]:
+            raise ValueError(f"conditioning grid {tuple(cond.shape[2:])} differs from latent {tuple(x.shape[2:])}")
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        emb = get_timestep_embedding(timesteps, self.cfg.channels[0]).to(dtype=x.dtype)
+        emb = self.time_embed(emb)
+        ctx = self.tokenizer(cond)
+
+        h = self.conv_in(torch.cat([x, cond], dim=1))
+        skips: list[torch.Tensor] = []
+        for i, level in enumerate(self.down_levels):
+            h, outs = self._level(level, h, emb, ctx, None)
+            skips.extend(outs)
+            if i < len(self.downsamplers):
+                h = self.downsamplers[i](h)
+
+        h = self._run(self.mid_res1, h, emb)
+        h = self._run(self.mid_attn, h, ctx)
+        h = self._run(self.mid_res2, h, emb)
+
+        for i, level in enumerate(self.up_levels):
+            h, _ = self._level(level, h, emb, ctx, skips)
+            if i < len(self.upsamplers):
+                h = self.upsamplers[i](h)
+        return self.out(h)

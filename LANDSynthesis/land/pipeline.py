@@ -1,0 +1,226 @@
+"""``LANDPipeline``: masks in, synthetic CT (HU, int16) out — the diffusers-style entry point of the engine."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
+from .decoding import decode_full, decode_tiled
+from .diffusion import SAMPLERS, default_steps, sample
+from .errors import InputError, ModelError
+from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
+from .models import LANDUNet, build_vae, count_parameters
+from .volume import Volume
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is an InputError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+class LANDPipeline:
+    """A VAE + denoiser pair with its ``model.json`` configuration.
+
+    >>> pipe = LANDPipeline.from_pretrained("Resources/Models/land-demo-phantom")  # doctest: +SKIP
+    >>> ct = pipe.generate(masks, steps=25, sampler="dpmpp2m", seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: ModelConfig, vae: torch.nn.Module, unet: LANDUNet, model_dir: Path | None = None):
+        config.validate()
+        self.config = config
+        self.vae = vae.eval()
+        self.unet = unet.eval()
+        self.model_dir = model_dir
+        self.weights_sha256: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: str | ModelConfig = "small", seed: int = 0) -> LANDPipeline:
+        """Randomly initialised networks (``trained`` false) for a named config or a ModelConfig."""
+        cfg = named_config(config) if isinstance(config, str) else config
+        torch.manual_seed(seed)
+        return cls(cfg, build_vae(cfg.vae), LANDUNet(cfg.unet))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike) -> LANDPipeline:
+        """Load a model directory, verifying every weights file's sha256 before reading it."""
+        meta = read_model_json(model_dir)
+        cfg = ModelConfig.from_json(meta)
+        cfg.validate()
+        weights = load_weights(model_dir, meta)
+        vae, unet = build_vae(cfg.vae), LANDUNet(cfg.unet)
+        for name, net in (("vae", vae), ("unet", unet)):
+            try:
+                net.load_state_dict(weights[name], strict=True)
+            except RuntimeError as e:
+                first = str(e).splitlines()[0]
+                raise ModelError(f"{name} weights do not fit the architecture in model.json: {first}") from e
+        pipe = cls(cfg, vae, unet, Path(model_dir))
+        pipe.weights_sha256 = dict(meta.get("weights", {}))
+        return pipe
+
+    def save_pretrained(self, model_dir: str | os.PathLike) -> Path:
+        """Write ``model.json`` and the two safetensors files (with their sha256)."""
+        out = save_model_dir(model_dir, self.config, {"vae": self.vae.state_dict(), "unet": self.unet.state_dict()})
+        self.weights_sha256 = dict(read_model_json(out)["weights"])
+        return out
+
+    @property
+    def model_id(self) -> str:
+        """Model name plus the first 8 hex digits of the U-Net weights' sha256 (when known)."""
+        sha = self.weights_sha256.get("unet.safetensors", "")
+        return f"{self.config.name}@{sha[:8]}" if sha else self.config.name
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"vae": count_parameters(self.vae), "unet": count_parameters(self.unet)}
+
+    # ------------------------------------------------------------------ generation
+    def grid_reference(self) -> Volume:
+        """The model grid with identity direction, centred at the origin (for unconditional samples)."""
+        size, spacing = self.config.grid_size, self.config.spacing
+        origin = tuple(-(n - 1) * s / 2.0 for n, s in zip(size, spacing, strict=True))
+        return Volume(np.zeros(tuple(reversed(size)), np.uint8), tuple(spacing), origin)
+
+    def on_model_grid(self, reference: Volume) -> bool:
+        """True when a volume already has the model's grid size and spacing."""
+        return tuple(reference.size) == tuple(self.config.grid_size) and bool(
+            np.allclose(reference.spacing, self.config.spacing, atol=1e-4)
+        )
+
+    def prepare_conditioning(
+        self, masks: MaskSet | None, mode: str, strict: bool = False
+    ) -> tuple[torch.Tensor, Volume, MaskSet | None]:
+        """Masks -> (latent-grid conditioning (1,1,d,h,w), model-grid reference, masks on the model grid)."""
+        if masks is None or masks.reference is None:
+            masks, ref = None, self.grid_reference()
+        elif self.on_model_grid(masks.reference):
+            ref = Volume.like(masks.reference, np.zeros(masks.reference.array.shape, np.uint8))
+        else:
+            from .io import to_model_grid
+
+            masks, ref = to_model_grid(masks, self.config.grid_size, self.config.spacing)
+        if masks is None or mode == "none":
+            cond = np.zeros(ref.array.shape, np.float32)
+        else:
+            cond = encode_conditioning(masks, mode, strict=strict).array
+        return pool_to_latent(cond, self.config.vae.compression), ref, masks
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        conditioning: MaskSet | None = None,
+        *,
+        mode: str | None = None,
+        steps: int | None = None,
+        sampler: str = "dpmpp2m",
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        strict: bool = False,
+        decode: str = "tiled",
+        max_memory: int | None = None,
+        match_input: bool = False,
+    ) -> Volume:
+        """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
+
+        ``conditioning`` is a :class:`MaskSet` in any geometry (resampled to the model grid, centred on the
+        lungs) or None (unconditional). Same seed, sampler, steps and device give an identical volume.
+        ``progress`` receives ``{"stage": "denoise"|"decode", "step": i, "total": n}``; setting ``cancel``
+        stops at the next step with :class:`land.Cancelled`.
+        """
+        mode = mode or (self.config.mode if conditioning is not None else "none")
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if decode not in ("tiled", "full"):
+            raise InputError(f"unknown decode {decode!r}; choose 'tiled' or 'full'")
+        if mode != "none" and mode != self.config.mode:
+            warnings.warn(
+                f"model {self.config.name} was trained in mode {self.config.mode!r}; {mode!r} may look wrong",
+                stacklevel=2,
+            )
+        steps = steps or default_steps(sampler)
+        dev = resolve_device(device)
+        cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
+        cond = cond.to(dev)
+
+        def report(stage: str) -> Callable[[int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda i, n: progress({"stage": stage, "step": int(i), "total": int(n)})
+
+        self.unet.to(dev)
+        latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
+        generator = torch.Generator().manual_seed(int(seed))
+        z = sample(
+            lambda x, t: self.unet(x, t, cond),
+            latent_shape,
+            sampler=sampler,
+            steps=steps,
+            generator=generator,
+            device=dev,
+            progress=report("denoise"),
+            cancel=cancel,
+        )
+        self.unet.to("cpu")
+        z = z / self.config.latent_scale
+        self.vae.to(dev)
+        if decode == "tiled":
+            image = decode_tiled(self.vae, z, max_memory=max_memory, device=dev, progress=report("decode"))
+        else:
+            image = decode_full(self.vae, z).cpu()
+        self.vae.to("cpu")
+        if cancel is not None and cancel.is_set():
+            from .errors import Cancelled
+
+            raise Cancelled("generation cancelled")
+        lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
+        hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
+        ct = Volume.like(ref, np.rint(hu).astype(np.int16))
+        ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev)
+        if match_input and conditioning is not None and conditioning.reference is not None:
+            from .io import from_model_grid
+
+            meta = ct.metadata
+            ct = from_model_grid(ct, conditioning.reference, default_hu=int(lo))
+            ct.metadata = meta
+        return ct
+
+    def provenance(
+        self, masks: MaskSet | None, mode: str, sampler: str, steps: int, seed: int, device: torch.device
+    ) -> dict[str, str]:
+        """Metadata stored with every output: what made it, and that it is SYNTHETIC."""
+        textures = {} if masks is None else {int(k): int(v) for k, v in sorted(masks.textures.items())}
+        return {
+            "synthetic": "true",
+            "description": f"SYNTHETIC CT - LAND {self.model_id} seed {seed}",
+            "model": self.model_id,
+            "model_trained": str(self.config.trained).lower(),
+            "mode": mode,
+            "sampler": sampler,
+            "steps": str(steps),
+            "seed": str(seed),
+            "device": device.type,
+            "textures": ",".join(f"{k}={v}" for k, v in textures.items()),
+            "land_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
