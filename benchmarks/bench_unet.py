@@ -19,7 +19,6 @@ import time
 
 def build(kind: str, config: str):
     import torch
-
     from land.models import UNET_CONFIGS, LANDUNet
 
     cfg = UNET_CONFIGS[config]
@@ -83,7 +82,7 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
-    print(f"config {args.config}, latent 4x{args.size}^3 (+1 mask channel), median of {args.repeats} after warm-up")
+    print(f"config {args.config}, latent 4x{args.size}^3 + mask, median of {args.repeats} after a warm-up")
     rows = []
     for kind in args.kinds.split(","):
         cmd = [sys.executable, __file__, "--child", kind, "--size", str(args.size), "--config", args.config]
@@ -93,10 +92,13 @@ def main() -> None:
     names = {"land": "LAND U-Net (additive skips)", "stock": "MONAI DiffusionModelUNet (concat skips)"}
     print(f"{'network':42s} {'params':>10s} {'s/step':>8s} {'peak RSS':>9s}")
     for r in rows:
-        print(f"{names[r['kind']]:42s} {r['params'] / 1e6:9.1f}M {r['s_per_step']:8.2f} {r['peak_rss'] / 2**30:8.2f}G")
+        rss = r["peak_rss"] / 2**30
+        print(f"{names[r['kind']]:42s} {r['params'] / 1e6:9.1f}M {r['s_per_step']:8.2f} {rss:8.2f}G")
     if len(rows) == 2:
-        print(f"ratio LAND/stock: time {rows[0]['s_per_step'] / rows[1]['s_per_step']:.2f}, "
-              f"RSS {rows[0]['peak_rss'] / rows[1]['peak_rss']:.2f}")
+        print(
+            f"ratio LAND/stock: time {rows[0]['s_per_step'] / rows[1]['s_per_step']:.2f}, "
+            f"RSS {rows[0]['peak_rss'] / rows[1]['peak_rss']:.2f}"
+        )
 
 
 if __name__ == "__main__":

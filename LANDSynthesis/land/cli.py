@@ -114,10 +114,14 @@ def _load_masks(args: argparse.Namespace):
     overrides = parse_texture_overrides(args.texture) if args.texture else None
     if args.mask is None and args.nodules is None:
         if overrides:
-            raise InputError("--texture was given without masks; add --mask (and --nodules) or drop --texture")
+            raise InputError(
+                "--texture was given without masks; add --mask (and --nodules) or drop --texture"
+            )
         return None
     if args.mask is None:
-        raise InputError("--nodules needs --mask (the lung mask image, or a .seg.nrrd with lungs and nodules)")
+        raise InputError(
+            "--nodules needs --mask (the lung mask image, or a .seg.nrrd with lungs and nodules)"
+        )
     return read_masks(args.mask, args.nodules, overrides)
 
 
@@ -221,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .conditioning import MODES
     from .diffusion import SAMPLERS
 
-    parser = argparse.ArgumentParser(prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks")
+    parser = argparse.ArgumentParser(
+        prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks"
+    )
     parser.add_argument("--version", action="version", version=f"land {__import__('land').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -244,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.add_argument("--strict", action="store_true", help="nodules outside the lungs are an error")
     p.add_argument("--decode", choices=["tiled", "full"], default="tiled", help="tiled: bounded memory")
-    p.add_argument("--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)")
+    p.add_argument(
+        "--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)"
+    )
     p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
     p.add_argument("--out", required=True, help="output .nii.gz or .nrrd")
 

@@ -80,7 +80,10 @@ class ModelConfig:
             "unet": self.unet.to_dict(),
             "grid": {"size": list(self.grid_size), "spacing": list(self.spacing)},
             "intensity": dict(self.intensity),
-            "conditioning": {"mode": self.mode, "encoding": "background 0, lung 0.5, nodule texture 1..5; /5"},
+            "conditioning": {
+                "mode": self.mode,
+                "encoding": "background 0, lung 0.5, nodule texture 1..5; /5",
+            },
             "diffusion": dict(self.diffusion),
             "latent_scale": self.latent_scale,
             "provenance": dict(self.provenance),
@@ -140,7 +143,9 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The raw ``model.json`` of a model directory (ModelError when missing or not JSON)."""
     path = Path(model_dir) / MODEL_JSON
     if not Path(model_dir).is_dir():
-        raise ModelError(f"model directory {model_dir} does not exist; pass --model with a LAND model directory")
+        raise ModelError(
+            f"model directory {model_dir} does not exist; pass --model with a LAND model directory"
+        )
     if not path.is_file():
         raise ModelError(f"{path} is missing; a LAND model directory holds {MODEL_JSON} and *.safetensors")
     try:
@@ -159,7 +164,9 @@ def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str
         if not path.is_file():
             raise ModelError(f"weights file {path} is missing")
         if not expected:
-            raise ModelError(f"{MODEL_JSON} has no sha256 for {filename}; refusing to load unverified weights")
+            raise ModelError(
+                f"{MODEL_JSON} has no sha256 for {filename}; refusing to load unverified weights"
+            )
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(

@@ -1,4 +1,4 @@
-"""``LANDPipeline``: masks in, synthetic CT (HU, int16) out — the diffusers-style entry point of the engine."""
+"""``LANDPipeline``: masks in, synthetic CT (HU, int16) out; the engine's diffusers-style entry point."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ class LANDPipeline:
     >>> ct = pipe.generate(masks, steps=25, sampler="dpmpp2m", seed=0)  # doctest: +SKIP
     """
 
-    def __init__(self, config: ModelConfig, vae: torch.nn.Module, unet: LANDUNet, model_dir: Path | None = None):
+    def __init__(
+        self, config: ModelConfig, vae: torch.nn.Module, unet: LANDUNet, model_dir: Path | None = None
+    ):
         config.validate()
         self.config = config
         self.vae = vae.eval()
@@ -78,7 +80,9 @@ class LANDPipeline:
 
     def save_pretrained(self, model_dir: str | os.PathLike) -> Path:
         """Write ``model.json`` and the two safetensors files (with their sha256)."""
-        out = save_model_dir(model_dir, self.config, {"vae": self.vae.state_dict(), "unet": self.unet.state_dict()})
+        out = save_model_dir(
+            model_dir, self.config, {"vae": self.vae.state_dict(), "unet": self.unet.state_dict()}
+        )
         self.weights_sha256 = dict(read_model_json(out)["weights"])
         return out
 

@@ -124,7 +124,9 @@ class _Level(nn.Module):
             )
             for i in range(n_blocks)
         )
-        self.attentions = nn.ModuleList(_AttentionBlock(out_ch, cfg) for _ in range(n_blocks)) if attn else None
+        self.attentions = (
+            nn.ModuleList(_AttentionBlock(out_ch, cfg) for _ in range(n_blocks)) if attn else None
+        )
 
 
 class LANDUNet(nn.Module):
@@ -142,13 +144,17 @@ class LANDUNet(nn.Module):
         if len(ch) != len(cfg.attention_levels):
             raise ValueError("channels and attention_levels must have the same length")
         if any(c % cfg.norm_num_groups for c in ch):
-            raise ValueError(f"every channel count must be a multiple of norm_num_groups={cfg.norm_num_groups}")
+            raise ValueError(
+                f"every channel count must be a multiple of norm_num_groups={cfg.norm_num_groups}"
+            )
         self.cfg = cfg
         self.use_checkpoint = False
         temb = ch[0] * 4
         self.time_embed = nn.Sequential(nn.Linear(ch[0], temb), nn.SiLU(), nn.Linear(temb, temb))
         self.tokenizer = MaskTokenizer(cfg.cond_channels, cfg.cross_attention_dim, cfg.mask_patch)
-        self.conv_in = Convolution(3, cfg.latent_channels + cfg.cond_channels, ch[0], kernel_size=3, conv_only=True)
+        self.conv_in = Convolution(
+            3, cfg.latent_channels + cfg.cond_channels, ch[0], kernel_size=3, conv_only=True
+        )
 
         n = cfg.num_res_blocks
         self.down_levels = nn.ModuleList()
@@ -191,7 +197,9 @@ class LANDUNet(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def _level(self, level: _Level, h: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor, skips: list | None):
+    def _level(
+        self, level: _Level, h: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor, skips: list | None
+    ):
         """Run one level; with ``skips`` (decoder) each block first adds the matching encoder feature."""
         outputs = []
         for j, resnet in enumerate(level.resnets):
@@ -203,14 +211,22 @@ class LANDUNet(nn.Module):
             outputs.append(h)
         return h, outputs
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         f = self.downsampling_factor
         if x.ndim != 5 or any(s % f for s in x.shape[2:]):
-            raise ValueError(f"latent must be (N, C, D, H, W) with D, H, W divisible by {f}; got {tuple(x.shape)}")
+            raise ValueError(
+                f"latent must be (N, C, D, H, W) with D, H, W divisible by {f}; got {tuple(x.shape)}"
+            )
         if cond is None:
-            cond = torch.zeros((x.shape[0], self.cfg.cond_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
+            cond = torch.zeros(
+                (x.shape[0], self.cfg.cond_channels, *x.shape[2:]), dtype=x.dtype, device=x.device
+            )
         if cond.shape[2:] != x.shape[2:]:
-            raise ValueError(f"conditioning grid {tuple(cond.shape[2:])} differs from latent {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"conditioning grid {tuple(cond.shape[2:])} differs from latent {tuple(x.shape[2:])}"
+            )
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = get_timestep_embedding(timesteps, self.cfg.channels[0]).to(dtype=x.dtype)
