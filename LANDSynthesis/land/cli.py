@@ -6,6 +6,7 @@ Exit codes: 0 ok; 2 bad input; 3 model problem; 130 cancelled (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -20,6 +21,9 @@ from .errors import InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
+# Modules that add sub-commands: each has ``register(subparsers, command)`` which adds its parsers and
+# registers its handlers with the ``command(name)`` decorator.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def bundled_resources() -> Path:
@@ -259,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a model's card")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
     p.add_argument("--json", action="store_true", help="print model.json")
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub, command)
     return parser
 
 
