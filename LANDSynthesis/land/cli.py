@@ -23,7 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 # Modules that add sub-commands: each has ``register(subparsers, command)`` which adds its parsers and
 # registers its handlers with the ``command(name)`` decorator.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("land.train.cli",)
 
 
 def bundled_resources() -> Path:
@@ -265,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print model.json")
 
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(sub, command)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # an optional part of the engine that this installation does not have
+        module.register(sub, command)
     return parser
 
 
