@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name != module_name:
+            if not (e.name and (module_name + ".").startswith(e.name + ".")):
                 raise
             continue  # an optional part of the engine that this installation does not have
         module.register(sub, command)
