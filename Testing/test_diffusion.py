@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import torch
+
 from land.diffusion import (
     SAMPLERS,
     NoiseSchedule,

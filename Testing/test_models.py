@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from land.models import UNET_CONFIGS, VAE_CONFIGS, LANDUNet, UNetConfig, build_vae, count_parameters
 
 

@@ -1,0 +1,652 @@
+"""Reading and writing volumes and masks, and resampling to and from the model grid.
+
+Masks come either as one Slicer segmentation (``.seg.nrrd``: segments named ``Lung...`` form the lung mask,
+every other segment is a nodule, numbered 1..K in segment order, its texture in the segment tag
+``LAND.Texture``) or as a lung mask image plus a nodule label image. Outputs are marked SYNTHETIC in their
+header and carry their provenance (NRRD key/value fields; for NIfTI the ``descrip`` field and a JSON sidecar).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .conditioning import (
+    TEXTURE_TAG,
+    MaskSet,
+    check_geometry,
+    check_label_key,
+    check_labels,
+    check_texture,
+    label_counts,
+    parse_texture_overrides,
+    parse_texture_value,
+)
+from .errors import InputError
+from .volume import Volume
+
+PathLike = str | os.PathLike
+READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+NIFTI_DESCRIP_LEN = 79  # the 80-byte NIfTI descrip field, NUL-terminated
+
+_SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
+_LUNG_TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+    "~SCT^39607008^Lung~^^~Anatomic codes - DICOM master list~^^~^^"
+)
+_NODULE_TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+    "Structure~SCT^27925004^Nodule~^^~Anatomic codes - DICOM master list~SCT^39607008^Lung~^^"
+)
+_LUNG_COLOR = (0.772549, 0.647059, 0.568627)
+_NODULE_COLORS = (
+    (0.862745, 0.078431, 0.235294),
+    (0.117647, 0.564706, 1.0),
+    (0.196078, 0.803922, 0.196078),
+    (1.0, 0.647059, 0.0),
+    (0.580392, 0.0, 0.827451),
+    (0.0, 0.807843, 0.819608),
+)
+
+
+class FieldOfViewWarning(UserWarning):
+    """Part of the lungs or nodules lies outside the model's field of view and is cut off."""
+
+
+class SegmentationWarning(UserWarning):
+    """Something in a segmentation file was ignored or resolved (empty segment, overlapping nodules)."""
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _extension(path: Path, known: Iterable[str]) -> str | None:
+    name = path.name.lower()
+    return next((ext for ext in known if name.endswith(ext)), None)
+
+
+def _check_input_file(path: PathLike, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}; fix: check the path")
+    if not p.is_file():
+        raise InputError(f"{what} {p} is not a file; fix: give the path of an image file")
+    if _extension(p, READ_EXTENSIONS) is None:
+        raise InputError(
+            f"{what} {p} has an unsupported file type; fix: use one of {', '.join(READ_EXTENSIONS)}"
+        )
+    return p
+
+
+def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
+    p = _check_input_file(path, what)
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        raise InputError(
+            f"could not read {what} {p}: {detail}; fix: check that it is a valid NIfTI/NRRD/MHA image"
+        ) from e
+
+
+def _as_3d(image: sitk.Image, path: PathLike, what: str = "file") -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} values per voxel (a vector/RGB "
+            "image); fix: give a scalar 3D volume"
+        )
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(
+            f"{what} {path} is a {image.GetDimension()}D image of size {image.GetSize()}, not a 3D volume; "
+            "fix: give a 3D volume (one CT or mask, not a slice or a time series)"
+        )
+    return image
+
+
+def read_volume(path: PathLike) -> Volume:
+    """Read a 3D scalar image: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd).
+
+    Raises :class:`InputError` for a missing, unreadable or non-3D file. Header metadata is kept.
+    """
+    image = _as_3d(_read_image(path), path)
+    return Volume.from_sitk(image, metadata=True)
+
+
+def is_lung_segment_name(name: str) -> bool:
+    """True for segment names starting with "lung" (any case) that do not mention a nodule."""
+    n = name.strip().lower()
+    return n.startswith("lung") and "nodule" not in n
+
+
+def _parse_tags(text: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in text.split("|"):
+        if ":" in item:
+            key, value = item.split(":", 1)
+            tags[key.strip()] = value.strip()
+    return tags
+
+
+def _int_field(fields: Mapping[str, str], key: str, default: int, where: str) -> int:
+    text = fields.get(key, str(default)).strip()
+    if not re.fullmatch(r"-?\d+", text):
+        raise InputError(f"{where} has an invalid {key} {text!r}; fix: re-save the segmentation in 3D Slicer")
+    return int(text)
+
+
+def _segments(image: sitk.Image) -> dict[int, dict[str, str]]:
+    segments: dict[int, dict[str, str]] = {}
+    for key in image.GetMetaDataKeys():
+        m = _SEGMENT_KEY.match(key)
+        if m:
+            segments.setdefault(int(m.group(1)), {})[m.group(2)] = image.GetMetaData(key)
+    return segments
+
+
+def _enclosed(mask: np.ndarray) -> np.ndarray:
+    """Voxels enclosed by ``mask`` (its 3D holes plus the mask itself), computed on its bounding box."""
+    out = np.zeros(mask.shape, bool)
+    nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(n.size == 0 for n in nz):
+        return out
+    sl = tuple(slice(max(n[0] - 1, 0), n[-1] + 2) for n in nz)
+    crop = np.pad(mask[sl].astype(np.uint8), 1)
+    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(crop), False, 1))
+    out[sl] = filled[1:-1, 1:-1, 1:-1].astype(bool)
+    return out
+
+
+def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mapping[int, int]) -> MaskSet:
+    segments = _segments(image)
+    if image.GetDimension() != 3:
+        raise InputError(f"segmentation {path} is {image.GetDimension()}D; fix: re-save it in 3D Slicer")
+    layers = image.GetNumberOfComponentsPerPixel()
+    voxels = sitk.GetArrayViewFromImage(image)  # (z, y, x) or (z, y, x, layers)
+    shape = voxels.shape[:3]
+    template = Volume(
+        np.zeros((1, 1, 1), np.uint8), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    )
+    lung = np.zeros(shape, bool)
+    nodules = np.zeros(shape, np.uint16)
+    textures: dict[int, int] = {}
+    names: dict[int, str] = {}
+    has_lung = False
+    lung_layers: set[int] = set()
+    nodule_layers: set[int] = set()
+    for index in sorted(segments):
+        fields = segments[index]
+        name = fields.get("Name") or fields.get("ID") or f"Segment {index}"
+        where = f"segment {name!r} of {path}"
+        value = _int_field(fields, "LabelValue", 1, where)
+        layer = _int_field(fields, "Layer", 0, where)
+        if not 0 <= layer < layers:
+            raise InputError(
+                f"{where} is in layer {layer} but the file has {layers} layer(s); "
+                "fix: re-save the segmentation in 3D Slicer"
+            )
+        mask = (voxels if layers == 1 else voxels[..., layer]) == value
+        if is_lung_segment_name(name):
+            has_lung = True
+            lung |= mask
+            lung_layers.add(layer)
+            continue
+        if not mask.any():
+            warnings.warn(SegmentationWarning(f"{where} is empty and is ignored"), stacklevel=3)
+            continue
+        label = len(names) + 1
+        overlap = int(np.count_nonzero(nodules[mask]))
+        if overlap:
+            warnings.warn(
+                SegmentationWarning(
+                    f"{where} overlaps earlier nodule segments in {overlap} voxels; they go to {name!r}"
+                ),
+                stacklevel=3,
+            )
+        nodules[mask] = label
+        names[label] = name
+        nodule_layers.add(layer)
+        tags = _parse_tags(fields.get("Tags", ""))
+        if TEXTURE_TAG in tags and label not in overrides:
+            textures[label] = parse_texture_value(
+                f"label {label} ({name!r}, tag {TEXTURE_TAG})", tags[TEXTURE_TAG]
+            )
+    if not segments:
+        raise InputError(
+            f"segmentation {path} has no segments; fix: add a 'Lungs' segment and nodule segments"
+        )
+    if lung_layers & nodule_layers and lung.any() and nodules.any():
+        # Segments in one layer cannot overlap: Slicer's default "overwrite other segments" cuts each
+        # nodule out of the lung segment. Nodule voxels in such holes count as lung again.
+        lung |= _enclosed(lung) & (nodules != 0)
+    nodule_array = nodules.astype(np.uint8) if len(names) < 256 else nodules
+    return MaskSet(
+        lung=Volume.like(template, lung.astype(np.uint8)) if has_lung else None,
+        nodules=Volume.like(template, nodule_array),
+        textures=textures,
+        names=names,
+    )
+
+
+def is_segmentation(image: sitk.Image) -> bool:
+    """True when an image carries Slicer segmentation fields (``Segment0_ID``, ...)."""
+    return bool(_segments(image))
+
+
+def _label_image(path: PathLike) -> Volume:
+    vol = read_volume(path)
+    check_labels(vol, f"nodule label image {path}")
+    a = vol.array
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    elif not np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.uint16 if a.size == 0 or a.max() < 65536 else np.int32)
+    return Volume.like(vol, a)
+
+
+def read_masks(
+    mask_path: PathLike | None,
+    nodules_path: PathLike | None = None,
+    texture_overrides: Mapping[int, int] | str | Iterable[str] | None = None,
+) -> MaskSet:
+    """Read the masks of one synthesis.
+
+    ``mask_path`` is a Slicer ``.seg.nrrd`` (then ``nodules_path`` must be None) or a lung mask image
+    (nonzero = lung; None for nodules only); ``nodules_path`` a label image (0 none, 1..K nodules).
+    ``texture_overrides`` (``{1: 5}`` or ``"1=5,2=3"``) supply or replace nodule textures.
+    """
+    if mask_path is None and nodules_path is None:
+        raise InputError("no masks given; fix: give a .seg.nrrd, or a lung mask and/or a nodule label image")
+    if isinstance(texture_overrides, Mapping):
+        overrides = {check_label_key(k): check_texture(k, v) for k, v in texture_overrides.items()}
+    else:
+        overrides = parse_texture_overrides(texture_overrides)
+    image = _read_image(mask_path, "mask file") if mask_path is not None else None
+    if image is not None and is_segmentation(image):
+        if nodules_path is not None:
+            raise InputError(
+                f"{mask_path} is a segmentation that holds the nodules, and a nodule image {nodules_path} "
+                "was given too; fix: give only the segmentation, or a lung mask image plus a nodule image"
+            )
+        masks = _masks_from_segmentation(image, mask_path, overrides)
+    else:
+        lung = None
+        if image is not None:
+            vol = Volume.from_sitk(_as_3d(image, mask_path, "lung mask"))
+            lung = Volume.like(vol, (vol.array != 0).astype(np.uint8))
+        nodules = _label_image(nodules_path) if nodules_path is not None else None
+        masks = MaskSet(lung=lung, nodules=nodules)
+        masks.names = {k: f"Nodule {k}" for k in masks.labels()}
+        check_geometry(masks)
+    unknown = sorted(set(overrides) - set(masks.names))
+    if unknown:
+        present = ", ".join(masks.describe(k) for k in sorted(masks.names)) or "none"
+        raise InputError(
+            f"texture override for nodule label(s) {', '.join(map(str, unknown))}, which the masks do not "
+            f"have (nodules: {present}); fix: use the labels listed"
+        )
+    masks.textures.update(overrides)
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _check_output(path: PathLike, known: Iterable[str]) -> tuple[Path, str]:
+    p = Path(path)
+    ext = _extension(p, known)
+    if ext is None:
+        raise InputError(f"cannot write {p}: unsupported file type; fix: use one of {', '.join(known)}")
+    if not p.parent.is_dir():
+        raise InputError(f"cannot write {p}: folder {p.parent} does not exist; fix: create it first")
+    return p, ext
+
+
+def _temp_path(path: Path, ext: str) -> Path:
+    stem = path.name[: -len(ext)]
+    return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
+
+
+def _write_sitk(image: sitk.Image, tmp: Path, final: Path) -> None:
+    try:
+        sitk.WriteImage(image, str(tmp), True)
+    except RuntimeError as e:
+        raise InputError(
+            f"could not write {final}: {str(e).strip().splitlines()[-1]}; fix: check disk space "
+            "and write permission"
+        ) from e
+
+
+def _commit(pairs: list[tuple[Path, Path]]) -> None:
+    """Write-then-rename: move each finished temp file onto its target, deleting leftovers on failure."""
+    try:
+        for tmp, final in pairs:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in pairs:
+            tmp.unlink(missing_ok=True)
+
+
+def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
+    """Write masks as a Slicer segmentation (single-layer labelmap ``.seg.nrrd``).
+
+    Segments: "Lungs" (if a lung mask is given) and one per nodule label, named from ``masks.names``
+    (default "Nodule k"), with colours, terminology and the tag ``LAND.Texture:<t>`` where known. Nodules
+    overwrite the lung in the shared layer, as in Slicer; :func:`read_masks` restores them into the lung.
+    """
+    p, ext = _check_output(path, (".nrrd",))
+    ref = masks.reference
+    if ref is None:
+        raise InputError("no masks to write; fix: give a lung mask and/or a nodule map")
+    check_geometry(masks)
+    if masks.nodules is not None:
+        check_labels(masks.nodules)
+    labels = masks.labels()
+    dtype = np.uint8 if len(labels) + 1 < 256 else np.uint16
+    voxels = np.zeros(ref.array.shape, dtype)
+    segments: list[tuple[str, str, tuple[float, ...], list[str]]] = []
+    if masks.lung is not None:
+        voxels[masks.lung.array != 0] = 1
+        segments.append(("Lungs", "Lungs", _LUNG_COLOR, [f"TerminologyEntry:{_LUNG_TERMINOLOGY}"]))
+    for i, label in enumerate(labels):
+        voxels[masks.nodules.array == label] = len(segments) + 1  # type: ignore[union-attr]
+        name = masks.names.get(label) or f"Nodule {label}"
+        if is_lung_segment_name(name):
+            name = f"Nodule {label} ({name})"
+        tags = [f"TerminologyEntry:{_NODULE_TERMINOLOGY}"]
+        if label in masks.textures:
+            tags.append(f"{TEXTURE_TAG}:{check_texture(label, masks.textures[label])}")
+        segments.append((f"Nodule_{label}", name, _NODULE_COLORS[i % len(_NODULE_COLORS)], tags))
+    image = Volume.like(ref, voxels).to_sitk()
+    x, y, z = ref.size
+    for i, (seg_id, name, color, tags) in enumerate(segments):
+        fields = {
+            "ID": seg_id,
+            "Name": name,
+            "NameAutoGenerated": "0",
+            "Color": " ".join(f"{c:g}" for c in color),
+            "ColorAutoGenerated": "0",
+            "LabelValue": str(i + 1),
+            "Layer": "0",
+            "Extent": f"0 {x - 1} 0 {y - 1} 0 {z - 1}",
+            "Tags": "|".join(["Segmentation.Status:inprogress", *tags]) + "|",
+        }
+        for key, value in fields.items():
+            image.SetMetaData(f"Segment{i}_{key}", value)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    tmp = _temp_path(p, ext)
+    try:
+        _write_sitk(image, tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _commit([(tmp, p)])
+
+
+def sidecar_path(path: PathLike) -> Path:
+    """The JSON sidecar of a NIfTI file: ``ct.nii.gz`` -> ``ct.json``."""
+    p = Path(path)
+    ext = _extension(p, (".nii.gz", ".nii")) or p.suffix
+    return p.with_name(p.name[: len(p.name) - len(ext)] + ".json")
+
+
+def provenance_record(provenance: Mapping[str, object]) -> dict[str, object]:
+    """The provenance as stored: the given fields plus ``synthetic``, ``description`` (starting with
+    "SYNTHETIC"), ``land_version`` and ``created`` (UTC) where missing."""
+    record: dict[str, object] = {str(k): v for k, v in provenance.items()}
+    description = str(record.get("description") or "")
+    if not description.startswith("SYNTHETIC"):
+        model = record.get("model_id", record.get("model", "unknown model"))
+        seed = record.get("seed", "?")
+        description = (
+            f"SYNTHETIC - {description}" if description else f"SYNTHETIC CT - LAND {model} seed {seed}"
+        )
+    record["synthetic"] = "true"
+    record["description"] = description
+    record.setdefault("land_version", __version__)
+    record.setdefault("created", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return record
+
+
+def _nrrd_key(key: str) -> str:
+    return "LAND." + "".join(part[:1].upper() + part[1:] for part in re.split(r"[_\s]+", key) if part)
+
+
+def _one_line(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def write_volume(path: PathLike, volume: Volume, provenance: Mapping[str, object] | None = None) -> None:
+    """Write a synthetic volume as NIfTI (``.nii``/``.nii.gz``) or NRRD (``.nrrd``), atomically.
+
+    The header says SYNTHETIC (NIfTI ``descrip``, NRRD ``content`` and ``LAND.Synthetic:=true``).
+    The provenance (default: ``volume.metadata``; see :func:`provenance_record`) goes into NRRD key/value
+    fields ``LAND.<Key>`` plus ``LAND.Provenance`` (JSON), or a JSON sidecar next to a NIfTI file.
+    Files are written under a temporary name in the same folder and renamed, so no partial output remains.
+    """
+    p, ext = _check_output(path, WRITE_EXTENSIONS)
+    record = provenance_record(volume.metadata if provenance is None else provenance)
+    description = str(record["description"])
+    image = Volume.like(volume, volume.array).to_sitk()
+    pairs: list[tuple[Path, Path]] = []
+    tmp = _temp_path(p, ext)
+    pairs.append((tmp, p))
+    try:
+        if ext == ".nrrd":
+            image.SetMetaData("NRRD_content", _one_line(description))
+            for key, value in record.items():
+                image.SetMetaData(_nrrd_key(key), _one_line(value))
+            image.SetMetaData("LAND.Provenance", json.dumps(record, sort_keys=True, default=str))
+            _write_sitk(image, tmp, p)
+        else:
+            image.SetMetaData("ITK_FileNotes", _one_line(description)[:NIFTI_DESCRIP_LEN])
+            _write_sitk(image, tmp, p)
+            side = sidecar_path(p)
+            side_tmp = _temp_path(side, ".json")
+            pairs.append((side_tmp, side))
+            side_tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    except BaseException:
+        for t, _ in pairs:
+            t.unlink(missing_ok=True)
+        raise
+    _commit(pairs)
+
+
+def read_provenance(path: PathLike) -> dict[str, object]:
+    """The provenance written by :func:`write_volume` ({} for a file without any).
+
+    NRRD: the ``LAND.Provenance`` field. NIfTI: the JSON sidecar, else ``{"description": <descrip>}``.
+    """
+    p = _check_input_file(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"could not read the header of {p}; fix: check that it is a valid image") from e
+    keys = set(reader.GetMetaDataKeys())
+    if "LAND.Provenance" in keys:
+        return dict(json.loads(reader.GetMetaData("LAND.Provenance")))
+    if _extension(p, (".nii.gz", ".nii")):
+        side = sidecar_path(p)
+        if side.is_file():
+            return dict(json.loads(side.read_text()))
+        if "descrip" in keys and reader.GetMetaData("descrip").strip():
+            return {"description": reader.GetMetaData("descrip").strip()}
+    return {k[len("LAND.") :]: reader.GetMetaData(k) for k in sorted(keys) if k.startswith("LAND.")}
+
+
+# --------------------------------------------------------------------------------------------- model grid
+
+
+def _matrix(direction: Iterable[float]) -> np.ndarray:
+    return np.asarray(tuple(direction), float).reshape(3, 3)
+
+
+def _physical(vol: Volume, index_xyz: np.ndarray) -> np.ndarray:
+    """Physical point of a (continuous) voxel index in x, y, z order."""
+    return np.asarray(vol.origin) + _matrix(vol.direction) @ (np.asarray(vol.spacing) * index_xyz)
+
+
+def _continuous_index(vol: Volume, point: np.ndarray) -> np.ndarray:
+    return np.linalg.solve(_matrix(vol.direction), np.asarray(point) - np.asarray(vol.origin)) / np.asarray(
+        vol.spacing
+    )
+
+
+def _bbox_centre(mask: np.ndarray) -> np.ndarray | None:
+    """Centre of the bounding box of a [z, y, x] mask, as an x, y, z voxel index (None when empty)."""
+    centre = []
+    for axis in (2, 1, 0):
+        nz = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if nz.size == 0:
+            return None
+        centre.append((nz[0] + nz[-1]) / 2.0)
+    return np.asarray(centre)
+
+
+def _resample(
+    vol: Volume, grid: Volume, interpolator: int, default: float, pixel: int | None = None
+) -> np.ndarray:
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in grid.size])
+    f.SetOutputSpacing([float(s) for s in grid.spacing])
+    f.SetOutputOrigin([float(o) for o in grid.origin])
+    f.SetOutputDirection([float(d) for d in grid.direction])
+    f.SetInterpolator(interpolator)
+    f.SetDefaultPixelValue(float(default))
+    image = Volume.like(vol, vol.array).to_sitk()
+    f.SetOutputPixelType(image.GetPixelID() if pixel is None else pixel)
+    return sitk.GetArrayFromImage(f.Execute(image))
+
+
+def _inside_slices(src: Volume, grid: Volume) -> tuple[slice, slice, slice]:
+    """[z, y, x] slices of ``src`` voxels whose centres fall inside ``grid`` (same direction assumed)."""
+    offset = _continuous_index(grid, np.asarray(src.origin)) * np.asarray(grid.spacing)  # mm along grid axes
+    slices = []
+    for axis in (2, 1, 0):
+        sp_in, sp_out, n_in, n_out = src.spacing[axis], grid.spacing[axis], src.size[axis], grid.size[axis]
+        lo = math.ceil((-0.5 * sp_out - offset[axis]) / sp_in - 1e-9)
+        hi = math.floor(((n_out - 0.5) * sp_out - offset[axis]) / sp_in + 1e-9)
+        lo, hi = max(lo, 0), min(hi, n_in - 1)
+        slices.append(slice(lo, hi + 1) if hi >= lo else slice(0, 0))
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def to_model_grid(
+    masks: MaskSet, size: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> tuple[MaskSet, Volume]:
+    """Resample masks (nearest neighbour) onto the model grid; return them and the grid as a reference volume.
+
+    The grid has the model ``size`` and ``spacing`` (x, y, z), the input's direction (no rotation), and is
+    centred on the lung mask's bounding-box centre (the image centre without a lung mask), so physical
+    positions are kept. The reference volume's array is an all-zero uint8 placeholder. Lungs or nodules
+    cut off by the field of view give a :class:`FieldOfViewWarning`; a nodule smaller than a model voxel
+    keeps one voxel at its centre; a nodule entirely outside is dropped (with its texture and name).
+    """
+    ref = masks.reference
+    if ref is None:
+        raise InputError("no masks to resample; fix: give a lung mask and/or a nodule map")
+    if len(size) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size
+    ):
+        raise InputError(f"model grid size {size} must be three positive integers (x, y, z)")
+    if len(spacing) != 3 or any(not s > 0 for s in spacing):
+        raise InputError(f"model grid spacing {spacing} must be three positive numbers in mm (x, y, z)")
+    check_geometry(masks)
+    if masks.nodules is not None:
+        check_labels(masks.nodules)
+    size_a, spacing_a = np.asarray(size, float), np.asarray(spacing, float)
+    centre = _bbox_centre(masks.lung.array != 0) if masks.lung is not None else None
+    if centre is None:
+        centre = (np.asarray(ref.size, float) - 1) / 2.0
+    centre_mm = _physical(ref, centre)
+    origin = centre_mm - _matrix(ref.direction) @ (spacing_a * (size_a - 1) / 2.0)
+    grid = Volume(
+        np.zeros(tuple(int(s) for s in size[::-1]), np.uint8),
+        tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        tuple(float(o) for o in origin),  # type: ignore[arg-type]
+        tuple(float(d) for d in ref.direction),
+    )
+    inside = _inside_slices(ref, grid)
+    notes: list[str] = []
+    lung_out = None
+    if masks.lung is not None:
+        lung = masks.lung.array != 0
+        total = int(np.count_nonzero(lung))
+        cut = total - int(np.count_nonzero(lung[inside]))
+        if total and cut:
+            extent = [round(float(s * n), 1) for s, n in zip(spacing, size, strict=True)]
+            notes.append(
+                f"{cut / total:.1%} of the lung mask ({cut} voxels) lies outside the model's field of view "
+                f"({extent[0]} x {extent[1]} x {extent[2]} mm, centred on the lungs) and is cut off"
+            )
+        lung_out = Volume.like(
+            grid, _resample(Volume.like(ref, lung.astype(np.uint8)), grid, sitk.sitkNearestNeighbor, 0)
+        )
+    nod_out, textures, names = None, dict(masks.textures), dict(masks.names)
+    if masks.nodules is not None:
+        nod = masks.nodules.array
+        if nod.dtype == bool or not np.issubdtype(nod.dtype, np.integer):
+            nod = nod.astype(np.uint16 if nod.size == 0 or nod.max() < 65536 else np.int32)
+        before = label_counts(nod)
+        kept = label_counts(nod[inside])
+        out = _resample(Volume.like(ref, nod), grid, sitk.sitkNearestNeighbor, 0)
+        after = label_counts(out)
+        for label, n in sorted(before.items()):
+            if label not in kept:
+                notes.append(
+                    f"nodule {masks.describe(label)} lies outside the model's field of view and is dropped"
+                )
+                textures.pop(label, None)
+                names.pop(label, None)
+                continue
+            if kept[label] < n:
+                notes.append(f"{1 - kept[label] / n:.0%} of nodule {masks.describe(label)} is cut off")
+            if label not in after:  # smaller than a model voxel: keep its centre voxel
+                zyx = np.argwhere(nod == label).mean(axis=0)
+                idx = np.rint(_continuous_index(grid, _physical(ref, zyx[::-1]))).astype(int)
+                idx = np.clip(idx, 0, np.asarray(grid.size) - 1)
+                out[idx[2], idx[1], idx[0]] = label
+        nod_out = Volume.like(grid, out)
+    if notes:
+        warnings.warn(
+            FieldOfViewWarning(
+                "; ".join(notes) + ". The CT is generated only inside the model's field of view; for full "
+                "coverage use smaller anatomy or a model with a larger grid"
+            ),
+            stacklevel=2,
+        )
+    return MaskSet(lung=lung_out, nodules=nod_out, textures=textures, names=names), grid
+
+
+def from_model_grid(ct: Volume, reference: Volume, default_hu: float = -1000) -> Volume:
+    """Resample a CT generated on the model grid back into ``reference``'s geometry (linear interpolation).
+
+    Voxels outside the generated field of view get ``default_hu`` (air). The result keeps ``ct``'s dtype
+    (integer types rounded) and has no metadata.
+    """
+    data = ct.array.astype(np.float32, copy=False)
+    out = _resample(Volume.like(ct, data), reference, sitk.sitkLinear, default_hu, sitk.sitkFloat32)
+    if np.issubdtype(ct.array.dtype, np.integer):
+        info = np.iinfo(ct.array.dtype)
+        out = np.clip(np.rint(out), info.min, info.max).astype(ct.array.dtype)
+    elif out.dtype != ct.array.dtype:
+        out = out.astype(ct.array.dtype)
+    return Volume.like(reference, out)

@@ -1,0 +1,473 @@
+"""Tests of land.io: volumes, masks (.seg.nrrd and label images), model grid resampling, synthetic output."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from land import io as land_io
+from land.conditioning import MaskSet, NoduleOutsideLungWarning, encode_conditioning
+from land.errors import InputError
+from land.io import (
+    FieldOfViewWarning,
+    SegmentationWarning,
+    from_model_grid,
+    read_masks,
+    read_provenance,
+    read_volume,
+    to_model_grid,
+    write_seg_nrrd,
+    write_volume,
+)
+from land.volume import Volume
+
+
+def rotation(deg_z: float, deg_x: float) -> tuple[float, ...]:
+    cz, sz = math.cos(math.radians(deg_z)), math.sin(math.radians(deg_z))
+    cx, sx = math.cos(math.radians(deg_x)), math.sin(math.radians(deg_x))
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return tuple((rz @ rx).ravel().tolist())
+
+
+GEOMETRY = dict(spacing=(0.7, 0.9, 2.5), origin=(-12.3, 45.6, -78.9), direction=rotation(30, 20))
+SHAPE = (12, 20, 16)  # z, y, x
+
+
+def make_masks() -> MaskSet:
+    lung = np.zeros(SHAPE, np.uint8)
+    lung[2:10, 3:17, 2:14] = 1
+    nod = np.zeros(SHAPE, np.uint8)
+    nod[4:6, 6:9, 4:7] = 1
+    nod[7, 12:14, 9:11] = 2
+    return MaskSet(
+        lung=Volume(lung, **GEOMETRY),
+        nodules=Volume(nod, **GEOMETRY),
+        textures={1: 2, 2: 4},
+        names={1: "Nodule A", 2: "Ground glass"},
+    )
+
+
+def physical(vol: Volume, index_xyz: np.ndarray) -> np.ndarray:
+    """Physical point(s) of x, y, z voxel index (shape (3,) or (3, N))."""
+    index_xyz = np.asarray(index_xyz, float)
+    col = (3,) + (1,) * (index_xyz.ndim - 1)
+    d = np.asarray(vol.direction).reshape(3, 3)
+    return np.asarray(vol.origin).reshape(col) + d @ (np.asarray(vol.spacing).reshape(col) * index_xyz)
+
+
+def centroid_mm(vol: Volume, label: int) -> np.ndarray:
+    return physical(vol, np.argwhere(vol.array == label).mean(axis=0)[::-1])
+
+
+# --------------------------------------------------------------------------------------------- volumes
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii", "ct.nrrd", "ct.nhdr", "ct.mha"])
+def test_read_volume_formats(tmp_path: Path, name: str) -> None:
+    vol = Volume(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE), **GEOMETRY)
+    sitk.WriteImage(vol.to_sitk(), str(tmp_path / name))
+    back = read_volume(tmp_path / name)
+    assert back.same_geometry(vol)
+    np.testing.assert_array_equal(back.array, vol.array)
+
+
+def test_read_volume_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found: .*missing.nrrd") as e:
+        read_volume(tmp_path / "missing.nrrd")
+    assert e.value.exit_code == 2
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkUInt8), str(tmp_path / "slice.nrrd"))
+    with pytest.raises(InputError, match="2D image .* not a 3D volume"):
+        read_volume(tmp_path / "slice.nrrd")
+    sitk.WriteImage(sitk.Image([4, 4, 4, 3], sitk.sitkUInt8), str(tmp_path / "series.nii.gz"))
+    with pytest.raises(InputError, match="4D image"):
+        read_volume(tmp_path / "series.nii.gz")
+    sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkVectorUInt8, 3), str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(InputError, match="3 values per voxel"):
+        read_volume(tmp_path / "rgb.nrrd")
+    (tmp_path / "junk.nrrd").write_text("this is not an image")
+    with pytest.raises(InputError, match="could not read .*junk.nrrd"):
+        read_volume(tmp_path / "junk.nrrd")
+    (tmp_path / "ct.png").write_bytes(b"")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_volume(tmp_path / "ct.png")
+
+
+def test_read_volume_squeezes_singleton_4th_dimension(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.Image([4, 5, 6, 1], sitk.sitkInt16), str(tmp_path / "one.nii.gz"))
+    assert read_volume(tmp_path / "one.nii.gz").array.shape == (6, 5, 4)
+
+
+# ------------------------------------------------------------------------------------------- seg.nrrd
+
+
+def test_seg_nrrd_round_trip(tmp_path: Path) -> None:
+    masks = make_masks()
+    path = tmp_path / "masks.seg.nrrd"
+    write_seg_nrrd(path, masks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.seg.nrrd"]
+    image = sitk.ReadImage(str(path))
+    assert image.GetMetaData("Segment0_Name") == "Lungs"
+    assert image.GetMetaData("Segment1_Name") == "Nodule A"
+    assert image.GetMetaData("Segment2_Tags").endswith("LAND.Texture:4|")
+    assert image.GetMetaData("Segment0_Extent") == "0 15 0 19 0 11"
+    back = read_masks(path)
+    assert back.names == {1: "Nodule A", 2: "Ground glass"}
+    assert back.textures == {1: 2, 2: 4}
+    assert back.lung.same_geometry(masks.lung) and back.nodules.same_geometry(masks.nodules)
+    np.testing.assert_array_equal(back.nodules.array, masks.nodules.array)
+    # the nodules overwrite the lung in the single layer; the reader puts them back into the lung
+    assert (sitk.GetArrayFromImage(image)[masks.nodules.array > 0] > 1).all()
+    np.testing.assert_array_equal(back.lung.array, masks.lung.array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encode_conditioning(back, "nodule+lung+texture", strict=True)
+
+
+def test_seg_nrrd_overrides_and_noncontiguous_labels(tmp_path: Path) -> None:
+    masks = make_masks()
+    masks.nodules.array[masks.nodules.array == 2] = 5
+    masks.textures, masks.names = {1: 2}, {}
+    write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)
+    back = read_masks(tmp_path / "m.seg.nrrd", texture_overrides="2=3")
+    assert back.names == {1: "Nodule 1", 2: "Nodule 5"}  # renumbered 1..K in segment order
+    assert back.textures == {1: 2, 2: 3}
+    assert read_masks(tmp_path / "m.seg.nrrd", texture_overrides={1: 5}).textures == {1: 5}
+    with pytest.raises(InputError, match=r"label\(s\) 3, which the masks do not have.*'Nodule 5'"):
+        read_masks(tmp_path / "m.seg.nrrd", texture_overrides="3=1")
+    with pytest.raises(InputError, match="only the segmentation"):
+        read_masks(tmp_path / "m.seg.nrrd", tmp_path / "m.seg.nrrd")
+
+
+def _edit_segment_metadata(path: Path, key: str, value: str) -> None:
+    image = sitk.ReadImage(str(path))
+    image.SetMetaData(key, value)
+    sitk.WriteImage(image, str(path), True)
+
+
+def test_seg_nrrd_invalid_texture_tag(tmp_path: Path) -> None:
+    path = tmp_path / "m.seg.nrrd"
+    write_seg_nrrd(path, make_masks())
+    _edit_segment_metadata(path, "Segment1_Tags", "Segmentation.Status:inprogress|LAND.Texture:2.5|")
+    with pytest.raises(InputError) as e:
+        read_masks(path)
+    assert "'2.5'" in str(e.value) and "'Nodule A'" in str(e.value) and "1..5" in str(e.value)
+    assert read_masks(path, texture_overrides="1=3").textures == {1: 3, 2: 4}  # the override wins
+
+
+def test_seg_nrrd_lung_segment_names(tmp_path: Path) -> None:
+    path = tmp_path / "m.seg.nrrd"
+    write_seg_nrrd(path, make_masks())
+    _edit_segment_metadata(path, "Segment0_Name", "lung left")
+    _edit_segment_metadata(path, "Segment1_Name", "Lung nodule")
+    back = read_masks(path)
+    assert back.lung is not None and back.names == {1: "Lung nodule", 2: "Ground glass"}
+
+
+def test_seg_nrrd_without_lung(tmp_path: Path) -> None:
+    masks = make_masks()
+    masks.lung = None
+    write_seg_nrrd(tmp_path / "n.seg.nrrd", masks)
+    back = read_masks(tmp_path / "n.seg.nrrd")
+    assert back.lung is None and back.labels() == [1, 2]
+    assert back.nodules.same_geometry(masks.nodules)
+
+
+def test_slicerio_reads_our_segmentation(tmp_path: Path) -> None:
+    slicerio = pytest.importorskip("slicerio")
+    path = tmp_path / "m.seg.nrrd"
+    write_seg_nrrd(path, make_masks())
+    seg = slicerio.read_segmentation(str(path))
+    assert slicerio.segment_names(seg) == ["Lungs", "Nodule A", "Ground glass"]
+    nodule = slicerio.segment_from_name(seg, "Ground glass")
+    assert nodule["tags"] == {"LAND.Texture": "4"}
+    assert nodule["terminology"]["type"][2] == "Nodule"
+    assert slicerio.segment_from_name(seg, "Lungs")["terminology"]["type"][2] == "Lung"
+    # slicerio's voxels are i, j, k (x, y, z) ordered
+    mask = slicerio.segment_mask(seg, "Nodule A")
+    np.testing.assert_array_equal(mask.transpose(2, 1, 0), make_masks().nodules.array == 1)
+    d = np.asarray(GEOMETRY["direction"]).reshape(3, 3) * np.asarray(GEOMETRY["spacing"])
+    np.testing.assert_allclose(seg["ijkToLPS"][:3, :3], d, atol=1e-6)
+    np.testing.assert_allclose(seg["ijkToLPS"][:3, 3], GEOMETRY["origin"], atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_read_segmentation_written_by_slicerio(tmp_path: Path, overlap: bool) -> None:
+    slicerio = pytest.importorskip("slicerio")
+    masks = make_masks()
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.asarray(GEOMETRY["direction"]).reshape(3, 3) * np.asarray(GEOMETRY["spacing"])
+    ijk_to_lps[:3, 3] = GEOMETRY["origin"]
+    seg = slicerio.create_segmentation(SHAPE[::-1], ijk_to_lps)
+    lung = masks.lung.array.astype(bool)
+    nod = masks.nodules.array
+    if not overlap:  # Slicer's default: the nodules are cut out of the lung segment
+        lung = lung & (nod == 0)
+    to_ijk = (2, 1, 0)
+    slicerio.add_segment(seg, lung.transpose(to_ijk), {"id": "S1", "name": "Lungs"})
+    slicerio.add_segment(
+        seg, (nod == 1).transpose(to_ijk), {"id": "S2", "name": "A", "tags": {"LAND.Texture": "3"}}
+    )
+    slicerio.add_segment(seg, np.zeros(SHAPE[::-1], bool), {"id": "S3", "name": "empty"})
+    slicerio.add_segment(
+        seg, (nod == 2).transpose(to_ijk), {"id": "S4", "name": "B", "tags": {"LAND.Texture": "1"}}
+    )
+    assert seg["voxels"].ndim == (4 if overlap else 3)
+    slicerio.write_segmentation(str(tmp_path / "s.seg.nrrd"), seg)
+    with pytest.warns(SegmentationWarning, match="'empty' .* is empty"):
+        back = read_masks(tmp_path / "s.seg.nrrd")
+    assert back.names == {1: "A", 2: "B"} and back.textures == {1: 3, 2: 1}
+    np.testing.assert_array_equal(back.nodules.array, nod)
+    np.testing.assert_array_equal(back.lung.array, masks.lung.array)
+    assert back.lung.same_geometry(masks.lung)
+
+
+def test_juxtapleural_nodule_cut_from_lung_still_warns(tmp_path: Path) -> None:
+    masks = make_masks()
+    masks.nodules.array[masks.nodules.array == 2] = 0
+    masks.nodules.array[5, 10, 0:3] = 2  # pokes out of the lung through its x=2 face
+    write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)
+    back = read_masks(tmp_path / "m.seg.nrrd")
+    # the hole it leaves in the lung segment is open, so all of its voxels count as outside; nodule A's
+    # hole is closed and counts as lung
+    with pytest.warns(NoduleOutsideLungWarning) as record:
+        encode_conditioning(back, "nodule+lung")
+    assert record[0].message.counts == {2: 3}
+
+
+# ------------------------------------------------------------------------------------- label images
+
+
+def test_lung_and_label_images(tmp_path: Path) -> None:
+    masks = make_masks()
+    lung = masks.lung.with_array(masks.lung.array * 255)
+    sitk.WriteImage(lung.to_sitk(), str(tmp_path / "lung.nii.gz"))
+    sitk.WriteImage(
+        masks.nodules.with_array(masks.nodules.array.astype(np.float32)).to_sitk(), str(tmp_path / "n.nrrd")
+    )
+    back = read_masks(tmp_path / "lung.nii.gz", tmp_path / "n.nrrd", texture_overrides=["1=4", "2=1"])
+    assert back.lung.same_geometry(masks.lung)
+    assert set(np.unique(back.lung.array).tolist()) == {0, 1}
+    assert np.issubdtype(back.nodules.array.dtype, np.integer)
+    np.testing.assert_array_equal(back.nodules.array, masks.nodules.array)
+    assert back.names == {1: "Nodule 1", 2: "Nodule 2"} and back.textures == {1: 4, 2: 1}
+    only_nodules = read_masks(None, tmp_path / "n.nrrd")
+    assert only_nodules.lung is None and only_nodules.textures == {}
+    only_lung = read_masks(tmp_path / "lung.nii.gz")
+    assert only_lung.nodules is None and only_lung.labels() == []
+
+
+def test_label_image_errors(tmp_path: Path) -> None:
+    masks = make_masks()
+    sitk.WriteImage(masks.lung.to_sitk(), str(tmp_path / "lung.nrrd"))
+    shifted = Volume(masks.nodules.array, GEOMETRY["spacing"], (0.0, 0.0, 0.0), GEOMETRY["direction"])
+    sitk.WriteImage(shifted.to_sitk(), str(tmp_path / "shifted.nrrd"))
+    with pytest.raises(InputError, match="different geometry"):
+        read_masks(tmp_path / "lung.nrrd", tmp_path / "shifted.nrrd")
+    frac = masks.nodules.with_array(masks.nodules.array * np.float32(0.5))
+    sitk.WriteImage(frac.to_sitk(), str(tmp_path / "frac.nrrd"))
+    with pytest.raises(InputError, match="non-integer values"):
+        read_masks(tmp_path / "lung.nrrd", tmp_path / "frac.nrrd")
+    neg = masks.nodules.with_array(masks.nodules.array.astype(np.int16) * -1)
+    sitk.WriteImage(neg.to_sitk(), str(tmp_path / "neg.nrrd"))
+    with pytest.raises(InputError, match="negative values"):
+        read_masks(tmp_path / "lung.nrrd", tmp_path / "neg.nrrd")
+    with pytest.raises(InputError, match="not found: .*nodules.nrrd"):
+        read_masks(tmp_path / "lung.nrrd", tmp_path / "nodules.nrrd")
+    with pytest.raises(InputError, match="no masks"):
+        read_masks(None)
+
+
+# ----------------------------------------------------------------------------------------- model grid
+
+
+def grid_axes_error(grid: Volume, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| along the grid's axes, in grid voxels."""
+    d = np.asarray(grid.direction).reshape(3, 3)
+    return np.abs(np.linalg.solve(d, a - b)) / np.asarray(grid.spacing)
+
+
+def test_to_model_grid_keeps_physical_alignment() -> None:
+    masks = make_masks()
+    size, spacing = (24, 20, 16), (1.5, 1.5, 1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, grid = to_model_grid(masks, size, spacing)
+    assert grid.size == size and grid.array.dtype == np.uint8 and not grid.array.any()
+    assert np.allclose(grid.spacing, spacing) and np.allclose(grid.direction, GEOMETRY["direction"])
+    assert out.lung.same_geometry(grid) and out.nodules.same_geometry(grid)
+    assert out.textures == masks.textures and out.names == masks.names
+    assert out.labels() == [1, 2]
+    for label in (1, 2):
+        err = grid_axes_error(grid, centroid_mm(out.nodules, label), centroid_mm(masks.nodules, label))
+        assert (err <= 0.5 + 1e-6).all(), (label, err)
+    # lung centred: its bounding-box centre (input) is the grid centre
+    idx = np.argwhere(masks.lung.array > 0)
+    lung_centre = physical(masks.lung, ((idx.min(0) + idx.max(0)) / 2)[::-1])
+    grid_centre = physical(grid, (np.asarray(size) - 1) / 2)
+    np.testing.assert_allclose(lung_centre, grid_centre, atol=1e-6)
+    # the lung volume is about preserved
+    vol_in = masks.lung.array.sum() * np.prod(GEOMETRY["spacing"])
+    vol_out = out.lung.array.sum() * np.prod(spacing)
+    assert abs(vol_out / vol_in - 1) < 0.25
+
+
+def test_to_model_grid_centres_image_without_lung() -> None:
+    masks = make_masks()
+    masks.lung = None
+    out, grid = to_model_grid(masks, (8, 8, 8), (2.0, 2.0, 2.0))
+    image_centre = physical(masks.nodules, (np.asarray(masks.nodules.size) - 1) / 2)
+    np.testing.assert_allclose(physical(grid, np.full(3, 3.5)), image_centre, atol=1e-6)
+    assert out.lung is None
+
+
+def test_to_model_grid_warns_when_lung_is_cut() -> None:
+    masks = make_masks()
+    with pytest.warns(FieldOfViewWarning) as record:
+        out, _ = to_model_grid(masks, (4, 4, 4), (1.0, 1.0, 1.0))
+    msg = str(record[0].message)
+    assert "% of the lung mask" in msg and "cut off" in msg
+    frac = float(msg.split("%")[0]) / 100
+    lung = masks.lung.array > 0
+    assert 0.9 < frac < 1.0
+    assert out.lung.array.all() and lung.sum()
+
+
+def test_to_model_grid_drops_nodule_outside_and_keeps_tiny_nodule() -> None:
+    masks = make_masks()
+    masks.nodules.array[masks.nodules.array == 2] = 0
+    masks.nodules.array[0, 0, 0] = 2  # far outside a small grid
+    masks.nodules.array[6, 9, 7] = 3  # one 0.7 x 0.9 x 2.5 mm voxel: smaller than a 3 mm model voxel
+    masks.textures = {1: 2, 2: 4, 3: 5}
+    with pytest.warns(FieldOfViewWarning, match="'Ground glass'.* is dropped"):
+        out, grid = to_model_grid(masks, (6, 6, 6), (3.0, 3.0, 3.0))
+    assert out.labels() == [1, 3] and out.textures == {1: 2, 3: 5} and 2 not in out.names
+    assert (out.nodules.array == 3).sum() == 1
+    err = grid_axes_error(grid, centroid_mm(out.nodules, 3), centroid_mm(masks.nodules, 3))
+    assert (err <= 0.5 + 1e-6).all()
+
+
+def test_to_model_grid_rejects_bad_grid() -> None:
+    with pytest.raises(InputError, match="three positive integers"):
+        to_model_grid(make_masks(), (8, 8, 0), (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="three positive numbers"):
+        to_model_grid(make_masks(), (8, 8, 8), (1.0, -1.0, 1.0))
+
+
+def test_from_model_grid_puts_values_back() -> None:
+    masks = make_masks()
+    with pytest.warns(FieldOfViewWarning):  # a small grid, so that part of the reference lies outside
+        _, grid = to_model_grid(masks, (16, 16, 8), (1.0, 1.0, 2.0))
+    # a CT that is a linear function of position: linear interpolation reproduces it exactly
+    gz, gy, gx = np.indices(grid.array.shape)
+    pts = physical(grid, np.stack([gx, gy, gz], -1).reshape(-1, 3).T).T
+    coeff = np.array([3.0, -2.0, 5.0])
+    ct = Volume.like(grid, (pts @ coeff).reshape(grid.array.shape).astype(np.float32))
+    back = from_model_grid(ct, masks.lung)
+    assert back.same_geometry(masks.lung) and back.array.dtype == np.float32
+    rz, ry, rx = np.indices(SHAPE)
+    ref_pts = physical(masks.lung, np.stack([rx, ry, rz], -1).reshape(-1, 3).T).T
+    expected = (ref_pts @ coeff).reshape(SHAPE)
+    d = np.asarray(grid.direction).reshape(3, 3)
+    cont = (np.linalg.solve(d, (ref_pts - np.asarray(grid.origin)).T).T / np.asarray(grid.spacing)).reshape(
+        (*SHAPE, 3)
+    )
+    inside = ((cont >= 0) & (cont <= np.asarray(grid.size) - 1)).all(-1)
+    outside = ((cont < -0.5) | (cont > np.asarray(grid.size) - 0.5)).any(-1)
+    assert inside.sum() > 100 and outside.sum() > 100
+    np.testing.assert_allclose(back.array[inside], expected[inside], atol=1e-2)
+    assert (back.array[outside] == -1000).all()
+    as_int = from_model_grid(ct.with_array(ct.array.astype(np.int16)), masks.lung, default_hu=-1024)
+    assert as_int.array.dtype == np.int16 and (as_int.array[outside] == -1024).all()
+
+
+# ---------------------------------------------------------------------------------- synthetic outputs
+
+PROVENANCE = {
+    "model_id": "land-paper-v1",
+    "seed": 42,
+    "sampler": "ddim",
+    "steps": 50,
+    "textures": {"1": 3},
+    "mode": "nodule+lung+texture",
+}
+
+
+def test_write_nifti_descrip_and_sidecar(tmp_path: Path) -> None:
+    ct = Volume(np.full(SHAPE, -500, np.int16), **GEOMETRY)
+    path = tmp_path / "ct.nii.gz"
+    write_volume(path, ct, PROVENANCE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.json", "ct.nii.gz"]
+    image = sitk.ReadImage(str(path))
+    assert image.GetMetaData("descrip") == "SYNTHETIC CT - LAND land-paper-v1 seed 42"
+    back = Volume.from_sitk(image)
+    assert back.same_geometry(ct) and (back.array == -500).all()
+    record = read_provenance(path)
+    assert record == json.loads((tmp_path / "ct.json").read_text())
+    assert {k: record[k] for k in PROVENANCE} == PROVENANCE
+    assert record["synthetic"] == "true" and record["land_version"] and record["created"]
+
+
+def test_write_nrrd_fields(tmp_path: Path) -> None:
+    ct = Volume(np.full(SHAPE, 7, np.int16), **GEOMETRY)
+    path = tmp_path / "ct.nrrd"
+    write_volume(path, ct, {**PROVENANCE, "description": "SYNTHETIC CT - custom"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nrrd"]
+    header = path.read_bytes().split(b"\n\n")[0].decode()
+    assert "content: SYNTHETIC CT - custom" in header
+    assert "LAND.Synthetic:=true" in header and "LAND.ModelId:=land-paper-v1" in header
+    assert "LAND.Seed:=42" in header and 'LAND.Textures:={"1": 3}' in header
+    image = sitk.ReadImage(str(path))
+    assert Volume.from_sitk(image).same_geometry(ct)
+    record = read_provenance(path)
+    assert {k: record[k] for k in PROVENANCE} == PROVENANCE
+    assert record["description"] == "SYNTHETIC CT - custom"
+
+
+def test_provenance_from_volume_metadata_and_description_fix(tmp_path: Path) -> None:
+    ct = Volume(np.zeros((4, 4, 4), np.int16), metadata={"model": "m1", "seed": "3", "description": "a CT"})
+    write_volume(tmp_path / "a.nii", ct)
+    assert sitk.ReadImage(str(tmp_path / "a.nii")).GetMetaData("descrip") == "SYNTHETIC - a CT"
+    ct.metadata.pop("description")
+    write_volume(tmp_path / "b.nrrd", ct)
+    assert read_provenance(tmp_path / "b.nrrd")["description"] == "SYNTHETIC CT - LAND m1 seed 3"
+    long = {"model_id": "x" * 120, "seed": 1}
+    write_volume(tmp_path / "c.nii", ct, long)
+    descrip = sitk.ReadImage(str(tmp_path / "c.nii")).GetMetaData("descrip")
+    assert descrip.startswith("SYNTHETIC CT - LAND x") and len(descrip) <= 79
+
+
+def test_read_provenance_without_land_fields(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(tmp_path / "plain.nrrd"))
+    assert read_provenance(tmp_path / "plain.nrrd") == {}
+    with pytest.raises(InputError, match="not found"):
+        read_provenance(tmp_path / "none.nrrd")
+
+
+def test_write_errors_leave_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ct = Volume(np.zeros((4, 4, 4), np.int16))
+    with pytest.raises(InputError, match="unsupported file type"):
+        write_volume(tmp_path / "ct.mha", ct, PROVENANCE)
+    with pytest.raises(InputError, match="does not exist"):
+        write_volume(tmp_path / "no" / "ct.nrrd", ct, PROVENANCE)
+    (tmp_path / "ct.nii.gz").write_bytes(b"old")
+
+    def failing_write(image: sitk.Image, name: str, *args: object) -> None:
+        Path(name).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(land_io.sitk, "WriteImage", failing_write)
+    for name in ("ct.nii.gz", "ct.nrrd", "m.seg.nrrd"):
+        with pytest.raises(InputError, match="could not write .*disk full"):
+            if name.startswith("m."):
+                write_seg_nrrd(tmp_path / name, make_masks())
+            else:
+                write_volume(tmp_path / name, ct, PROVENANCE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+    assert (tmp_path / "ct.nii.gz").read_bytes() == b"old"

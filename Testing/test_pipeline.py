@@ -1,0 +1,154 @@
+"""LANDPipeline: model directories with verified hashes, generation, geometry, determinism."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_masks, tiny_config
+
+from land.errors import Cancelled, InputError, ModelError
+from land.model_dir import named_config
+from land.pipeline import LANDPipeline
+
+
+def test_save_and_load_round_trip_verifies_hashes(tiny_model_dir):
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["format"] == "land-model/1" and meta["trained"] is False
+    assert set(meta["weights"]) == {"vae.safetensors", "unet.safetensors"}
+    assert all(len(h) == 64 for h in meta["weights"].values())
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    assert pipe.config.grid_size == (64, 64, 64) and pipe.config.spacing == (4.0, 4.0, 4.0)
+    again = LANDPipeline.from_pretrained(tiny_model_dir)
+    for a, b in zip(pipe.unet.state_dict().values(), again.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (
+        pipe.model_id.startswith("tiny-test@")
+        and pipe.model_id[-8:] == meta["weights"]["unet.safetensors"][:8]
+    )
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "no-hash"])
+def test_damaged_weights_are_refused(tiny_model_dir, tmp_path, damage):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "unet.safetensors"
+    data = weights.read_bytes()
+    if damage == "flip":
+        weights.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    elif damage == "truncate":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        meta = json.loads((model / "model.json").read_text())
+        del meta["weights"]["unet.safetensors"]
+        (model / "model.json").write_text(json.dumps(meta))
+    expected = {"flip": "sha256", "truncate": "sha256", "missing": "missing", "no-hash": "no sha256"}[damage]
+    with pytest.raises(ModelError, match=expected):
+        LANDPipeline.from_pretrained(model)
+
+
+def test_incompatible_config_is_a_model_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["unet"]["channels"] = [16, 16, 32, 32, 64]
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="do not fit the architecture"):
+        LANDPipeline.from_pretrained(model)
+    meta["grid"]["size"] = [60, 64, 64]
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="divisible by 64"):
+        LANDPipeline.from_pretrained(model)
+
+
+def test_named_configs_are_consistent():
+    paper = named_config("paper")
+    assert paper.grid_size == (256, 256, 256) and paper.latent_size == (64, 64, 64)
+    assert named_config("small").latent_size == (32, 32, 32)
+    with pytest.raises(ModelError, match="unknown config"):
+        named_config("huge")
+
+
+def test_generate_conditional_geometry_metadata_and_determinism(tiny_model_dir):
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    masks = make_masks()
+    events = []
+    ct = pipe.generate(masks, steps=3, seed=11, device="cpu", progress=events.append)
+    assert ct.array.dtype == np.int16 and ct.array.shape == (64, 64, 64)
+    assert ct.array.min() >= -1000 and ct.array.max() <= 1000
+    assert ct.spacing == (4.0, 4.0, 4.0)
+    np.testing.assert_allclose(ct.direction, masks.lung.direction)
+    assert "SYNTHETIC" in ct.metadata["description"]
+    assert ct.metadata["seed"] == "11" and ct.metadata["sampler"] == "dpmpp2m" and ct.metadata["steps"] == "3"
+    assert ct.metadata["textures"] == "1=5,2=1" and ct.metadata["mode"] == "nodule+lung+texture"
+    denoise = [e for e in events if e["stage"] == "denoise"]
+    assert [e["step"] for e in denoise] == [1, 2, 3] and all(e["total"] == 3 for e in denoise)
+    assert any(e["stage"] == "decode" for e in events)
+
+    same = pipe.generate(masks, steps=3, seed=11, device="cpu")
+    other_seed = pipe.generate(masks, steps=3, seed=12, device="cpu")
+    other_texture = pipe.generate(make_masks(textures={1: 1, 2: 1}), steps=3, seed=11, device="cpu")
+    assert np.array_equal(ct.array, same.array)
+    assert not np.array_equal(ct.array, other_seed.array)
+    assert not np.array_equal(ct.array, other_texture.array)
+
+
+def test_generate_match_input_returns_the_mask_geometry(tiny_model_dir):
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    masks = make_masks()
+    ct = pipe.generate(masks, steps=2, seed=0, device="cpu", match_input=True)
+    assert ct.same_geometry(masks.lung.with_array(ct.array))
+    assert ct.array.shape == masks.lung.array.shape and "SYNTHETIC" in ct.metadata["description"]
+
+
+def test_unconditional_and_full_decode_agree_with_tiled(tiny_model_dir):
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    tiled = pipe.generate(None, steps=2, seed=3, device="cpu", max_memory=64 << 20)
+    full = pipe.generate(None, steps=2, seed=3, device="cpu", decode="full")
+    assert tiled.metadata["mode"] == "none"
+    np.testing.assert_allclose(tiled.origin, [-126.0, -126.0, -126.0])
+    # both in HU: 1% of the [0, 1] range is 20 HU; rounding to int16 adds at most 1
+    assert np.abs(tiled.array.astype(np.int32) - full.array).max() <= 20
+
+
+def test_generate_rejects_bad_options_and_cancels(tiny_model_dir):
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    with pytest.raises(InputError, match="unknown sampler"):
+        pipe.generate(None, sampler="euler")
+    with pytest.raises(InputError, match="unknown mode"):
+        pipe.generate(make_masks(), mode="lung")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            pipe.generate(None, device="cuda")
+    cancel = threading.Event()
+
+    def stop_after_first(event):
+        if event["step"] == 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        pipe.generate(None, steps=5, progress=stop_after_first, cancel=cancel, device="cpu")
+
+
+def test_texture_mode_needs_textures(tiny_model_dir):
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    masks = make_masks()
+    masks.textures.pop(2)
+    with pytest.raises(InputError, match="label 2"):
+        pipe.generate(masks, steps=1)
+    pipe.generate(masks, steps=1, mode="nodule+lung")  # textures are not needed without texture mode
+
+
+def test_tiny_config_matches_fixture():
+    cfg = tiny_config()
+    cfg.validate()
+    assert cfg.latent_size == (16, 16, 16)
