@@ -162,7 +162,7 @@ class LANDPipeline:
                 f"model {self.config.name} was trained in mode {self.config.mode!r}; {mode!r} may look wrong",
                 stacklevel=2,
             )
-        steps = steps or default_steps(sampler)
+        steps = default_steps(sampler) if steps is None else steps
         dev = resolve_device(device)
         cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
         cond = cond.to(dev)

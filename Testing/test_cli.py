@@ -1,0 +1,182 @@
+"""The ``land`` CLI end to end, in child processes, as a user (or the Slicer module) runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from conftest import make_masks
+
+from land.io import read_provenance, write_seg_nrrd
+
+LAND = [sys.executable, "-m", "land"]
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAND, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    for name in ("init-model", "generate", "info"):
+        assert name in result.stdout
+    assert "--sampler" in run("generate", "--help").stdout
+
+
+def test_init_model_and_info(tmp_path):
+    result = run("init-model", "--config", "small", "--out", str(tmp_path / "m"), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "U-Net 15,436,132" in result.stdout
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["trained"] is False and meta["grid"]["size"] == [128, 128, 128]
+    info = run("info", "--model", str(tmp_path / "m"))
+    assert info.returncode == 0 and "NO (random weights)" in info.stdout and "sha256" in info.stdout
+
+
+def test_generate_from_seg_nrrd_writes_synthetic_nifti(tiny_model_dir, tmp_path):
+    masks = make_masks()
+    seg = tmp_path / "case.seg.nrrd"
+    write_seg_nrrd(seg, masks)
+    out = tmp_path / "ct.nii.gz"
+    result = run("generate", "--model", str(tiny_model_dir), "--mask", str(seg), "--steps", "2",
+                 "--seed", "5", "--progress", "json", "--device", "cpu", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [e for e in lines if e.get("stage") == "denoise"]
+    assert [e["step"] for e in steps] == [1, 2] and all("eta_s" in e for e in steps)
+    assert lines[-1] == {"done": True, "out": str(out)}
+    assert "UNTRAINED" in result.stderr  # the random-weights model says so
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == (64, 64, 64) and image.GetSpacing() == (4.0, 4.0, 4.0)
+    assert image.GetPixelID() == sitk.sitkInt16
+    assert "SYNTHETIC" in image.GetMetaData("descrip")
+    prov = read_provenance(out)
+    assert prov["seed"] in ("5", 5) and prov["textures"] == "1=5,2=1" and prov["sampler"] == "dpmpp2m"
+
+
+def test_generate_from_label_images_nrrd_with_texture_override(tiny_model_dir, tmp_path):
+    masks = make_masks()
+    sitk.WriteImage(masks.lung.to_sitk(), str(tmp_path / "lung.nii.gz"))
+    sitk.WriteImage(masks.nodules.to_sitk(), str(tmp_path / "nodules.nrrd"))
+    out = tmp_path / "ct.nrrd"
+    result = run("generate", "--model", str(tiny_model_dir), "--mask", str(tmp_path / "lung.nii.gz"),
+                 "--nodules", str(tmp_path / "nodules.nrrd"), "--texture", "1=3,2=4", "--steps", "2",
+                 "--match-input", "--progress", "none", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == masks.lung.size
+    assert image.GetSpacing() == pytest.approx(masks.lung.spacing)
+    assert image.GetOrigin() == pytest.approx(masks.lung.origin)
+    assert image.GetDirection() == pytest.approx(masks.lung.direction)
+    assert image.GetMetaData("LAND.Textures") == "1=3,2=4"
+    assert "SYNTHETIC" in image.GetMetaData("NRRD_content")  # the NRRD "content:" field
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--texture", "1=7"], "1..5"),
+        (["--mask", "/nonexistent/lung.nii.gz"], "/nonexistent/lung.nii.gz"),
+        (["--steps", "0"], "step count"),
+        (["--out", "ct.png"], ".nii.gz"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tiny_model_dir, tmp_path, args, message):
+    masks = make_masks()
+    write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)
+    base = {"--mask": str(tmp_path / "m.seg.nrrd"), "--out": str(tmp_path / "ct.nii.gz")}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        base[key] = value if key != "--out" else str(tmp_path / value)
+    flat = [x for kv in base.items() for x in kv]
+    result = run("generate", "--model", str(tiny_model_dir), "--steps", "1", *flat)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "error:" in result.stderr
+    assert not (tmp_path / "ct.nii.gz").exists()
+
+
+def test_nodule_outside_lung_warns_and_strict_fails(tiny_model_dir, tmp_path):
+    masks = make_masks()
+    masks.nodules.array[2:4, 2:4, 2:4] = 2  # a few voxels of nodule 2 in the corner, outside the lungs
+    write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)
+    common = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--mask",
+        str(tmp_path / "m.seg.nrrd"),
+        "--steps",
+        "1",
+    ]
+    warned = run(*common, "--out", str(tmp_path / "a.nii.gz"))
+    assert warned.returncode == 0 and "outside" in warned.stderr
+    strict = run(*common, "--strict", "--out", str(tmp_path / "b.nii.gz"))
+    assert strict.returncode == 2 and "outside" in strict.stderr
+    assert not (tmp_path / "b.nii.gz").exists()
+
+
+@pytest.mark.parametrize("damage", ["hash", "truncate", "missing-dir"])
+def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "vae.safetensors"
+    if damage == "hash":
+        meta = json.loads((model / "model.json").read_text())
+        meta["weights"]["vae.safetensors"] = "0" * 64
+        (model / "model.json").write_text(json.dumps(meta))
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        model = tmp_path / "absent"
+    result = run("generate", "--model", str(model), "--steps", "1", "--out", str(tmp_path / "ct.nii.gz"))
+    assert result.returncode == 3, result.stderr
+    assert ("sha256" in result.stderr) or ("does not exist" in result.stderr)
+    assert not (tmp_path / "ct.nii.gz").exists()
+
+
+def test_missing_default_model_is_explained(tmp_path):
+    from land.cli import default_model_dir
+
+    if (default_model_dir() / "model.json").exists():
+        pytest.skip("a default model is bundled")
+    result = run("generate", "--out", str(tmp_path / "ct.nii.gz"))
+    assert result.returncode == 3 and "no trained default model" in result.stderr
+
+
+def test_sigterm_cancels_cleanly_without_partial_output(tiny_model_dir, tmp_path):
+    out = tmp_path / "ct.nii.gz"
+    proc = subprocess.Popen(
+        [
+            *LAND,
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--sampler",
+            "ddpm",
+            "--progress",
+            "json",
+            "--out",
+            str(out),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until denoising has started
+        if '"denoise"' in line or time.monotonic() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "cancelled" in stderr
+    assert list(Path(tmp_path).iterdir()) == []
