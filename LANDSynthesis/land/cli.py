@@ -23,7 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 # Modules that add sub-commands: each has ``register(subparsers, command)`` which adds its parsers and
 # registers its handlers with the ``command(name)`` decorator.
-COMMAND_MODULES: tuple[str, ...] = ("land.benchmark", "land.train.cli")
+COMMAND_MODULES: tuple[str, ...] = ("land.benchmark", "land.phantom", "land.train.cli")
 
 
 def bundled_resources() -> Path:
