@@ -1,0 +1,281 @@
+"""The LAND folder dataset: ``manifest.csv`` plus one folder per case.
+
+Layout::
+
+    DATA/manifest.csv              header row; column ``case`` (else the first column) names the folder,
+                                   optional column ``split`` ('train' / 'val'); other columns are kept
+    DATA/<case>/image.nii.gz       CT in HU
+    DATA/<case>/lung.nii.gz        lung mask (nonzero = lung), same geometry as the image
+    DATA/<case>/nodules.nii.gz     nodule labels 0..K, same geometry
+    DATA/<case>/textures.json      {"1": 5, "2": 3, ...}: texture 1..5 per nodule label; non-integer keys
+                                   (e.g. "source") are ignored
+
+Images are fed to the VAE in [0, 1]: HU clipped to [hu_min, hu_max] (default [-1000, 1000]) and scaled
+linearly, the mapping stored in ``model.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..conditioning import MaskSet, check_labels, encode_conditioning, label_counts
+from ..errors import InputError
+from ..io import read_volume
+from ..volume import Volume
+
+MANIFEST_FILE = "manifest.csv"
+IMAGE_FILE = "image.nii.gz"
+LUNG_FILE = "lung.nii.gz"
+NODULES_FILE = "nodules.nii.gz"
+TEXTURES_FILE = "textures.json"
+CASE_FILES = (IMAGE_FILE, LUNG_FILE, NODULES_FILE, TEXTURES_FILE)
+CASE_COLUMNS = ("case", "case_id", "id", "folder", "name")
+_INT_KEY = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One manifest row: the case folder and its optional split."""
+
+    name: str
+    folder: Path
+    split: str = "train"
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def image(self) -> Path:
+        return self.folder / IMAGE_FILE
+
+    @property
+    def lung(self) -> Path:
+        return self.folder / LUNG_FILE
+
+    @property
+    def nodules(self) -> Path:
+        return self.folder / NODULES_FILE
+
+    @property
+    def textures(self) -> Path:
+        return self.folder / TEXTURES_FILE
+
+
+@dataclass
+class Case:
+    """A loaded case: the CT (HU, as stored; None when not read) and its masks."""
+
+    name: str
+    image: Volume | None
+    masks: MaskSet
+
+
+def read_manifest(root: str | Path) -> list[CaseFiles]:
+    """The cases listed in ``root/manifest.csv`` (InputError when missing, empty or duplicated)."""
+    root = Path(root)
+    path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise InputError(f"dataset folder {root} does not exist")
+    if not path.is_file():
+        raise InputError(
+            f"{path} is missing; a LAND dataset folder has {MANIFEST_FILE} (a header row with a 'case' "
+            "column naming each case folder) and one folder per case"
+        )
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+            columns = list(rows[0].keys()) if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    if not rows:
+        raise InputError(f"{path} lists no cases (it needs a header row and one row per case)")
+    key = next((c for c in CASE_COLUMNS if c in columns), columns[0])
+    cases: list[CaseFiles] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=2):
+        name = (row.get(key) or "").strip()
+        if not name:
+            raise InputError(f"{path} line {i}: empty '{key}' value")
+        if name in seen:
+            raise InputError(f"{path} line {i}: case {name!r} is listed twice")
+        seen.add(name)
+        split = (row.get("split") or "train").strip().lower() or "train"
+        extra = {k: v for k, v in row.items() if k not in (key, "split") and k is not None}
+        cases.append(CaseFiles(name, root / name, split, extra))
+    return cases
+
+
+def sha256_manifest(root: str | Path) -> str:
+    """sha256 of ``manifest.csv`` (recorded in a trained model's provenance)."""
+    from ..model_dir import sha256_file
+
+    return sha256_file(Path(root) / MANIFEST_FILE)
+
+
+def parse_textures(obj: object) -> tuple[dict[int, int], list[str]]:
+    """Textures from a loaded ``textures.json`` and the problems found (integer keys only; others ignored)."""
+    if not isinstance(obj, dict):
+        return {}, [f'{TEXTURES_FILE} must hold a JSON object like {{"1": 5}}, not {type(obj).__name__}']
+    textures: dict[int, int] = {}
+    problems = []
+    for key, value in obj.items():
+        if not _INT_KEY.match(str(key)):
+            continue  # other keys (e.g. "source", "_comment") are allowed
+        label = int(key)
+        if label < 1:
+            problems.append(f"{TEXTURES_FILE}: key {key!r} is not a nodule label (labels are 1..K)")
+            continue
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5
+        if not ok:
+            problems.append(f"{TEXTURES_FILE}: texture {value!r} of label {label} is not an integer 1..5")
+            continue
+        textures[label] = int(value)
+    return textures, problems
+
+
+def read_textures(path: str | Path) -> tuple[dict[int, int], list[str]]:
+    """Parse a ``textures.json`` file: (label -> texture, problems)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, [f"cannot read {TEXTURES_FILE}: {e}"]
+    except json.JSONDecodeError as e:
+        return {}, [f"{TEXTURES_FILE} is not valid JSON: {e}"]
+    return parse_textures(obj)
+
+
+def hu_to_unit(array: np.ndarray, hu_min: float = -1000.0, hu_max: float = 1000.0) -> np.ndarray:
+    """HU clipped to [hu_min, hu_max] and mapped linearly to [0, 1] (float32)."""
+    a = np.clip(np.asarray(array, dtype=np.float32), hu_min, hu_max)
+    return (a - np.float32(hu_min)) / np.float32(hu_max - hu_min)
+
+
+def load_case(files: CaseFiles, image: bool = True) -> Case:
+    """Read a case and check it (InputError naming the case and the problem; see ``land check-dataset``)."""
+
+    def fail(message: str) -> InputError:
+        return InputError(
+            f"case {files.name}: {message}; run 'land check-dataset' on the dataset for details"
+        )
+
+    missing = [n for n in CASE_FILES if not (files.folder / n).is_file() and (image or n != IMAGE_FILE)]
+    if missing:
+        raise fail(f"missing {', '.join(missing)} in {files.folder}")
+    try:
+        lung = read_volume(files.lung)
+        nodules = read_volume(files.nodules)
+        ct = read_volume(files.image) if image else None
+        check_labels(nodules, f"{NODULES_FILE} of case {files.name}")
+    except InputError as e:
+        raise fail(str(e)) from e
+    if not lung.same_geometry(nodules):
+        raise fail(
+            f"{LUNG_FILE} ({lung.geometry_text()}) and {NODULES_FILE} ({nodules.geometry_text()}) differ"
+        )
+    if ct is not None and not ct.same_geometry(lung):
+        raise fail(f"{IMAGE_FILE} ({ct.geometry_text()}) and {LUNG_FILE} ({lung.geometry_text()}) differ")
+    textures, problems = read_textures(files.textures)
+    if problems:
+        raise fail("; ".join(problems))
+    labels = sorted(label_counts(nodules.array))
+    missing_textures = [k for k in labels if k not in textures]
+    if missing_textures:
+        raise fail(f"nodule label(s) {missing_textures} have no texture in {TEXTURES_FILE}")
+    textures = {k: v for k, v in textures.items() if k in labels}  # textures of absent labels: ignored
+    return Case(files.name, ct, MaskSet(lung=lung, nodules=nodules, textures=textures))
+
+
+def conditioning_array(masks: MaskSet, mode: str) -> np.ndarray:
+    """The full-resolution conditioning mask of a case (nodules outside the lungs are not an error here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encode_conditioning(masks, mode).array
+
+
+class FolderDataset(Dataset):
+    """Whole cases: ``{"name", "image": (1, D, H, W) float32 in [0, 1], "cond": (1, D, H, W) | None}``.
+
+    ``cond`` is the full-resolution conditioning mask for ``mode`` (None when ``mode`` is None).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseFiles] | str | Path,
+        hu_min: float = -1000.0,
+        hu_max: float = 1000.0,
+        mode: str | None = None,
+    ) -> None:
+        self.cases = read_manifest(cases) if isinstance(cases, (str, Path)) else list(cases)
+        self.hu_min, self.hu_max, self.mode = float(hu_min), float(hu_max), mode
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        case = load_case(self.cases[index])
+        assert case.image is not None
+        image = torch.from_numpy(hu_to_unit(case.image.array, self.hu_min, self.hu_max))[None]
+        cond = None
+        if self.mode is not None:
+            cond = torch.from_numpy(np.ascontiguousarray(conditioning_array(case.masks, self.mode)))[None]
+        return {"name": case.name, "image": image, "cond": cond, "spacing": case.image.spacing}
+
+
+class PatchDataset(Dataset):
+    """Random VAE training patches. Items are addressed by ``(case_index, patch_seed)`` tuples.
+
+    ``patch_size`` is x, y, z (like the grid size); the patch tensor is (1, z, y, x) in [0, 1]. Up to
+    ``cache_volumes`` CT volumes are kept in memory (int16 HU) so that repeated cases are not re-read.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseFiles],
+        patch_size: Sequence[int],
+        hu_min: float = -1000.0,
+        hu_max: float = 1000.0,
+        cache_volumes: int = 0,
+    ) -> None:
+        self.cases = list(cases)
+        self.patch_zyx = tuple(int(p) for p in reversed(tuple(patch_size)))
+        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
+        self.cache_volumes = int(cache_volumes)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _volume(self, index: int) -> np.ndarray:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        files = self.cases[index]
+        if not files.image.is_file():
+            raise InputError(f"case {files.name}: {files.image} is missing")
+        array = read_volume(files.image).array
+        if self.cache_volumes > 0:
+            self._cache[index] = array
+            while len(self._cache) > self.cache_volumes:
+                self._cache.popitem(last=False)
+        return array
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        from .sampling import patch_origin
+
+        index, seed = item
+        array = self._volume(int(index))
+        try:
+            corner = patch_origin(array.shape, self.patch_zyx, seed)
+        except ValueError as e:
+            raise InputError(f"case {self.cases[index].name}: {e}; use a smaller vae.patch_size") from e
+        sl = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_zyx, strict=True))
+        return torch.from_numpy(hu_to_unit(array[sl], self.hu_min, self.hu_max))[None]

@@ -1,0 +1,130 @@
+"""Training sub-commands of ``land``: ``check-dataset``, ``train-vae``, ``train-ldm``.
+
+Registered by ``land.cli`` through ``register(subparsers, command)``. All three run under ``torchrun`` too
+(``python -m torch.distributed.run --nproc_per_node N -m land train-ldm ...``): DDP, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder (manifest.csv + one folder per case)")
+    p.add_argument("--config", required=True, help="training config: paper, small, tiny or a JSON file")
+    p.add_argument("--out", required=True, help="output folder: checkpoint, progress.jsonl, model directory")
+    p.add_argument("--max-steps", type=_positive_int, help="train up to this step (default: the config's)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (exactly)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
+    p.add_argument(
+        "--progress",
+        choices=["bar", "json", "none"],
+        default="bar",
+        help="console progress; json prints the progress.jsonl lines to stdout",
+    )
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def register(subparsers: Any, command: Callable) -> None:
+    p = subparsers.add_parser("check-dataset", help="validate a training dataset folder (exit 2 on problems)")
+    p.add_argument("data", metavar="DIR", help="dataset folder with manifest.csv")
+    p.add_argument("--config", help="also check each case's grid against this training config")
+    p.add_argument("--quick", action="store_true", help="headers and files only (do not read the masks)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    command("check-dataset")(cmd_check_dataset)
+
+    p = subparsers.add_parser("train-vae", help="train the VAE; OUT becomes a model dir for train-ldm --vae")
+    _common(p)
+    p.add_argument("--perceptual-weights", help="local MedicalNet weights file (sets vae.perceptual.weights)")
+    command("train-vae")(cmd_train_vae)
+
+    p = subparsers.add_parser("train-ldm", help="train the denoising U-Net on VAE latents")
+    _common(p)
+    p.add_argument("--vae", required=True, help="model directory with the VAE (e.g. the OUT of train-vae)")
+    p.add_argument("--cache-dir", help="latent cache folder (default OUT/latent_cache)")
+    p.add_argument("--no-latent-cache", action="store_true", help="encode cases at every use instead")
+    command("train-ldm")(cmd_train_ldm)
+
+
+def cmd_check_dataset(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset
+
+    grid = spacing = None
+    if args.config:
+        from .config import load_config
+
+        cfg = load_config(args.config)
+        grid, spacing = cfg.data.grid_size, cfg.data.spacing
+    report = check_dataset(args.data, grid, spacing, deep=not args.quick)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.format_text())
+    return 0 if report.ok else 2
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from .config import load_config, with_overrides
+    from .vae_trainer import train_vae
+
+    cfg = load_config(args.config)
+    if args.perceptual_weights:
+        if cfg.vae.perceptual.network == "none":
+            raise InputError(
+                f"--perceptual-weights was given but config {cfg.source} has vae.perceptual.network 'none'; "
+                "set the network (e.g. medicalnet_resnet50) in a config file, or drop --perceptual-weights"
+            )
+        cfg = with_overrides(cfg, "vae", **{"perceptual.weights": args.perceptual_weights})
+    out = train_vae(
+        cfg,
+        args.data,
+        args.out,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        device=args.device,
+        progress=args.progress,
+    )
+    if args.progress != "json" and _is_main_rank():
+        print(f"wrote VAE model directory {out} (U-Net untrained; next: land train-ldm --vae {out})")
+    return 0
+
+
+def cmd_train_ldm(args: argparse.Namespace) -> int:
+    from .config import load_config, with_overrides
+    from .ldm_trainer import train_ldm
+
+    cfg = load_config(args.config)
+    if args.no_latent_cache:
+        cfg = with_overrides(cfg, "ldm", cache_latents=False)
+    out = train_ldm(
+        cfg,
+        args.data,
+        args.vae,
+        args.out,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        device=args.device,
+        progress=args.progress,
+        cache_dir=args.cache_dir,
+    )
+    if args.progress != "json" and _is_main_rank():
+        print(f"wrote trained model directory {out}")
+    return 0

@@ -1,0 +1,425 @@
+"""``land train-vae``: train LAND's VAE on random 3D patches.
+
+Loss (LAND / MAISI weights, ``vae.loss_weights``): ``l1 * |x' - x| + perceptual * P(x', x) + kl * KL +
+adversarial * LSGAN(D(x'))``, the adversarial term (and the discriminator, MONAI ``PatchDiscriminator`` with
+``PatchAdversarialLoss(least_squares)``) only from step ``vae.adversarial_warmup`` on. Validation
+reconstructs whole volumes (posterior mean, tiled decoding for large volumes). At the end the latent scale
+(1 / std of the posterior means of a few training volumes, LDM-style) is computed and OUT becomes a LAND
+model directory whose U-Net is untrained (``trained: false``, ``provenance.vae_trained: true``): the
+``--vae`` input of ``land train-ldm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..data.check import check_dataset
+from ..data.folder import CaseFiles, PatchDataset, hu_to_unit, load_case, read_manifest, sha256_manifest
+from ..data.sampling import case_indices, step_seed
+from ..model_dir import save_model_dir
+from ..models import LANDUNet, build_vae
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .config import TrainConfig, VAETrainConfig
+from .distributed import DistContext, barrier, init_distributed, mean_across_ranks, shutdown
+from .loop import (
+    LossMeter,
+    amp_setup,
+    constant_with_warmup,
+    due,
+    eval_mode,
+    maybe_kill,
+    prepare_out,
+    resume_notices,
+    seed_step,
+    write_debug_hashes,
+)
+from .model_io import base_provenance
+from .perceptual import build_perceptual
+from .progress import TrainingLog
+
+LARGE_LATENT_VOXELS = 32**3  # decode bigger latents with land.decoding.decode_tiled
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma) || N(0, 1)) summed over latent voxels, averaged over the batch."""
+    mu, sigma = mu.float(), sigma.float()
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1.0)
+    return kl.flatten(1).sum(dim=1).mean()
+
+
+def split_cases(cases: list[CaseFiles], val_cases: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """(train, validation): the manifest's ``split`` column when it names 'val' cases, else the first
+    ``val_cases`` training cases are also used for validation."""
+    val = [c for c in cases if c.split in ("val", "validation")]
+    train = [c for c in cases if c not in val]
+    if not val:
+        val = train[:val_cases]
+    return train, val
+
+
+@torch.no_grad()
+def encode_mean(vae: torch.nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Posterior mean of a (1, 1, D, H, W) image."""
+    mu, _ = vae.encode(image.to(device))
+    return mu
+
+
+@torch.no_grad()
+def reconstruct(vae: torch.nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Whole-volume reconstruction from the posterior mean (tiled decoding for large latents), on CPU."""
+    mu = encode_mean(vae, image, device)
+    if mu[0, 0].numel() > LARGE_LATENT_VOXELS:
+        from ..decoding import decode_tiled
+
+        return decode_tiled(vae, mu, device=device)
+    return vae.decode(mu).float().cpu()
+
+
+def validate(
+    vae: torch.nn.Module, cases: list[CaseFiles], hu: tuple[float, float], device: torch.device
+) -> dict[str, float]:
+    """Mean L1 (in [0, 1] units), MAE in HU and PSNR of whole-volume reconstructions."""
+    l1s, psnrs = [], []
+    with eval_mode(vae):
+        for files in cases:
+            case = load_case(files)
+            x = torch.from_numpy(hu_to_unit(case.image.array, *hu))[None, None]
+            y = reconstruct(vae, x, device).clamp(0, 1)
+            err = (y - x).abs().mean().item()
+            mse = (y - x).pow(2).mean().item()
+            l1s.append(err)
+            psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+    l1 = float(np.mean(l1s)) if l1s else float("nan")
+    return {
+        "l1": l1,
+        "mae_hu": l1 * (hu[1] - hu[0]),
+        "psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
+        "cases": len(l1s),
+    }
+
+
+def latent_scale(
+    vae: torch.nn.Module, cases: list[CaseFiles], hu: tuple[float, float], device: torch.device
+) -> tuple[float, float]:
+    """(1 / std, std) of the posterior means of ``cases`` (whole volumes)."""
+    values = []
+    with eval_mode(vae):
+        for files in cases:
+            case = load_case(files)
+            x = torch.from_numpy(hu_to_unit(case.image.array, *hu))[None, None]
+            values.append(encode_mean(vae, x, device).double().cpu().flatten())
+    std = float(torch.cat(values).std())
+    return (1.0 / std if std > 0 else 1.0), std
+
+
+@dataclass
+class VAEParts:
+    """Everything one VAE training step touches (and the checkpoint holds)."""
+
+    vae: torch.nn.Module
+    disc: torch.nn.Module
+    vae_run: torch.nn.Module  # DDP wrappers (or the modules themselves)
+    disc_run: torch.nn.Module
+    perceptual: torch.nn.Module | None
+    adv_loss: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LambdaLR
+    sched_d: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    amp_text: str
+    weights: dict[str, float]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "models": {"vae": self.vae.state_dict(), "discriminator": self.disc.state_dict()},
+            "optimizers": {"vae": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
+            "schedulers": {"vae": self.sched_g.state_dict(), "discriminator": self.sched_d.state_dict()},
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        self.vae.load_state_dict(ckpt["models"]["vae"])
+        self.disc.load_state_dict(ckpt["models"]["discriminator"])
+        self.opt_g.load_state_dict(ckpt["optimizers"]["vae"])
+        self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
+        self.sched_g.load_state_dict(ckpt["schedulers"]["vae"])
+        self.sched_d.load_state_dict(ckpt["schedulers"]["discriminator"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def build_vae_parts(
+    vc: VAETrainConfig, device: torch.device, perceptual: torch.nn.Module | None, ddp: bool, seed: int
+) -> VAEParts:
+    """VAE, PatchDiscriminator (instance norm), Adam optimizers, constant LR schedules, AMP."""
+    from monai.losses import PatchAdversarialLoss
+    from monai.networks.nets import PatchDiscriminator
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(seed)
+    vae = build_vae(vc.architecture).to(device)
+    disc = PatchDiscriminator(
+        spatial_dims=3,
+        num_layers_d=vc.discriminator_layers,
+        channels=vc.discriminator_channels,
+        in_channels=1,
+        out_channels=1,
+        norm="INSTANCE",
+    ).to(device)
+    if perceptual is not None:
+        perceptual.to(device)
+    opt_g = torch.optim.Adam(vae.parameters(), lr=vc.lr)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=vc.discriminator_lr)
+    autocast, scaler, amp_text = amp_setup(device, vc.amp)
+    return VAEParts(
+        vae=vae,
+        disc=disc,
+        vae_run=DDP(vae) if ddp else vae,
+        disc_run=DDP(disc) if ddp else disc,
+        perceptual=perceptual,
+        adv_loss=PatchAdversarialLoss(criterion="least_squares"),
+        opt_g=opt_g,
+        opt_d=opt_d,
+        sched_g=torch.optim.lr_scheduler.LambdaLR(opt_g, constant_with_warmup(0)),
+        sched_d=torch.optim.lr_scheduler.LambdaLR(opt_d, constant_with_warmup(0)),
+        scaler=scaler,
+        autocast=autocast,
+        amp_text=amp_text,
+        weights=dict(vc.loss_weights),
+    )
+
+
+def vae_train_step(p: VAEParts, x: torch.Tensor, adversarial: bool) -> dict[str, float]:
+    """One generator step (+ one discriminator step when ``adversarial``); returns the losses."""
+    w = p.weights
+    with p.autocast():
+        recon, mu, sigma = p.vae_run(x)
+        recon = recon.float()
+        l1 = (recon - x).abs().mean()
+        kl = kl_divergence(mu, sigma)
+        loss_g = w["l1"] * l1 + w["kl"] * kl
+        losses = {"l1": l1.item(), "kl": kl.item()}
+        if p.perceptual is not None and w["perceptual"] > 0:
+            perceptual = p.perceptual(recon, x)
+            loss_g = loss_g + w["perceptual"] * perceptual
+            losses["perceptual"] = perceptual.item()
+        if adversarial:
+            p.disc.requires_grad_(False)  # generator step: no discriminator gradients (and no DDP sync)
+            g_adv = p.adv_loss(p.disc(recon)[-1], target_is_real=True, for_discriminator=False)
+            loss_g = loss_g + w["adversarial"] * g_adv
+            losses["generator_adv"] = g_adv.item()
+    losses["total"] = loss_g.item()
+    p.opt_g.zero_grad(set_to_none=True)
+    p.scaler.scale(loss_g).backward()
+    p.scaler.step(p.opt_g)
+    if adversarial:
+        p.disc.requires_grad_(True)
+        with p.autocast():
+            logits = p.disc_run(torch.cat([recon.detach(), x]))[-1].float()
+            fake, real = logits[: x.shape[0]], logits[x.shape[0] :]
+            loss_d = 0.5 * (
+                p.adv_loss(fake, target_is_real=False, for_discriminator=True)
+                + p.adv_loss(real, target_is_real=True, for_discriminator=True)
+            )
+        p.opt_d.zero_grad(set_to_none=True)
+        p.scaler.scale(w["adversarial"] * loss_d).backward()
+        p.scaler.step(p.opt_d)
+        losses["discriminator"] = loss_d.item()
+    p.scaler.update()
+    p.sched_g.step()
+    if adversarial:
+        p.sched_d.step()
+    return losses
+
+
+def train_vae(
+    cfg: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    max_steps: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    progress: str = "bar",
+) -> Path:
+    """Train the VAE (see the module docstring); returns the model directory (= ``out``)."""
+    ctx = init_distributed(device)
+    try:
+        result = _train(cfg, Path(data), Path(out), max_steps, resume, ctx, progress)
+    except BaseException:
+        if ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(ctx)
+    return result
+
+
+def _train(
+    cfg: TrainConfig, data: Path, out: Path, max_steps: int | None, resume: bool, ctx: DistContext, style: str
+) -> Path:
+    vc, dev = cfg.vae, ctx.device
+    total = int(max_steps or vc.steps)
+    out = prepare_out(out, resume, ctx)
+    check_dataset(data, cfg.data.grid_size, cfg.data.spacing, deep=False).raise_if_bad(config=cfg.source)
+    train_cases, val_cases = split_cases(read_manifest(data), vc.val_cases)
+    perceptual, perceptual_info = build_perceptual(vc.perceptual)
+    hu = (cfg.data.hu_min, cfg.data.hu_max)
+    parts = build_vae_parts(vc, dev, perceptual, ctx.enabled, cfg.seed)
+
+    start, elapsed_before, notes = 0, 0.0, []
+    if resume:
+        ckpt = load_checkpoint(out / CHECKPOINT_FILE, "vae")
+        parts.load_checkpoint_state(ckpt)
+        restore_rng_state(ckpt["rng"])
+        start, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        notes = resume_notices(ckpt, cfg.raw, ctx.world_size)
+
+    header = {
+        "world_size": ctx.world_size,
+        "device": str(dev),
+        "amp": parts.amp_text,
+        "perceptual": perceptual_info,
+        "loss_weights": vc.loss_weights,
+        "adversarial_warmup": vc.adversarial_warmup,
+        "config_source": cfg.source,
+        "config": cfg.raw,
+        "train_cases": len(train_cases),
+        "val_cases": len(val_cases),
+    }
+    log = TrainingLog(out, "train-vae", total, start, header, enabled=ctx.is_main, style=style)
+    for note in notes:
+        log.notice(note)
+    if perceptual is None:
+        log.notice("perceptual loss: OFF (vae.perceptual.network is 'none')")
+    else:
+        log.notice(f"perceptual loss: {vc.perceptual.network} from {perceptual_info.get('weights')}")
+
+    patches = PatchDataset(train_cases, vc.patch_size, *hu, cache_volumes=vc.cache_volumes)
+    n, bs = len(train_cases), vc.batch_size
+    batches = [
+        [
+            (i, step_seed(cfg.seed, s, ctx.rank, 1 + j))
+            for j, i in enumerate(case_indices(n, cfg.seed, s, bs, ctx.rank, ctx.world_size))
+        ]
+        for s in range(start, total)
+    ]
+    loader = DataLoader(
+        patches, batch_sampler=batches, num_workers=vc.num_workers, pin_memory=dev.type == "cuda"
+    )
+
+    t0 = time.monotonic()
+    meter = LossMeter()
+    last_val: dict[str, Any] = {}
+    parts.vae.train()
+    parts.disc.train()
+    for s, x in zip(range(start, total), loader, strict=False):
+        step = s + 1
+        seed_step(cfg.seed, s, ctx.rank)
+        adversarial = vc.loss_weights["adversarial"] > 0 and s >= vc.adversarial_warmup
+        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial))
+
+        if due(step, vc.log_every, total):
+            log.step(step, mean_across_ranks(meter.pop(), ctx), parts.sched_g.get_last_lr()[0])
+        if ctx.is_main and val_cases and due(step, vc.val_every, total):
+            last_val = validate(parts.vae, val_cases, hu, dev)
+            log.event("validation", step, **last_val)
+        if due(step, vc.checkpoint_every, total):
+            if ctx.is_main:
+                save_checkpoint(
+                    out / CHECKPOINT_FILE,
+                    "vae",
+                    step,
+                    config=cfg.raw,
+                    rng=rng_state(cfg.seed, step),
+                    elapsed_s=elapsed_before + time.monotonic() - t0,
+                    world_size=ctx.world_size,
+                    **parts.checkpoint_state(),
+                )
+                log.event("checkpoint", step, path=str(out / CHECKPOINT_FILE))
+            maybe_kill(step, ctx)
+
+    wall = elapsed_before + time.monotonic() - t0
+    vae = parts.vae
+    write_debug_hashes(ctx, total, {"vae": vae.state_dict(), "discriminator": parts.disc.state_dict()})
+    if ctx.is_main:
+        scale_cases = train_cases[: vc.latent_scale_cases]
+        scale, std = latent_scale(vae, scale_cases, hu, dev)
+        log.event("latent_scale", total, latent_scale=scale, latent_std=std, cases=len(scale_cases))
+        _write_model_dir(
+            cfg,
+            out,
+            data,
+            vae,
+            scale,
+            std,
+            total,
+            wall,
+            meter.last,
+            last_val,
+            perceptual_info,
+            parts.amp_text,
+            ctx,
+        )
+        log.event("done", total, out=str(out), wall_time_s=round(wall, 1))
+    log.close()
+    barrier(ctx)
+    return out
+
+
+def _write_model_dir(
+    cfg: TrainConfig,
+    out: Path,
+    data: Path,
+    vae: torch.nn.Module,
+    scale: float,
+    std: float,
+    steps: int,
+    wall: float,
+    losses: dict[str, float],
+    val: dict[str, Any],
+    perceptual: dict[str, Any],
+    amp: str,
+    ctx: DistContext,
+) -> None:
+    mc = cfg.model_config(name=f"land-{cfg.name}-vae")
+    mc.latent_scale = scale
+    mc.trained = False  # the U-Net is untrained
+    torch.manual_seed(cfg.seed)
+    unet = LANDUNet(mc.unet)
+    prov = base_provenance(
+        "train-vae", data, sha256_manifest(data), cfg.raw, cfg.source, ctx.device, ctx.world_size
+    )
+    prov.update(
+        stage="vae",
+        vae_trained=True,
+        unet_trained=False,
+        unet=f"UNTRAINED (random init, seed {cfg.seed}): train it with land train-ldm --vae THIS_DIR",
+        vae_steps=steps,
+        wall_time_s=round(wall, 1),
+        final_losses=losses,
+        validation=val,
+        perceptual=perceptual,
+        loss_weights=cfg.vae.loss_weights,
+        adversarial_warmup=cfg.vae.adversarial_warmup,
+        amp=amp,
+        latent_std=std,
+    )
+    mc.provenance = prov
+    mc.card = (
+        f"VAE trained by land train-vae for {steps} steps (config {cfg.source}); latent scale {scale:.4g}. "
+        "The U-Net is UNTRAINED (random weights): use this directory as --vae of land train-ldm."
+    )
+    mc.validate()
+    save_model_dir(out, mc, {"vae": vae.state_dict(), "unet": unet.state_dict()})

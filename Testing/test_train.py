@@ -1,0 +1,206 @@
+"""Training (in process, tiny config): configs, both trainers' losses and outputs, perceptual loss, PNGs.
+
+Resume-after-SIGKILL and DDP run the CLI in child processes: test_train_resume.py, test_train_ddp.py.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from test_dataset import write_dataset
+
+from land.conditioning import MaskSet
+from land.errors import InputError
+from land.io import read_volume
+from land.pipeline import LANDPipeline
+from land.train.config import PerceptualConfig, load_config, parse_config, with_overrides
+from land.train.ldm_trainer import train_ldm
+from land.train.perceptual import build_perceptual
+from land.train.preview import montage, write_png
+from land.train.vae_trainer import train_vae
+
+
+def progress_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+
+
+def step_losses(out: Path, key: str) -> list[float]:
+    return [e["losses"][key] for e in progress_lines(out) if e["event"] == "step"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads are ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("train") / "ds", n=3)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae") / "vae"
+    return train_vae(load_config("tiny"), data, out, max_steps=16, device="cpu", progress="none")
+
+
+def test_bundled_configs_and_errors_name_the_key():
+    for name in ("paper", "small", "tiny"):
+        cfg = load_config(name)
+        cfg.model_config().validate()
+    paper = load_config("paper")
+    assert paper.vae.loss_weights == {"l1": 1.0, "perceptual": 0.3, "kl": 1e-7, "adversarial": 0.1}
+    assert paper.ldm.lr == 1e-5 and paper.ldm.min_snr_gamma == 5.0 and paper.vae.patch_size == (128, 128, 128)
+    assert paper.ldm.mode == "nodule+lung+texture" and paper.model_config().latent_size == (64, 64, 64)
+    raw = load_config("tiny").raw
+    cases = [
+        (
+            {"vae": {**raw["vae"], "loss_weights": {**raw["vae"]["loss_weights"], "kl": "x"}}},
+            "vae.loss_weights.kl",
+        ),
+        ({"ldm": {**raw["ldm"], "bogus": 1}}, "ldm.bogus"),
+        ({"ldm": {**raw["ldm"], "mode": "lung"}}, "ldm.mode"),
+        ({"ldm": {**raw["ldm"], "cond_dropout": 1.5}}, "ldm.cond_dropout"),
+        ({"vae": {**raw["vae"], "patch_size": [18, 16, 16]}}, "vae.patch_size"),
+        ({"vae": {**raw["vae"], "architecture": "huge"}}, "vae.architecture"),
+        ({"data": {**raw["data"], "grid_size": [40, 40, 40]}}, "data.grid_size"),
+        ({"vae": {**raw["vae"], "perceptual": {"network": "vgg"}}}, "vae.perceptual.network"),
+    ]
+    for change, key in cases:
+        with pytest.raises(InputError, match=key.replace(".", r"\.")):
+            parse_config({**raw, **change})
+    with pytest.raises(InputError, match="bundled configs: paper, small, tiny"):
+        load_config("nope")
+
+
+def test_vae_training_lowers_loss_and_writes_vae_model_dir(vae_dir, data):
+    lines = progress_lines(vae_dir)
+    header = lines[0]
+    assert header["event"] == "start" and header["perceptual"]["network"] == "none"
+    assert header["perceptual"]["used"] is False
+    notices = [e["message"] for e in lines if e["event"] == "notice"]
+    assert any("perceptual loss: OFF" in m for m in notices)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        assert (vae_dir / "tensorboard").is_dir()
+    except ImportError:
+        assert any("tensorboard is not installed" in m for m in notices)
+    steps = [e for e in lines if e["event"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, 17))
+    assert all({"step", "total", "losses", "lr", "eta_s", "time"} <= set(e) for e in steps)
+    assert "discriminator" in steps[-1]["losses"] and "discriminator" not in steps[0]["losses"]  # warm-up 2
+    l1 = step_losses(vae_dir, "l1")
+    assert np.mean(l1[-4:]) < 0.8 * np.mean(l1[:4]), l1
+    meta = json.loads((vae_dir / "model.json").read_text())
+    prov = meta["provenance"]
+    assert meta["trained"] is False and prov["vae_trained"] is True and prov["unet_trained"] is False
+    assert prov["perceptual"]["network"] == "none" and prov["vae_steps"] == 16
+    assert len(prov["data_manifest_sha256"]) == 64 and "l1" in prov["validation"]
+    assert meta["latent_scale"] != 1.0 and meta["grid"]["size"] == [32, 32, 32]
+    assert LANDPipeline.from_pretrained(vae_dir).config.latent_scale == meta["latent_scale"]
+
+
+def test_ldm_training_lowers_loss_previews_and_generates(vae_dir, data, tmp_path):
+    cfg = with_overrides(load_config("tiny"), "ldm", preview_every=20, cond_dropout=0.0, checkpoint_every=40)
+    out = train_ldm(cfg, data, vae_dir, tmp_path / "ldm", max_steps=40, device="cpu", progress="none")
+    mse = step_losses(out, "mse")
+    assert len(mse) == 40 and np.mean(mse[-8:]) < 0.8 * np.mean(mse[:8]), mse
+    previews = sorted((out / "previews").glob("*.png"))
+    assert [p.name for p in previews] == ["step_0000020.png", "step_0000040.png"]
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(previews[0])))  # grey, or RGBA via matplotlib
+    assert png.shape[:2] == (2 * 32 + 2, 3 * 32 + 4)
+    assert len(list((out / "latent_cache").glob("*.safetensors"))) == 3
+    meta = json.loads((out / "model.json").read_text())
+    prov = meta["provenance"]
+    assert meta["trained"] is True and prov["ldm_steps"] == 40 and prov["weights"] == "EMA"
+    assert prov["wall_time_s"] > 0 and set(prov["final_losses"]) == {"loss", "mse"}
+    assert len(prov["data_manifest_sha256"]) == 64 and prov["config"]["name"] == "tiny"
+    pipe = LANDPipeline.from_pretrained(out)
+    case = data / "case001"
+    textures = {int(k): v for k, v in json.loads((case / "textures.json").read_text()).items() if k.isdigit()}
+    masks = MaskSet(read_volume(case / "lung.nii.gz"), read_volume(case / "nodules.nii.gz"), textures)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ct = pipe.generate(masks, steps=2, seed=1, device="cpu")
+    assert ct.array.shape == (32, 32, 32) and ct.array.dtype == np.int16 and ct.array.std() > 0
+
+
+def test_trainers_refuse_to_overwrite_or_resume_nothing(vae_dir, data, tmp_path):
+    cfg = load_config("tiny")
+    with pytest.raises(InputError, match="pass --resume"):
+        train_vae(cfg, data, vae_dir, max_steps=1, device="cpu", progress="none")
+    with pytest.raises(InputError, match="does not exist; start without --resume"):
+        train_ldm(
+            cfg, data, vae_dir, tmp_path / "new", max_steps=1, resume=True, device="cpu", progress="none"
+        )
+
+
+def test_ldm_without_latent_cache_and_resume_notices(vae_dir, data, tmp_path):
+    from land.train.loop import resume_notices
+
+    cfg = with_overrides(load_config("tiny"), "ldm", cache_latents=False)
+    out = train_ldm(cfg, data, vae_dir, tmp_path / "ldm", max_steps=2, device="cpu", progress="none")
+    assert not (out / "latent_cache").exists() and len(step_losses(out, "loss")) == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and resume_notices(ckpt, cfg.raw, 1) == []
+    notes = resume_notices(ckpt, with_overrides(cfg, "ldm", lr=0.5).raw, 2)
+    assert "ldm.lr" in notes[0] and "2 rank(s)" in notes[1]
+
+
+def _fake_medicalnet(path: Path) -> None:
+    from land.train.perceptual import build_medicalnet
+
+    torch.manual_seed(0)
+    state = {f"module.{k}": v for k, v in build_medicalnet(10).state_dict().items()}
+    state["module.conv_seg.0.weight"] = torch.zeros(2)  # MedicalNet's segmentation head: ignored
+    torch.save({"state_dict": state}, path)
+
+
+def test_medicalnet_perceptual_loss_from_local_weights(tmp_path):
+    path = tmp_path / "resnet_10.pth"
+    _fake_medicalnet(path)
+    loss, info = build_perceptual(PerceptualConfig("medicalnet_resnet10", str(path), (1, 2), "l2"))
+    assert info["used"] is True and info["ignored"] == 1 and len(info["weights_sha256"]) == 64
+    x = torch.rand(1, 1, 16, 16, 16)
+    y = (x + 0.3 * torch.rand_like(x)).requires_grad_(True)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    value = loss(y, x)
+    value.backward()
+    assert value.item() > 0 and y.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in loss.parameters())
+    with pytest.raises(InputError, match="vae.perceptual.weights is required"):
+        build_perceptual(PerceptualConfig("medicalnet_resnet50", None, (1, 2, 3, 4), "l2"))
+
+
+def test_vae_training_with_perceptual_loss_records_it(data, tmp_path):
+    path = tmp_path / "resnet_10.pth"
+    _fake_medicalnet(path)
+    perceptual = {"network": "medicalnet_resnet10", "weights": str(path), "layers": [1, 2], "distance": "l2"}
+    cfg = with_overrides(load_config("tiny"), "vae", perceptual=perceptual, latent_scale_cases=1)
+    out = train_vae(cfg, data, tmp_path / "vae", max_steps=2, device="cpu", progress="none")
+    lines = progress_lines(out)
+    assert (
+        lines[0]["perceptual"]["used"] is True and lines[0]["perceptual"]["network"] == "medicalnet_resnet10"
+    )
+    assert all("perceptual" in e["losses"] for e in lines if e["event"] == "step")
+    prov = json.loads((out / "model.json").read_text())["provenance"]
+    assert prov["perceptual"]["weights_sha256"] == lines[0]["perceptual"]["weights_sha256"]
+
+
+def test_png_writer_and_montage(tmp_path):
+    vol = (np.arange(4 * 6 * 8).reshape(4, 6, 8) % 256).astype(np.uint8)
+    image = montage([vol, vol])
+    assert image.shape == (2 * 6 + 2, 8 + 8 + 6 + 4)
+    write_png(tmp_path / "m.png", image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.png"))), image)

@@ -1,0 +1,81 @@
+"""DDP: ``torchrun --nproc_per_node 2`` on gloo (CPU) leaves identical weights on both ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_dataset import write_dataset
+
+from land.train.config import load_config
+from land.train.loop import state_sha256
+from land.train.vae_trainer import train_vae
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("ddp") / "ds", n=4)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(data, tmp_path_factory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("vae") / "vae"
+        return train_vae(load_config("tiny"), data, out, max_steps=2, device="cpu", progress="none")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("command", ["train-ldm", "train-vae"])
+def test_two_gloo_ranks_hold_identical_weights(command, data, vae_dir, tmp_path):
+    out, debug = tmp_path / "out", tmp_path / "hashes"
+    args = [
+        command,
+        "--data",
+        str(data),
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "3",
+        "--progress",
+        "none",
+    ]
+    if command == "train-ldm":
+        args += ["--vae", str(vae_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAND_TRAIN_DEBUG_DIR": str(debug)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "land",
+    ]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["step"] == ranks[1]["step"] == 3
+    assert ranks[0]["sha256"] == ranks[1]["sha256"]
+    # rank 0 alone wrote the outputs: the saved weights are the ones both ranks hold
+    if command == "train-ldm":
+        assert state_sha256(load_file(str(out / "unet.safetensors"))) == ranks[0]["sha256"]["ema"]
+    else:
+        assert state_sha256(load_file(str(out / "vae.safetensors"))) == ranks[0]["sha256"]["vae"]
+    lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+    assert lines[0]["world_size"] == 2
+    assert [e["step"] for e in lines if e["event"] == "step"] == [1, 2, 3]
+    assert json.loads((out / "model.json").read_text())["provenance"]["world_size"] == 2
