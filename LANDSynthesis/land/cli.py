@@ -32,7 +32,13 @@ def bundled_resources() -> Path:
 
 
 def default_model_dir() -> Path:
-    return bundled_resources() / "Models" / "land-demo-phantom"
+    """The bundled demo model: in the repository's Resources, or beside the engine in an installed extension."""
+    here = Path(__file__).resolve().parent
+    candidates = [bundled_resources(), here.parent / "Resources"]
+    for resources in candidates:
+        if (resources / "Models" / "land-demo-phantom" / "model.json").is_file():
+            return resources / "Models" / "land-demo-phantom"
+    return candidates[0] / "Models" / "land-demo-phantom"
 
 
 def parse_memory(text: str) -> int:

@@ -1,0 +1,84 @@
+"""The engine's Python dependencies: what is missing, and (in the Slicer application only) installing it.
+
+Checking never imports the packages (``importlib.util.find_spec``): fast, and safe before torch exists.
+Installation follows SlicerMONAIAuto3DSeg: torch through the PyTorch extension's ``PyTorchUtils`` (it picks
+the right CUDA/CPU build), everything else with ``slicer.util.pip_install``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+# import name -> pip requirement (the engine's dependencies, as in pyproject.toml)
+ENGINE_REQUIREMENTS = {
+    "torch": "torch",
+    "monai": "monai>=1.4",
+    "einops": "einops",
+    "numpy": "numpy",
+    "SimpleITK": "SimpleITK",
+    "safetensors": "safetensors",
+    "tqdm": "tqdm",
+}
+OPTIONAL_REQUIREMENTS = {
+    "psutil": "psutil",  # reliable cancel of the whole process tree
+    "scipy": "scipy",  # 'Lungs from CT' (land.lungseg)
+}
+
+
+def isInstalled(importName: str) -> bool:
+    try:
+        return importlib.util.find_spec(importName) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missingRequirements(includeOptional: bool = True) -> dict[str, str]:
+    """{import name: pip requirement} of every engine dependency that is not installed."""
+    wanted = dict(ENGINE_REQUIREMENTS)
+    if includeOptional:
+        wanted.update(OPTIONAL_REQUIREMENTS)
+    return {name: req for name, req in wanted.items() if not isInstalled(name)}
+
+
+def installInSlicer(missing: dict[str, str], askConfirmation: bool = True) -> bool:
+    """Install ``missing`` inside the Slicer application. Returns False when the user declined.
+
+    Raises RuntimeError outside the Slicer application (``slicer.app`` absent) or when installation fails.
+    """
+    import slicer
+
+    if not hasattr(slicer, "app"):
+        raise RuntimeError(
+            "installing packages needs the 3D Slicer application; install them with pip: "
+            + " ".join(sorted(missing.values()))
+        )
+    if not missing:
+        return True
+    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+        "LAND needs these Python packages, which are not installed yet:\n\n  "
+        + "\n  ".join(sorted(missing.values()))
+        + "\n\nInstall them now? This can take several minutes (PyTorch is large).",
+        "LAND: install dependencies",
+    ):
+        return False
+    if "torch" in missing:
+        try:
+            import PyTorchUtils  # from the PyTorch extension (EXTENSION_DEPENDS PyTorch)
+        except ImportError as e:
+            raise RuntimeError(
+                "PyTorch is required: install the 'PyTorch' extension from the Extensions Manager, restart "
+                "Slicer and try again"
+            ) from e
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=askConfirmation)
+            if torch is None:
+                raise RuntimeError("PyTorch was not installed; LAND cannot run without it")
+    rest = [req for name, req in missing.items() if name != "torch"]
+    if rest:
+        slicer.util.pip_install(rest)
+    importlib.invalidate_caches()
+    still = [name for name in missing if not isInstalled(name)]
+    if still:
+        raise RuntimeError("these packages are still missing after installation: " + ", ".join(sorted(still)))
+    return True

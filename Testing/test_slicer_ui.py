@@ -1,0 +1,112 @@
+"""Static checks of the LANDSynthesis module files (no Slicer needed): .ui file, icon, CMakeLists.txt."""
+
+from __future__ import annotations
+
+import re
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "LANDSynthesis"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LANDSynthesis.ui"
+MODULE_FILE = MODULE_DIR / "LANDSynthesis.py"
+WIDGET_CLASS = re.compile(r"^(Q[A-Z]\w*|ctk[A-Z]\w*|qMRML[A-Z]\w*|qSlicer[A-Z]\w*)$")
+QT_CLASSES = {  # standard Qt widgets the module uses (anything else must be declared as a custom widget)
+    "QCheckBox",
+    "QComboBox",
+    "QDoubleSpinBox",
+    "QLabel",
+    "QPlainTextEdit",
+    "QProgressBar",
+    "QPushButton",
+    "QSpinBox",
+    "QTableWidget",
+    "QWidget",
+}
+
+
+def _ui():
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    custom = {c.findtext("class"): c.findtext("extends") for c in root.iter("customwidget")}
+    return root, widgets, custom
+
+
+def test_every_ui_name_used_by_the_module_exists_with_a_widget_class():
+    _, widgets, custom = _ui()
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", MODULE_FILE.read_text()))
+    assert len(used) > 30, "the widget should use the .ui's widgets through self.ui"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"self.ui.<name> without a widget of that name in {UI_FILE.name}: {missing}"
+    for name in sorted(used):
+        cls = widgets[name]
+        assert WIDGET_CLASS.match(cls), f"{name} has class {cls!r}, not a Qt/CTK/MRML widget class"
+        assert cls in QT_CLASSES or cls in custom, f"{name}: {cls} is neither standard Qt nor declared custom"
+
+
+def test_ui_structure():
+    root, widgets, custom = _ui()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "LANDSynthesis"
+    assert len(widgets) == len(list(root.iter("widget"))), "widget names must be unique"
+    for cls, base in custom.items():
+        assert WIDGET_CLASS.match(cls) and base, cls
+    # every MRML widget gets the scene from the top-level widget
+    connected = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml = {n for n, c in widgets.items() if c.startswith(("qMRML", "qSlicer")) and n != "LANDSynthesis"}
+    assert mrml <= connected, f"MRML widgets without a scene connection: {sorted(mrml - connected)}"
+    combos = {
+        n: w
+        for n, w in ((w.get("name"), w) for w in root.iter("widget"))
+        if widgets[n] == "qMRMLNodeComboBox"
+    }
+    for name, w in combos.items():
+        types = [
+            s.text for p in w.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")
+        ]
+        assert types, f"{name} has no nodeTypes"
+    for required in ("generateButton", "cancelButton", "progressBar", "statusLabel", "noduleTable"):
+        assert required in widgets
+
+
+def test_icon_is_a_128_px_png():
+    data = (MODULE_DIR / "Resources" / "Icons" / "LANDSynthesis.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+    assert zlib.crc32(data[12 : 16 + length]) == struct.unpack(">I", data[16 + length : 20 + length])[0]
+
+
+def test_cmake_lists_module_files():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "set(MODULE_NAME LANDSynthesis)" in text
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/land/*.py" in text and "GLOB_RECURSE" in text
+    assert "${MODULE_NAME}Lib/*.py" in text
+    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
+    assert len(resources) == 2
+    for resource in resources:
+        path = MODULE_DIR / resource.replace("${MODULE_NAME}", "LANDSynthesis")
+        assert path.is_file(), f"CMakeLists.txt lists {resource}, which does not exist"
+    assert (MODULE_DIR / "LANDSynthesisLib" / "__init__.py").is_file()
+    assert (MODULE_DIR / "land" / "__init__.py").is_file()
+
+
+def test_module_classes_follow_the_template():
+    text = MODULE_FILE.read_text()
+    for cls in (
+        "class LANDSynthesis(ScriptedLoadableModule)",
+        "class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)",
+        "class LANDSynthesisTest(ScriptedLoadableModuleTest)",
+    ):
+        assert cls in text
+    assert "LANDSynthesisLogic" in text and 'loadUI(self.resourcePath("UI/LANDSynthesis.ui"))' in text
