@@ -32,7 +32,7 @@ def bundled_resources() -> Path:
 
 
 def default_model_dir() -> Path:
-    """The bundled demo model: in the repository's Resources, or beside the engine in an installed extension."""
+    """The bundled demo model: in the repository's Resources or beside the engine (installed extension)."""
     here = Path(__file__).resolve().parent
     candidates = [bundled_resources(), here.parent / "Resources"]
     for resources in candidates:
