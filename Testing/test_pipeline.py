@@ -137,6 +137,19 @@ def test_generate_rejects_bad_options_and_cancels(tiny_model_dir):
 
     with pytest.raises(Cancelled):
         pipe.generate(None, steps=5, progress=stop_after_first, cancel=cancel, device="cpu")
+    cancel.clear()
+    seen = []
+
+    def stop_in_decode(event):
+        seen.append(event["stage"])
+        if event["stage"] == "decode":
+            cancel.set()
+
+    with pytest.raises(Cancelled):  # cancel also stops the tiled decoder between tiles
+        pipe.generate(
+            None, steps=2, progress=stop_in_decode, cancel=cancel, device="cpu", max_memory=64 << 20
+        )
+    assert seen.count("decode") == 1
 
 
 def test_texture_mode_needs_textures(tiny_model_dir):

@@ -17,7 +17,7 @@ from . import __version__
 from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
 from .decoding import decode_full, decode_tiled
 from .diffusion import SAMPLERS, default_steps, sample
-from .errors import InputError, ModelError
+from .errors import Cancelled, InputError, ModelError
 from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
 from .models import LANDUNet, build_vae, count_parameters
 from .volume import Volume
@@ -167,10 +167,14 @@ class LANDPipeline:
         cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
         cond = cond.to(dev)
 
-        def report(stage: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda i, n: progress({"stage": stage, "step": int(i), "total": int(n)})
+        def report(stage: str) -> Callable[[int, int], None]:
+            def on_step(i: int, n: int) -> None:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("generation cancelled")  # also stops tiled decoding between tiles
+                if progress is not None:
+                    progress({"stage": stage, "step": int(i), "total": int(n)})
+
+            return on_step
 
         self.unet.to(dev)
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
@@ -193,10 +197,6 @@ class LANDPipeline:
         else:
             image = decode_full(self.vae, z).cpu()
         self.vae.to("cpu")
-        if cancel is not None and cancel.is_set():
-            from .errors import Cancelled
-
-            raise Cancelled("generation cancelled")
         lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
         hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
         ct = Volume.like(ref, np.rint(hu).astype(np.int16))
