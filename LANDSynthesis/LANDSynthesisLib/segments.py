@@ -12,35 +12,17 @@ import re
 
 import numpy as np
 
-TEXTURE_TAG = "LAND.Texture"
-TEXTURE_WORDS = {
-    1: "non-solid / ground-glass (GGO)",
-    2: "mostly non-solid",
-    3: "part-solid",
-    4: "mostly solid",
-    5: "solid",
-}
-LUNG_SEGMENT_NAME = "Lungs"
-NODULE_NAME_PATTERN = re.compile(r"^\s*nodule\s*(\d+)\s*$", re.IGNORECASE)
+from land.segment_style import (  # noqa: F401 - re-exported for the module
+    LUNG_COLOR,
+    LUNG_SEGMENT_NAME,
+    LUNG_TERMINOLOGY,
+    NODULE_COLORS,
+    NODULE_TERMINOLOGY,
+    TEXTURE_TAG,
+    TEXTURE_WORDS,
+)
 
-# Same colours and terminology as the engine's .seg.nrrd writer (land.io), so files look alike either way.
-LUNG_COLOR = (0.772549, 0.647059, 0.568627)
-NODULE_COLORS = (
-    (0.862745, 0.078431, 0.235294),
-    (0.117647, 0.564706, 1.0),
-    (0.196078, 0.803922, 0.196078),
-    (1.0, 0.647059, 0.0),
-    (0.580392, 0.0, 0.827451),
-    (0.0, 0.807843, 0.819608),
-)
-LUNG_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
-    "~SCT^39607008^Lung~^^~Anatomic codes - DICOM master list~^^~^^"
-)
-NODULE_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
-    "Structure~SCT^27925004^Nodule~^^~Anatomic codes - DICOM master list~SCT^39607008^Lung~^^"
-)
+NODULE_NAME_PATTERN = re.compile(r"^\s*nodule\s*(\d+)\s*$", re.IGNORECASE)
 
 
 def textureText(texture: int | None) -> str:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .segment_style import TEXTURE_TAG
 from .volume import Volume
 
 MODES = ("none", "nodule", "nodule+lung", "nodule+lung+texture")
@@ -36,7 +37,7 @@ LUNG_VALUE = 0.5
 NODULE_VALUE = 5
 TEXTURES = (1, 2, 3, 4, 5)
 SCALE = 5.0
-TEXTURE_TAG = "LAND.Texture"
+
 TEXTURE_FIX = f"supply it with --texture LABEL=T (T in 1..5) or the segment tag {TEXTURE_TAG}"
 
 

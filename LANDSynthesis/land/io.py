@@ -34,6 +34,7 @@ from .conditioning import (
     parse_texture_value,
 )
 from .errors import InputError
+from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
 
 PathLike = str | os.PathLike
@@ -42,23 +43,6 @@ WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 NIFTI_DESCRIP_LEN = 79  # the 80-byte NIfTI descrip field, NUL-terminated
 
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
-_LUNG_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
-    "~SCT^39607008^Lung~^^~Anatomic codes - DICOM master list~^^~^^"
-)
-_NODULE_TERMINOLOGY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
-    "Structure~SCT^27925004^Nodule~^^~Anatomic codes - DICOM master list~SCT^39607008^Lung~^^"
-)
-_LUNG_COLOR = (0.772549, 0.647059, 0.568627)
-_NODULE_COLORS = (
-    (0.862745, 0.078431, 0.235294),
-    (0.117647, 0.564706, 1.0),
-    (0.196078, 0.803922, 0.196078),
-    (1.0, 0.647059, 0.0),
-    (0.580392, 0.0, 0.827451),
-    (0.0, 0.807843, 0.819608),
-)
 
 
 class FieldOfViewWarning(UserWarning):
@@ -360,16 +344,16 @@ def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
     segments: list[tuple[str, str, tuple[float, ...], list[str]]] = []
     if masks.lung is not None:
         voxels[masks.lung.array != 0] = 1
-        segments.append(("Lungs", "Lungs", _LUNG_COLOR, [f"TerminologyEntry:{_LUNG_TERMINOLOGY}"]))
+        segments.append(("Lungs", "Lungs", LUNG_COLOR, [f"TerminologyEntry:{LUNG_TERMINOLOGY}"]))
     for i, label in enumerate(labels):
         voxels[masks.nodules.array == label] = len(segments) + 1  # type: ignore[union-attr]
         name = masks.names.get(label) or f"Nodule {label}"
         if is_lung_segment_name(name):
             name = f"Nodule {label} ({name})"
-        tags = [f"TerminologyEntry:{_NODULE_TERMINOLOGY}"]
+        tags = [f"TerminologyEntry:{NODULE_TERMINOLOGY}"]
         if label in masks.textures:
             tags.append(f"{TEXTURE_TAG}:{check_texture(label, masks.textures[label])}")
-        segments.append((f"Nodule_{label}", name, _NODULE_COLORS[i % len(_NODULE_COLORS)], tags))
+        segments.append((f"Nodule_{label}", name, NODULE_COLORS[i % len(NODULE_COLORS)], tags))
     image = Volume.like(ref, voxels).to_sitk()
     x, y, z = ref.size
     for i, (seg_id, name, color, tags) in enumerate(segments):
