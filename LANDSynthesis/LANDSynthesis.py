@@ -623,8 +623,11 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         seg, segmentId, warnings = result["seg"], result["segmentId"], result["warnings"]
         self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
-        name = seg.GetSegmentation().GetSegment(segmentId).GetName()
-        self.showMessage(f"Added {name}: {diameter:g} mm, texture {seglib.textureText(texture)}.")
+        segment = seg.GetSegmentation().GetSegment(segmentId)
+        name = segment.GetName()
+        source = vtk.reference("")
+        shape = f"; shape from {source.get()}" if lidc and segment.GetTag("LAND.LIDC", source) else ""
+        self.showMessage(f"Added {name}: {diameter:g} mm, texture {seglib.textureText(texture)}{shape}.")
         for w in warnings:
             self.showMessage(w, warning=True)
         if any("outside the lungs" in w for w in warnings):

@@ -931,21 +931,35 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
     def addLidcNodule(
         self, segmentationNode, referenceVolumeNode, centerRas, diameterMm: float, texture: int
     ):
-        """A real LIDC-IDRI nodule shape (``land.lidc_shapes.nodule_shape``) centred at ``centerRas``."""
+        """A real LIDC-IDRI nodule shape (``land.lidc_shapes.nodule_shape``) centred at ``centerRas``.
+
+        The annotation used ("LIDC-IDRI-0078 annotation 123 ...") is kept in the segment tag ``LAND.LIDC``.
+        """
         available, reason = self.lidcNoduleAvailability()
         if not available:
             raise LANDSynthesisError(reason)
-        from land.lidc_shapes import nodule_shape
+        from land.errors import LANDError
+        from land.lidc_shapes import nodule_shape_info
 
+        if not diameterMm or diameterMm <= 0:
+            raise LANDInputError("The nodule diameter must be positive (in mm).")
+        try:
+            seglib.parseTexture(str(texture))
+        except ValueError as e:
+            raise LANDInputError(f"Real LIDC nodule shapes need a texture 1..5: {e}.") from e
         reference, cleanup = self._geometryReference(segmentationNode, referenceVolumeNode)
         try:
             ijkToRas = seglib.ijkToRasArray(reference)
             spacing = tuple(float(s) for s in np.linalg.norm(ijkToRas[:3, :3], axis=0))
-            shape = nodule_shape(int(texture), float(diameterMm), spacing)
-            mask = getattr(shape, "array", shape)  # a land.Volume or a [z, y, x] array at ``spacing``
+            try:
+                mask, info = nodule_shape_info(int(texture), float(diameterMm), spacing)
+            except LANDError as e:
+                raise LANDSynthesisError(str(e)) from e
             dims = tuple(reversed(reference.GetImageData().GetDimensions()))
             placed = seglib.placeShape(dims, ijkToRas, centerRas, np.asarray(mask))  # type: ignore[arg-type]
-            return self._addNoduleFromMask(segmentationNode, reference, placed, texture)
+            segmentId, warnings = self._addNoduleFromMask(segmentationNode, reference, placed, texture)
+            segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag("LAND.LIDC", info["description"])
+            return segmentId, warnings
         finally:
             cleanup()
 
