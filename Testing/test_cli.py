@@ -70,8 +70,9 @@ def test_generate_from_label_images_nrrd_with_texture_override(tiny_model_dir, t
     out = tmp_path / "ct.nrrd"
     result = run("generate", "--model", str(tiny_model_dir), "--mask", str(tmp_path / "lung.nii.gz"),
                  "--nodules", str(tmp_path / "nodules.nrrd"), "--texture", "1=3,2=4", "--steps", "2",
-                 "--match-input", "--progress", "none", "--out", str(out))  # fmt: skip
+                 "--match-input", "--progress", "none", "--no-compress", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert b"encoding: raw" in out.read_bytes()[:4096]
     image = sitk.ReadImage(str(out))
     assert image.GetSize() == masks.lung.size
     assert image.GetSpacing() == pytest.approx(masks.lung.spacing)

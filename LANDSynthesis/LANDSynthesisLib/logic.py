@@ -1270,6 +1270,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             device,
             "--progress",
             "json",
+            "--no-compress",  # a raw NRRD loads several times faster on the GUI thread
             "--out",
             str(job.outputPath),
         ]

@@ -195,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise Cancelled("generation cancelled") from None
     finally:
         reporter.close()
-    write_volume(out, ct, ct.metadata)
+    write_volume(out, ct, ct.metadata, compress=not args.no_compress)
     reporter.emit({"done": True, "out": str(out)})
     if args.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)"
     )
     p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
+    p.add_argument("--no-compress", action="store_true", help="raw NRRD data (faster to load into Slicer)")
     p.add_argument("--out", required=True, help="output .nii.gz or .nrrd")
 
     p = sub.add_parser("info", help="print a model's card")

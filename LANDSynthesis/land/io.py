@@ -304,9 +304,9 @@ def _temp_path(path: Path, ext: str) -> Path:
     return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
 
 
-def _write_sitk(image: sitk.Image, tmp: Path, final: Path) -> None:
+def _write_sitk(image: sitk.Image, tmp: Path, final: Path, compress: bool = True) -> None:
     try:
-        sitk.WriteImage(image, str(tmp), True)
+        sitk.WriteImage(image, str(tmp), compress)
     except RuntimeError as e:
         raise InputError(
             f"could not write {final}: {str(e).strip().splitlines()[-1]}; fix: check disk space "
@@ -416,9 +416,12 @@ def _one_line(value: object) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def write_volume(path: PathLike, volume: Volume, provenance: Mapping[str, object] | None = None) -> None:
+def write_volume(
+    path: PathLike, volume: Volume, provenance: Mapping[str, object] | None = None, compress: bool = True
+) -> None:
     """Write a synthetic volume as NIfTI (``.nii``/``.nii.gz``) or NRRD (``.nrrd``), atomically.
 
+    ``compress=False`` writes raw NRRD data (faster to load, e.g. into Slicer).
     The header says SYNTHETIC (NIfTI ``descrip``, NRRD ``content`` and ``LAND.Synthetic:=true``).
     The provenance (default: ``volume.metadata``; see :func:`provenance_record`) goes into NRRD key/value
     fields ``LAND.<Key>`` plus ``LAND.Provenance`` (JSON), or a JSON sidecar next to a NIfTI file.
@@ -437,7 +440,7 @@ def write_volume(path: PathLike, volume: Volume, provenance: Mapping[str, object
             for key, value in record.items():
                 image.SetMetaData(_nrrd_key(key), _one_line(value))
             image.SetMetaData("LAND.Provenance", json.dumps(record, sort_keys=True, default=str))
-            _write_sitk(image, tmp, p)
+            _write_sitk(image, tmp, p, compress)
         else:
             image.SetMetaData("ITK_FileNotes", _one_line(description)[:NIFTI_DESCRIP_LEN])
             _write_sitk(image, tmp, p)
