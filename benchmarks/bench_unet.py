@@ -19,6 +19,7 @@ import time
 
 def build(kind: str, config: str):
     import torch
+
     from land.models import UNET_CONFIGS, LANDUNet
 
     cfg = UNET_CONFIGS[config]
