@@ -36,7 +36,7 @@ def test_init_model_and_info(tmp_path):
     result = run("init-model", "--config", "small", "--out", str(tmp_path / "m"), "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "U-Net 15,436,132" in result.stdout
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text(encoding="utf-8"))
     assert meta["trained"] is False and meta["grid"]["size"] == [128, 128, 128]
     info = run("info", "--model", str(tmp_path / "m"))
     assert info.returncode == 0 and "NO (random weights)" in info.stdout and "sha256" in info.stdout
@@ -130,9 +130,9 @@ def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
     shutil.copytree(tiny_model_dir, model)
     weights = model / "vae.safetensors"
     if damage == "hash":
-        meta = json.loads((model / "model.json").read_text())
+        meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
         meta["weights"]["vae.safetensors"] = "0" * 64
-        (model / "model.json").write_text(json.dumps(meta))
+        (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     elif damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:1000])
     else:

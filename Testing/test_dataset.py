@@ -59,13 +59,15 @@ def write_case(folder: Path, seed: int, size: int = 32, textures: dict | None = 
     _write(np.rint(hu).astype(np.int16), folder / "image.nii.gz")
     _write(lungs.astype(np.uint8), folder / "lung.nii.gz")
     _write(nodules, folder / "nodules.nii.gz")
-    (folder / "textures.json").write_text(json.dumps({**textures, "source": "test phantom"}))
+    (folder / "textures.json").write_text(
+        json.dumps({**textures, "source": "test phantom"}), encoding="utf-8"
+    )
 
 
 def write_dataset(root: Path, n: int = 3, size: int = 32) -> Path:
     """``n`` phantom cases plus manifest.csv (columns case, split, note)."""
     root.mkdir(parents=True, exist_ok=True)
-    with (root / "manifest.csv").open("w", newline="") as f:
+    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["case", "split", "note"])
         for i in range(n):
@@ -123,7 +125,7 @@ def test_data_order_is_a_function_of_seed_and_step_and_splits_ranks():
 
 def _break(root: Path) -> None:
     """case000: textures out of range and a label without texture; case001: geometry; case002: file."""
-    (root / "case000" / "textures.json").write_text(json.dumps({"1": 7, "source": "x"}))
+    (root / "case000" / "textures.json").write_text(json.dumps({"1": 7, "source": "x"}), encoding="utf-8")
     lung = sitk.ReadImage(str(root / "case001" / "lung.nii.gz"))
     lung.SetSpacing((8.0, 8.0, 9.0))
     sitk.WriteImage(lung, str(root / "case001" / "lung.nii.gz"))
@@ -134,7 +136,7 @@ def test_check_dataset_reports_problems_per_case(tmp_path):
     root = write_dataset(tmp_path / "bad", n=4)
     assert check_dataset(root, (32, 32, 32), SPACING).ok
     _break(root)
-    (root / "case003" / "textures.json").write_text(json.dumps({"1": 3, "2": 4, "9": 2}))
+    (root / "case003" / "textures.json").write_text(json.dumps({"1": 3, "2": 4, "9": 2}), encoding="utf-8")
     report = check_dataset(root, (64, 64, 64), SPACING)
     by_name = {c.name: c for c in report.cases}
     text = " | ".join(by_name["case000"].problems)

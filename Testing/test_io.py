@@ -91,7 +91,7 @@ def test_read_volume_errors(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.Image([4, 4, 4], sitk.sitkVectorUInt8, 3), str(tmp_path / "rgb.nrrd"))
     with pytest.raises(InputError, match="3 values per voxel"):
         read_volume(tmp_path / "rgb.nrrd")
-    (tmp_path / "junk.nrrd").write_text("this is not an image")
+    (tmp_path / "junk.nrrd").write_text("this is not an image", encoding="utf-8")
     with pytest.raises(InputError, match="could not read .*junk.nrrd"):
         read_volume(tmp_path / "junk.nrrd")
     (tmp_path / "ct.png").write_bytes(b"")
@@ -409,7 +409,7 @@ def test_write_nifti_descrip_and_sidecar(tmp_path: Path) -> None:
     back = Volume.from_sitk(image)
     assert back.same_geometry(ct) and (back.array == -500).all()
     record = read_provenance(path)
-    assert record == json.loads((tmp_path / "ct.json").read_text())
+    assert record == json.loads((tmp_path / "ct.json").read_text(encoding="utf-8"))
     assert {k: record[k] for k in PROVENANCE} == PROVENANCE
     assert record["synthetic"] == "true" and record["land_version"] and record["created"]
 

@@ -198,14 +198,14 @@ def test_write_case_roundtrip(case: PhantomCase, tmp_path) -> None:
     assert np.array_equal(back.lung.array, case.lung.array)
     assert np.array_equal(back.nodules.array, case.nodules.array)
     assert back.textures == case.textures and back.diameters_mm == case.diameters_mm
-    meta = json.loads((tmp_path / "c" / "textures.json").read_text())
+    meta = json.loads((tmp_path / "c" / "textures.json").read_text(encoding="utf-8"))
     assert {k: v for k, v in meta.items() if k.isdigit()} == {str(k): v for k, v in case.textures.items()}
 
 
 def test_dataset_writer_resumable(tmp_path) -> None:
     kwargs = dict(seed=20, size=48, spacing=5.0, n_nodules=(1, 2))
     manifest = write_phantom_dataset(tmp_path, 2, **kwargs)
-    rows = list(csv.DictReader(manifest.open()))
+    rows = list(csv.DictReader(manifest.open(encoding="utf-8")))
     assert [r["case"] for r in rows] == ["case_0000", "case_0001"]
     for i, row in enumerate(rows):
         folder = tmp_path / row["case"]
@@ -228,7 +228,7 @@ def test_dataset_writer_resumable(tmp_path) -> None:
     manifest2 = write_phantom_dataset(tmp_path, 2, **kwargs)
     assert (tmp_path / "case_0000" / "image.nii.gz").stat().st_mtime_ns == kept
     assert (tmp_path / "case_0001" / "textures.json").is_file()
-    assert list(csv.DictReader(manifest2.open())) == rows
+    assert list(csv.DictReader(manifest2.open(encoding="utf-8"))) == rows
     # different parameters: regenerated
     write_phantom_dataset(tmp_path, 1, seed=21, size=48, spacing=5.0, n_nodules=(1, 2))
     assert (tmp_path / "case_0000" / "image.nii.gz").stat().st_mtime_ns != kept

@@ -16,7 +16,7 @@ from land.pipeline import LANDPipeline
 
 
 def test_save_and_load_round_trip_verifies_hashes(tiny_model_dir):
-    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    meta = json.loads((tiny_model_dir / "model.json").read_text(encoding="utf-8"))
     assert meta["format"] == "land-model/1" and meta["trained"] is False
     assert set(meta["weights"]) == {"vae.safetensors", "unet.safetensors"}
     assert all(len(h) == 64 for h in meta["weights"].values())
@@ -46,9 +46,9 @@ def test_damaged_weights_are_refused(tiny_model_dir, tmp_path, damage):
     elif damage == "missing":
         weights.unlink()
     else:
-        meta = json.loads((model / "model.json").read_text())
+        meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
         del meta["weights"]["unet.safetensors"]
-        (model / "model.json").write_text(json.dumps(meta))
+        (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     expected = {"flip": "sha256", "truncate": "sha256", "missing": "missing", "no-hash": "no sha256"}[damage]
     with pytest.raises(ModelError, match=expected):
         LANDPipeline.from_pretrained(model)
@@ -59,13 +59,13 @@ def test_incompatible_config_is_a_model_error(tiny_model_dir, tmp_path):
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
-    meta = json.loads((model / "model.json").read_text())
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
     meta["unet"]["channels"] = [16, 16, 32, 32, 64]
-    (model / "model.json").write_text(json.dumps(meta))
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ModelError, match="do not fit the architecture"):
         LANDPipeline.from_pretrained(model)
     meta["grid"]["size"] = [60, 64, 64]
-    (model / "model.json").write_text(json.dumps(meta))
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ModelError, match="divisible by 64"):
         LANDPipeline.from_pretrained(model)
 

@@ -35,7 +35,7 @@ def _ui():
 
 def test_every_ui_name_used_by_the_module_exists_with_a_widget_class():
     _, widgets, custom = _ui()
-    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", MODULE_FILE.read_text(encoding="utf-8")))
     assert len(used) > 30, "the widget should use the .ui's widgets through self.ui"
     missing = sorted(used - set(widgets))
     assert not missing, f"self.ui.<name> without a widget of that name in {UI_FILE.name}: {missing}"
@@ -86,7 +86,7 @@ def test_icon_is_a_128_px_png():
 
 
 def test_cmake_lists_module_files():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "set(MODULE_NAME LANDSynthesis)" in text
@@ -102,7 +102,7 @@ def test_cmake_lists_module_files():
 
 
 def test_module_classes_follow_the_template():
-    text = MODULE_FILE.read_text()
+    text = MODULE_FILE.read_text(encoding="utf-8")
     for cls in (
         "class LANDSynthesis(ScriptedLoadableModule)",
         "class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)",

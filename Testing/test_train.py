@@ -27,7 +27,7 @@ from land.train.vae_trainer import train_vae
 
 
 def progress_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def step_losses(out: Path, key: str) -> list[float]:
@@ -102,7 +102,7 @@ def test_vae_training_lowers_loss_and_writes_vae_model_dir(vae_dir, data):
     assert "discriminator" in steps[-1]["losses"] and "discriminator" not in steps[0]["losses"]  # warm-up 2
     l1 = step_losses(vae_dir, "l1")
     assert np.mean(l1[-4:]) < 0.8 * np.mean(l1[:4]), l1
-    meta = json.loads((vae_dir / "model.json").read_text())
+    meta = json.loads((vae_dir / "model.json").read_text(encoding="utf-8"))
     prov = meta["provenance"]
     assert meta["trained"] is False and prov["vae_trained"] is True and prov["unet_trained"] is False
     assert prov["perceptual"]["network"] == "none" and prov["vae_steps"] == 16
@@ -121,14 +121,18 @@ def test_ldm_training_lowers_loss_previews_and_generates(vae_dir, data, tmp_path
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(previews[0])))  # grey, or RGBA via matplotlib
     assert png.shape[:2] == (2 * 32 + 2, 3 * 32 + 4)
     assert len(list((out / "latent_cache").glob("*.safetensors"))) == 3
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
     prov = meta["provenance"]
     assert meta["trained"] is True and prov["ldm_steps"] == 40 and prov["weights"] == "EMA"
     assert prov["wall_time_s"] > 0 and set(prov["final_losses"]) == {"loss", "mse"}
     assert len(prov["data_manifest_sha256"]) == 64 and prov["config"]["name"] == "tiny"
     pipe = LANDPipeline.from_pretrained(out)
     case = data / "case001"
-    textures = {int(k): v for k, v in json.loads((case / "textures.json").read_text()).items() if k.isdigit()}
+    textures = {
+        int(k): v
+        for k, v in json.loads((case / "textures.json").read_text(encoding="utf-8")).items()
+        if k.isdigit()
+    }
     masks = MaskSet(read_volume(case / "lung.nii.gz"), read_volume(case / "nodules.nii.gz"), textures)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,7 +198,7 @@ def test_vae_training_with_perceptual_loss_records_it(data, tmp_path):
         lines[0]["perceptual"]["used"] is True and lines[0]["perceptual"]["network"] == "medicalnet_resnet10"
     )
     assert all("perceptual" in e["losses"] for e in lines if e["event"] == "step")
-    prov = json.loads((out / "model.json").read_text())["provenance"]
+    prov = json.loads((out / "model.json").read_text(encoding="utf-8"))["provenance"]
     assert prov["perceptual"]["weights_sha256"] == lines[0]["perceptual"]["weights_sha256"]
 
 

@@ -67,7 +67,7 @@ def test_two_gloo_ranks_hold_identical_weights(command, data, vae_dir, tmp_path)
     ]
     result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((debug / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["step"] == ranks[1]["step"] == 3
     assert ranks[0]["sha256"] == ranks[1]["sha256"]
     # rank 0 alone wrote the outputs: the saved weights are the ones both ranks hold
@@ -75,7 +75,7 @@ def test_two_gloo_ranks_hold_identical_weights(command, data, vae_dir, tmp_path)
         assert state_sha256(load_file(str(out / "unet.safetensors"))) == ranks[0]["sha256"]["ema"]
     else:
         assert state_sha256(load_file(str(out / "vae.safetensors"))) == ranks[0]["sha256"]["vae"]
-    lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     assert lines[0]["world_size"] == 2
     assert [e["step"] for e in lines if e["event"] == "step"] == [1, 2, 3]
-    assert json.loads((out / "model.json").read_text())["provenance"]["world_size"] == 2
+    assert json.loads((out / "model.json").read_text(encoding="utf-8"))["provenance"]["world_size"] == 2

@@ -86,5 +86,5 @@ def test_resume_after_sigkill_is_exact(command, data, vae_dir, tmp_path):
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(cut / "checkpoint.pt", weights_only=True)
     assert_same(a, b, "checkpoint")  # models, optimizers, schedulers, EMA, RNG states, step
-    logged = [json.loads(x) for x in (cut / "progress.jsonl").read_text().splitlines()]
+    logged = [json.loads(x) for x in (cut / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["step"] for e in logged if e["event"] == "step"] == [1, 2, 3, 4, 5]

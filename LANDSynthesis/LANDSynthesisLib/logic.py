@@ -154,7 +154,7 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
             "vae.safetensors and unet.safetensors"
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         return ModelInfo(
             path=path,
             name=str(meta.get("name") or path.name),

@@ -447,7 +447,9 @@ def write_volume(
             side = sidecar_path(p)
             side_tmp = _temp_path(side, ".json")
             pairs.append((side_tmp, side))
-            side_tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+            side_tmp.write_text(
+                json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+            )
     except BaseException:
         for t, _ in pairs:
             t.unlink(missing_ok=True)
@@ -473,7 +475,7 @@ def read_provenance(path: PathLike) -> dict[str, object]:
     if _extension(p, (".nii.gz", ".nii")):
         side = sidecar_path(p)
         if side.is_file():
-            return dict(json.loads(side.read_text()))
+            return dict(json.loads(side.read_text(encoding="utf-8")))
         if "descrip" in keys and reader.GetMetaData("descrip").strip():
             return {"description": reader.GetMetaData("descrip").strip()}
     return {k[len("LAND.") :]: reader.GetMetaData(k) for k in sorted(keys) if k.startswith("LAND.")}

@@ -149,7 +149,7 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"{path} is missing; a LAND model directory holds {MODEL_JSON} and *.safetensors")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from e
 
@@ -170,7 +170,7 @@ def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(
-                f"sha256 of {path} is {actual[:16]}…, {MODEL_JSON} expects {expected[:16]}…: the file is "
+                f"sha256 of {path} is {actual[:16]}..., {MODEL_JSON} expects {expected[:16]}...: the file is "
                 "corrupt, truncated or was replaced; download or copy the model again"
             )
         try:
@@ -204,5 +204,7 @@ def save_model_dir(
         hashes[filename] = sha256_file(out / filename)
     meta = config.to_json()
     meta["weights"] = hashes
-    _atomic_write(out / MODEL_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    _atomic_write(
+        out / MODEL_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    )
     return out

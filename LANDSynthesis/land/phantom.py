@@ -966,7 +966,7 @@ def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Pa
     meta["centres_mm"] = {str(k): [float(c) for c in v] for k, v in sorted(case.centres_mm.items())}
     meta.update(extra or {})
     tmp = folder / "tmp_textures.json"
-    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     os.replace(tmp, folder / "textures.json")
     return folder
 
@@ -974,7 +974,7 @@ def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Pa
 def read_case(folder: Path) -> PhantomCase:
     """Read a case folder written by ``write_case``."""
     folder = Path(folder)
-    meta = json.loads((folder / "textures.json").read_text())
+    meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
     return PhantomCase(
         image=Volume.from_sitk(sitk.ReadImage(str(folder / "image.nii.gz"))),
         lung=Volume.from_sitk(sitk.ReadImage(str(folder / "lung.nii.gz"))),
@@ -990,7 +990,7 @@ def _complete(folder: Path, expect: dict) -> dict | None:
     if not all((folder / f).is_file() for f in _FILES):
         return None
     try:
-        meta = json.loads((folder / "textures.json").read_text())
+        meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if meta.get("phantom") == expect else None
@@ -1041,7 +1041,7 @@ def write_phantom_dataset(
         )
     manifest = out / "manifest.csv"
     tmp = out / "tmp_manifest.csv"
-    with tmp.open("w", newline="") as fh:
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", "size", "spacing", "nodule_count", "textures"])
         writer.writeheader()
         writer.writerows(rows)

@@ -91,7 +91,7 @@ def read_manifest(root: str | Path) -> list[CaseFiles]:
             "column naming each case folder) and one folder per case"
         )
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
             columns = list(rows[0].keys()) if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -145,7 +145,7 @@ def parse_textures(obj: object) -> tuple[dict[int, int], list[str]]:
 def read_textures(path: str | Path) -> tuple[dict[int, int], list[str]]:
     """Parse a ``textures.json`` file: (label -> texture, problems)."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         return {}, [f"cannot read {TEXTURES_FILE}: {e}"]
     except json.JSONDecodeError as e:

@@ -459,7 +459,7 @@ def _completed_row(folder: Path) -> dict[str, str] | None:
     if not all((folder / f).is_file() for f in CASE_FILES):
         return None
     try:
-        row = json.loads((folder / TEXTURES_FILE).read_text()).get("manifest")
+        row = json.loads((folder / TEXTURES_FILE).read_text(encoding="utf-8")).get("manifest")
     except (OSError, ValueError, AttributeError):
         return None
     return {k: str(v) for k, v in row.items()} if isinstance(row, dict) else None
@@ -467,7 +467,7 @@ def _completed_row(folder: Path) -> dict[str, str] | None:
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
     tmp = path.with_name("tmp_" + path.name)
-    with tmp.open("w", newline="") as fh:
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -432,7 +432,7 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
                 f"{', '.join(bundled_configs()) or '(none found)'}"
             )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read training config {path}: {e}") from e
     except json.JSONDecodeError as e:

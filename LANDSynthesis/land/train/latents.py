@@ -79,12 +79,12 @@ class LatentStore:
             return 0
         index_path = self.cache_dir / INDEX_FILE
         if ctx.is_main:
-            current = json.loads(index_path.read_text()) if index_path.is_file() else None
+            current = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else None
             if current != self.key:
                 if self.cache_dir.exists():
                     shutil.rmtree(self.cache_dir)
                 self.cache_dir.mkdir(parents=True)
-                index_path.write_text(json.dumps(self.key, indent=2))
+                index_path.write_text(json.dumps(self.key, indent=2), encoding="utf-8")
         barrier(ctx)
         todo = [
             i for i in range(len(self.cases)) if i % ctx.world_size == ctx.rank and not self.path(i).is_file()

@@ -165,7 +165,7 @@ def write_debug_hashes(ctx: DistContext, step: int, states: dict[str, dict[str, 
         "step": step,
         "sha256": {k: state_sha256(v) for k, v in states.items()},
     }
-    (Path(d) / f"rank{ctx.rank}.json").write_text(json.dumps(record))
+    (Path(d) / f"rank{ctx.rank}.json").write_text(json.dumps(record), encoding="utf-8")
 
 
 @contextlib.contextmanager

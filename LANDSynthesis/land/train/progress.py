@@ -36,7 +36,7 @@ def _truncate_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
@@ -44,7 +44,7 @@ def _truncate_after(path: Path, step: int) -> None:
         if not isinstance(obj, dict) or int(obj.get("step", 0) or 0) <= step:
             kept.append(line)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -102,7 +102,7 @@ class TrainingLog:
         if not self.enabled:
             return
         line = json.dumps(obj, default=str)
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
         if self.style == "json":
             print(line, flush=True)
