@@ -29,7 +29,7 @@ from ..diffusion import NoiseSchedule, min_snr_weight, sample
 from ..errors import InputError
 from ..model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
 from ..models import LANDUNet
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import LDMTrainConfig, TrainConfig
 from .distributed import DistContext, barrier, init_distributed, mean_across_ranks, shutdown
 from .ema import EMA
@@ -37,9 +37,9 @@ from .latents import LatentStore
 from .loop import (
     LossMeter,
     amp_setup,
+    checkpoint_if_due,
     constant_with_warmup,
     due,
-    maybe_kill,
     prepare_out,
     resume_notices,
     seed_step,
@@ -298,20 +298,20 @@ def _train(
         if ctx.is_main and lc.preview_every > 0 and due(step, lc.preview_every, total):
             _preview(unet, ema, vae, preview_cond, mc, lc.preview_steps, cfg.seed, dev, out, step, log)
             unet.train()
-        if due(step, lc.checkpoint_every, total):
-            if ctx.is_main:
-                save_checkpoint(
-                    out / CHECKPOINT_FILE,
-                    "ldm",
-                    step,
-                    config=cfg.raw,
-                    rng=rng_state(cfg.seed, step),
-                    elapsed_s=elapsed_before + time.monotonic() - t0,
-                    world_size=ctx.world_size,
-                    **parts.checkpoint_state(),
-                )
-                log.event("checkpoint", step, path=str(out / CHECKPOINT_FILE))
-            maybe_kill(step, ctx)
+        elapsed = elapsed_before + time.monotonic() - t0
+        checkpoint_if_due(
+            "ldm",
+            step,
+            lc.checkpoint_every,
+            total,
+            out,
+            cfg.raw,
+            cfg.seed,
+            ctx,
+            parts.checkpoint_state,
+            log,
+            elapsed,
+        )
 
     wall = elapsed_before + time.monotonic() - t0
     ema_state = ema.state_dict_for(unet)

@@ -24,7 +24,7 @@ import torch
 
 from ..data.sampling import step_seed
 from ..errors import InputError
-from .checkpoint import CHECKPOINT_FILE
+from .checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint
 from .distributed import DistContext, barrier
 
 KILL_ENV = "LAND_TRAIN_KILL_AT_STEP"
@@ -141,6 +141,37 @@ def maybe_kill(step: int, ctx: DistContext) -> None:
     if target and int(target) == step:
         barrier(ctx)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoint_if_due(
+    kind: str,
+    step: int,
+    every: int,
+    total: int,
+    out: Path,
+    config: Any,
+    seed: int,
+    ctx: DistContext,
+    state: Callable[[], dict[str, Any]],
+    log: Any,
+    elapsed_s: float,
+) -> None:
+    """Every ``every`` steps (and at the end): rank 0 writes the checkpoint atomically and logs it."""
+    if not due(step, every, total):
+        return
+    if ctx.is_main:
+        save_checkpoint(
+            out / CHECKPOINT_FILE,
+            kind,
+            step,
+            config=config,
+            rng=rng_state(seed, step),
+            elapsed_s=elapsed_s,
+            world_size=ctx.world_size,
+            **state(),
+        )
+        log.event("checkpoint", step, path=str(out / CHECKPOINT_FILE))
+    maybe_kill(step, ctx)
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

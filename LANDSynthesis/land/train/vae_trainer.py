@@ -29,16 +29,16 @@ from ..data.folder import CaseFiles, PatchDataset, hu_to_unit, load_case, read_m
 from ..data.sampling import case_indices, step_seed
 from ..model_dir import save_model_dir
 from ..models import LANDUNet, build_vae
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
 from .distributed import DistContext, barrier, init_distributed, mean_across_ranks, shutdown
 from .loop import (
     LossMeter,
     amp_setup,
+    checkpoint_if_due,
     constant_with_warmup,
     due,
     eval_mode,
-    maybe_kill,
     prepare_out,
     resume_notices,
     seed_step,
@@ -335,20 +335,20 @@ def _train(
         if ctx.is_main and val_cases and due(step, vc.val_every, total):
             last_val = validate(parts.vae, val_cases, hu, dev)
             log.event("validation", step, **last_val)
-        if due(step, vc.checkpoint_every, total):
-            if ctx.is_main:
-                save_checkpoint(
-                    out / CHECKPOINT_FILE,
-                    "vae",
-                    step,
-                    config=cfg.raw,
-                    rng=rng_state(cfg.seed, step),
-                    elapsed_s=elapsed_before + time.monotonic() - t0,
-                    world_size=ctx.world_size,
-                    **parts.checkpoint_state(),
-                )
-                log.event("checkpoint", step, path=str(out / CHECKPOINT_FILE))
-            maybe_kill(step, ctx)
+        elapsed = elapsed_before + time.monotonic() - t0
+        checkpoint_if_due(
+            "vae",
+            step,
+            vc.checkpoint_every,
+            total,
+            out,
+            cfg.raw,
+            cfg.seed,
+            ctx,
+            parts.checkpoint_state,
+            log,
+            elapsed,
+        )
 
     wall = elapsed_before + time.monotonic() - t0
     vae = parts.vae
