@@ -78,3 +78,16 @@ def make_masks(
         textures=dict(textures or {1: 5, 2: 1}),
         names={1: "Nodule 1", 2: "Nodule 2"},
     )
+
+
+def train_tiny_vae(data: Path, out: Path, steps: int) -> Path:
+    """A VAE model directory from a few single-threaded steps of the ``tiny`` training config."""
+    from land.train.config import load_config
+    from land.train.vae_trainer import train_vae
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_vae(load_config("tiny"), data, out, max_steps=steps, device="cpu", progress="none")
+    finally:
+        torch.set_num_threads(threads)

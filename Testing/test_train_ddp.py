@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import train_tiny_vae
 from safetensors.torch import load_file
 from test_dataset import write_dataset
 
-from land.train.config import load_config
 from land.train.loop import state_sha256
-from land.train.vae_trainer import train_vae
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vae_dir(data, tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("vae") / "vae"
-        return train_vae(load_config("tiny"), data, out, max_steps=2, device="cpu", progress="none")
-    finally:
-        torch.set_num_threads(threads)
+    return train_tiny_vae(data, tmp_path_factory.mktemp("vae") / "vae", steps=2)
 
 
 @pytest.mark.parametrize("command", ["train-ldm", "train-vae"])

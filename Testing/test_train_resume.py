@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_tiny_vae
 from safetensors.torch import load_file
 from test_dataset import write_dataset
-
-from land.train.config import load_config
-from land.train.vae_trainer import train_vae
 
 LAND = [sys.executable, "-m", "land"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: one thread per process is fastest
@@ -28,13 +26,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vae_dir(data, tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("vae") / "vae"
-        return train_vae(load_config("tiny"), data, out, max_steps=3, device="cpu", progress="none")
-    finally:
-        torch.set_num_threads(threads)
+    return train_tiny_vae(data, tmp_path_factory.mktemp("vae") / "vae", steps=3)
 
 
 def run(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
