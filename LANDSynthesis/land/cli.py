@@ -28,6 +28,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "land.phantom",
     "land.train.cli",
     "land.data.prepare_cli",
+    "land.eval.cli",
+    "land.teaching.cli",
+    "land.demo",
 )
 
 
