@@ -49,6 +49,16 @@ def default_model_dir() -> Path:
     return candidates[0] / "Models" / "land-demo-phantom"
 
 
+def default_mask_path() -> Path:
+    """The bundled demo mask set (lungs + nodules of textures 1, 3, 5) used when no --mask is given."""
+    here = Path(__file__).resolve().parent
+    candidates = [bundled_resources(), here.parent / "Resources"]
+    for resources in candidates:
+        if (resources / "DemoMasks" / "demo_masks.seg.nrrd").is_file():
+            return resources / "DemoMasks" / "demo_masks.seg.nrrd"
+    return candidates[0] / "DemoMasks" / "demo_masks.seg.nrrd"
+
+
 def parse_memory(text: str) -> int:
     """'2G', '1536M', '500000000' -> bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -131,11 +141,18 @@ def _load_masks(args: argparse.Namespace):
 
     overrides = parse_texture_overrides(args.texture) if args.texture else None
     if args.mask is None and args.nodules is None:
-        if overrides:
+        if args.mode == "none":
+            if overrides:
+                raise InputError("--texture was given with --mode none; drop --texture or the mode")
+            return None
+        demo = default_mask_path()
+        if not demo.is_file():
             raise InputError(
-                "--texture was given without masks; add --mask (and --nodules) or drop --texture"
+                f"no --mask given and the bundled demo masks ({demo}) are missing; pass --mask, or "
+                "--mode none for an unconditional CT"
             )
-        return None
+        print(f"note: no --mask given; using the bundled demo masks {demo}", file=sys.stderr)
+        return read_masks(demo, None, overrides)
     if args.mask is None:
         raise InputError(
             "--nodules needs --mask (the lung mask image, or a .seg.nrrd with lungs and nodules)"

@@ -208,3 +208,12 @@ def save_model_dir(
         out / MODEL_JSON, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     )
     return out
+
+
+def write_model_json(model_dir: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Replace ``model.json`` (e.g. to update the card); the weights' sha256 entries must stay intact."""
+    path = Path(model_dir) / MODEL_JSON
+    if not meta.get("weights"):
+        raise ModelError(f"refusing to write {path} without the weights' sha256 entries")
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    return path

@@ -1,0 +1,393 @@
+"""The bundled demo: its default mask set, its conditional-fidelity check and the one command that trains it.
+
+* ``land demo-masks --out DIR`` writes the default mask set (lungs of a held-out phantom plus three nodules
+  of textures 1, 3 and 5) used by ``land generate`` when no ``--mask`` is given.
+* ``land demo-fidelity [--model DIR]`` generates CTs from held-out phantom masks (seeds never used in
+  training) and measures lung Dice, nodule HU against texture (Spearman) and nodule visibility.
+* ``land train-demo --out DIR`` reproduces the bundled model: phantoms, ``train-vae``, ``train-ldm``,
+  the fidelity check and the model card, each stage as its own ``land`` child process (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .conditioning import MaskSet
+from .errors import InputError
+from .volume import Volume
+
+DEMO_MASK_FILE = "demo_masks.seg.nrrd"
+DEMO_MASK_SEED = 4242  # phantom anatomy of the demo masks: outside training (1000-1159) and fidelity seeds
+TRAIN_SEED = 1000
+TRAIN_CASES = 160
+FIDELITY_SEED = 9000
+FIDELITY_CASES = 20
+
+
+@dataclass(frozen=True)
+class DemoNodule:
+    texture: int
+    diameter_mm: float
+    side: str  # "right" or "left" (patient side)
+    level: float  # 0 = lung base .. 1 = apex
+
+
+DEMO_NODULES = (
+    DemoNodule(texture=1, diameter_mm=22.0, side="right", level=0.7),
+    DemoNodule(texture=3, diameter_mm=18.0, side="left", level=0.55),
+    DemoNodule(texture=5, diameter_mm=14.0, side="right", level=0.3),
+)
+
+
+def _nodule_centre(lung: Volume, dist: np.ndarray, nodule: DemoNodule, taken: list[tuple[np.ndarray, float]]
+                   ) -> np.ndarray:  # fmt: skip
+    """The physical centre, deep enough in the lung for the nodule, nearest its side/level target."""
+    radius = nodule.diameter_mm / 2
+    zz, yy, xx = np.nonzero(dist >= radius + 4.0)
+    if len(zz) == 0:
+        raise InputError(f"the demo lung mask has no room for a {nodule.diameter_mm} mm nodule")
+    idx = np.stack([xx, yy, zz], 1).astype(np.float64)
+    direction = np.asarray(lung.direction).reshape(3, 3)
+    pts = np.asarray(lung.origin) + (idx * np.asarray(lung.spacing)) @ direction.T
+    # LPS: +x is the patient's left.
+    side = pts[:, 0] > 0 if nodule.side == "left" else pts[:, 0] < 0
+    z_lo, z_hi = np.percentile(pts[:, 2], [5, 95])
+    target_z = z_lo + nodule.level * (z_hi - z_lo)
+    ok = side.copy()
+    for centre, r in taken:
+        ok &= np.linalg.norm(pts - centre, axis=1) > radius + r + 15.0
+    if not ok.any():
+        raise InputError("could not place the demo nodules apart from each other")
+    depth = dist[zz, yy, xx]
+    score = np.abs(pts[:, 2] - target_z) - 0.5 * depth  # near the level, and deep inside the lung
+    score[~ok] = np.inf
+    return pts[int(np.argmin(score))]
+
+
+def make_demo_masks(size: int = 128, spacing: float = 2.0) -> MaskSet:
+    """The default mask set: phantom lungs (seed ``DEMO_MASK_SEED``) and nodules of textures 1, 3 and 5."""
+    from scipy.ndimage import distance_transform_edt
+
+    from .phantom import lung_mask_phantom, place_nodule
+
+    lung = lung_mask_phantom(DEMO_MASK_SEED, size, spacing)
+    dist = distance_transform_edt(lung.array > 0, sampling=tuple(reversed(lung.spacing)))
+    image = lung.with_array(np.zeros(lung.array.shape, np.float32))
+    labels = lung.with_array(np.zeros(lung.array.shape, np.uint8))
+    taken: list[tuple[np.ndarray, float]] = []
+    textures: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for label, nodule in enumerate(DEMO_NODULES, start=1):
+        centre = _nodule_centre(lung, dist, nodule, taken)
+        n = place_nodule(image, labels, centre, nodule.diameter_mm, nodule.texture, label,
+                         rng=DEMO_MASK_SEED + label, lung=lung.array)  # fmt: skip
+        if n == 0:
+            raise InputError(f"demo nodule {label} could not be placed")
+        taken.append((centre, nodule.diameter_mm / 2))
+        textures[label] = nodule.texture
+        names[label] = f"Nodule {label}"
+    return MaskSet(lung=lung, nodules=labels, textures=textures, names=names)
+
+
+def write_demo_masks(out: Path, size: int = 128, spacing: float = 2.0) -> Path:
+    """Write the default mask set as a Slicer segmentation ``out/demo_masks.seg.nrrd``."""
+    from .io import write_seg_nrrd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / DEMO_MASK_FILE
+    write_seg_nrrd(path, make_demo_masks(size, spacing))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ fidelity
+def heldout_masks(seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float]) -> MaskSet:
+    """Masks of the held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5)."""
+    from .phantom import make_phantom
+
+    case = make_phantom(seed, size, spacing, n_nodules=(1, 3))
+    return MaskSet(lung=case.lung, nodules=case.nodules, textures=dict(case.textures))
+
+
+def measure_fidelity(
+    model_dir: Path,
+    n: int = FIDELITY_CASES,
+    seed: int = FIDELITY_SEED,
+    steps: int = 25,
+    sampler: str = "dpmpp2m",
+    device: str = "auto",
+    save_dir: Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Generate from ``n`` held-out phantom mask sets and measure conditional fidelity (see module doc)."""
+    from .eval.fidelity import fidelity_summary, lung_dice, nodule_stats
+    from .io import write_volume
+    from .pipeline import LANDPipeline
+
+    if seed < TRAIN_SEED + TRAIN_CASES and seed + n > TRAIN_SEED:
+        raise InputError(
+            f"fidelity seeds {seed}..{seed + n - 1} overlap the demo training seeds "
+            f"{TRAIN_SEED}..{TRAIN_SEED + TRAIN_CASES - 1}; choose --seed {FIDELITY_SEED}"
+        )
+    pipe = LANDPipeline.from_pretrained(model_dir)
+    cfg = pipe.config
+    size = tuple(int(s) for s in cfg.grid_size)
+    spacing = tuple(float(s) for s in cfg.spacing)
+    cases: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    for i in range(n):
+        masks = heldout_masks(seed + i, size, spacing)  # type: ignore[arg-type]
+        ct = pipe.generate(masks, steps=steps, sampler=sampler, seed=seed + i, device=device,
+                           match_input=True)  # fmt: skip
+        hu = ct.array.astype(np.float32)
+        lung = masks.lung.array > 0  # type: ignore[union-attr]
+        dice = lung_dice(hu, lung, ct.spacing)
+        stats = nodule_stats(hu, lung, masks.nodules.array, masks.textures, ct.spacing)  # type: ignore[union-attr]
+        cases.append({"case": f"phantom_{seed + i}", "seed": seed + i, "lung_dice": dice,
+                      "nodules": [asdict(s) for s in stats]})  # fmt: skip
+        if save_dir is not None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            write_volume(Path(save_dir) / f"phantom_{seed + i}.nii.gz", ct, ct.metadata)
+        log(f"case {i + 1}/{n} (seed {seed + i}): lung Dice {dice:.3f}, "
+            f"{sum(bool(s.visible) for s in stats)}/{len(stats)} nodules visible")  # fmt: skip
+    summary = fidelity_summary(cases)
+    return {
+        "model": str(model_dir),
+        "model_name": cfg.name,
+        "held_out_seeds": [seed, seed + n - 1],
+        "steps": steps,
+        "sampler": sampler,
+        "wall_time_s": round(time.monotonic() - t0, 1),
+        "summary": _plain(summary),
+        "cases": _plain(cases),
+    }
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays to JSON-ready Python values."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+TARGETS = {"lung_dice": 0.85, "spearman_rho": 0.8, "visible_share": 0.9}
+
+
+def fidelity_table(result: dict[str, Any]) -> str:
+    """Markdown table of the fidelity figures against the demo model's targets."""
+    s = result["summary"]
+    rows = [
+        ("Lung Dice (mean)", s.get("lung_dice_mean"), TARGETS["lung_dice"]),
+        ("Spearman rho, texture vs nodule HU", s.get("spearman_rho"), TARGETS["spearman_rho"]),
+        ("Nodules visible", s.get("visible_share"), TARGETS["visible_share"]),
+    ]
+    lines = ["| Measure | Value | Target | Met |", "|---|---|---|---|"]
+    for name, value, target in rows:
+        met = value is not None and not (isinstance(value, float) and np.isnan(value)) and value >= target
+        shown = "n/a" if value is None else f"{value:.3f}"
+        lines.append(f"| {name} | {shown} | >= {target} | {'yes' if met else 'NO'} |")
+    by_tex = s.get("mean_hu_by_texture") or {}
+    if by_tex:
+        lines.append("")
+        means = ", ".join(f"{t}: {v:.0f}" for t, v in sorted(by_tex.items()))
+        lines.append(f"Mean nodule HU by texture: {means}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- train-demo
+def _run(stage: str, argv: list[str], log) -> float:
+    log(f"[train-demo] {stage}: land {' '.join(argv)}")
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "land", *argv], check=False)
+    if res.returncode != 0:
+        raise InputError(f"stage {stage} failed with exit code {res.returncode}; fix the cause and rerun "
+                         "land train-demo with the same --out to resume")  # fmt: skip
+    return time.monotonic() - t0
+
+
+def _last_event(progress: Path, event: str) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    if progress.is_file():
+        for line in progress.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == event:
+                last = rec
+    return last
+
+
+def train_demo(out: Path, config: str, vae_steps: int | None, ldm_steps: int | None, log=print) -> Path:
+    """Phantoms -> train-vae -> train-ldm -> fidelity -> model card. Returns the model directory."""
+    out = Path(out)
+    data, vae, ldm = out / "data", out / "vae", out / "ldm"
+    timings: dict[str, float] = {}
+    phantoms = ["phantoms", "--n", str(TRAIN_CASES), "--size", "128", "--spacing", "2",
+                "--seed", str(TRAIN_SEED), "--out", str(data)]  # fmt: skip
+    timings["phantoms"] = _run("phantoms", phantoms, log)
+    stages = (("vae", vae, [], vae_steps), ("ldm", ldm, ["--vae", str(vae)], ldm_steps))
+    for name, folder, extra, steps in stages:
+        argv = [f"train-{name}", "--data", str(data), "--config", config, "--out", str(folder), *extra,
+                "--progress", "none"]  # fmt: skip
+        if steps is not None:
+            argv += ["--max-steps", str(steps)]
+        if (folder / "checkpoint.pt").is_file():
+            argv.append("--resume")
+        timings[name] = _run(f"train-{name}", argv, log)
+    result = measure_fidelity(ldm, log=log)
+    (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_model_card(ldm, out, result, config)
+    log(f"[train-demo] model directory: {ldm}")
+    return ldm
+
+
+def write_model_card(model_dir: Path, run_dir: Path, fidelity: dict[str, Any], config: str) -> Path:
+    """Write MODEL_CARD.md into ``model_dir`` and put the card's summary into model.json."""
+    from .model_dir import read_model_json, write_model_json
+
+    meta = read_model_json(model_dir)
+    vae_done = _last_event(run_dir / "vae" / "progress.jsonl", "done")
+    vae_step = _last_event(run_dir / "vae" / "progress.jsonl", "step")
+    vae_val = _last_event(run_dir / "vae" / "progress.jsonl", "validation")
+    ldm_done = _last_event(Path(model_dir) / "progress.jsonl", "done")
+    ldm_step = _last_event(Path(model_dir) / "progress.jsonl", "step")
+    summary = (
+        "LAND demo model trained on PROCEDURAL CHEST PHANTOMS (not patients) with the project's own "
+        "trainers. For trying the tool and for tests. Not for research results: its CTs show phantom "
+        "anatomy; train on LIDC-IDRI (land prepare-lidc, train-vae, train-ldm) for that."
+    )
+    seeds = f"{TRAIN_SEED}-{TRAIN_SEED + TRAIN_CASES - 1}"
+    vae_losses = (
+        f"L1 {vae_step.get('losses', {}).get('l1', '?')}; validation MAE "
+        f"{vae_val.get('mae_hu', float('nan')):.1f} HU, PSNR {vae_val.get('psnr', float('nan')):.2f} dB"
+    )
+    ldm_losses = ", ".join(f"{k} {v}" for k, v in ldm_step.get("losses", {}).items())
+    lo, hi = fidelity["held_out_seeds"]
+    n_fid = hi - lo + 1
+    card = f"""# LAND demo model: `land-demo-phantom`
+
+{summary}
+
+## What it was trained on
+{TRAIN_CASES} procedural chest CT phantoms from `land phantoms` (seeds {seeds}, 128^3 voxels at 2 mm:
+the paper's 256 mm field of view at half resolution), with their lung masks, nodule labels and
+textures (1-3 nodules of 3-30 mm per case). No patient data. HU window [-1000, 1000].
+
+## What it is for, and what not
+- For: installing and trying LAND at once (`land generate`, the Slicer module's Generate button), tests,
+  benchmarks, and as a worked example of the training commands.
+- Not for: research results, training data for real tasks, or teaching real anatomy. Its CTs show the
+  phantom's simplified anatomy. Train on LIDC-IDRI for real use.
+
+## Architecture
+U-Net `small` (channels 32-64-64-128-128, 2 residual blocks per level, additive skips, cross-attention at
+the two deepest levels), VAE `small` (channels 16-32-32, 4 latent channels, 4x compression), mode
+`nodule+lung+texture`, v-prediction, linear beta 1e-4..0.02, T = 1000, Min-SNR-5.
+
+## How it was made (one command)
+```
+land train-demo --out runs/demo --config {config}
+```
+which runs, each resumable:
+```
+land phantoms --n {TRAIN_CASES} --size 128 --spacing 2 --seed {TRAIN_SEED} --out runs/demo/data
+land train-vae --data runs/demo/data --config {config} --out runs/demo/vae
+land train-ldm --data runs/demo/data --config {config} --vae runs/demo/vae --out runs/demo/ldm
+land demo-fidelity --model runs/demo/ldm
+```
+on a 2-core CPU (no GPU), float32.
+
+| Stage | Steps | Wall time | Final losses |
+|---|---|---|---|
+| VAE | {vae_done.get("step", "?")} | {vae_done.get("wall_time_s", "?")} s | {vae_losses} |
+| LDM | {ldm_done.get("step", "?")} | {ldm_done.get("wall_time_s", "?")} s | {ldm_losses} |
+
+## Conditional fidelity (held-out phantom masks)
+`land demo-fidelity` on {n_fid} phantom mask sets with seeds {lo}-{hi} (never used in training),
+{fidelity["steps"]} {fidelity["sampler"]} steps, {fidelity["wall_time_s"]} s in all:
+
+{fidelity_table(fidelity)}
+
+Lung Dice: lungs found in the generated CT by thresholding vs the input lung mask. Visible: nodule mean
+HU differs from the surrounding lung by more than the lung's noise (standard deviation).
+"""
+    path = Path(model_dir) / "MODEL_CARD.md"
+    path.write_text(card, encoding="utf-8")
+    meta["card"] = summary
+    meta["name"] = "land-demo-phantom"
+    meta.setdefault("provenance", {})["fidelity"] = fidelity["summary"]
+    write_model_json(model_dir, meta)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def register(sub, command) -> None:
+    """Add ``land demo-masks``, ``land demo-fidelity`` and ``land train-demo`` to the CLI."""
+    p = sub.add_parser("demo-masks", help="write the default mask set (lungs + nodules of textures 1, 3, 5)")
+    p.add_argument("--out", required=True, help="folder for demo_masks.seg.nrrd")
+    p.add_argument("--size", type=int, default=128, help="voxels per side")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
+
+    @command("demo-masks")
+    def cmd_demo_masks(args: argparse.Namespace) -> int:
+        path = write_demo_masks(Path(args.out), args.size, args.spacing)
+        print(f"wrote {path}")
+        return 0
+
+    p = sub.add_parser("demo-fidelity", help="measure conditional fidelity on held-out phantom masks")
+    p.add_argument("--model", help="model directory (default: the bundled demo model)")
+    p.add_argument("--n", type=int, default=FIDELITY_CASES, help="number of held-out cases")
+    p.add_argument("--seed", type=int, default=FIDELITY_SEED, help="first held-out phantom seed")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps")
+    p.add_argument("--sampler", default="dpmpp2m", help="sampler")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", help="folder for fidelity.json, fidelity.md and (with --save-ct) the CTs")
+    p.add_argument("--save-ct", action="store_true", help="also write the generated CTs")
+
+    @command("demo-fidelity")
+    def cmd_demo_fidelity(args: argparse.Namespace) -> int:
+        from .cli import default_model_dir
+
+        if args.n < 1:
+            raise InputError(f"--n must be at least 1, got {args.n}")
+        model = Path(args.model) if args.model else default_model_dir()
+        out = Path(args.out) if args.out else None
+        save = out / "ct" if (out and args.save_ct) else None
+        result = measure_fidelity(model, args.n, args.seed, args.steps, args.sampler, args.device, save)
+        table = fidelity_table(result)
+        print(table)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+            (out / "fidelity.md").write_text(table + "\n", encoding="utf-8")
+            print(f"wrote {out / 'fidelity.json'}")
+        return 0
+
+    p = sub.add_parser("train-demo", help="reproduce the bundled demo model (phantoms, VAE, LDM, card)")
+    p.add_argument("--out", required=True, help="run folder (data, vae, ldm); rerun to resume")
+    p.add_argument("--config", default="demo", help="training config (default: demo)")
+    p.add_argument("--vae-steps", type=int, help="VAE steps (default: the config's)")
+    p.add_argument("--ldm-steps", type=int, help="LDM steps (default: the config's)")
+
+    @command("train-demo")
+    def cmd_train_demo(args: argparse.Namespace) -> int:
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps)
+        return 0

@@ -1,0 +1,107 @@
+"""The bundled demo: its default masks, the generate defaults and (when bundled) the trained demo model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from land.cli import default_mask_path, default_model_dir
+from land.demo import DEMO_NODULES, make_demo_masks, measure_fidelity
+from land.errors import InputError
+from land.io import read_masks
+
+LAND = [sys.executable, "-m", "land"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAND, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_bundled_demo_masks_are_the_reproducible_demo_set():
+    path = default_mask_path()
+    assert path.is_file(), f"{path} missing; run land demo-masks --out Resources/DemoMasks"
+    bundled = read_masks(path)
+    fresh = make_demo_masks()
+    assert bundled.lung.array.shape == (128, 128, 128)
+    assert bundled.lung.spacing == pytest.approx((2.0, 2.0, 2.0))
+    np.testing.assert_array_equal(bundled.lung.array > 0, fresh.lung.array > 0)
+    np.testing.assert_array_equal(bundled.nodules.array, fresh.nodules.array)
+    assert sorted(bundled.textures.values()) == sorted(n.texture for n in DEMO_NODULES) == [1, 3, 5]
+    for label in bundled.textures:
+        nodule = bundled.nodules.array == label
+        assert nodule.sum() > 50
+        assert (bundled.lung.array[nodule] > 0).all(), f"nodule {label} leaves the lungs"
+
+
+def test_demo_masks_match_the_bundled_model_grid():
+    model = default_model_dir()
+    if not (model / "model.json").is_file():
+        pytest.skip("no demo model bundled in this checkout")
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    masks = read_masks(default_mask_path())
+    assert list(masks.lung.array.shape[::-1]) == list(meta["grid_size"])
+    assert list(masks.lung.spacing) == pytest.approx(meta["spacing"])
+
+
+def test_generate_without_mask_uses_the_demo_masks(tiny_model_dir, tmp_path):
+    out = tmp_path / "ct.nii.gz"
+    result = run("generate", "--model", str(tiny_model_dir), "--steps", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "demo masks" in result.stderr
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == (64, 64, 64)
+    unconditional = run("generate", "--model", str(tiny_model_dir), "--steps", "1", "--mode", "none",
+                        "--out", str(tmp_path / "u.nii.gz"))  # fmt: skip
+    assert unconditional.returncode == 0, unconditional.stderr
+    assert "demo masks" not in unconditional.stderr
+
+
+def test_fidelity_refuses_training_seeds(tiny_model_dir):
+    with pytest.raises(InputError, match="overlap the demo training seeds"):
+        measure_fidelity(tiny_model_dir, n=2, seed=1100, steps=1)
+
+
+def test_fidelity_runs_on_held_out_masks(tiny_model_dir, tmp_path):
+    result = measure_fidelity(tiny_model_dir, n=1, steps=1, save_dir=tmp_path, log=lambda _msg: None)
+    assert result["held_out_seeds"] == [9000, 9000]
+    case = result["cases"][0]
+    assert 0.0 <= case["lung_dice"] <= 1.0
+    assert case["nodules"] and all(1 <= n["texture"] <= 5 for n in case["nodules"])
+    assert (tmp_path / "phantom_9000.nii.gz").is_file()
+    json.dumps(result)  # JSON-ready
+
+
+@pytest.fixture(scope="module")
+def bundled_model():
+    model = default_model_dir()
+    if not (model / "model.json").is_file():
+        pytest.skip("no demo model bundled in this checkout")
+    from land.pipeline import LANDPipeline
+
+    return LANDPipeline.from_pretrained(model)  # verifies both sha256 hashes
+
+
+def test_bundled_model_is_trained_and_labelled(bundled_model):
+    cfg = bundled_model.config
+    assert cfg.trained
+    assert cfg.mode == "nodule+lung+texture"
+    assert "PHANTOM" in cfg.card.upper() and "not patients" in cfg.card
+    card = (default_model_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for needle in ("land train-demo", "Not for", "Lung Dice", "Spearman"):
+        assert needle in card
+    size = sum(p.stat().st_size for p in default_model_dir().iterdir())
+    assert size <= 50 * 1024 * 1024
+
+
+def test_bundled_model_generates_from_the_demo_masks(bundled_model):
+    masks = read_masks(default_mask_path())
+    ct = bundled_model.generate(masks, steps=3, seed=1)
+    assert ct.array.shape == (128, 128, 128) and ct.array.dtype == np.int16
+    assert ct.metadata["description"].startswith("SYNTHETIC")
+    lung = ct.array[masks.lung.array > 0]
+    assert -1000 <= lung.min() and lung.max() <= 1000
