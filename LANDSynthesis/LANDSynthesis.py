@@ -30,10 +30,12 @@ from LANDSynthesisLib.logic import (
     LANDInputError,
     LANDSynthesisError,
     LANDSynthesisLogic,
+    TeachingSetJob,
     bundledModelDirectory,
     bundledModelMissingMessage,
     formatDuration,
     readModelInfo,
+    teachingSetAvailability,
     timeNote,
 )
 from slicer.util import VTKObservationMixin
@@ -93,7 +95,7 @@ class LANDSynthesis(ScriptedLoadableModule):
             "Synthesize a realistic 3D chest CT from a lung mask and nodule masks with LAND's latent "
             "diffusion model. Paint a 'Lungs' segment and 'Nodule' segments (or use 'Lungs from CT' and "
             "'Add nodule at point'), give each nodule a texture 1-5 (1 non-solid/ground-glass ... 5 solid), "
-            "then Generate. "
+            "then Generate. 'Teaching set' writes a batch of SYNTHETIC cases as DICOM with an answer key. "
             "Every result is SYNTHETIC (its name, description and attributes say so): not for diagnosis."
         )
         self.parent.acknowledgementText = (
@@ -168,6 +170,12 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.messagesTextEdit.setMaximumHeight(90)
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setEnabled(False)
+        self.ui.teachingOutputPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.teachingOutputPathLineEdit.settingKey = "LANDSynthesis/TeachingOutput"
+        self.ui.teachingProgressBar.setVisible(False)
+        self.ui.teachingCancelButton.setEnabled(False)
+        available, reason = teachingSetAvailability()
+        self.ui.teachingRunButton.setToolTip(reason)
 
         available, reason = LANDSynthesisLogic.lidcNoduleAvailability()
         self.ui.addLidcNoduleButton.setEnabled(available)
@@ -198,6 +206,9 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.noduleTable.itemSelectionChanged.connect(self.onNoduleRowSelected)
         self.ui.generateButton.clicked.connect(self.onGenerate)
         self.ui.cancelButton.clicked.connect(self.onCancel)
+        self.ui.teachingRunButton.clicked.connect(self.onTeachingRun)
+        self.ui.teachingCancelButton.clicked.connect(self.onTeachingCancel)
+        self.ui.teachingOutputPathLineEdit.currentPathChanged.connect(lambda path: self.updateButtons())
 
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
@@ -421,6 +432,7 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self) -> None:
         running = self.logic is not None and self.logic.isRunning()
+        teaching = running and self.logic.job.kind == TeachingSetJob.kind
         info, _ = self.currentModelInfo()
         self.ui.generateButton.enabled = not running and info is not None
         self.ui.generateButton.toolTip = (
@@ -428,7 +440,12 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if info is not None
             else "Choose a model first (see the model section)."
         )
-        self.ui.cancelButton.enabled = running
+        self.ui.cancelButton.enabled = running and not teaching
+        available, _ = teachingSetAvailability()
+        self.ui.teachingRunButton.enabled = (
+            not running and available and bool(self.ui.teachingOutputPathLineEdit.currentPath)
+        )
+        self.ui.teachingCancelButton.enabled = teaching
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.modelCollapsibleButton.enabled = not running
         self.ui.replacePreviousCheckBox.enabled = not running
@@ -726,6 +743,73 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.showMessage(f"Generation failed: {job.error}", warning=True)
             slicer.util.errorDisplay(job.error or "Generation failed.", windowTitle="LAND: generation failed")
+
+    # ------------------------------------------------------------------ actions: teaching set
+    def teachingSetParameters(self) -> dict:
+        return {
+            "outputDirectory": self.ui.teachingOutputPathLineEdit.currentPath,
+            "cases": self.ui.teachingCasesSpinBox.value,
+            "modelDirectory": self.selectedModelDirectory() or None,
+            "noduleRate": self.ui.teachingNoduleRateSpinBox.value,
+            "textures": self.ui.teachingTexturesLineEdit.text.strip() or None,
+            "diameters": self.ui.teachingDiametersLineEdit.text.strip() or None,
+            "steps": self.ui.teachingStepsSpinBox.value,
+            "seed": self.ui.teachingSeedSpinBox.value,
+        }
+
+    def onTeachingRun(self) -> None:
+        if self.logic.isRunning() or not self.ensureDependencies():
+            return
+        try:
+            self.logic.startTeachingSet(
+                self.teachingSetParameters(),
+                onProgress=self.onTeachingProgress,
+                onFinished=self.onTeachingFinished,
+            )
+        except LANDSynthesisError as e:
+            self.ui.teachingStatusLabel.text = str(e)
+            slicer.util.errorDisplay(str(e), windowTitle="LAND: cannot make the teaching set")
+            return
+        self.ui.teachingOutputPathLineEdit.addCurrentPathToHistory()
+        self.ui.teachingProgressBar.setVisible(True)
+        self.ui.teachingProgressBar.value = 0
+        self.updateButtons()
+        self.pollTimer.start()
+
+    def onTeachingCancel(self) -> None:
+        self.logic.cancel()
+        self.ui.teachingCancelButton.enabled = False
+
+    def onTeachingProgress(self, event: dict) -> None:
+        if "warning" in event:
+            self.ui.teachingStatusLabel.text = "Warning: " + event["warning"]
+            return
+        fraction = float(event.get("fraction", 0.0))
+        self.ui.teachingProgressBar.value = int(round(1000 * fraction))
+        text = event.get("text", "")
+        self.ui.teachingProgressBar.setFormat(f"{text}  ({100 * fraction:.0f}%)" if text else "%p%")
+        self.ui.teachingStatusLabel.text = text
+
+    def onTeachingFinished(self, job: GenerationJob) -> None:
+        self.pollTimer.stop()
+        self.ui.teachingProgressBar.setVisible(job.state == GenerationJob.SUCCEEDED)
+        self.updateButtons()
+        if job.state == GenerationJob.SUCCEEDED:
+            folder = str(job.outputDirectory)
+            self.ui.teachingStatusLabel.text = (
+                f"Teaching set written to {folder} in {formatDuration(job.elapsed)} (SYNTHETIC cases)."
+            )
+            if self.ui.teachingOpenFolderCheckBox.checked:
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
+        elif job.state == GenerationJob.CANCELLED:
+            self.ui.teachingStatusLabel.text = (
+                "Teaching set cancelled (run it again into the same folder to resume)."
+            )
+        else:
+            self.ui.teachingStatusLabel.text = f"Teaching set failed: {job.error}"
+            slicer.util.errorDisplay(
+                job.error or "Teaching set failed.", windowTitle="LAND: teaching set failed"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- test

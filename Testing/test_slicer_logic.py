@@ -147,7 +147,66 @@ def test_inputs_resample_other_segmentation_geometry(land_logic, mrml):
     expected[2:10, 5:25, 4:20] = True
     assert np.array_equal(lung != 0, expected)
     assert not nodules.any() and textures == {}
-    assert all(s.layerKey is None for s in land_logic.gatherSegmentSources(seg, ref)[0])  # exported
+    sources, layers = land_logic.gatherSegmentSources(seg, ref)
+    assert all(s.layerKey for s in sources) and not any(layer.onGrid for layer in layers.values())
+    exported = land_logic.maskInputs(seg, ref, forceExport=True)  # Slicer's own export: the same voxels
+    assert np.array_equal(exported.lung, lung)
+
+
+def _rotation(angle_deg: float) -> np.ndarray:
+    return geometry_matrix(spacing=(1, 1, 1), origin=(0, 0, 0), angle_deg=angle_deg)[:3, :3]
+
+
+@pytest.mark.parametrize(
+    "index_map, offset, transformed",
+    [
+        # half the voxel size on the same axes, shifted so that reference voxel centres fall on exact ties
+        (np.diag([0.5, 0.5, 0.5]), (-0.25, -0.25, -0.25), False),
+        # axes permuted and flipped, other spacings
+        (np.array([[0.0, 0.0, -0.6], [1.3, 0.0, 0.0], [0.0, 0.5, 0.0]]), None, False),
+        # oblique
+        (_rotation(17.0) @ np.diag([0.8, 1.3, 0.45]), None, False),
+        # oblique, and the segmentation under a linear transform
+        (_rotation(17.0) @ np.diag([0.8, 1.3, 0.45]), None, True),
+    ],
+    ids=["ties", "permuted", "oblique", "transformed"],
+)
+def test_worker_resampling_matches_slicer_export(land_logic, mrml, index_map, offset, transformed):
+    """Segments painted on another grid (shared and separate layers), resampled by the worker thread's numpy
+    code: voxel for voxel what Slicer's export (vtkImageReslice) gives."""
+    from LANDSynthesisLib import segments
+
+    slicer = mrml.slicer
+    ref = _reference(slicer)
+    other_shape = (40, 60, 64)
+    if offset is None:  # centre on the reference, plus an awkward fraction of a voxel
+        centre_ref, centre_other = (np.array(SHAPE[::-1]) - 1) / 2.0, (np.array(other_shape[::-1]) - 1) / 2.0
+        offset = centre_ref - index_map @ centre_other + np.array([0.1, 0.4, -0.3])
+    other_to_ref = np.eye(4)  # other (i, j, k) -> reference (i, j, k)
+    other_to_ref[:3, :3], other_to_ref[:3, 3] = index_map, offset
+    m_other = M_REF @ other_to_ref
+    other = _reference(slicer, m_other, other_shape, "other grid")
+    seg = _segmentation(mrml, other)
+    lung, n1, n2 = _phantom_masks(m_other, other_shape)
+    lung_id = segments.addLungSegment(seg)
+    ids = [segments.addNoduleSegment(seg, texture=t) for t in (2, 5)]
+    _paint(slicer, seg, lung_id, lung & ~n1, other)
+    _paint(slicer, seg, ids[0], n1, other)
+    _paint(slicer, seg, ids[1], n2, other)
+    seg.GetSegmentation().CollapseBinaryLabelmaps(False)  # lung + nodule 1 share a layer; nodule 2 overlaps
+    if transformed:
+        transform = mrml.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        matrix = geometry_matrix(spacing=(1, 1, 1), origin=(1.7, -2.3, 0.9), angle_deg=6.0)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+        seg.SetAndObserveTransformNodeID(transform.GetID())
+    sources, layers = land_logic.gatherSegmentSources(seg, ref)
+    assert all(s.layerKey for s in sources) and len(layers) == 2
+    worker = land_logic.maskInputs(seg, ref)
+    exported = land_logic.maskInputs(seg, ref, forceExport=True)
+    assert worker.lung.any() and worker.nodules.any()
+    assert np.array_equal(worker.lung, exported.lung)
+    assert np.array_equal(worker.nodules, exported.nodules)
+    assert worker.textures == exported.textures == {1: 2, 2: 5}
 
 
 def test_inputs_segmentation_on_shifted_grid(land_logic, mrml):
@@ -465,30 +524,50 @@ def test_load_result_volume_replace_previous(land_logic, mrml, tmp_path):
     np.testing.assert_allclose(m[:3, 3], [3.0, -4.0, 5.0])  # LPS on disk -> RAS in Slicer
 
 
-def test_result_conformed_to_left_handed_reference(land_logic, mrml, tmp_path):
-    """Slicer's reader flips an axis of left-handed volumes; the result gets the reference's exact grid."""
-    from LANDSynthesisLib.logic import _lpsGeometry
+def test_result_reader_keeps_left_handed_geometry(land_logic, mrml, tmp_path):
+    """The module's NRRD reader (worker thread) keeps a left-handed grid exactly, where Slicer's reader flips
+    an axis; both put every voxel at the same physical point. Compressed files and a reference whose axes are
+    permuted are handled too."""
+    from LANDSynthesisLib.logic import _lpsGeometry, readResultVolume
 
     from land.io import write_volume
     from land.volume import Volume
 
     slicer = mrml.slicer
     assert np.linalg.det(M_REF[:3, :3]) < 0  # left-handed
-    ref = _reference(slicer)
     spacing, origin, direction = _lpsGeometry(M_REF)
     data = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE)
-    write_volume(tmp_path / "ct.nrrd", Volume(data, spacing, origin, direction), {"seed": "1"})
-    plain = land_logic.loadResultVolume(tmp_path / "ct.nrrd", "as Slicer reads it")
-    assert not np.allclose(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(plain)), M_REF, atol=1e-4)
-    node = land_logic.loadResultVolume(tmp_path / "ct.nrrd", "conformed", referenceVolumeNode=ref)
-    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(node)), M_REF, atol=1e-6)
-    assert np.array_equal(slicer.util.arrayFromVolume(node), data)
-    # the plain node holds the same voxels at the same physical points, only indexed the other way
-    m_plain = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(plain))
-    kji = (3, 17, 29)
-    p = m_plain @ [kji[2], kji[1], kji[0], 1]
-    ijk = np.rint(np.linalg.inv(M_REF) @ p).astype(int)
-    assert slicer.util.arrayFromVolume(plain)[kji] == data[ijk[2], ijk[1], ijk[0]]
+    for compress in (False, True):
+        path = tmp_path / f"ct{int(compress)}.nrrd"
+        write_volume(path, Volume(data, spacing, origin, direction), {"seed": "1"}, compress=compress)
+        node = land_logic.loadResultVolume(path, "read by LANDSynthesis")
+        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(node)), M_REF, atol=1e-9)
+        assert np.array_equal(slicer.util.arrayFromVolume(node), data)
+        assert node.GetAttribute("LAND.Seed") == "1" and node.GetDisplayNode().GetWindow() == 1500
+    by_slicer = mrml.volumes.AddArchetypeVolume(str(tmp_path / "ct0.nrrd"), "read by Slicer", 0)
+    m_slicer = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(by_slicer))
+    assert not np.allclose(m_slicer, M_REF, atol=1e-4)  # Slicer's reader reindexes left-handed volumes
+    for kji in [(3, 17, 29), (0, 0, 0), (13, 39, 35), (7, 2, 30)]:
+        p = m_slicer @ [kji[2], kji[1], kji[0], 1]
+        ijk = np.rint(np.linalg.inv(M_REF) @ p).astype(int)
+        assert slicer.util.arrayFromVolume(by_slicer)[kji] == data[ijk[2], ijk[1], ijk[0]]
+    # a reference on the same voxel centres with axes permuted and one flipped: its exact matrix, reordered
+    perm = np.array(  # reference (i, j, k) -> file (i, j, k): file i = j, file j = n - 1 - k, file k = i
+        [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, SHAPE[1] - 1.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    )
+    m_perm = M_REF @ perm
+    ref_shape = (SHAPE[1], SHAPE[2], SHAPE[0])  # (k, j, i) of the reference
+    ref = slicer.util.addVolumeFromArray(np.zeros(ref_shape, np.int16), m_perm, name="permuted reference")
+    loaded = readResultVolume(tmp_path / "ct1.nrrd", m_perm, ref_shape)
+    assert loaded.conformed and np.array_equal(loaded.ijkToRas, m_perm)
+    node = land_logic.addResultVolume(loaded, "conformed")
+    array = slicer.util.arrayFromVolume(node)
+    assert array.shape == ref_shape
+    for kji in [(0, 0, 0), (5, 20, 11), (ref_shape[0] - 1, ref_shape[1] - 1, ref_shape[2] - 1)]:
+        p = m_perm @ [kji[2], kji[1], kji[0], 1]
+        ijk = np.rint(np.linalg.inv(M_REF) @ p).astype(int)
+        assert array[kji] == data[ijk[2], ijk[1], ijk[0]]
+    assert ref.GetID() != node.GetID()
 
 
 def test_dependencies_check_without_installing(mrml):

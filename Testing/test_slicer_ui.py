@@ -17,6 +17,7 @@ QT_CLASSES = {  # standard Qt widgets the module uses (anything else must be dec
     "QComboBox",
     "QDoubleSpinBox",
     "QLabel",
+    "QLineEdit",
     "QPlainTextEdit",
     "QProgressBar",
     "QPushButton",
@@ -73,6 +74,18 @@ def test_ui_structure():
         assert types, f"{name} has no nodeTypes"
     for required in ("generateButton", "cancelButton", "progressBar", "statusLabel", "noduleTable"):
         assert required in widgets
+    teaching = root.find(".//widget[@name='teachingCollapsibleButton']")
+    assert teaching is not None and teaching.get("class") == "ctkCollapsibleButton"
+    inside = {w.get("name") for w in teaching.iter("widget")}
+    for required in (
+        "teachingCasesSpinBox",
+        "teachingOutputPathLineEdit",
+        "teachingRunButton",
+        "teachingCancelButton",
+        "teachingProgressBar",
+        "teachingStatusLabel",
+    ):
+        assert required in inside, required
 
 
 def test_icon_is_a_128_px_png():
@@ -90,8 +103,8 @@ def test_cmake_lists_module_files():
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "set(MODULE_NAME LANDSynthesis)" in text
-    assert "${CMAKE_CURRENT_SOURCE_DIR}/land/*.py" in text and "GLOB_RECURSE" in text
-    assert "${MODULE_NAME}Lib/*.py" in text
+    for script in sorted((MODULE_DIR / "LANDSynthesisLib").glob("*.py")):
+        assert f"LANDSynthesisLib/{script.name}" in text, f"CMakeLists.txt does not install {script.name}"
     resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
     assert len(resources) == 2
     for resource in resources:

@@ -5,13 +5,17 @@ exist in both: MRML nodes, ``slicer.util`` array helpers, the volumes and segmen
 
 Generation (non-blocking): :meth:`LANDSynthesisLogic.start` checks the inputs and returns a
 :class:`GenerationJob`; the caller then calls :meth:`LANDSynthesisLogic.poll` regularly (a ``qt.QTimer``
-in the GUI) until it returns False. Each poll does a bounded amount of work on the calling thread: export one
-segment, or drain the child's output queue, or (once) load the result. Combining masks and writing the input
-files run in a worker thread; the engine runs in a child process (``PythonSlicer -m land generate ...
---progress json``; ``sys.executable -m land`` outside the application) whose output two reader threads put
-into a queue.
+in the GUI) until it returns False. The calling (GUI) thread only does bounded, cheap work: ``start`` takes
+views of the segmentation's labelmap layers with their geometry (no copy, no resampling); each poll drains the
+child's output queue or hands results over. Worker threads do the heavy parts: resampling the layers onto the
+reference grid (:mod:`.resample`), combining masks and writing the input files; later reading the result NRRD
+into VTK image data. The engine runs in a child process (``PythonSlicer -m land generate ... --progress
+json``; ``sys.executable -m land`` outside the application) whose output two reader threads put into a queue.
 :meth:`LANDSynthesisLogic.generate` is the blocking form of the same path. :meth:`LANDSynthesisLogic.cancel`
 stops the child's whole process tree; temporary files are removed however a job ends.
+
+Teaching sets (:meth:`LANDSynthesisLogic.startTeachingSet`; blocking: ``runTeachingSet``) run
+``land teaching-set ... --progress json`` the same way, polled and cancelled with the same methods.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import numpy as np
 import slicer
 
 from . import segments as seglib
-from .nrrd import RAS_TO_LPS, read_nrrd_header, write_nrrd
+from .nrrd import RAS_TO_LPS, read_nrrd, read_nrrd_header, write_nrrd
 from .process import ChildProcess
+from .resample import conformArray, resampleNearest
 
 try:  # the Slicer application; absent from the slicer-core wheel (no Qt)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -269,8 +274,10 @@ class MaskInputs:
 
 @dataclass
 class SegmentSource:
-    """Where one segment's voxels come from. Fast path: ``layerKey`` (a copied internal labelmap on the
-    reference grid; the segment is ``layer == labelValue``). Otherwise ``mask``, exported by Slicer."""
+    """Where one segment's voxels come from: ``layerKey`` (an internal labelmap layer, resampled onto the
+    reference grid in a worker thread; the segment is ``layer == labelValue``), or ``mask``, exported by
+    Slicer on the calling thread (segments without a binary labelmap source or under a non-linear transform).
+    """
 
     kind: str  # "lung" or "nodule"
     segmentId: str
@@ -281,33 +288,49 @@ class SegmentSource:
     mask: np.ndarray | None = None
 
 
+def _imageMTime(image) -> int:
+    scalars = image.GetPointData().GetScalars()
+    return max(int(image.GetMTime()), int(scalars.GetMTime()) if scalars is not None else 0)
+
+
 @dataclass
 class LayerCopy:
-    """A copy of a segmentation's internal labelmap layer; ``offset``: reference (k, j, i) of [0, 0, 0]."""
+    """A segmentation's internal labelmap layer as a worker thread reads it: ``array`` ([k, j, i]; a view of
+    the layer's voxels, taken without copying) and ``refToLayer`` (4x4, reference (i, j, k) -> array
+    (i, j, k)). ``image`` / ``mtime`` tell whether the layer was edited after the view was taken."""
 
     array: np.ndarray
-    offset: tuple[int, int, int]
+    refToLayer: np.ndarray
+    image: Any = None
+    mtime: int = 0
+
+    @property
+    def onGrid(self) -> bool:
+        """True when the layer lies on the reference grid (an exact whole-voxel shift: no resampling)."""
+        t = self.refToLayer
+        return bool(np.array_equal(t[:3, :3], np.eye(3)) and np.array_equal(t[:3, 3], np.rint(t[:3, 3])))
+
+    def changed(self) -> bool:
+        return self.image is not None and _imageMTime(self.image) != self.mtime
 
 
 def materializeMasks(
     sources: list[SegmentSource], layers: Mapping[str, LayerCopy], shape: tuple[int, int, int]
 ) -> tuple[list[np.ndarray], list[tuple[str, str, np.ndarray, int | None]]]:
-    """Segment masks on the reference grid (numpy only, so it can run in a worker thread)."""
+    """Segment masks on the reference grid (numpy only, so it can run in a worker thread): each layer is
+    resampled once (nearest neighbour, as Slicer's export), then split into its segments by label value."""
     lungs: list[np.ndarray] = []
     nodules: list[tuple[str, str, np.ndarray, int | None]] = []
+    resampled: dict[str, np.ndarray] = {}
     for source in sources:
         if source.mask is not None:
             mask = source.mask != 0
         else:
-            mask = np.zeros(shape, bool)
-            layer = layers[source.layerKey]  # type: ignore[index]
-            lo = np.asarray(layer.offset)
-            hi = lo + np.asarray(layer.array.shape)
-            dst_lo, dst_hi = np.maximum(lo, 0), np.minimum(hi, shape)
-            if np.all(dst_hi > dst_lo):
-                src = tuple(slice(a - o, b - o) for a, b, o in zip(dst_lo, dst_hi, lo, strict=True))
-                dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True))
-                mask[dst] = layer.array[src] == source.labelValue
+            key = source.layerKey
+            if key not in resampled:
+                layer = layers[key]  # type: ignore[index]
+                resampled[key] = resampleNearest(layer.array, layer.refToLayer, shape)  # type: ignore[index]
+            mask = resampled[key] == source.labelValue  # type: ignore[index]
         if source.kind == "lung":
             lungs.append(mask)
         else:
@@ -386,28 +409,13 @@ def conformToReference(volumeNode, referenceNode, tolerance: float = 1e-3) -> bo
     centres with axes permuted or flipped (the voxels are reordered). Else returns False and changes nothing.
     """
     loaded, ref = seglib.ijkToRasArray(volumeNode), seglib.ijkToRasArray(referenceNode)
-    t = np.linalg.inv(ref) @ loaded  # loaded ijk -> reference ijk
-    p, offset = np.rint(t[:3, :3]), np.rint(t[:3, 3])
-    if not (np.allclose(t[:3, :3], p, atol=tolerance) and np.allclose(t[:3, 3], offset, atol=tolerance)):
+    shape = tuple(reversed(referenceNode.GetImageData().GetDimensions()))
+    array = slicer.util.arrayFromVolume(volumeNode)
+    out = conformArray(array, loaded, ref, shape, tolerance)  # type: ignore[arg-type]
+    if out is None:
         return False
-    if not (np.all(np.abs(p).sum(axis=0) == 1) and np.all(np.abs(p).sum(axis=1) == 1)):
-        return False
-    if np.array_equal(p, np.eye(3)) and not offset.any():
-        return True
-    size = np.array(referenceNode.GetImageData().GetDimensions())
-    array_ijk = slicer.util.arrayFromVolume(volumeNode).transpose(2, 1, 0)
-    perm = [int(np.argmax(np.abs(p[r]))) for r in range(3)]
-    out = array_ijk.transpose(perm)
-    if out.shape != tuple(size):
-        return False
-    for r in range(3):
-        if p[r, perm[r]] < 0:
-            if offset[r] != size[r] - 1:
-                return False
-            out = np.flip(out, axis=r)
-        elif offset[r] != 0:
-            return False
-    slicer.util.updateVolumeFromArray(volumeNode, np.ascontiguousarray(out.transpose(2, 1, 0)))
+    if not np.array_equal(out, array):
+        slicer.util.updateVolumeFromArray(volumeNode, out)
     volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ref))
     return True
 
@@ -447,18 +455,57 @@ def outsideLungMessage(name: str, outside: int, total: int) -> str:
     )
 
 
+@dataclass
+class LoadedVolume:
+    """A result volume read off the GUI thread: VTK image data holding the voxels, its IJK-to-RAS matrix and
+    the NRRD header fields (provenance)."""
+
+    imageData: Any
+    ijkToRas: np.ndarray
+    fields: dict[str, str]
+    conformed: bool = False
+
+
+def readResultVolume(
+    path: str | os.PathLike,
+    referenceIjkToRas: np.ndarray | None = None,
+    referenceShape: tuple[int, int, int] | None = None,
+) -> LoadedVolume:
+    """Read a NRRD result into new ``vtkImageData`` (no MRML: safe in a worker thread).
+
+    With a reference grid that samples the same voxel centres (axes permuted or flipped), the voxels are
+    reordered onto it and its matrix is used exactly. OSError / ValueError when the file cannot be read."""
+    import vtk
+    import vtk.util.numpy_support
+
+    volume = read_nrrd(path)
+    array, ijkToRas, conformed = volume.array, volume.ijkToRas, False
+    if referenceIjkToRas is not None and referenceShape is not None:
+        reordered = conformArray(array, ijkToRas, referenceIjkToRas, referenceShape)
+        if reordered is not None:
+            array, ijkToRas, conformed = reordered, np.array(referenceIjkToRas, float), True
+    image = vtk.vtkImageData()
+    image.SetDimensions(*array.shape[::-1])
+    image.AllocateScalars(vtk.util.numpy_support.get_vtk_array_type(array.dtype), 1)
+    target = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    target.reshape(array.shape)[...] = array
+    return LoadedVolume(image, ijkToRas, dict(volume.fields), conformed)
+
+
 # ---------------------------------------------------------------------------------------------- job
 class GenerationJob:
     """One generation: state, progress, messages and (when it succeeded) the result volume node."""
 
-    PREPARING, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
+    PREPARING, RUNNING, CANCELLING, LOADING, SUCCEEDED, FAILED, CANCELLED = (
         "preparing",
         "running",
         "cancelling",
+        "loading",
         "succeeded",
         "failed",
         "cancelled",
     )
+    kind = "generate"
 
     def __init__(self, parameters: GenerationParameters, modelInfo: ModelInfo, seed: int) -> None:
         self.parameters = parameters
@@ -479,8 +526,9 @@ class GenerationJob:
         self.startTime = time.monotonic()
         self.endTime: float | None = None
         self.stageStart: dict[str, float] = {}
-        self.maxPollSeconds = 0.0  # longest poll() on the calling (GUI) thread, result loading excluded
-        self.loadSeconds = 0.0
+        self.maxPollSeconds = 0.0  # longest poll() on the calling (GUI) thread, everything included
+        self.loadSeconds = 0.0  # the result's hand-over into the scene on the calling thread
+        self.readSeconds = 0.0  # reading the result file (worker thread)
         self.cancelRequested = False
         self.cancelDeadline: float | None = None
         # preparation
@@ -498,6 +546,10 @@ class GenerationJob:
         self._conditioned = False
         self._conformNodeId: str | None = None
         self._inputPaths: dict[str, Path | None] = {}
+        self._layerViews: list[LayerCopy] = []
+        # result loading (worker thread)
+        self._loader: threading.Thread | None = None
+        self._loaded: tuple[LoadedVolume | None, BaseException | None] | None = None
 
     @property
     def done(self) -> bool:
@@ -519,6 +571,112 @@ class GenerationJob:
         if self.state == self.FAILED:
             raise LANDSynthesisError(self.error or "generation failed", self.exitCode)
         raise LANDSynthesisError(f"generation is still {self.state}")
+
+
+# ---------------------------------------------------------------------------------------------- teaching sets
+@dataclass
+class TeachingSetParameters:
+    """Options of ``land teaching-set`` (issue 8). None: the command's default (``modelDirectory`` None:
+    the bundled model). ``textures``: "1,3,5" or a list; ``diameters``: "4-25", (min, max) or one number."""
+
+    outputDirectory: str = ""
+    cases: int = 10
+    modelDirectory: str | None = None
+    noduleRate: float | None = None
+    textures: str | list[int] | tuple[int, ...] | None = None
+    diameters: str | tuple[float, float] | float | None = None
+    steps: int | None = None
+    seed: int | None = None
+    extraArguments: list[str] = field(default_factory=list)
+
+    @classmethod
+    def fromAny(cls, parameters: TeachingSetParameters | Mapping[str, Any]) -> TeachingSetParameters:
+        if isinstance(parameters, cls):
+            return parameters
+        unknown = sorted(set(parameters) - {f.name for f in fields(cls)})
+        if unknown:
+            raise LANDInputError(f"unknown teaching-set parameter(s): {', '.join(unknown)}")
+        return cls(**dict(parameters))
+
+    def texturesText(self) -> str | None:
+        if self.textures is None or self.textures == "":
+            return None
+        items = self.textures.replace(" ", "").split(",") if isinstance(self.textures, str) else self.textures
+        values = []
+        for item in items:
+            text = str(item).strip()
+            if not text.isdigit() or not 1 <= int(text) <= 5:
+                raise LANDInputError(
+                    "textures must be whole numbers 1..5 separated by commas (e.g. 1,3,5), "
+                    f"got {self.textures!r}"
+                )
+            values.append(int(text))
+        if not values:
+            raise LANDInputError("give at least one texture 1..5 (e.g. 1,3,5)")
+        return ",".join(str(v) for v in sorted(set(values)))
+
+    def diametersText(self) -> str | None:
+        d = self.diameters
+        if d is None or d == "":
+            return None
+        try:
+            if isinstance(d, str):
+                parts = [float(x) for x in d.replace(" ", "").split("-")] if "-" in d else [float(d)] * 2
+            elif isinstance(d, (int, float)):
+                parts = [float(d)] * 2
+            else:
+                parts = [float(x) for x in d]
+        except ValueError:
+            parts = []
+        if len(parts) != 2 or not 0 < parts[0] <= parts[1] <= 100:
+            raise LANDInputError(f"diameters must be a range in mm like 4-25 (0 < min <= max), got {d!r}")
+        return "-".join(f"{x:g}" for x in parts)
+
+    def check(self) -> None:
+        if not self.outputDirectory:
+            raise LANDInputError("Choose an output folder for the teaching set.")
+        parent = Path(self.outputDirectory).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise LANDInputError(f"The folder {parent} (where the teaching set folder goes) does not exist.")
+        if not (isinstance(self.cases, int) and 1 <= self.cases <= 10000):
+            raise LANDInputError(f"the number of cases must be a whole number 1..10000, got {self.cases!r}")
+        if self.noduleRate is not None and not 0.0 <= float(self.noduleRate) <= 1.0:
+            raise LANDInputError(f"the nodule rate is a share of cases, 0..1, got {self.noduleRate!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
+            raise LANDInputError(f"steps must be a whole number 1..1000, got {self.steps!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
+        self.texturesText()
+        self.diametersText()
+
+
+class TeachingSetJob(GenerationJob):
+    """One ``land teaching-set`` run; ``outputDirectory`` is the folder it writes (no scene node)."""
+
+    kind = "teaching-set"
+
+    def __init__(self, parameters: TeachingSetParameters, modelInfo: ModelInfo | None) -> None:
+        super().__init__(parameters, modelInfo, parameters.seed or 0)  # type: ignore[arg-type]
+        self.outputDirectory = Path(parameters.outputDirectory).expanduser().resolve()
+        self.progress = {"fraction": 0.0, "text": "Starting the teaching set…"}
+        self.casesDone = 0
+        self.casesTotal = 0
+
+    def resultOrRaise(self):
+        if self.state == self.SUCCEEDED:
+            return self.outputDirectory
+        return super().resultOrRaise()
+
+
+def teachingSetAvailability() -> tuple[bool, str]:
+    """(available, reason): ``land teaching-set`` ships in ``land/teaching/cli.py`` of the engine."""
+    engine = engineDirectory()
+    if engine is not None and (engine / "land" / "teaching" / "cli.py").is_file():
+        return True, "Generate a teaching set with land teaching-set (runs in the background)."
+    return False, (
+        "This version of the LAND engine has no 'land teaching-set' command yet (land/teaching/cli.py is "
+        "missing); update the LAND extension."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- logic
@@ -709,10 +867,11 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
     ) -> tuple[list[SegmentSource], dict[str, LayerCopy]]:
         """Every lung and nodule segment with the source of its voxels on ``reference``'s grid.
 
-        When the segmentation's internal labelmap lies on the reference grid (same axes and spacing,
-        whole-voxel offset; the usual case when painting on the reference volume) its layers are copied as
-        they are: no resampling, only a memory copy on this thread. Other segments are marked for export
-        with Slicer's ``ExportSegmentsToLabelmapNode`` (see :meth:`exportSegmentSource`).
+        Cheap (no voxel is copied or resampled here): a segmentation whose source representation is the binary
+        labelmap gives views of its internal layers with their geometry relative to the reference grid
+        (through any linear transform between the two nodes); :func:`materializeMasks` resamples them
+        later, in a worker thread. Other segments (or all, with ``forceExport``) are marked for Slicer's
+        export on the calling thread (see :meth:`exportSegmentSource`).
         """
         segmentation = segmentationNode.GetSegmentation()
         ref = seglib.ijkToRasArray(reference)
@@ -720,11 +879,12 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             sourceName = segmentation.GetSourceRepresentationName
         else:  # Slicer before 5.2
             sourceName = segmentation.GetMasterRepresentationName
-        fast = (
+        segToRef = None
+        if (
             not forceExport
             and sourceName() == slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-            and (segmentationNode.GetTransformNodeID() or "") == (reference.GetTransformNodeID() or "")
-        )
+        ):
+            segToRef = self._segmentationToReference(segmentationNode, reference)
         sources: list[SegmentSource] = []
         layers: dict[str, LayerCopy] = {}
         lungIds = set(seglib.lungSegmentIds(segmentationNode))
@@ -740,16 +900,29 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             source = SegmentSource(
                 kind, segmentId, segment.GetName(), texture, labelValue=segment.GetLabelValue()
             )
-            image = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId) if fast else None
-            key = self._layerOnGrid(image, ref, layers) if image is not None else None
-            if key is not None:
-                source.layerKey = key
+            if segToRef is not None:
+                image = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+                if image is not None:
+                    source.layerKey = self._layerView(image, segToRef, ref, layers)
             sources.append(source)
         return sources, layers
 
     @staticmethod
-    def _layerOnGrid(image, ref: np.ndarray, layers: dict[str, LayerCopy]) -> str | None:
-        """Copy a labelmap layer lying on the reference grid into ``layers``; its key, or None if off-grid."""
+    def _segmentationToReference(segmentationNode, reference) -> np.ndarray | None:
+        """4x4 from the segmentation's RAS to the reference's (parent transforms); None if non-linear."""
+        import vtk
+
+        a, b = segmentationNode.GetParentTransformNode(), reference.GetParentTransformNode()
+        if a is b:
+            return np.eye(4)
+        m = vtk.vtkMatrix4x4()
+        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(a, b, m):
+            return None
+        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    @staticmethod
+    def _layerView(image, segToRef: np.ndarray, ref: np.ndarray, layers: dict[str, LayerCopy]) -> str | None:
+        """Put a view of a labelmap layer and its reference-to-layer index matrix into ``layers``; its key."""
         import vtk
         import vtk.util.numpy_support
 
@@ -758,19 +931,22 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             return key
         m = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(m)
-        t = np.linalg.inv(ref) @ np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-        offset = np.rint(t[:3, 3])
-        if not (np.allclose(t[:3, :3], np.eye(3), atol=1e-6) and np.allclose(t[:3, 3], offset, atol=1e-4)):
-            return None
+        layerToRas = segToRef @ np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
         extent = image.GetExtent()
         dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
         scalars = image.GetPointData().GetScalars()
         if min(dims) <= 0 or scalars is None:
-            array = np.zeros((0, 0, 0), np.uint8)
-        else:
-            array = np.array(vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1]), copy=True)
-        start_ijk = offset.astype(int) + np.array(extent[0::2])
-        layers[key] = LayerCopy(array, tuple(int(v) for v in start_ijk[::-1]))  # type: ignore[arg-type]
+            layers[key] = LayerCopy(np.zeros((0, 0, 0), np.uint8), np.eye(4))
+            return key
+        if scalars.GetNumberOfComponents() != 1:
+            return None
+        array = vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(dims[::-1])  # a view: no copy
+        t = np.linalg.inv(layerToRas) @ ref
+        t[:3, 3] -= np.array(extent[0::2], float)  # absolute layer index -> array index
+        shift = np.rint(t[:3, 3])
+        if np.allclose(t[:3, :3], np.eye(3), atol=1e-6) and np.allclose(t[:3, 3], shift, atol=1e-4):
+            t[:3, :3], t[:3, 3] = np.eye(3), shift  # on the reference grid: copied, not resampled
+        layers[key] = LayerCopy(array, t, image, _imageMTime(image))
         return key
 
     def exportSegmentSource(self, segmentationNode, reference, source: SegmentSource) -> None:
@@ -1102,7 +1278,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
                     job._conformNodeId = referenceVolumeNode.GetID()
                 if segmentationNode is not None:
                     job._segmentationNodeId = segmentationNode.GetID()
-                    # layers on the reference grid are copied now; other segments are exported one per poll
+                    # views of the labelmap layers (resampled by a worker); other segments: exported per poll
                     job._sources, job._layers = self.gatherSegmentSources(segmentationNode, reference)
                     job._exportQueue = [source for source in job._sources if source.layerKey is None]
         except BaseException:
@@ -1128,6 +1304,8 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
                 self._pollPreparing(job)
             elif job.state in (GenerationJob.RUNNING, GenerationJob.CANCELLING):
                 self._pollRunning(job)
+            elif job.state == GenerationJob.LOADING:
+                self._pollLoading(job)
         except Exception as e:  # noqa: BLE001 - any failure ends the job with its message
             logging.exception("LANDSynthesis: generation failed")
             self._finish(job, GenerationJob.FAILED, error=str(e) or type(e).__name__)
@@ -1141,7 +1319,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         if job is None or job.done or job.cancelRequested:
             return
         job.cancelRequested = True
-        if job.child is not None:
+        if job.child is not None and job.state != GenerationJob.LOADING:
             job.state = GenerationJob.CANCELLING
             job.child.terminate()
             job.cancelDeadline = time.monotonic() + self.cancelGraceSeconds
@@ -1176,6 +1354,83 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             raise LANDSynthesisError(job.error)
         return job.resultOrRaise()
 
+    # ------------------------------------------------------------------ teaching sets
+    def teachingSetCommand(self, parameters: TeachingSetParameters | Mapping[str, Any]) -> list[str]:
+        """The ``land teaching-set`` command line for ``parameters`` (checked: LANDInputError says why)."""
+        p = TeachingSetParameters.fromAny(parameters)
+        p.check()
+        cmd = [self.defaultPythonExecutable(), "-m", "land", "teaching-set"]
+        if p.modelDirectory:
+            cmd += ["--model", str(p.modelDirectory)]
+        cmd += ["--cases", str(p.cases), "--out", str(Path(p.outputDirectory).expanduser().resolve())]
+        if p.noduleRate is not None:
+            cmd += ["--nodule-rate", f"{float(p.noduleRate):g}"]
+        textures, diameters = p.texturesText(), p.diametersText()
+        if textures:
+            cmd += ["--textures", textures]
+        if diameters:
+            cmd += ["--diameters", diameters]
+        if p.steps is not None:
+            cmd += ["--steps", str(p.steps)]
+        if p.seed is not None:
+            cmd += ["--seed", str(p.seed)]
+        cmd += ["--progress", "json"]
+        return cmd + [str(a) for a in p.extraArguments]
+
+    def startTeachingSet(
+        self,
+        parameters: TeachingSetParameters | Mapping[str, Any],
+        onProgress: Callable[[dict[str, Any]], None] | None = None,
+        onFinished: Callable[[GenerationJob], None] | None = None,
+    ) -> TeachingSetJob:
+        """Start ``land teaching-set ... --progress json`` in the background; then :meth:`poll` until False
+        (:meth:`cancel` stops it). The job's ``outputDirectory`` is the folder written."""
+        if self.isRunning():
+            raise LANDSynthesisError("LAND is already running a job; wait for it or cancel it first.")
+        available, reason = teachingSetAvailability()
+        if not available:
+            raise LANDSynthesisError(reason)
+        params = TeachingSetParameters.fromAny(parameters)
+        command = self.teachingSetCommand(params)
+        info = self.modelInfo(params.modelDirectory) if params.modelDirectory else None
+        job = TeachingSetJob(params, info)
+        job.command = command
+        job.tempDir = Path(tempfile.mkdtemp(prefix="LANDTeaching-", dir=self.temporaryRoot()))
+        self.job = job
+        self._onProgress = onProgress
+        self._onFinished = onFinished
+        try:
+            logging.info("LANDSynthesis: running %s", " ".join(command))
+            job.child = ChildProcess(command, env=self.childEnvironment(), cwd=str(job.tempDir))
+        except BaseException:
+            self._removeTemp(job)
+            self.job = None
+            raise
+        job.state = GenerationJob.RUNNING
+        text = "Starting the teaching set (loading the model)…"
+        self._emit({"state": job.state, "fraction": 0.0, "text": text})
+        return job
+
+    def runTeachingSet(
+        self,
+        parameters: TeachingSetParameters | Mapping[str, Any],
+        onProgress: Callable[[dict[str, Any]], None] | None = None,
+        pollInterval: float = 0.05,
+        timeout: float | None = None,
+    ) -> Path:
+        """Blocking teaching set (:meth:`startTeachingSet` + :meth:`poll`); returns the output folder.
+
+        Raises LANDInputError, LANDSynthesisError (with the engine's message) or GenerationCancelled."""
+        job = self.startTeachingSet(parameters, onProgress)
+        while self.poll():
+            time.sleep(pollInterval)
+            if timeout is not None and job.elapsed > timeout and not job.cancelRequested:
+                self.cancel()
+                job.error = f"the teaching set took longer than {timeout:g} s and was stopped"
+        if job.state == GenerationJob.CANCELLED and timeout is not None and job.error:
+            raise LANDSynthesisError(job.error)
+        return job.resultOrRaise()
+
     # ------------------------------------------------------------------ internals
     def _emit(self, event: dict[str, Any]) -> None:
         if self.job is not None and "fraction" in event:
@@ -1195,7 +1450,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         if job.cancelRequested and job._worker is None:
             self._finish(job, GenerationJob.CANCELLED)
             return
-        if job._exportQueue:  # one segment per poll: each export is a bounded MRML operation
+        if job._exportQueue:  # rare fallback (see gatherSegmentSources): one Slicer export per poll
             source = job._exportQueue.pop(0)
             segmentationNode = slicer.mrmlScene.GetNodeByID(job._segmentationNodeId)
             reference = slicer.mrmlScene.GetNodeByID(job._referenceNodeId)
@@ -1217,14 +1472,23 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             if job._referenceCleanup is not None:
                 job._referenceCleanup()
                 job._referenceCleanup = None
+            job._layerViews = list(job._layers.values())
             job._worker = threading.Thread(target=self._prepareFiles, args=(job,), daemon=True)
             job._worker.start()
+            self._emit(
+                {"state": job.state, "fraction": 0.0, "text": "Preparing inputs: resampling the segments…"}
+            )
             return
         if job._worker.is_alive():
             return
         inputs, error = job._workerResult or (None, RuntimeError("input preparation did not finish"))
         if error is not None:
             raise error
+        if any(layer.changed() for layer in job._layerViews):
+            raise LANDSynthesisError(
+                "The segmentation was edited while its masks were being prepared; press Generate again."
+            )
+        job._layerViews = []
         job.inputs = inputs
         if job.cancelRequested:
             self._finish(job, GenerationJob.CANCELLED)
@@ -1303,9 +1567,10 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             job.exitCode = code
             if job.cancelRequested:
                 self._finish(job, GenerationJob.CANCELLED)
-            elif code == 0 and job.outputPath is not None and job.outputPath.is_file():
-                self._loadResult(job)
+            elif code == 0 and job.kind == TeachingSetJob.kind and job.outputDirectory.is_dir():
                 self._finish(job, GenerationJob.SUCCEEDED)
+            elif code == 0 and job.outputPath is not None and job.outputPath.is_file():
+                self._startLoading(job)
             else:
                 self._finish(job, GenerationJob.FAILED, error=self._failureMessage(job, code))
 
@@ -1338,7 +1603,12 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         elif "stage" in event:
             self._progressEvent(job, event)
         elif event.get("done"):
-            self._emit({"state": job.state, "fraction": 1.0, "text": "Loading the result…"})
+            if job.kind == TeachingSetJob.kind:
+                if event.get("out"):
+                    job.outputDirectory = Path(str(event["out"]))
+                self._emit({"state": job.state, "fraction": 1.0, "text": "Teaching set written."})
+            else:
+                self._emit({"state": job.state, "fraction": 1.0, "text": "Loading the result…"})
 
     def _progressEvent(self, job: GenerationJob, event: dict[str, Any]) -> None:
         stage = str(event.get("stage"))
@@ -1346,19 +1616,34 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         eta = event.get("eta_s")
         now = time.monotonic()
         job.stageStart.setdefault(stage, now)
+        generating = job.kind == GenerationJob.kind
         if stage == "denoise":
             fraction = DENOISE_SHARE * step / total
             label = f"Denoising: step {step}/{total}"
-            if step >= 1 and step == total:
+            if generating and step >= 1 and step == total:
                 seconds = (now - job.stageStart[stage]) / max(total - 1, 1)
                 if total > 1:
                     self.lastSecondsPerStep[(job.modelInfo.name, job.parameters.device)] = seconds
         elif stage == "decode":
             fraction = DENOISE_SHARE + (1 - DENOISE_SHARE) * step / total
             label = f"Decoding: part {step}/{total}"
+        elif stage == "case" and not generating:  # teaching set: ``step`` cases done of ``total``
+            job.casesDone, job.casesTotal = step, total
+            fraction = step / total
+            if step < total:
+                label = f"Case {step + 1}/{total} ({event.get('case', '')}): starting"
+            else:
+                label = f"All {total} cases generated; writing the answer key"
+        elif not generating:  # another stage of the teaching set
+            fraction = step / total
+            label = f"{stage.replace('_', ' ').capitalize()}: {step}/{total}"
         else:
             fraction = job.progress.get("fraction", 0.0)
             label = f"{stage}: {step}/{total}"
+        if not generating and stage in ("denoise", "decode") and getattr(job, "casesTotal", 0):
+            done, cases = job.casesDone, job.casesTotal  # type: ignore[attr-defined]
+            fraction = min((done + fraction) / cases, 1.0)
+            label = f"Case {min(done + 1, cases)}/{cases}: {label}"
         if job.state == GenerationJob.CANCELLING:
             label = "Cancelling… (" + label + ")"
         elif eta is not None and step < total:
@@ -1380,6 +1665,8 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             return job.error
         if job.outputPath is not None and code == 0:
             return f"the LAND engine finished but wrote no output file ({job.outputPath.name})"
+        if job.kind == TeachingSetJob.kind and code == 0:
+            return f"land teaching-set finished but its output folder {job.outputDirectory} does not exist"
         lines = [
             entry.split("] ", 1)[1]
             for entry in job.log
@@ -1398,21 +1685,53 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             return f"the LAND engine was stopped by signal {-code}"
         return f"the LAND engine failed with exit code {code} and no message"
 
-    def _loadResult(self, job: GenerationJob) -> None:
+    def _startLoading(self, job: GenerationJob) -> None:
+        """Read the result file in a worker thread (poll hands it to the scene when it is read)."""
+        reference = slicer.mrmlScene.GetNodeByID(job._conformNodeId) if job._conformNodeId else None
+        refMatrix = refShape = None
+        if reference is not None and reference.GetImageData() is not None:
+            refMatrix = seglib.ijkToRasArray(reference)
+            refShape = tuple(reversed(reference.GetImageData().GetDimensions()))
+        path = job.outputPath
+
+        def read() -> None:
+            t0 = time.monotonic()
+            try:
+                job._loaded = (readResultVolume(path, refMatrix, refShape), None)  # type: ignore[arg-type]
+            except BaseException as e:  # noqa: BLE001 - reported by poll() on the calling thread
+                job._loaded = (None, e)
+            job.readSeconds = time.monotonic() - t0
+
+        job.state = GenerationJob.LOADING
+        job._loader = threading.Thread(target=read, daemon=True)
+        job._loader.start()
+        self._emit({"state": job.state, "fraction": 1.0, "text": "Loading the result…"})
+
+    def _pollLoading(self, job: GenerationJob) -> None:
+        if job._loader is not None and job._loader.is_alive():
+            return
+        if job.cancelRequested:
+            self._finish(job, GenerationJob.CANCELLED)
+            return
+        loaded, error = job._loaded or (None, RuntimeError("reading the result did not finish"))
         t0 = time.monotonic()
-        assert job.outputPath is not None
         p = job.parameters
-        job.resultNode = self.loadResultVolume(
-            job.outputPath,
-            p.outputName or f"SYNTHETIC CT {job.modelInfo.name} seed {job.seed}",
-            replacePrevious=p.replacePrevious,
-            transformNodeId=job._transformNodeId,
-            segmentationNodeId=job._segmentationNodeId,
-            referenceVolumeNode=slicer.mrmlScene.GetNodeByID(job._conformNodeId)
-            if job._conformNodeId
-            else None,
-        )
+        name = p.outputName or f"SYNTHETIC CT {job.modelInfo.name} seed {job.seed}"
+        options = {
+            "replacePrevious": p.replacePrevious,
+            "transformNodeId": job._transformNodeId,
+            "segmentationNodeId": job._segmentationNodeId,
+        }
+        if loaded is not None:
+            job.resultNode = self.addResultVolume(loaded, name, **options)
+        else:  # a file this reader does not support: Slicer's reader, on this thread
+            logging.warning("LANDSynthesis: reading %s in a worker failed (%s)", job.outputPath, error)
+            reference = slicer.mrmlScene.GetNodeByID(job._conformNodeId) if job._conformNodeId else None
+            job.resultNode = self._loadWithSlicerReader(
+                job.outputPath, name, referenceVolumeNode=reference, **options
+            )
         job.loadSeconds = time.monotonic() - t0
+        self._finish(job, GenerationJob.SUCCEEDED)
 
     def loadResultVolume(
         self,
@@ -1426,21 +1745,79 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         """Load a generated CT as a scalar volume node with its provenance (``LAND.*`` attributes, the
         description, SYNTHETIC) and the lung window. ``replacePrevious`` removes the previous result.
 
-        With ``referenceVolumeNode``, a result on the same voxel grid gets exactly the reference's IJK-to-RAS
-        matrix (Slicer's reader flips an axis of left-handed volumes; the voxels are reordered to match)."""
+        The geometry is the file's exactly (left-handed ones too). With ``referenceVolumeNode``, a result on
+        the same voxel grid (axes permuted or flipped) gets exactly the reference's IJK-to-RAS matrix.
+        Blocking; the job path does the reading (:func:`readResultVolume`) in a worker thread."""
+        refMatrix = refShape = None
+        if referenceVolumeNode is not None and referenceVolumeNode.GetImageData() is not None:
+            refMatrix = seglib.ijkToRasArray(referenceVolumeNode)
+            refShape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+        options = {
+            "replacePrevious": replacePrevious,
+            "transformNodeId": transformNodeId,
+            "segmentationNodeId": segmentationNodeId,
+        }
+        try:
+            loaded = readResultVolume(path, refMatrix, refShape)  # type: ignore[arg-type]
+        except (OSError, ValueError) as e:
+            logging.info("LANDSynthesis: %s is read by Slicer's reader (%s)", path, e)
+            return self._loadWithSlicerReader(path, name, referenceVolumeNode=referenceVolumeNode, **options)
+        return self.addResultVolume(loaded, name, **options)
+
+    def addResultVolume(
+        self,
+        loaded: LoadedVolume,
+        name: str,
+        replacePrevious: bool = False,
+        transformNodeId: str | None = None,
+        segmentationNodeId: str | None = None,
+    ):
+        """Put a volume read by :func:`readResultVolume` into the scene (the cheap, calling-thread part: the
+        node adopts the image data; no voxel is copied and no window/level statistics are computed)."""
+        node = slicer.vtkMRMLScalarVolumeNode()
+        node.SetName(uniqueNodeName(name))
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(loaded.ijkToRas))
+        node.SetAndObserveImageData(loaded.imageData)
+        node = slicer.mrmlScene.AddNode(node)
+        display = slicer.vtkMRMLScalarVolumeDisplayNode()
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(LUNG_WINDOW, LUNG_LEVEL)
+        display = slicer.mrmlScene.AddNode(display)
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+        node.SetAndObserveDisplayNodeID(display.GetID())
+        fields = loaded.fields
+        return self._finishResultNode(node, fields, replacePrevious, transformNodeId, segmentationNodeId)
+
+    def _loadWithSlicerReader(
+        self,
+        path,
+        name: str,
+        replacePrevious: bool = False,
+        transformNodeId: str | None = None,
+        segmentationNodeId: str | None = None,
+        referenceVolumeNode=None,
+    ):
+        """Slicer's reader (``AddArchetypeVolume``) for files :func:`readResultVolume` does not read."""
         path = Path(path)
         try:
             header = read_nrrd_header(path)
         except (OSError, ValueError):
             header = {}
-        name = uniqueNodeName(name)
-        node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), name, 0)
+        node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), uniqueNodeName(name), 0)
         if node is None:
             raise LANDSynthesisError(f"Slicer could not load the generated volume {path}")
         storage = node.GetStorageNode()
         if storage is not None:  # the file is temporary: saving the scene must write a new one
             node.SetAndObserveStorageNodeID(None)
             slicer.mrmlScene.RemoveNode(storage)
+        if referenceVolumeNode is not None:
+            conformToReference(node, referenceVolumeNode)
+        self.setLungWindow(node)
+        return self._finishResultNode(node, header, replacePrevious, transformNodeId, segmentationNodeId)
+
+    def _finishResultNode(
+        self, node, header: Mapping[str, str], replacePrevious, transformNodeId, segmentationNodeId
+    ):
         for key, value in header.items():
             if key.startswith("LAND."):
                 node.SetAttribute(key, value)
@@ -1452,11 +1829,8 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         node.SetAttribute(RESULT_ATTRIBUTE, "true")
         node.SetAttribute("LAND.SegmentationNodeID", segmentationNodeId or "")
         node.SetDescription(description)
-        if referenceVolumeNode is not None:
-            conformToReference(node, referenceVolumeNode)
         if transformNodeId:
             node.SetAndObserveTransformNodeID(transformNodeId)
-        self.setLungWindow(node)
         try:
             parameterNode = self.getParameterNode()
         except Exception:  # noqa: BLE001 - no parameter node in a bare scene is fine
@@ -1475,8 +1849,9 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
     def _finish(self, job: GenerationJob, state: str, error: str | None = None) -> None:
         if job.child is not None:
             job.child.close()
-        if job._worker is not None:
-            job._worker.join(5.0)
+        for thread in (job._worker, job._loader):
+            if thread is not None:
+                thread.join(5.0)
         if job._referenceCleanup is not None:
             try:
                 job._referenceCleanup()
@@ -1489,7 +1864,8 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         if error:
             job.error = error
         if state == GenerationJob.SUCCEEDED:
-            text = f"Done in {formatDuration(job.elapsed)}: {job.resultNode.GetName()}"
+            what = job.resultNode.GetName() if job.resultNode is not None else str(job.outputDirectory)
+            text = f"Done in {formatDuration(job.elapsed)}: {what}"
             fraction = 1.0
         elif state == GenerationJob.CANCELLED:
             text, fraction = "Cancelled.", 0.0
