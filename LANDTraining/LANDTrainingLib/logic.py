@@ -1,0 +1,333 @@
+"""``LANDTrainingLogic``: the training pipeline (``pipeline.py``) with Slicer's parameter node, loss plots and
+the hand-over of the new model to LANDSynthesis.
+
+Qt-free: runs inside the Slicer application, in ``Slicer --python-script`` and on the ``slicer-core`` wheel
+(tests). The loss curves are MRML nodes: one ``vtkMRMLTableNode`` (a ``step`` column and one column per loss)
+and one ``vtkMRMLPlotSeriesNode`` per loss in a ``vtkMRMLPlotChartNode`` for each training stage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+
+from .pipeline import (
+    STAGES,
+    PipelineRunner,
+    TrainingError,
+    TrainingInputError,
+    TrainingParameters,
+    TrainingRun,
+    childEnvironment,
+    trainingFinished,
+)
+
+try:  # the Slicer application; absent from the slicer-core wheel (no Qt)
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:
+    _LogicBase = None
+
+MODULE_NAME = "LANDTraining"
+SYNTHESIS_MODULE_NAME = "LANDSynthesis"
+PLOT_STAGES = ("vae", "ldm")
+LOSS_ATTRIBUTE = "LAND.TrainingLosses"  # attribute of the table / chart nodes: the stage
+SERIES_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
+                 (0.58, 0.4, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5))  # fmt: skip
+
+# parameter node key -> (TrainingParameters field, type)
+PARAMETERS = {
+    "Data": ("data", str),
+    "Output": ("out", str),
+    "Config": ("config", str),
+    "Device": ("device", str),
+    "Workers": ("workers", int),
+    "Limit": ("limit", int),
+    "LungWeights": ("lungWeights", str),
+    "PerceptualWeights": ("perceptualWeights", str),
+    "VaeSteps": ("vaeSteps", int),
+    "LdmSteps": ("ldmSteps", int),
+    "Samples": ("samples", int),
+    "SampleSteps": ("sampleSteps", int),
+    "Sampler": ("sampler", str),
+    "Seed": ("seed", int),
+    "Unconditional": ("unconditional", bool),
+    "FeatureWeights": ("featureWeights", str),
+}
+OPTIONAL = {"limit", "lungWeights", "perceptualWeights", "vaeSteps", "ldmSteps", "featureWeights"}
+
+
+class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
+    """Module logic (see the module docstring). Usable without the Slicer application."""
+
+    def __init__(self, parent=None) -> None:
+        if _LogicBase is not None:
+            _LogicBase.__init__(self)
+        self.moduleName = MODULE_NAME
+        self.pythonExecutable: str | None = None  # None: PythonSlicer in Slicer, sys.executable elsewhere
+        self.environment: dict[str, str] | None = None  # None: Slicer's startup environment / os.environ
+        self.runner: PipelineRunner | None = None
+        self._onLog: Callable[[str, str, str], None] | None = None
+        self._onUpdate: Callable[[TrainingRun], None] | None = None
+        self._plottedVersions: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ parameter node
+    def getParameterNode(self):
+        if _LogicBase is not None:
+            node = _LogicBase.getParameterNode(self)
+            node = getattr(node, "parameterNode", node)
+        else:
+            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node is None:
+                node = slicer.vtkMRMLScriptedModuleNode()
+                node.SetSingletonTag(self.moduleName)
+                node.SetModuleName(self.moduleName)
+                node.SetName(self.moduleName)
+                node = slicer.mrmlScene.AddNode(node)
+        self.setDefaultParameters(node)
+        return node
+
+    def setDefaultParameters(self, parameterNode) -> None:
+        defaults = TrainingParameters()
+        for key, (name, kind) in PARAMETERS.items():
+            if parameterNode.GetParameter(key):
+                continue
+            value = getattr(defaults, name)
+            if value is None:
+                continue
+            parameterNode.SetParameter(key, ("true" if value else "false") if kind is bool else str(value))
+        if not parameterNode.GetParameter("Stages"):
+            parameterNode.SetParameter("Stages", ",".join(STAGES))
+
+    @staticmethod
+    def parametersFromNode(parameterNode) -> TrainingParameters:
+        """TrainingParameters from a parameter node (empty optional values: None)."""
+        values: dict[str, Any] = {}
+        for key, (name, kind) in PARAMETERS.items():
+            text = parameterNode.GetParameter(key)
+            if kind is bool:
+                values[name] = text == "true"
+            elif text == "" or (kind is int and name in OPTIONAL and text == "0"):
+                if name in OPTIONAL:
+                    values[name] = None
+            elif kind is int:
+                try:
+                    values[name] = int(text)
+                except ValueError as e:
+                    raise TrainingInputError(f"{key} must be a whole number, got {text!r}") from e
+            else:
+                values[name] = text
+        return TrainingParameters(**values)
+
+    @staticmethod
+    def setParametersToNode(parameterNode, parameters: TrainingParameters | Mapping[str, Any]) -> None:
+        params = TrainingParameters.fromAny(parameters)
+        wasModified = parameterNode.StartModify()
+        try:
+            for key, (name, kind) in PARAMETERS.items():
+                value = getattr(params, name)
+                text = "" if value is None else ("true" if value else "false") if kind is bool else str(value)
+                parameterNode.SetParameter(key, text)
+        finally:
+            parameterNode.EndModify(wasModified)
+
+    # ------------------------------------------------------------------ child processes
+    def defaultPythonExecutable(self) -> str:
+        if self.pythonExecutable:
+            return self.pythonExecutable
+        if hasattr(slicer, "app"):
+            found = shutil.which("PythonSlicer")
+            if found:
+                return found
+            exe = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+            candidate = Path(sys.executable).with_name(exe)
+            if candidate.is_file():
+                return str(candidate)
+        return sys.executable
+
+    def childEnvironment(self) -> dict[str, str]:
+        if self.environment is not None:
+            base = self.environment
+        elif hasattr(slicer, "app"):
+            base = dict(slicer.util.startupEnvironment())
+        else:
+            base = dict(os.environ)
+        return childEnvironment(base)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def currentRun(self) -> TrainingRun | None:
+        return self.runner.current if self.runner is not None else None
+
+    def isRunning(self) -> bool:
+        return self.runner is not None and self.runner.isRunning()
+
+    def start(
+        self,
+        parameters: TrainingParameters | Mapping[str, Any],
+        stages: str | Sequence[str] = "all",
+        resume: bool = False,
+        onLog: Callable[[str, str, str], None] | None = None,
+        onUpdate: Callable[[TrainingRun], None] | None = None,
+    ) -> TrainingRun:
+        """Start the run (returns at once); then call :meth:`poll` until it returns False."""
+        if self.isRunning():
+            raise TrainingError("a training run is already in progress; stop it first")
+        self._onLog, self._onUpdate = onLog, onUpdate
+        self._plottedVersions = {}
+        self.runner = PipelineRunner(
+            self.defaultPythonExecutable(), self.childEnvironment(), onLog=self._log, onUpdate=None
+        )
+        run = self.runner.start(parameters, stages, resume)
+        self._update(run)
+        return run
+
+    def _log(self, stage: str, stream: str, line: str) -> None:
+        if self._onLog is not None:
+            self._onLog(stage, stream, line)
+
+    def _update(self, run: TrainingRun) -> None:
+        if slicer.mrmlScene is not None:
+            self.updateLossPlots(run)
+        if self._onUpdate is not None:
+            self._onUpdate(run)
+
+    def poll(self) -> bool:
+        """Bounded work on the calling thread (read output and progress, start the next stage); True while
+        the run goes on."""
+        if self.runner is None:
+            return False
+        goesOn = self.runner.poll()
+        run = self.runner.current
+        if run is not None:
+            self._update(run)
+        return goesOn
+
+    def stop(self) -> None:
+        """Stop the current stage's process tree (SIGTERM, SIGKILL after a grace period)."""
+        if self.runner is not None:
+            self.runner.stop()
+
+    def run(
+        self,
+        parameters: TrainingParameters | Mapping[str, Any],
+        stages: str | Sequence[str] = "all",
+        resume: bool = False,
+        onLog: Callable[[str, str, str], None] | None = None,
+        onUpdate: Callable[[TrainingRun], None] | None = None,
+        pollInterval: float = 0.2,
+    ) -> TrainingRun:
+        """Blocking form (headless script, tests): returns the finished run; check ``run.state``."""
+        import time
+
+        run = self.start(parameters, stages, resume, onLog=onLog, onUpdate=onUpdate)
+        try:
+            while self.poll():
+                time.sleep(pollInterval)
+        except BaseException:
+            self.cleanup()
+            raise
+        return run
+
+    def cleanup(self) -> None:
+        """Stop a running stage with its whole process tree and wait for it."""
+        if self.runner is not None and self.runner.isRunning():
+            self.runner.kill()
+
+    # ------------------------------------------------------------------ loss plots
+    def lossNodes(self, stage: str):
+        """(table node, chart node) of a stage's loss curves, created on first use."""
+        scene = slicer.mrmlScene
+        table = chart = None
+        for node in scene.GetNodesByClass("vtkMRMLTableNode"):
+            if node.GetAttribute(LOSS_ATTRIBUTE) == stage:
+                table = node
+        for node in scene.GetNodesByClass("vtkMRMLPlotChartNode"):
+            if node.GetAttribute(LOSS_ATTRIBUTE) == stage:
+                chart = node
+        title = {"vae": "VAE", "ldm": "LDM"}.get(stage, stage)
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"LAND {title} losses")
+            table.SetAttribute(LOSS_ATTRIBUTE, stage)
+        if chart is None:
+            chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"LAND {title} training losses")
+            chart.SetAttribute(LOSS_ATTRIBUTE, stage)
+            chart.SetTitle(f"LAND {title} training losses")
+            chart.SetXAxisTitle("step")
+            chart.SetYAxisTitle("loss")
+        return table, chart
+
+    def updateLossPlots(self, run: TrainingRun) -> dict[str, Any]:
+        """Write each training stage's losses into its table and chart (only when they changed)."""
+        charts = {}
+        for stage in PLOT_STAGES:
+            status = run.statuses.get(stage)
+            if status is None or not status.losses:
+                continue
+            if self._plottedVersions.get(stage) == status.lossVersion:
+                continue
+            self._plottedVersions[stage] = status.lossVersion
+            charts[stage] = self.writeLossCurves(stage, status.losses)
+        return charts
+
+    def writeLossCurves(self, stage: str, losses: Mapping[str, Sequence[tuple[int, float]]]):
+        """Table columns ``step`` + one per loss (NaN where a loss was not logged) and one series per loss."""
+        table, chart = self.lossNodes(stage)
+        names = sorted(losses)
+        steps = sorted({s for series in losses.values() for s, _ in series})
+        index = {s: i for i, s in enumerate(steps)}
+        columns = [np.asarray(steps, dtype=np.float64)]
+        for name in names:
+            column = np.full(len(steps), math.nan)
+            for s, v in losses[name]:
+                column[index[s]] = v
+            columns.append(column)
+        slicer.util.updateTableFromArray(table, columns, ["step", *names])
+        existing = {}
+        for i in range(chart.GetNumberOfPlotSeriesNodes()):
+            series = chart.GetNthPlotSeriesNode(i)
+            if series is not None:
+                existing[series.GetYColumnName()] = series
+        for i, name in enumerate(names):
+            series = existing.get(name)
+            if series is None:
+                series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{stage} {name}")
+                series.SetAndObserveTableNodeID(table.GetID())
+                series.SetXColumnName("step")
+                series.SetYColumnName(name)
+                series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+                series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+                series.SetColor(*SERIES_COLORS[i % len(SERIES_COLORS)])
+                chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return chart
+
+    # ------------------------------------------------------------------ results
+    @staticmethod
+    def newModelDirectory(run: TrainingRun | None) -> Path | None:
+        return run.modelDirectory if run is not None else None
+
+    def offerModelToSynthesis(self, modelDirectory: str | os.PathLike):
+        """Make ``modelDirectory`` LANDSynthesis's model (its parameter node: source 'directory' + path)."""
+        path = Path(modelDirectory)
+        if not (path / "model.json").is_file() or not trainingFinished(path):
+            raise TrainingError(f"{path} is not a finished LAND model directory (model.json, training done)")
+        scene = slicer.mrmlScene
+        node = scene.GetSingletonNode(SYNTHESIS_MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(SYNTHESIS_MODULE_NAME)
+            node.SetModuleName(SYNTHESIS_MODULE_NAME)
+            node.SetName(SYNTHESIS_MODULE_NAME)
+            node = scene.AddNode(node)
+        wasModified = node.StartModify()
+        node.SetParameter("ModelSource", "directory")
+        node.SetParameter("ModelDirectory", str(path))
+        node.EndModify(wasModified)
+        return node

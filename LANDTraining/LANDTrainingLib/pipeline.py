@@ -1,0 +1,902 @@
+"""The training pipeline: prepare -> train VAE -> train LDM -> sample set -> evaluate, as child processes.
+
+Pure Python (no ``slicer``, no ``qt``): used by :mod:`LANDTrainingLib.logic` (Slicer module, headless script)
+and testable anywhere. Each stage is one ``land`` command run as a child process (``PythonSlicer -m land ...``
+in Slicer, ``sys.executable -m land ...`` elsewhere), one after another. Every stage is resumable:
+
+- ``prepare`` (``land prepare-lidc``) skips finished cases; it is skipped when ``data`` already is a prepared
+  dataset (a folder with ``manifest.csv``);
+- ``vae`` / ``ldm`` (``land train-vae`` / ``train-ldm``) continue from ``checkpoint.pt`` with ``--resume``; a
+  stage whose ``progress.jsonl`` ends with a ``done`` event next to ``model.json`` is finished;
+- ``sample`` (``land sample-set``) skips finished files; ``evaluate`` (``land evaluate``) is cheap. Both are
+  finished when the run state file says so for the same arguments.
+
+Output folder layout: ``dataset/`` (prepared from DICOM), ``vae/``, ``ldm/`` (the new model directory),
+``samples/``, ``evaluation/``, ``logs/<stage>.log`` and ``land_training.json`` (the run state).
+
+Non-blocking use: :meth:`PipelineRunner.start`, then :meth:`PipelineRunner.poll` until it returns False (a
+``qt.QTimer`` in the GUI); each poll does a bounded amount of work. :meth:`PipelineRunner.run` is the blocking
+form; :meth:`PipelineRunner.stop` stops the child's whole process tree (see ``LANDSynthesisLib.process``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
+    from LANDSynthesisLib.process import STDERR, ChildProcess
+except ImportError:  # repository checkout without LANDSynthesis on sys.path
+    _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
+    if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
+        sys.path.append(str(_SYNTHESIS_DIR))
+    from LANDSynthesisLib.process import STDERR, ChildProcess
+
+STAGES = ("prepare", "vae", "ldm", "sample", "evaluate")
+STAGE_TITLES = {
+    "prepare": "Prepare LIDC-IDRI",
+    "vae": "Train VAE",
+    "ldm": "Train LDM",
+    "sample": "Sample set",
+    "evaluate": "Evaluate",
+}
+STAGE_COMMANDS = {
+    "prepare": "prepare-lidc",
+    "vae": "train-vae",
+    "ldm": "train-ldm",
+    "sample": "sample-set",
+    "evaluate": "evaluate",
+}
+STATE_FILE = "land_training.json"
+STATE_FORMAT = "land-training/1"
+PROGRESS_FILE = "progress.jsonl"  # written by land.train.progress.TrainingLog
+CHECKPOINT_FILE = "checkpoint.pt"
+DEVICES = ("auto", "cuda", "cpu")
+SAMPLERS = ("dpmpp2m", "ddim", "ddpm")
+
+# stage states
+PENDING, RUNNING, DONE, SKIPPED = "pending", "running", "done", "skipped"
+FAILED, STOPPED = "failed", "stopped"
+FINISHED_STATES = (DONE, SKIPPED)
+
+_TQDM = re.compile(r"(\d+)/(\d+) \[")
+
+
+class TrainingError(RuntimeError):
+    """A message to show the user as it is."""
+
+
+class TrainingInputError(TrainingError):
+    """The parameters cannot be used (the message says what to change)."""
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+@dataclass
+class TrainingParameters:
+    """Options of a training run. ``data``: a LIDC-IDRI DICOM root or a prepared dataset (``manifest.csv``);
+    ``config``: a bundled config name (paper, small, demo, tiny) or a JSON file; ``*Steps`` None: the
+    config's."""
+
+    data: str = ""
+    out: str = ""
+    config: str = "small"
+    device: str = "auto"
+    workers: int = 1
+    limit: int | None = None
+    lungWeights: str | None = None
+    perceptualWeights: str | None = None
+    vaeSteps: int | None = None
+    ldmSteps: int | None = None
+    samples: int = 8
+    sampleSteps: int = 25
+    sampler: str = "dpmpp2m"
+    seed: int = 0
+    unconditional: bool = False
+    featureWeights: str | None = None
+
+    @classmethod
+    def fromAny(cls, parameters: TrainingParameters | Mapping[str, Any] | None) -> TrainingParameters:
+        if parameters is None:
+            return cls()
+        if isinstance(parameters, cls):
+            return parameters
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(parameters) - known)
+        if unknown:
+            raise TrainingInputError(f"unknown training parameter(s): {', '.join(unknown)}")
+        return cls(**dict(parameters))
+
+    def check(self) -> None:
+        if not self.data:
+            raise TrainingInputError("choose the data: a LIDC-IDRI DICOM folder or a prepared dataset folder")
+        if not Path(self.data).is_dir():
+            raise TrainingInputError(f"data folder {self.data} does not exist")
+        if not self.out:
+            raise TrainingInputError("choose an output folder for the training run")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise TrainingInputError(f"output {self.out} exists and is not a folder")
+        if Path(self.out).resolve() == Path(self.data).resolve():
+            raise TrainingInputError("the output folder must differ from the data folder")
+        device = (self.device or "auto").lower()
+        if device not in DEVICES and not device.startswith("cuda:"):
+            raise TrainingInputError(f"unknown device {self.device!r}; choose auto, cuda (GPU) or cpu")
+        for name in ("vaeSteps", "ldmSteps", "limit"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise TrainingInputError(f"{name} must be a whole number >= 1 (or empty), got {value!r}")
+        for name in ("workers", "samples", "sampleSteps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise TrainingInputError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.sampler not in SAMPLERS:
+            raise TrainingInputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        resolveConfig(self.config)  # raises when unknown
+        for name in ("lungWeights", "perceptualWeights", "featureWeights"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise TrainingInputError(f"{name} file {path} does not exist")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def configDirectories() -> list[Path]:
+    """Where the bundled training configs may be: the repository's ``Resources/Configs``, or the installed
+    extension's (``Resources/Configs`` next to the scripted modules), or next to the ``land`` package."""
+    here = Path(__file__).resolve().parent.parent  # LANDTraining/ (repository) or qt-scripted-modules/
+    candidates = [
+        here.parent / "Resources" / "Configs",
+        here / "Resources" / "Configs",
+        here.parent / "LANDSynthesis" / "Resources" / "Configs",
+    ]
+    engine = engineDirectory()
+    if engine is not None:
+        candidates += [engine / "Resources" / "Configs", engine.parent / "Resources" / "Configs"]
+    unique: list[Path] = []
+    for c in candidates:
+        if c.is_dir() and c.resolve() not in [u.resolve() for u in unique]:
+            unique.append(c)
+    return unique
+
+
+def availableConfigs() -> dict[str, Path]:
+    """Bundled configs by name (``paper``, ``small``, ``demo``, ``tiny``, ...), first found wins."""
+    found: dict[str, Path] = {}
+    for folder in configDirectories():
+        for path in sorted(folder.glob("*.json")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def resolveConfig(config: str) -> Path:
+    """A config name or JSON file -> the JSON file; TrainingInputError names the choices."""
+    if not config:
+        raise TrainingInputError("choose a training config (paper, small, demo or a JSON file)")
+    path = Path(config)
+    if path.suffix == ".json" and path.is_file():
+        return path.resolve()
+    configs = availableConfigs()
+    if config in configs:
+        return configs[config]
+    raise TrainingInputError(
+        f"training config {config!r} not found; choose one of {', '.join(configs) or '(none found)'} or a "
+        "JSON file"
+    )
+
+
+def configSummary(config: str) -> str:
+    """One line about a config: grids, steps and its comment (without importing the engine)."""
+    try:
+        raw = json.loads(resolveConfig(config).read_text(encoding="utf-8"))
+        grid = "x".join(str(n) for n in raw["data"]["grid_size"])
+        spacing = "x".join(f"{s:g}" for s in raw["data"]["spacing"])
+        text = (
+            f"{raw.get('name', config)}: {grid} voxels at {spacing} mm; VAE {raw['vae'].get('steps', '?')} "
+            f"steps, LDM {raw['ldm'].get('steps', '?')} steps"
+        )
+        comment = raw.get("_comment")
+        return f"{text}. {comment}" if comment else text
+    except (OSError, ValueError, KeyError, TypeError, TrainingError) as e:
+        return f"cannot read config {config}: {e}"
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def engineDirectory() -> Path | None:
+    """The folder holding the engine package ``land`` (found without importing it)."""
+    here = Path(__file__).resolve().parent.parent
+    for folder in (here.parent / "LANDSynthesis", here):
+        if (folder / "land" / "__init__.py").is_file():
+            return folder
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("land")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).parent
+    return None
+
+
+def childEnvironment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with the engine on PYTHONPATH and unbuffered output."""
+    env = dict(os.environ if base is None else base)
+    engine = engineDirectory()
+    if engine is not None:
+        parts = [str(engine)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def parseStages(text: str | Sequence[str]) -> list[str]:
+    """``all``, one stage or a comma-separated list -> stages in pipeline order."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    wanted: set[str] = set()
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        if item == "all":
+            wanted.update(STAGES)
+        elif item in STAGES:
+            wanted.add(item)
+        else:
+            raise TrainingInputError(f"unknown stage {item!r}; choose all or {', '.join(STAGES)}")
+    if not wanted:
+        raise TrainingInputError(f"no stage given; choose all or {', '.join(STAGES)}")
+    return [s for s in STAGES if s in wanted]
+
+
+def formatDuration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        m, s = divmod(int(round(seconds)), 60)
+        return f"{m} min {s:02d} s"
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rem // 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------- layout
+class Layout:
+    """Paths of one training run (see the module docstring)."""
+
+    def __init__(self, parameters: TrainingParameters) -> None:
+        self.data = Path(parameters.data).expanduser().resolve()
+        self.out = Path(parameters.out).expanduser().resolve()
+        self.dataIsPrepared = (self.data / "manifest.csv").is_file()
+        self.dataset = self.data if self.dataIsPrepared else self.out / "dataset"
+        self.vae = self.out / "vae"
+        self.model = self.out / "ldm"
+        self.samples = self.out / "samples"
+        self.evaluation = self.out / "evaluation"
+        self.logs = self.out / "logs"
+        self.state = self.out / STATE_FILE
+
+    def stageDirectory(self, stage: str) -> Path:
+        return {
+            "prepare": self.dataset,
+            "vae": self.vae,
+            "ldm": self.model,
+            "sample": self.samples,
+            "evaluate": self.evaluation,
+        }[stage]
+
+    def progressFile(self, stage: str) -> Path | None:
+        return self.stageDirectory(stage) / PROGRESS_FILE if stage in ("vae", "ldm") else None
+
+    def tensorboardDirectories(self) -> list[Path]:
+        return [self.vae / "tensorboard", self.model / "tensorboard"]
+
+
+def lastProgressEvent(path: Path) -> dict[str, Any] | None:
+    """The last complete JSON event of a ``progress.jsonl`` (None when there is none)."""
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            last = obj
+    return last
+
+
+def countCases(dataset: Path) -> int:
+    """Cases listed in a dataset's ``manifest.csv`` (0 when there is none)."""
+    try:
+        lines = (dataset / "manifest.csv").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    return max(0, len([line for line in lines if line.strip()]) - 1)
+
+
+def trainingFinished(directory: Path) -> bool:
+    """A trainer's output is complete: ``model.json`` and ``progress.jsonl`` ending with ``done``."""
+    last = lastProgressEvent(directory / PROGRESS_FILE)
+    return (directory / "model.json").is_file() and last is not None and last.get("event") == "done"
+
+
+class ProgressTail:
+    """Reads the lines appended to a ``progress.jsonl`` since the last call (restarts when it shrinks)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.restarted = False
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self.offset:  # rewritten (a resumed run truncates lines past its checkpoint)
+            self.offset = 0
+            self.restarted = True
+        if size == self.offset:
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []  # a line still being written
+        self.offset += end + 1
+        events = []
+        for line in chunk[: end + 1].decode("utf-8", errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                events.append(obj)
+        return events
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclass
+class StageStatus:
+    """What is known about one stage of the current run."""
+
+    stage: str
+    state: str = PENDING
+    message: str = ""
+    step: int = 0
+    total: int = 0
+    etaSeconds: float | None = None
+    returnCode: int | None = None
+    startTime: float | None = None
+    endTime: float | None = None
+    arguments: list[str] = field(default_factory=list)
+    losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    preview: str | None = None
+    lossVersion: int = 0  # incremented whenever ``losses`` changes
+
+    @property
+    def title(self) -> str:
+        return STAGE_TITLES[self.stage]
+
+    @property
+    def fraction(self) -> float:
+        if self.state in FINISHED_STATES:
+            return 1.0
+        return min(1.0, self.step / self.total) if self.total > 0 else 0.0
+
+    def progressText(self) -> str:
+        if self.state == RUNNING and self.total > 0:
+            eta = f", ETA {formatDuration(self.etaSeconds)}" if self.etaSeconds is not None else ""
+            return f"{self.title}: step {self.step}/{self.total}{eta}"
+        if self.state == DONE and self.message:
+            return f"{self.title}: {self.message}"
+        text = f"{self.title}: {self.state}"
+        return f"{text} ({self.message})" if self.message else text
+
+    def addLosses(self, step: int, losses: Mapping[str, Any]) -> None:
+        for name, value in losses.items():
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                continue
+            series = self.losses.setdefault(name, [])
+            while series and series[-1][0] >= step:  # a resumed run re-logs steps after its checkpoint
+                series.pop()
+            series.append((int(step), v))
+        self.lossVersion += 1
+
+
+def readState(layout: Layout) -> dict[str, Any]:
+    if not layout.state.is_file():
+        return {}
+    try:
+        state = json.loads(layout.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{layout.state} is not a valid training state file: {e}") from e
+    return state if isinstance(state, dict) else {}
+
+
+def writeState(layout: Layout, state: Mapping[str, Any]) -> None:
+    layout.out.mkdir(parents=True, exist_ok=True)
+    tmp = layout.state.with_name(f".{layout.state.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, layout.state)
+
+
+class TrainingRun:
+    """One run of a sequence of stages (state, statuses, the current child)."""
+
+    RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped"
+
+    def __init__(self, parameters: TrainingParameters, stages: Sequence[str], resume: bool) -> None:
+        self.parameters = parameters
+        self.layout = Layout(parameters)
+        self.stages = list(stages)
+        self.resume = resume
+        self.statuses = {s: StageStatus(s) for s in self.stages}
+        self.index = -1  # the current stage
+        self.state = self.RUNNING
+        self.error: str | None = None
+        self.child: ChildProcess | None = None
+        self.tail: ProgressTail | None = None
+        self.log = None  # the current stage's log file
+        self.stopRequested = False
+        self.stopTime: float | None = None
+        self.startTime = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return self.state != self.RUNNING
+
+    @property
+    def currentStage(self) -> str | None:
+        return self.stages[self.index] if 0 <= self.index < len(self.stages) else None
+
+    @property
+    def fraction(self) -> float:
+        if not self.stages:
+            return 1.0
+        return sum(self.statuses[s].fraction for s in self.stages) / len(self.stages)
+
+    @property
+    def modelDirectory(self) -> Path | None:
+        """The new model directory, when the LDM stage has finished."""
+        return self.layout.model if trainingFinished(self.layout.model) else None
+
+    def latestPreview(self) -> str | None:
+        for stage in reversed(self.stages):
+            preview = self.statuses[stage].preview
+            if preview:
+                return preview
+        previews = sorted((self.layout.model / "previews").glob("*.png"))
+        return str(previews[-1]) if previews else None
+
+    def summary(self) -> str:
+        lines = [self.statuses[s].progressText() for s in self.stages]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- runner
+class PipelineRunner:
+    """Runs the stages of a :class:`TrainingRun` as child processes, one after another."""
+
+    stopGraceSeconds = 5.0  # after SIGTERM, the child gets this long before SIGKILL
+
+    def __init__(
+        self,
+        pythonExecutable: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        onLog: Callable[[str, str, str], None] | None = None,
+        onUpdate: Callable[[TrainingRun], None] | None = None,
+    ) -> None:
+        self.pythonExecutable = pythonExecutable or sys.executable
+        self.environment = environment
+        self.onLog = onLog  # (stage, stream, line)
+        self.onUpdate = onUpdate  # after a poll that changed something
+        self.run_: TrainingRun | None = None
+
+    @property
+    def current(self) -> TrainingRun | None:
+        return self.run_
+
+    def isRunning(self) -> bool:
+        return self.run_ is not None and not self.run_.done
+
+    # ------------------------------------------------------------------ commands
+    def landCommand(self, arguments: Sequence[str]) -> list[str]:
+        return [self.pythonExecutable, "-m", "land", *arguments]
+
+    @staticmethod
+    def stageArguments(stage: str, run: TrainingRun) -> list[str]:
+        """``land`` arguments of ``stage`` (``--resume`` where a checkpoint exists and resuming)."""
+        p, layout = run.parameters, run.layout
+        config = str(resolveConfig(p.config))
+        if stage == "prepare":
+            args = ["prepare-lidc", "--dicom-root", str(layout.data), "--out", str(layout.dataset)]
+            args += ["--workers", str(p.workers)]
+            if p.limit:
+                args += ["--limit", str(p.limit)]
+            if p.lungWeights:
+                args += ["--lung-weights", p.lungWeights]
+            return args
+        if stage in ("vae", "ldm"):
+            out = layout.stageDirectory(stage)
+            args = [STAGE_COMMANDS[stage], "--data", str(layout.dataset), "--config", config]
+            args += ["--out", str(out)]
+            if stage == "ldm":
+                args += ["--vae", str(layout.vae)]
+            steps = p.vaeSteps if stage == "vae" else p.ldmSteps
+            if steps:
+                args += ["--max-steps", str(steps)]
+            if stage == "vae" and p.perceptualWeights:
+                args += ["--perceptual-weights", p.perceptualWeights]
+            args += ["--device", p.device, "--progress", "none"]
+            if (out / CHECKPOINT_FILE).is_file():
+                args.append("--resume")
+            return args
+        if stage == "sample":
+            args = ["sample-set", "--model", str(layout.model)]
+            args += ["--unconditional"] if p.unconditional else ["--masks", str(layout.dataset)]
+            args += ["--n", str(p.samples), "--out", str(layout.samples), "--steps", str(p.sampleSteps)]
+            args += ["--sampler", p.sampler, "--seed", str(p.seed), "--device", p.device]
+            args += ["--progress", "json"]
+            return args
+        if stage == "evaluate":
+            args = ["evaluate", "--real", str(layout.dataset), "--generated", str(layout.samples)]
+            if not p.unconditional:
+                args += ["--masks", str(layout.dataset)]
+            if p.featureWeights:
+                args += ["--feature-weights", p.featureWeights]
+            return args + ["--device", p.device, "--out", str(layout.evaluation)]
+        raise TrainingInputError(f"unknown stage {stage!r}")
+
+    @staticmethod
+    def stageFinished(stage: str, run: TrainingRun, state: Mapping[str, Any]) -> str | None:
+        """Why ``stage`` need not run (a message), or None when it must run."""
+        layout = run.layout
+        recorded = (state.get("stages") or {}).get(stage) or {}
+        if stage == "prepare":
+            if layout.dataIsPrepared:
+                return f"{layout.data} is a prepared dataset"
+            if recorded.get("state") == DONE and (layout.dataset / "manifest.csv").is_file():
+                return "already prepared"
+            return None
+        if stage in ("vae", "ldm"):
+            return "already trained" if trainingFinished(layout.stageDirectory(stage)) else None
+        if recorded.get("state") == DONE and recorded.get("arguments") == PipelineRunner.stageArguments(
+            stage, run
+        ):
+            return "already done with these settings"
+        return None
+
+    @staticmethod
+    def stageProblem(stage: str, run: TrainingRun) -> str | None:
+        """What is missing before ``stage`` can run (previous stages' outputs), or None."""
+        layout = run.layout
+        if stage in ("vae", "ldm") and not (layout.dataset / "manifest.csv").is_file():
+            return f"no prepared dataset in {layout.dataset}: run the prepare stage first"
+        if stage == "ldm" and not trainingFinished(layout.vae):
+            return f"no trained VAE in {layout.vae}: run the vae stage first"
+        if stage == "sample" and not trainingFinished(layout.model):
+            return f"no trained model in {layout.model}: run the ldm stage first"
+        if stage == "evaluate" and not any(layout.samples.glob("*")):
+            return f"no generated samples in {layout.samples}: run the sample stage first"
+        if stage in ("vae", "ldm"):
+            out = layout.stageDirectory(stage)
+            if (out / CHECKPOINT_FILE).is_file() and not run.resume:
+                return (
+                    f"{out} holds an interrupted training run: press Resume (--resume) to continue it, or "
+                    "choose another output folder"
+                )
+        return None
+
+    # ------------------------------------------------------------------ running
+    def start(
+        self,
+        parameters: TrainingParameters | Mapping[str, Any],
+        stages: str | Sequence[str] = "all",
+        resume: bool = False,
+    ) -> TrainingRun:
+        """Check the parameters and start the first stage that needs to run (returns at once)."""
+        if self.isRunning():
+            raise TrainingError("a training run is already in progress; stop it first")
+        params = TrainingParameters.fromAny(parameters)
+        params.check()
+        run = TrainingRun(params, parseStages(stages), resume)
+        state = readState(run.layout)
+        previous = {k: state.get(k) for k in ("data", "config")}
+        if state and previous != {"data": str(run.layout.data), "config": params.config}:
+            raise TrainingInputError(
+                f"{run.layout.out} holds a run with data {previous['data']} and config {previous['config']}; "
+                "use the same data and config to continue it, or choose another output folder"
+            )
+        state.update(
+            format=STATE_FORMAT,
+            data=str(run.layout.data),
+            config=params.config,
+            configFile=str(resolveConfig(params.config)),
+            parameters=asdict(params),
+        )
+        state.setdefault("stages", {})
+        writeState(run.layout, state)
+        self.run_ = run
+        self._advance()
+        return run
+
+    def _emitLog(self, stage: str, stream: str, line: str) -> None:
+        run = self.run_
+        if run is not None and run.log is not None:
+            try:
+                run.log.write(f"{line}\n")
+                run.log.flush()
+            except (OSError, ValueError):
+                pass
+        if self.onLog is not None:
+            self.onLog(stage, stream, line)
+
+    def _record(self, stage: str, status: StageStatus) -> None:
+        run = self.run_
+        assert run is not None
+        state = readState(run.layout)
+        state.setdefault("stages", {})[stage] = {
+            "state": status.state,
+            "message": status.message,
+            "returnCode": status.returnCode,
+            "arguments": status.arguments,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        writeState(run.layout, state)
+
+    def _advance(self) -> None:
+        """Start the next stage that must run; finish the run when none is left."""
+        run = self.run_
+        assert run is not None
+        while True:
+            run.index += 1
+            stage = run.currentStage
+            if stage is None:
+                run.state = TrainingRun.SUCCEEDED
+                return
+            status = run.statuses[stage]
+            if run.stopRequested:
+                for later in run.stages[run.index :]:
+                    run.statuses[later].state = STOPPED
+                run.state = TrainingRun.STOPPED
+                return
+            state = readState(run.layout)
+            reason = self.stageFinished(stage, run, state)
+            if reason:
+                status.state, status.message = SKIPPED, reason
+                self._emitLog(stage, "info", f"{status.title}: skipped ({reason})")
+                continue
+            problem = self.stageProblem(stage, run)
+            if problem:
+                self._fail(stage, problem)
+                return
+            self._launch(stage)
+            return
+
+    def _launch(self, stage: str) -> None:
+        run = self.run_
+        assert run is not None
+        status = run.statuses[stage]
+        status.arguments = self.stageArguments(stage, run)
+        status.state, status.startTime = RUNNING, time.monotonic()
+        status.step = status.total = 0
+        status.etaSeconds = None
+        run.layout.logs.mkdir(parents=True, exist_ok=True)
+        if run.log is not None:
+            run.log.close()
+        run.log = (run.layout.logs / f"{stage}.log").open("a", encoding="utf-8")
+        command = self.landCommand(status.arguments)
+        self._emitLog(stage, "info", f"{status.title}: {' '.join(command)}")
+        progress = run.layout.progressFile(stage)
+        run.tail = ProgressTail(progress) if progress is not None else None
+        if run.tail is not None and "--resume" in status.arguments:
+            for event in run.tail.read():  # the curve so far (the resumed run truncates to its checkpoint)
+                self._handleProgressEvent(status, event, live=False)
+        elif run.tail is not None and progress is not None and progress.exists():
+            run.tail.offset = progress.stat().st_size  # an old file that the trainer will replace
+        try:
+            env = childEnvironment(self.environment)
+            run.child = ChildProcess(command, env=env, cwd=str(run.layout.out))
+        except OSError as e:
+            self._fail(stage, f"cannot start {command[0]}: {e}")
+
+    def _fail(self, stage: str, message: str) -> None:
+        run = self.run_
+        assert run is not None
+        status = run.statuses[stage]
+        status.state, status.message = FAILED, message
+        status.endTime = time.monotonic()
+        run.state, run.error = TrainingRun.FAILED, f"{status.title}: {message}"
+        self._emitLog(stage, "error", run.error)
+        self._record(stage, status)
+        self._closeLog()
+        for later in run.stages[run.index + 1 :]:
+            run.statuses[later].message = "not run"
+
+    def _closeLog(self) -> None:
+        run = self.run_
+        if run is not None and run.log is not None:
+            run.log.close()
+            run.log = None
+
+    def _handleProgressEvent(self, status: StageStatus, event: Mapping[str, Any], live: bool = True) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            status.total = int(event.get("total") or status.total)
+            status.step = int(event.get("start_step") or 0)
+        elif kind == "step":
+            status.step, status.total = int(event.get("step", 0)), int(event.get("total") or status.total)
+            if live and event.get("eta_s") is not None:
+                status.etaSeconds = float(event["eta_s"])
+            status.addLosses(status.step, event.get("losses") or {})
+        elif kind == "validation":
+            values = {f"val_{k}": v for k, v in event.items() if k not in ("event", "step", "time", "cases")}
+            status.addLosses(int(event.get("step", 0)), values)
+        elif kind == "preview" and event.get("path"):
+            path = Path(str(event["path"]))
+            if not path.is_absolute():
+                path = (self.run_.layout.out / path) if self.run_ else path
+            status.preview = str(path)
+        elif kind == "notice" and live:
+            self._emitLog(status.stage, "notice", str(event.get("message", "")))
+        elif kind == "done":
+            status.step = status.total = int(event.get("step") or status.total)
+
+    def _handleOutputLine(self, status: StageStatus, stream: str, line: str) -> None:
+        """Progress from the child's own output: tqdm bars (prepare), JSON lines (sample-set, evaluate)."""
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                if "step" in obj and "total" in obj:
+                    status.step, status.total = int(obj["step"]), int(obj["total"])
+                    if obj.get("eta_s") is not None:
+                        status.etaSeconds = float(obj["eta_s"])
+                if "error" in obj:
+                    status.message = str(obj["error"])
+                return
+        if stream == STDERR and status.stage == "prepare":
+            matches = list(_TQDM.finditer(text))
+            if matches:
+                status.step, status.total = int(matches[-1].group(1)), int(matches[-1].group(2))
+                elapsed = time.monotonic() - (status.startTime or time.monotonic())
+                remaining = status.total - status.step
+                status.etaSeconds = elapsed / status.step * remaining if status.step else None
+
+    def poll(self) -> bool:
+        """Do a bounded amount of work; True while the run goes on."""
+        run = self.run_
+        if run is None or run.done:
+            return False
+        stage = run.currentStage
+        child = run.child
+        if stage is None or child is None:
+            return not run.done
+        status = run.statuses[stage]
+        child.maybeRememberDescendants()
+        for stream, line in child.readLines():
+            self._handleOutputLine(status, stream, line)
+            self._emitLog(stage, stream, line)
+        if run.tail is not None:
+            for event in run.tail.read():
+                self._handleProgressEvent(status, event)
+        if run.stopRequested and run.stopTime is not None and child.returnCode() is None:
+            if time.monotonic() - run.stopTime > self.stopGraceSeconds:
+                child.kill()
+        if child.finished():
+            self._childExited(stage, status, child)
+        if self.onUpdate is not None:
+            self.onUpdate(run)
+        return not run.done
+
+    def _childExited(self, stage: str, status: StageStatus, child: ChildProcess) -> None:
+        run = self.run_
+        assert run is not None
+        rc = child.returnCode()
+        child.close()
+        if run.tail is not None:  # the last events, written just before the child exited
+            for event in run.tail.read():
+                self._handleProgressEvent(status, event)
+        run.child = None
+        status.returnCode, status.endTime = rc, time.monotonic()
+        elapsed = formatDuration(status.endTime - (status.startTime or status.endTime))
+        if run.stopRequested:
+            status.state, status.message = STOPPED, "stopped by the user; Resume continues it"
+            run.state = TrainingRun.STOPPED
+            for later in run.stages[run.index + 1 :]:
+                run.statuses[later].state = STOPPED
+            self._emitLog(stage, "info", f"{status.title}: stopped after {elapsed}")
+            self._record(stage, status)
+            self._closeLog()
+            return
+        partial = stage == "prepare" and rc == 1 and (run.layout.dataset / "manifest.csv").is_file()
+        if stage == "prepare" and rc in (0, 1) and countCases(run.layout.dataset) == 0:
+            self._fail(
+                stage,
+                f"no case was prepared from {run.layout.data}: is it a LIDC-IDRI DICOM root "
+                f"(LIDC-IDRI-XXXX/<study>/<series>/*.dcm)? See {run.layout.logs / 'prepare.log'}",
+            )
+            return
+        if rc == 0 or partial:
+            if stage in ("vae", "ldm") and not trainingFinished(run.layout.stageDirectory(stage)):
+                out = run.layout.stageDirectory(stage)
+                self._fail(stage, f"exited without writing a finished model to {out}")
+                return
+            status.state = DONE
+            status.message = (
+                f"done in {elapsed}; some cases failed (see {run.layout.dataset / 'failures.csv'})"
+                if partial
+                else f"done in {elapsed}"
+            )
+            self._emitLog(stage, "info", f"{status.title}: {status.message}")
+            self._record(stage, status)
+            self._advance()
+            if run.done:
+                self._closeLog()
+            return
+        reason = status.message if status.message and status.message != "not run" else ""
+        cancelled = " (cancelled)" if rc in (130, -2, -15) else ""
+        self._fail(
+            stage,
+            f"land {STAGE_COMMANDS[stage]} exited with code {rc}{cancelled}"
+            + (f": {reason}" if reason else f"; see {run.layout.logs / (stage + '.log')}"),
+        )
+
+    def stop(self) -> None:
+        """Stop the run: SIGTERM to the child's process tree now, SIGKILL after the grace period."""
+        run = self.run_
+        if run is None or run.done:
+            return
+        run.stopRequested = True
+        run.stopTime = time.monotonic()
+        if run.child is not None:
+            run.child.terminate()
+        else:
+            run.state = TrainingRun.STOPPED
+
+    def kill(self) -> None:
+        """Stop the child's process tree at once and wait for the run to end."""
+        run = self.run_
+        if run is None or run.done:
+            return
+        self.stop()
+        if run.child is not None:
+            run.child.kill()
+        deadline = time.monotonic() + 10
+        while self.poll() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def run(
+        self,
+        parameters: TrainingParameters | Mapping[str, Any],
+        stages: str | Sequence[str] = "all",
+        resume: bool = False,
+        pollInterval: float = 0.2,
+    ) -> TrainingRun:
+        """Blocking form of :meth:`start` + :meth:`poll`; returns the finished run (check ``run.state``)."""
+        run = self.start(parameters, stages, resume)
+        try:
+            while self.poll():
+                time.sleep(pollInterval)
+        except BaseException:
+            self.kill()
+            raise
+        return run

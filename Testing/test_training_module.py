@@ -1,0 +1,318 @@
+"""LANDTraining: the Logic on Slicer's real MRML (slicer-core) with real ``land`` child processes, and the
+headless script (``LANDTraining/Scripts/train.py``) under plain Python.
+
+The training runs use the ``tiny`` config on a 3-case phantom dataset at 32³ and a handful of steps, so each
+child takes a few seconds (mostly importing torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slicer_fixtures import *  # noqa: F403
+from slicer_fixtures import REPO
+
+TRAINING_DIR = REPO / "LANDTraining"
+SCRIPT = TRAINING_DIR / "Scripts" / "train.py"
+if str(TRAINING_DIR) not in sys.path:
+    sys.path.insert(0, str(TRAINING_DIR))
+
+from LANDTrainingLib import pipeline  # noqa: E402
+from LANDTrainingLib.pipeline import (  # noqa: E402
+    DONE,
+    SKIPPED,
+    STAGES,
+    STOPPED,
+    PipelineRunner,
+    TrainingParameters,
+    TrainingRun,
+)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # the children share this machine with other work
+    return env
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    """A 3-case dataset (``land phantoms``) at the tiny config's grid: 32³ at 8 mm."""
+    from land.cli import main
+
+    out = tmp_path_factory.mktemp("data") / "phantoms"
+    assert main(["phantoms", "--n", "3", "--size", "32", "--spacing", "8", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def training_logic(mrml):
+    from LANDTrainingLib.logic import LANDTrainingLogic
+
+    logic = LANDTrainingLogic()
+    logic.pythonExecutable = sys.executable
+    logic.environment = child_env()
+    yield logic
+    logic.cleanup()
+
+
+def alive(psutil, pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("land_train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- static
+def test_module_imports_without_qt(mrml):
+    import LANDTraining
+
+    assert not LANDTraining.HAVE_QT
+    assert "qt" not in sys.modules and "ctk" not in sys.modules
+    from LANDSynthesisLib import process  # shared with LANDSynthesis, not copied
+
+    assert pipeline.ChildProcess is process.ChildProcess
+
+
+def test_configs_found():
+    configs = pipeline.availableConfigs()
+    assert {"paper", "small", "demo", "tiny"} <= set(configs)
+    assert pipeline.resolveConfig("tiny") == (REPO / "Resources" / "Configs" / "tiny.json").resolve()
+    with pytest.raises(pipeline.TrainingInputError, match="paper"):
+        pipeline.resolveConfig("nonexistent")
+    assert "32x32x32" in pipeline.configSummary("tiny")
+
+
+def test_script_arguments_and_stage_order():
+    script = load_script()
+    args, stages, params = script.parse_args(["--", "--data", "D", "--out", "O"])
+    assert stages == list(STAGES) == ["prepare", "vae", "ldm", "sample", "evaluate"]
+    assert (params["data"], params["out"], params["config"], args.resume) == ("D", "O", "small", False)
+    _, stages, params = script.parse_args(
+        [
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--stage",
+            "evaluate,vae",
+            "--config",
+            "paper",
+            "--resume",
+            "--vae-steps",
+            "5",
+        ]
+    )
+    assert stages == ["vae", "evaluate"]  # pipeline order, whatever the order given
+    assert params["config"] == "paper" and params["vaeSteps"] == 5
+    for stage in STAGES:
+        assert script.parse_args(["--data", "D", "--out", "O", "--stage", stage])[1] == [stage]
+    for bad in (["--data", "D", "--out", "O", "--stage", "train"], ["--out", "O"], ["--data", "D"]):
+        with pytest.raises(SystemExit) as e:
+            script.parse_args(bad)
+        assert e.value.code == 2
+    assert script.main(["--data", "D", "--out", "O", "--stage", "bogus"]) == 2
+    assert TrainingParameters.fromAny(params).vaeSteps == 5
+
+
+def test_stage_commands(phantoms, tmp_path):
+    params = TrainingParameters(data=str(phantoms), out=str(tmp_path / "run"), config="tiny", device="cpu")
+    run = TrainingRun(params, STAGES, resume=True)
+    out = (tmp_path / "run").resolve()
+    args = {s: PipelineRunner.stageArguments(s, run) for s in STAGES}
+    assert args["prepare"][:5] == ["prepare-lidc", "--dicom-root", str(phantoms), "--out", str(phantoms)]
+    assert args["vae"][:2] == ["train-vae", "--data"] and "--resume" not in args["vae"]
+    assert args["vae"][args["vae"].index("--config") + 1] == str(REPO / "Resources" / "Configs" / "tiny.json")
+    assert args["ldm"][args["ldm"].index("--vae") + 1] == str(out / "vae")
+    assert args["sample"] == [
+        "sample-set", "--model", str(out / "ldm"), "--masks", str(phantoms), "--n", "8", "--out",
+        str(out / "samples"), "--steps", "25", "--sampler", "dpmpp2m", "--seed", "0", "--device", "cpu",
+        "--progress", "json",
+    ]  # fmt: skip
+    assert args["evaluate"] == [
+        "evaluate", "--real", str(phantoms), "--generated", str(out / "samples"), "--masks", str(phantoms),
+        "--device", "cpu", "--out", str(out / "evaluation"),
+    ]  # fmt: skip
+    (out / "vae").mkdir(parents=True)
+    (out / "vae" / "checkpoint.pt").write_bytes(b"")
+    assert PipelineRunner.stageArguments("vae", run)[-1] == "--resume"
+    unconditional = TrainingRun(
+        TrainingParameters(**{**params.__dict__, "unconditional": True}), STAGES, True
+    )
+    assert "--unconditional" in PipelineRunner.stageArguments("sample", unconditional)
+
+
+def test_parameter_node_round_trip(training_logic):
+    node = training_logic.getParameterNode()
+    assert node.GetParameter("Config") == "small" and node.GetParameter("Stages") == ",".join(STAGES)
+    params = TrainingParameters(
+        data="/d", out="/o", config="tiny", vaeSteps=7, limit=None, unconditional=True
+    )
+    training_logic.setParametersToNode(node, params)
+    assert training_logic.parametersFromNode(node) == params
+    node.SetParameter("VaeSteps", "x")
+    with pytest.raises(pipeline.TrainingInputError, match="VaeSteps"):
+        training_logic.parametersFromNode(node)
+
+
+def test_progress_tail_follows_a_rewritten_file(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    tail = pipeline.ProgressTail(path)
+    assert tail.read() == []
+    path.write_text('{"event": "start", "total": 4}\n{"event": "step", "step": 1}\n{"event": "st')
+    assert [e["event"] for e in tail.read()] == ["start", "step"]  # the cut line waits
+    with path.open("a") as f:
+        f.write('ep", "step": 2}\n')
+    assert tail.read() == [{"event": "step", "step": 2}]
+    path.write_text('{"event": "start", "start_step": 1}\n')  # a resumed run truncates the file
+    assert tail.read() == [{"event": "start", "start_step": 1}] and tail.restarted
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, mrml):
+    """prepare (skipped: prepared data) -> vae, stopped mid-way (process tree gone) -> Start refuses, Resume
+    continues from the checkpoint -> ldm -> loss table/chart nodes -> a rerun skips everything -> the model
+    goes to LANDSynthesis's parameter node."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "run"
+    params = {"data": str(phantoms), "out": str(out), "config": "tiny", "device": "cpu", "ldmSteps": 2}
+    logs: list[tuple[str, str, str]] = []
+
+    # 1. run until the VAE has logged a few steps, then Stop
+    run = training_logic.start(
+        {**params, "vaeSteps": 2000}, "prepare,vae,ldm", onLog=lambda *a: logs.append(a)
+    )
+    pids: set[int] = set()
+    deadline = time.monotonic() + 120
+    while training_logic.poll():
+        assert time.monotonic() < deadline, run.summary()
+        if run.child is not None:
+            pids.update(run.child.descendantPids())
+        if run.statuses["vae"].step >= 3 and not run.stopRequested:
+            training_logic.stop()
+        time.sleep(0.05)
+    assert run.state == TrainingRun.STOPPED, run.summary()
+    assert [run.statuses[s].state for s in run.stages] == [SKIPPED, STOPPED, STOPPED]
+    assert pids and not [p for p in pids if alive(psutil, p)]
+    events = [json.loads(x) for x in (out / "vae" / "progress.jsonl").read_text().splitlines() if x.strip()]
+    checkpoint_step = max(e["step"] for e in events if e["event"] == "checkpoint")
+    assert 2 <= checkpoint_step < 2000 and not pipeline.trainingFinished(out / "vae")
+    assert any(stage == "prepare" and "skipped" in line for stage, _, line in logs)
+    assert (out / "logs" / "vae.log").is_file()
+
+    # 2. Start (not Resume) refuses to overwrite the interrupted run; no child is started
+    run = training_logic.run({**params, "vaeSteps": 2000}, "vae,ldm", pollInterval=0.05)
+    assert run.state == TrainingRun.FAILED and "Resume" in run.statuses["vae"].message
+    assert run.statuses["vae"].returnCode is None
+
+    # 3. Resume: the VAE continues from its checkpoint to a shorter total, then the LDM trains
+    vae_steps = checkpoint_step + 3
+    run = training_logic.run(
+        {**params, "vaeSteps": vae_steps}, "prepare,vae,ldm", resume=True, pollInterval=0.05
+    )
+    assert run.state == TrainingRun.SUCCEEDED, run.summary()
+    assert [run.statuses[s].state for s in run.stages] == [SKIPPED, DONE, DONE]
+    assert "--resume" in run.statuses["vae"].arguments and "--resume" not in run.statuses["ldm"].arguments
+    starts = [
+        json.loads(x) for x in (out / "vae" / "progress.jsonl").read_text().splitlines() if '"start"' in x
+    ]
+    assert starts[-1]["start_step"] == checkpoint_step and starts[-1]["total"] == vae_steps
+    assert run.modelDirectory == (out / "ldm").resolve()
+    assert json.loads((out / "ldm" / "model.json").read_text())["trained"] is True
+
+    # 4. the loss curves: every logged VAE step (before and after the stop) in the table and the chart
+    table, chart = training_logic.lossNodes("vae")
+    columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert columns[0] == "step" and "l1" in columns
+    steps = mrml.slicer.util.arrayFromTableColumn(table, "step")
+    assert np.array_equal(steps, np.arange(1, vae_steps + 1))
+    assert np.all(np.isfinite(mrml.slicer.util.arrayFromTableColumn(table, "l1")))
+    assert chart.GetNumberOfPlotSeriesNodes() == len(columns) - 1
+    series = chart.GetNthPlotSeriesNode(0)
+    assert series.GetTableNodeID() == table.GetID() and series.GetXColumnName() == "step"
+    _, ldm_chart = training_logic.lossNodes("ldm")
+    assert ldm_chart.GetNumberOfPlotSeriesNodes() >= 1
+
+    # 5. a rerun skips the finished stages without starting a child
+    run = training_logic.run(params, "vae,ldm", pollInterval=0.05)
+    assert run.state == TrainingRun.SUCCEEDED
+    assert [run.statuses[s].message for s in ("vae", "ldm")] == ["already trained"] * 2
+
+    # 6. the new model is offered to LANDSynthesis
+    node = training_logic.offerModelToSynthesis(run.modelDirectory)
+    assert node.GetSingletonTag() == "LANDSynthesis"
+    assert node.GetParameter("ModelDirectory") == str(run.modelDirectory)
+    assert node.GetParameter("ModelSource") == "directory"
+    from LANDSynthesisLib.logic import LANDSynthesisLogic
+
+    assert LANDSynthesisLogic().getParameterNode().GetParameter("ModelDirectory") == str(run.modelDirectory)
+    with pytest.raises(pipeline.TrainingError, match="not a finished"):
+        training_logic.offerModelToSynthesis(out / "vae.missing")
+
+
+def test_other_data_or_config_in_the_same_output_is_refused(training_logic, phantoms, tmp_path):
+    out = tmp_path / "run"
+    params = {"data": str(phantoms), "out": str(out), "config": "tiny", "device": "cpu"}
+    run = training_logic.run(params, "prepare")
+    assert run.state == TrainingRun.SUCCEEDED and run.statuses["prepare"].state == SKIPPED
+    with pytest.raises(pipeline.TrainingInputError, match="another output folder"):
+        training_logic.start({**params, "config": "small"}, "prepare")
+
+
+def test_headless_script_exit_codes(phantoms, tmp_path):
+    # a prepared dataset: prepare is skipped, exit 0
+    ok = run_script("--data", str(phantoms), "--out", str(tmp_path / "a"), "--stage", "prepare")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "skipped" in ok.stdout
+    # ldm before vae: the stage fails on its precondition, exit 1, no child started
+    order = run_script(
+        "--data", str(phantoms), "--out", str(tmp_path / "b"), "--stage", "ldm", "--config", "tiny"
+    )
+    assert order.returncode == 1 and "run the vae stage first" in order.stdout + order.stderr
+    # a folder that is neither a dataset nor LIDC-IDRI: the real `land prepare-lidc` prepares nothing, exit 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed = run_script("--data", str(empty), "--out", str(tmp_path / "c"), "--stage", "prepare")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "no case was prepared" in failed.stdout + failed.stderr
+    assert (tmp_path / "c" / "logs" / "prepare.log").is_file()
+    # a child that exits non-zero (a config the engine rejects): exit 1, naming the command and its code
+    config = tmp_path / "broken.json"
+    config.write_text('{"name": "broken"}')
+    child = run_script(
+        "--data", str(phantoms), "--out", str(tmp_path / "e"), "--stage", "vae", "--config", str(config)
+    )
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "land train-vae exited with code 2" in child.stdout
+    assert "error:" in (tmp_path / "e" / "logs" / "vae.log").read_text()
+    # bad arguments: exit 2
+    assert (
+        run_script("--data", str(phantoms), "--out", str(tmp_path / "d"), "--stage", "nope").returncode == 2
+    )
+    bad = run_script("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "d"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
