@@ -31,10 +31,12 @@ PERCEPTUAL_NETWORKS = (
 
 
 def configs_dir() -> Path:
-    """The bundled ``Resources/Configs`` folder."""
+    """The bundled ``Resources/Configs``: in the repository, or beside the engine (installed extension)."""
     import land
 
-    return Path(land.__file__).resolve().parents[2] / "Resources" / "Configs"
+    package = Path(land.__file__).resolve().parent
+    candidates = [package.parents[1] / "Resources" / "Configs", package.parent / "Resources" / "Configs"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def bundled_configs() -> list[str]:
