@@ -18,10 +18,11 @@ ENGINE_REQUIREMENTS = {
     "SimpleITK": "SimpleITK",
     "safetensors": "safetensors",
     "tqdm": "tqdm",
+    "scipy": "scipy",
 }
 OPTIONAL_REQUIREMENTS = {
     "psutil": "psutil",  # reliable cancel of the whole process tree
-    "scipy": "scipy",  # 'Lungs from CT' (land.lungseg)
+    "pydicom": "pydicom",  # teaching sets (DICOM export); Slicer bundles it
 }
 
 
