@@ -23,6 +23,7 @@ ENGINE_REQUIREMENTS = {
 OPTIONAL_REQUIREMENTS = {
     "psutil": "psutil",  # reliable cancel of the whole process tree
     "pydicom": "pydicom",  # teaching sets (DICOM export); Slicer bundles it
+    "matplotlib": "matplotlib",  # evaluation reports (land evaluate)
 }
 
 

@@ -28,13 +28,25 @@ def run_benchmark(
     seed: int = 0,
     max_memory: int | None = None,
     decode: str = "tiled",
+    size: int | None = None,
 ) -> dict[str, Any]:
-    """Generate one unconditional volume and report timings and peak memory."""
+    """Generate one unconditional volume and report timings and peak memory.
+
+    ``size`` overrides the model's grid (``size``^3 voxels at the model's spacing), e.g. to time 128^3 on a
+    256^3 model; it must be divisible by the networks' total down-sampling.
+    """
     from .pipeline import LANDPipeline, resolve_device
 
     pipe = (
         LANDPipeline.from_pretrained(model_dir) if model_dir else LANDPipeline.from_config(config or "small")
     )
+    if size is not None:
+        from .errors import InputError
+
+        c = pipe.config.vae.compression * 2 ** (len(pipe.config.unet.channels) - 1)
+        if size < c or size % c:
+            raise InputError(f"--size {size} must be a positive multiple of {c} for this model")
+        pipe.config.grid_size = (int(size),) * 3
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -82,6 +94,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model directory (default: a random-weights --config model)")
     src.add_argument("--config", choices=["paper", "small"], default=None, help="untrained architecture")
+    p.add_argument("--size", type=int, help="grid size S (S^3 voxels; default: the model's grid)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
     p.add_argument("--device", default="auto")
@@ -92,7 +105,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     @command("benchmark")
     def cmd_benchmark(args: argparse.Namespace) -> int:
         r = run_benchmark(args.model, args.config, args.steps, args.sampler, args.device,
-                          max_memory=args.max_memory, decode=args.decode)  # fmt: skip
+                          max_memory=args.max_memory, decode=args.decode, size=args.size)  # fmt: skip
         if args.json:
             print(json.dumps(r))
             return 0

@@ -1,0 +1,183 @@
+"""CLI commands ``land sample-set`` and ``land evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def _sample_set(args: argparse.Namespace) -> int:
+    from ..cli import Reporter
+    from .sample_set import run_sample_set
+
+    reporter = Reporter(args.progress)
+    warnings.showwarning = lambda message, *a, **k: reporter.warning(str(message))
+    cancel = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    def on_sample(event: dict[str, Any]) -> None:
+        reporter.close()
+        if args.progress == "json":
+            reporter.emit(event)
+        elif args.progress == "bar":
+            what = "exists, skipped" if event["skipped"] else f"wrote in {event['seconds']} s"
+            print(
+                f"[{event['sample'] + 1}/{event['total']}] {event['out']} ({what})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        summary = run_sample_set(
+            args.model,
+            args.out,
+            args.n,
+            None if args.unconditional else args.masks,
+            steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            device=args.device,
+            mode=args.mode,
+            max_memory=args.max_memory,
+            progress=reporter if args.progress != "none" else None,
+            on_sample=on_sample,
+            cancel=cancel,
+        )
+    finally:
+        reporter.close()
+    if args.progress == "json":
+        reporter.emit({"done": True, **summary})
+    else:
+        print(
+            f"rank {summary['rank']}/{summary['world']}: {summary['written']} written, {summary['skipped']} "
+            f"already there, of {summary['jobs']} samples for this rank in {args.out}"
+        )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .report import EvalOptions, evaluate
+
+    argv = ["land", "evaluate", "--real", args.real, "--generated", args.generated]
+    for flag, value in (
+        ("--masks", args.masks),
+        ("--feature-weights", args.feature_weights),
+        ("--cache", args.cache),
+        ("--size", args.size),
+        ("--ms-ssim-pairs", args.ms_ssim_pairs),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.ms_ssim_kernel != 7:
+        argv += ["--ms-ssim-kernel", str(args.ms_ssim_kernel)]
+    if args.no_fid:
+        argv.append("--no-fid")
+    argv += ["--seed", str(args.seed), "--device", args.device, "--out", args.out]
+    opts = EvalOptions(
+        real=Path(args.real),
+        generated=Path(args.generated),
+        out=Path(args.out),
+        masks=Path(args.masks) if args.masks else None,
+        feature_weights=Path(args.feature_weights) if args.feature_weights else None,
+        no_fid=args.no_fid,
+        cache_dir=Path(args.cache) if args.cache else None,
+        size=args.size,
+        ms_ssim_pairs=args.ms_ssim_pairs,
+        ms_ssim_kernel=args.ms_ssim_kernel,
+        seed=args.seed,
+        device=_device(args.device),
+        montage=args.montage,
+        command=shlex.join(argv),
+    )
+    report = evaluate(opts, log=(lambda _m: None) if args.quiet else _stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {k: v for k, v in report.items() if k not in ("fidelity", "fidelity_real")}, default=str
+            )
+        )
+    else:
+        fid, ms = report["fid"], report["ms_ssim"]
+        print(
+            f"FID {fid['fid']:.6g} (x10^3: {fid['fid_x1e3']:.4g})"
+            if fid["available"]
+            else f"FID unavailable: {fid['reason']}"
+        )
+        print(
+            f"MS-SSIM {ms['mean']:.4f} ± {ms['std']:.4f} over {ms['pairs']} pairs"
+            if ms["available"]
+            else f"MS-SSIM unavailable: {ms['reason']}"
+        )
+        print(f"wrote {Path(args.out) / 'report.md'}, report.json and {len(report['figures'])} figures")
+    return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _device(device: str) -> str:
+    from ..pipeline import resolve_device
+
+    return str(resolve_device(device))
+
+
+def register(sub: argparse._SubParsersAction, command) -> None:
+    """Add ``land sample-set`` and ``land evaluate``."""
+    from ..cli import parse_memory
+    from ..conditioning import MODES
+    from ..diffusion import SAMPLERS
+
+    p = sub.add_parser(
+        "sample-set", help="generate many CTs (one NIfTI per sample; resumable; torchrun-aware)"
+    )
+    p.add_argument("--model", required=True, help="model directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--masks", help="folder dataset of masks (manifest.csv + case folders, e.g. land phantoms)"
+    )
+    src.add_argument("--unconditional", action="store_true", help="no masks")
+    p.add_argument("--n", type=int, required=True, help="number of samples (mask cases are reused in turn)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    command("sample-set")(_sample_set)
+
+    p = sub.add_parser("evaluate", help="FID, MS-SSIM, memory and mask fidelity of generated vs real CT")
+    p.add_argument("--real", required=True, help="real CTs: a folder dataset or a folder of image files")
+    p.add_argument("--generated", required=True, help="generated CTs (e.g. land sample-set output)")
+    p.add_argument("--masks", help="the mask dataset the samples were made from (enables fidelity)")
+    p.add_argument("--feature-weights", help="MedicalNet resnet_50_23dataset.pth (default: search the cache)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID")
+    p.add_argument("--cache", help="folder for cached set statistics (default ~/.cache/land/eval)")
+    p.add_argument(
+        "--size", type=int, help="resize volumes to SIZE^3 for FID and MS-SSIM (default: as stored)"
+    )
+    p.add_argument("--ms-ssim-pairs", type=int, help="random subset of this many pairs (default: all pairs)")
+    p.add_argument("--ms-ssim-kernel", type=int, default=7, help="MS-SSIM kernel (7 = protocol; needs 112^3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the MS-SSIM pair subset")
+    p.add_argument("--device", default="auto", help="device for the feature network and MS-SSIM")
+    p.add_argument("--montage", type=int, default=3, help="generated samples shown in montage.png")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--out", required=True, help="report folder")
+    command("evaluate")(_evaluate)

@@ -1,0 +1,211 @@
+"""Conditional fidelity: does a generated CT obey the masks it was generated from?
+
+* :func:`lung_dice`: the lungs segmented in the generated CT (``land.lungseg``'s classical, threshold-based
+  method: body, air below -320 HU inside it, airways removed, holes filled) vs the input lung mask.
+* :func:`nodule_stats`: per nodule, its mean HU, the mean / std of the surrounding lung (a shell of
+  ``shell_mm`` around the nodule beyond a ``gap_mm`` partial-volume margin, inside the lung mask, outside
+  every nodule), contrast, contrast-to-noise ratio, visibility (``|contrast| > surround std``) and the
+  share of its voxels inside the lung mask.
+* :func:`fidelity_summary`: aggregates over cases.
+
+Arrays are indexed [z, y, x] (like :class:`land.volume.Volume`); ``spacing`` is (x, y, z) in mm, ITK order,
+as ``Volume.spacing``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+from ..volume import Volume
+
+SHELL_MM = 4.0
+GAP_MM = 1.0
+
+
+@dataclass
+class NoduleStat:
+    """Fidelity figures of one nodule (HU; ``nan`` where the nodule has no surrounding lung)."""
+
+    label: int
+    texture: int | None
+    voxels: int
+    mean_hu: float
+    surround_mean_hu: float
+    surround_std_hu: float
+    contrast_hu: float
+    cnr: float
+    visible: bool
+    inside_lung_fraction: float
+
+    def to_json(self) -> dict:
+        """A JSON-safe dict (non-finite numbers become None)."""
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
+
+
+def _check(ct_hu: np.ndarray, *masks: np.ndarray) -> None:
+    if ct_hu.ndim != 3:
+        raise InputError(f"expected a 3D CT array [z, y, x], got shape {ct_hu.shape}")
+    for m in masks:
+        if m.shape != ct_hu.shape:
+            raise InputError(
+                f"mask shape {m.shape} differs from the CT's {ct_hu.shape}; fix: resample the masks onto the "
+                "CT grid (land.eval.sets.resample_like)"
+            )
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+def segment_generated_lungs(ct_hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Lung mask (bool [z, y, x]) of a CT by ``land.lungseg``'s classical threshold-based method."""
+    from ..lungseg import segment_lungs
+
+    vol = Volume(np.asarray(ct_hu), spacing=tuple(float(s) for s in spacing))
+    return segment_lungs(vol).array != 0
+
+
+def lung_dice(ct_hu: np.ndarray, lung_mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Dice of the lungs segmented in ``ct_hu`` (:func:`segment_generated_lungs`) with ``lung_mask``."""
+    _check(ct_hu, lung_mask)
+    return dice(segment_generated_lungs(ct_hu, spacing), lung_mask)
+
+
+def _shell(
+    nodule: np.ndarray, spacing_zyx: np.ndarray, gap_mm: float, shell_mm: float
+) -> tuple[tuple, np.ndarray]:
+    """(bounding-box slices, shell mask in the box): voxels at (gap, gap + shell] mm from the nodule."""
+    reach = gap_mm + shell_mm
+    pad = np.ceil(reach / spacing_zyx).astype(int) + 1
+    idx = np.nonzero(nodule)
+    box = tuple(
+        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n))
+        for i, p, n in zip(idx, pad, nodule.shape, strict=True)
+    )
+    dist = ndi.distance_transform_edt(~nodule[box], sampling=spacing_zyx)
+    return box, (dist > gap_mm) & (dist <= reach)
+
+
+def nodule_stats(
+    ct_hu: np.ndarray,
+    lung_mask: np.ndarray,
+    nodule_labels: np.ndarray,
+    textures: Mapping[int, int],
+    spacing: Sequence[float],
+    shell_mm: float = SHELL_MM,
+    gap_mm: float = GAP_MM,
+) -> list[NoduleStat]:
+    """Per-nodule HU, contrast and CNR against the surrounding lung (see the module docstring)."""
+    _check(ct_hu, lung_mask, nodule_labels)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError(f"spacing must be 3 positive values (x, y, z) in mm, got {spacing}")
+    spacing_zyx = np.asarray(tuple(spacing)[::-1], dtype=np.float64)
+    ct = np.asarray(ct_hu, dtype=np.float64)
+    lung = np.asarray(lung_mask) != 0
+    labels = np.asarray(nodule_labels)
+    any_nodule = labels != 0
+    out: list[NoduleStat] = []
+    for label in (int(v) for v in np.unique(labels) if v != 0):
+        nodule = labels == label
+        voxels = int(nodule.sum())
+        mean_hu = float(ct[nodule].mean())
+        box, shell = _shell(nodule, spacing_zyx, gap_mm, shell_mm)
+        shell &= lung[box] & ~any_nodule[box]
+        ring = ct[box][shell]
+        if ring.size:
+            s_mean, s_std = float(ring.mean()), float(ring.std())
+        else:
+            s_mean = s_std = float("nan")
+        contrast = mean_hu - s_mean
+        if ring.size == 0:
+            cnr = float("nan")
+        elif s_std > 0:
+            cnr = contrast / s_std
+        else:
+            cnr = math.copysign(math.inf, contrast) if contrast else 0.0
+        texture = textures.get(label)
+        out.append(
+            NoduleStat(
+                label=label,
+                texture=None if texture is None else int(texture),
+                voxels=voxels,
+                mean_hu=mean_hu,
+                surround_mean_hu=s_mean,
+                surround_std_hu=s_std,
+                contrast_hu=contrast,
+                cnr=cnr,
+                visible=bool(ring.size and abs(contrast) > s_std),
+                inside_lung_fraction=float(lung[nodule].mean()),
+            )
+        )
+    return out
+
+
+def _as_dict(stat: NoduleStat | Mapping) -> dict:
+    return asdict(stat) if isinstance(stat, NoduleStat) else dict(stat)
+
+
+def _finite(values: Sequence[float | None]) -> np.ndarray:
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+def fidelity_summary(per_case: Sequence[Mapping]) -> dict:
+    """Aggregate per-case results ``{"lung_dice": float | None, "nodules": [NoduleStat | dict, ...]}``.
+
+    Returns the number of cases and nodules, mean/std lung Dice, the Spearman rho (and p) of texture vs
+    nodule mean HU over all nodules with a texture (None with fewer than 3 nodules or a constant input), the
+    share of visible nodules, the share of nodules mostly outside the lung (``inside_lung_fraction`` < 0.5)
+    and any voxel outside, and the mean nodule HU and count per texture.
+    """
+    from scipy.stats import spearmanr
+
+    dices = _finite([c.get("lung_dice") for c in per_case])
+    nodules = [_as_dict(n) for c in per_case for n in c.get("nodules", [])]
+    with_texture = [n for n in nodules if n.get("texture") is not None and n.get("mean_hu") is not None]
+    rho = p = None
+    tex = [n["texture"] for n in with_texture]
+    hu = [n["mean_hu"] for n in with_texture]
+    if len(with_texture) >= 3 and len(set(tex)) > 1 and len(set(hu)) > 1:
+        r = spearmanr(tex, hu)
+        rho, p = float(r.statistic), float(r.pvalue)
+    by_texture: dict[str, dict[str, float | int]] = {}
+    for t in sorted(set(tex)):
+        values = [n["mean_hu"] for n in with_texture if n["texture"] == t]
+        by_texture[str(t)] = {
+            "n": len(values),
+            "mean_hu": float(np.mean(values)),
+            "std_hu": float(np.std(values)),
+        }
+    inside = _finite([n.get("inside_lung_fraction") for n in nodules])
+    cnr = _finite([n.get("cnr") for n in nodules])
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(mask.mean()) if mask.size else None
+
+    return {
+        "cases": len(per_case),
+        "cases_with_dice": int(dices.size),
+        "lung_dice_mean": float(dices.mean()) if dices.size else None,
+        "lung_dice_std": float(dices.std()) if dices.size else None,
+        "nodules": len(nodules),
+        "texture_hu_spearman_rho": rho,
+        "texture_hu_spearman_p": p,
+        "share_visible": share(np.asarray([bool(n.get("visible")) for n in nodules])),
+        "share_outside_lung": share(inside < 0.5),
+        "share_partly_outside_lung": share(inside < 1.0),
+        "cnr_median": float(np.median(cnr)) if cnr.size else None,
+        "mean_hu_by_texture": {t: v["mean_hu"] for t, v in by_texture.items()},
+        "by_texture": by_texture,
+    }

@@ -1,0 +1,225 @@
+"""FID (Fréchet distance, MedicalNet feature network, statistics cache) and MS-SSIM diversity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from land.errors import InputError
+from land.eval.features import (
+    WEIGHTS_FILE,
+    extract_features,
+    extractor_id,
+    find_weights,
+    load_medicalnet_resnet50,
+    medicalnet_resnet50,
+)
+from land.eval.fid import FeatureStats, fid_from_stats, frechet_distance
+from land.eval.msssim import min_size, ms_ssim_diversity, ms_ssim_pair, select_pairs
+
+
+def fid_eigen(mu1, s1, mu2, s2) -> float:
+    """Independent formula (torchmetrics style): Tr sqrt(S1 S2) = sum of sqrt of the eigenvalues of S1 S2."""
+    eig = np.linalg.eigvals(s1 @ s2)
+    return float(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig.astype(complex)).real.sum()
+    )
+
+
+@pytest.mark.parametrize("dim,n", [(8, 200), (32, 100)])
+def test_frechet_distance_matches_independent_formula(dim, n):
+    rng = np.random.default_rng(dim)
+    a = rng.normal(size=(n, dim))
+    b = rng.normal(size=(n, dim)) @ rng.normal(scale=0.5, size=(dim, dim)) + 0.3
+    sa, sb = FeatureStats.from_features(a), FeatureStats.from_features(b)
+    got = frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    want = fid_eigen(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    assert got == pytest.approx(want, rel=1e-6)
+    assert got > 1.0
+
+
+def test_fid_self_is_zero_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(64, 16))
+    s = FeatureStats.from_features(f)
+    assert abs(fid_from_stats(s, s)["fid"]) < 1e-8
+    values = [fid_from_stats(s, FeatureStats.from_features(f + d))["fid"] for d in (0.1, 0.5, 1.0)]
+    assert values == pytest.approx([16 * d**2 for d in (0.1, 0.5, 1.0)], rel=1e-6)  # mean shift only
+    out = fid_from_stats(s, FeatureStats.from_features(f + 1.0))
+    assert out["fid_x1e3"] == pytest.approx(out["fid"] * 1e3)
+
+
+def test_frechet_distance_singular_covariances_fall_back_to_eps():
+    rng = np.random.default_rng(1)
+    a, b = (
+        FeatureStats.from_features(rng.normal(size=(3, 20))),
+        FeatureStats.from_features(rng.normal(size=(3, 20))),
+    )
+    d = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert np.isfinite(d) and d > 0
+
+
+def test_feature_stats_cache_roundtrip_and_key(tmp_path):
+    s = FeatureStats.from_features(np.random.default_rng(0).normal(size=(5, 4)))
+    s.save(tmp_path / "s.npz", key="abc")
+    back = FeatureStats.load(tmp_path / "s.npz", key="abc")
+    assert back is not None and back.n == 5 and np.array_equal(back.sigma, s.sigma)
+    assert FeatureStats.load(tmp_path / "s.npz", key="other") is None
+    assert FeatureStats.load(tmp_path / "missing.npz") is None
+
+
+class _MedicalNetBottleneck(nn.Module):
+    """MedicalNet's bottleneck as published (dilation in the 3x3x3 conv, padding = dilation)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.conv2 = nn.Conv3d(
+            planes, planes, 3, stride=stride, dilation=dilation, padding=dilation, bias=False
+        )
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.conv3 = nn.Conv3d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _MedicalNetResNet50(nn.Module):
+    """MedicalNet's ResNet-50 backbone (shortcut B), written from its published layout, with its seg head."""
+
+    def __init__(self):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv3d(1, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm3d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
+        self.layer1 = self._layer(64, 3)
+        self.layer2 = self._layer(128, 4, stride=2)
+        self.layer3 = self._layer(256, 6, dilation=2)
+        self.layer4 = self._layer(512, 3, dilation=4)
+        self.conv_seg = nn.Conv3d(2048, 2, 1)
+
+    def _layer(self, planes, blocks, stride=1, dilation=1):
+        down = None
+        if stride != 1 or self.inplanes != planes * 4:
+            down = nn.Sequential(nn.Conv3d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
+                                 nn.BatchNorm3d(planes * 4))  # fmt: skip
+        layers = [_MedicalNetBottleneck(self.inplanes, planes, stride, dilation, down)]
+        self.inplanes = planes * 4
+        layers += [_MedicalNetBottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=(2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def medicalnet_file(tmp_path_factory):
+    """A MedicalNet-format file from a random network: {"state_dict": {"module.…": …}} incl. the seg head."""
+    torch.manual_seed(0)
+    ref = _MedicalNetResNet50().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong mapping would show
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / WEIGHTS_FILE
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    return path, ref
+
+
+def test_medicalnet_weights_load_with_no_missing_or_unexpected_keys(medicalnet_file):
+    path, ref = medicalnet_file
+    net = load_medicalnet_resnet50(path)
+    expected = {f"module.{k}" for k in net.state_dict()}
+    saved = set(torch.load(path, weights_only=True)["state_dict"])
+    assert expected == saved - {"module.conv_seg.weight", "module.conv_seg.bias"}
+    assert extractor_id(net).startswith("medicalnet-r50-")
+    x = torch.rand(1, 1, 32, 40, 36, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref.features(x)
+        got = net(x)
+    assert got.shape == (1, 2048)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # MedicalNet's layout, not MONAI's strides
+
+
+def test_medicalnet_layout_keeps_layer4_at_one_eighth():
+    net = medicalnet_resnet50()
+    seen = {}
+    net.layer4.register_forward_hook(lambda _m, _i, out: seen.update(shape=out.shape))
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 32, 32, 32))
+    assert seen["shape"] == (1, 2048, 4, 4, 4)
+    assert net.layer4[0].conv2.dilation == (4, 4, 4) and net.layer3[2].conv2.padding == (2, 2, 2)
+
+
+def test_weights_errors_name_the_file_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAND_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(InputError, match=WEIGHTS_FILE) as e:
+        find_weights()
+    assert str(tmp_path / "cache" / "weights" / WEIGHTS_FILE) in str(e.value)
+    (tmp_path / "cache" / "weights").mkdir(parents=True)
+    torch.save(
+        {"state_dict": {"module.conv1.weight": torch.zeros(3)}}, tmp_path / "cache" / "weights" / WEIGHTS_FILE
+    )
+    assert find_weights() == tmp_path / "cache" / "weights" / WEIGHTS_FILE
+    with pytest.raises(InputError, match="missing"):
+        load_medicalnet_resnet50()
+
+
+def test_pluggable_extractor_any_module():
+    net = nn.Sequential(nn.Conv3d(1, 3, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    vols = [np.full((8, 8, 8), v, np.float32) for v in (0.0, 0.5)]
+    feats = list(extract_features(net, vols))
+    assert [f.shape for f in feats] == [(3,), (3,)] and not np.allclose(feats[0], feats[1])
+    assert extractor_id(net) != extractor_id(
+        nn.Sequential(nn.Conv3d(1, 3, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    )
+
+
+def test_ms_ssim_identical_is_one_and_noise_is_low():
+    rng = np.random.default_rng(0)
+    side = min_size(7)
+    assert side == 112
+    zz = np.linspace(0, 1, side, dtype=np.float32)
+    smooth = (zz[:, None, None] * 0.5 + zz[None, :, None] * 0.3 + 0.1).repeat(side, axis=2)
+    assert ms_ssim_pair(smooth, smooth) == pytest.approx(1.0, abs=1e-5)
+    a, b = (rng.random((side,) * 3, dtype=np.float32) for _ in range(2))
+    assert ms_ssim_pair(a, b) < 0.3
+
+
+def test_ms_ssim_diversity_pairs_and_small_volumes():
+    rng = np.random.default_rng(1)
+    base = rng.random((48, 48, 48), dtype=np.float32)
+    same = ms_ssim_diversity([base, base.copy(), base.copy()], kernel_size=3)
+    assert same["mean"] == pytest.approx(1.0, abs=1e-5) and same["pairs"] == 3 and same["std"] < 1e-5
+    noisy = [rng.random((48,) * 3, dtype=np.float32) for _ in range(4)]
+    noise = ms_ssim_diversity(noisy, max_pairs=2, seed=3, kernel_size=3)
+    assert noise["pairs"] == 2 and noise["mean"] < 0.5 and noise["seed"] == 3
+    with pytest.raises(InputError, match="at least 112"):
+        ms_ssim_diversity([base, base])  # kernel 7 needs 112^3
+    with pytest.raises(InputError, match="at least 2"):
+        ms_ssim_diversity([base], kernel_size=3)
+
+
+def test_select_pairs_all_or_seeded_subset():
+    assert select_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    sub = select_pairs(10, 7, seed=5)
+    assert len(set(sub)) == 7 and all(0 <= i < j < 10 for i, j in sub)
+    assert sub == select_pairs(10, 7, seed=5) and sub != select_pairs(10, 7, seed=6)
