@@ -234,8 +234,32 @@ def _last_event(progress: Path, event: str) -> dict[str, Any]:
     return last
 
 
+def package_demo_model(src: Path, dest: Path) -> Path:
+    """Copy the trained model ``src`` to ``dest`` as ``land-demo-phantom`` with float16 weights on disk.
+
+    Float16 halves the files (the small U-Net is 62 MB in float32; the bundle must stay under 50 MB). The
+    networks still compute in float32: loading casts the weights back. Hashes are recomputed and verified.
+    """
+    import torch
+
+    from .model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
+
+    meta = read_model_json(src)
+    cfg = ModelConfig.from_json(meta)
+    weights = load_weights(src, meta)  # sha256-verified
+    half = {
+        key: {n: t.to(torch.float16) if t.is_floating_point() else t for n, t in sd.items()}
+        for key, sd in weights.items()
+    }
+    cfg.name = "land-demo-phantom"
+    cfg.provenance = dict(cfg.provenance)
+    cfg.provenance["weights_dtype"] = "float16 on disk (cast from float32 EMA weights; computed in float32)"
+    cfg.provenance["float32_weights_sha256"] = dict(meta.get("weights", {}))
+    return save_model_dir(dest, cfg, half)
+
+
 def train_demo(out: Path, config: str, vae_steps: int | None, ldm_steps: int | None, log=print) -> Path:
-    """Phantoms -> train-vae -> train-ldm -> fidelity -> model card. Returns the model directory."""
+    """Phantoms -> train-vae -> train-ldm -> float16 package -> fidelity -> model card. Returns the model."""
     out = Path(out)
     data, vae, ldm = out / "data", out / "vae", out / "ldm"
     timings: dict[str, float] = {}
@@ -251,14 +275,17 @@ def train_demo(out: Path, config: str, vae_steps: int | None, ldm_steps: int | N
         if (folder / "checkpoint.pt").is_file():
             argv.append("--resume")
         timings[name] = _run(f"train-{name}", argv, log)
-    result = measure_fidelity(ldm, log=log)
+    model = package_demo_model(ldm, out / "land-demo-phantom")
+    result = measure_fidelity(model, log=log)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    write_model_card(ldm, out, result, config)
-    log(f"[train-demo] model directory: {ldm}")
-    return ldm
+    write_model_card(model, out, result, config)
+    log(f"[train-demo] model directory: {model} (copy it to Resources/Models/land-demo-phantom)")
+    return model
 
 
-def write_model_card(model_dir: Path, run_dir: Path, fidelity: dict[str, Any], config: str) -> Path:
+def write_model_card(
+    model_dir: Path, run_dir: Path, fidelity: dict[str, Any], config: str, notes: str = ""
+) -> Path:
     """Write MODEL_CARD.md into ``model_dir`` and put the card's summary into model.json."""
     from .model_dir import read_model_json, write_model_json
 
@@ -266,8 +293,8 @@ def write_model_card(model_dir: Path, run_dir: Path, fidelity: dict[str, Any], c
     vae_done = _last_event(run_dir / "vae" / "progress.jsonl", "done")
     vae_step = _last_event(run_dir / "vae" / "progress.jsonl", "step")
     vae_val = _last_event(run_dir / "vae" / "progress.jsonl", "validation")
-    ldm_done = _last_event(Path(model_dir) / "progress.jsonl", "done")
-    ldm_step = _last_event(Path(model_dir) / "progress.jsonl", "step")
+    ldm_done = _last_event(run_dir / "ldm" / "progress.jsonl", "done")
+    ldm_step = _last_event(run_dir / "ldm" / "progress.jsonl", "step")
     summary = (
         "LAND demo model trained on PROCEDURAL CHEST PHANTOMS (not patients) with the project's own "
         "trainers. For trying the tool and for tests. Not for research results: its CTs show phantom "
@@ -310,10 +337,11 @@ which runs, each resumable:
 land phantoms --n {TRAIN_CASES} --size 128 --spacing 2 --seed {TRAIN_SEED} --out runs/demo/data
 land train-vae --data runs/demo/data --config {config} --out runs/demo/vae
 land train-ldm --data runs/demo/data --config {config} --vae runs/demo/vae --out runs/demo/ldm
-land demo-fidelity --model runs/demo/ldm
+# then a float16 copy of runs/demo/ldm as runs/demo/land-demo-phantom (land.demo.package_demo_model), and
+land demo-fidelity --model runs/demo/land-demo-phantom
 ```
-on a 2-core CPU (no GPU), float32.
-
+on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 (computed in float32).
+{notes}
 | Stage | Steps | Wall time | Final losses |
 |---|---|---|---|
 | VAE | {vae_done.get("step", "?")} | {vae_done.get("wall_time_s", "?")} s | {vae_losses} |
