@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def measure_fidelity(
         dice = lung_dice(hu, lung, ct.spacing)
         stats = nodule_stats(hu, lung, masks.nodules.array, masks.textures, ct.spacing)  # type: ignore[union-attr]
         cases.append({"case": f"phantom_{seed + i}", "seed": seed + i, "lung_dice": dice,
-                      "nodules": [asdict(s) for s in stats]})  # fmt: skip
+                      "nodules": [s.to_json() for s in stats]})  # fmt: skip
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             write_volume(Path(save_dir) / f"phantom_{seed + i}.nii.gz", ct, ct.metadata)
@@ -194,19 +194,21 @@ def fidelity_table(result: dict[str, Any]) -> str:
     s = result["summary"]
     rows = [
         ("Lung Dice (mean)", s.get("lung_dice_mean"), TARGETS["lung_dice"]),
-        ("Spearman rho, texture vs nodule HU", s.get("spearman_rho"), TARGETS["spearman_rho"]),
-        ("Nodules visible", s.get("visible_share"), TARGETS["visible_share"]),
+        ("Spearman rho, texture vs nodule HU", s.get("texture_hu_spearman_rho"), TARGETS["spearman_rho"]),
+        ("Nodules visible", s.get("share_visible"), TARGETS["visible_share"]),
     ]
     lines = ["| Measure | Value | Target | Met |", "|---|---|---|---|"]
     for name, value, target in rows:
         met = value is not None and not (isinstance(value, float) and np.isnan(value)) and value >= target
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"| {name} | {shown} | >= {target} | {'yes' if met else 'NO'} |")
-    by_tex = s.get("mean_hu_by_texture") or {}
+    by_tex = s.get("by_texture") or {}
     if by_tex:
-        lines.append("")
-        means = ", ".join(f"{t}: {v:.0f}" for t, v in sorted(by_tex.items()))
-        lines.append(f"Mean nodule HU by texture: {means}")
+        lines += ["", "| Texture | Nodules | Mean HU (std) |", "|---|---|---|"]
+        for t, v in sorted(by_tex.items()):
+            lines.append(f"| {t} | {v['n']} | {v['mean_hu']:.0f} ({v['std_hu']:.0f}) |")
+    lines += ["", f"{s.get('nodules', 0)} nodules in {s.get('cases', 0)} cases; median contrast-to-noise "
+              f"{s.get('cnr_median') or float('nan'):.2f}."]  # fmt: skip
     return "\n".join(lines)
 
 
