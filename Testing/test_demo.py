@@ -105,3 +105,14 @@ def test_bundled_model_generates_from_the_demo_masks(bundled_model):
     assert ct.metadata["description"].startswith("SYNTHETIC")
     lung = ct.array[masks.lung.array > 0]
     assert -1000 <= lung.min() and lung.max() <= 1000
+
+
+def test_unmet_targets_names_each_missed_target():
+    from land.demo import unmet_targets
+
+    good = {"summary": {"lung_dice_mean": 0.9, "texture_hu_spearman_rho": 0.85, "share_visible": 0.95}}
+    assert unmet_targets(good) == []
+    bad = {"summary": {"lung_dice_mean": 0.9, "texture_hu_spearman_rho": None, "share_visible": 0.5}}
+    missed = unmet_targets(bad)
+    assert len(missed) == 2
+    assert missed[0].startswith("spearman_rho n/a") and "visible_share 0.500" in missed[1]
