@@ -143,13 +143,13 @@ def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
     assert not (tmp_path / "ct.nii.gz").exists()
 
 
-def test_missing_default_model_is_explained(tmp_path):
-    from land.cli import default_model_dir
+def test_missing_default_model_is_explained(tmp_path, monkeypatch, capsys):
+    import land.cli
 
-    if (default_model_dir() / "model.json").exists():
-        pytest.skip("a default model is bundled")
-    result = run("generate", "--out", str(tmp_path / "ct.nii.gz"))
-    assert result.returncode == 3 and "no trained default model" in result.stderr
+    monkeypatch.setattr(land.cli, "default_model_dir", lambda: tmp_path / "no-model")
+    code = land.cli.main(["generate", "--out", str(tmp_path / "ct.nii.gz")])
+    assert code == 3 and "no trained default model" in capsys.readouterr().err
+    assert not (tmp_path / "ct.nii.gz").exists()
 
 
 def test_sigterm_cancels_cleanly_without_partial_output(tiny_model_dir, tmp_path):

@@ -44,8 +44,8 @@ def test_demo_masks_match_the_bundled_model_grid():
         pytest.skip("no demo model bundled in this checkout")
     meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
     masks = read_masks(default_mask_path())
-    assert list(masks.lung.array.shape[::-1]) == list(meta["grid_size"])
-    assert list(masks.lung.spacing) == pytest.approx(meta["spacing"])
+    assert list(masks.lung.array.shape[::-1]) == list(meta["grid"]["size"])
+    assert list(masks.lung.spacing) == pytest.approx(meta["grid"]["spacing"])
 
 
 def test_generate_without_mask_uses_the_demo_masks(tiny_model_dir, tmp_path):

@@ -79,7 +79,7 @@ def test_bundled_configs_and_errors_name_the_key():
     for change, key in cases:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             parse_config({**raw, **change})
-    with pytest.raises(InputError, match="bundled configs: paper, small, tiny"):
+    with pytest.raises(InputError, match="bundled configs: demo, paper, small, tiny"):
         load_config("nope")
 
 
