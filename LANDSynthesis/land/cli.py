@@ -110,6 +110,20 @@ class Reporter:
             self.bar = None
 
 
+def cancel_on_signals() -> threading.Event:
+    """An event set by the first SIGINT/SIGTERM (a clean cancel); a second one raises KeyboardInterrupt."""
+    cancel = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return cancel
+
+
 def command(name: str) -> Callable[[Command], Command]:
     def register(fn: Command) -> Command:
         _COMMANDS[name] = fn
@@ -185,15 +199,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not pipe.config.trained:
         reporter.warning(f"model {pipe.config.name} is UNTRAINED (random weights): the output is noise")
 
-    cancel = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    cancel = cancel_on_signals()
     try:
         ct = pipe.generate(
             masks,

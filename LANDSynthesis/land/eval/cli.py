@@ -5,29 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 
 def _sample_set(args: argparse.Namespace) -> int:
-    from ..cli import Reporter
+    from ..cli import Reporter, cancel_on_signals
     from .sample_set import run_sample_set
 
     reporter = Reporter(args.progress)
     warnings.showwarning = lambda message, *a, **k: reporter.warning(str(message))
-    cancel = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    cancel = cancel_on_signals()
 
     def on_sample(event: dict[str, Any]) -> None:
         reporter.close()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -56,21 +54,8 @@ class _Progress:
             self.bar = None
 
 
-def _cancel_on_signals() -> threading.Event:
-    cancel = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    return cancel
-
-
 def cmd_teaching_set(args: argparse.Namespace) -> int:
-    from ..cli import default_model_dir
+    from ..cli import cancel_on_signals, default_model_dir
     from ..pipeline import LANDPipeline
     from .build import make_teaching_set
     from .plan import TeachingSettings, parse_diameters, parse_textures
@@ -109,7 +94,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         progress.reporter.warning(
             f"model {pipe.config.name} is unconditional: the planned nodules will not show"
         )
-    cancel = _cancel_on_signals()
+    cancel = cancel_on_signals()
     t0 = time.monotonic()
     try:
         result = make_teaching_set(args.out, settings, pipe, steps=args.steps, burn_in=not args.no_burn_in,
