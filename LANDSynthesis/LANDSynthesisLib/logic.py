@@ -26,7 +26,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -40,7 +39,7 @@ import slicer
 
 from . import segments as seglib
 from .nrrd import RAS_TO_LPS, read_nrrd, read_nrrd_header, write_nrrd
-from .process import ChildProcess
+from .process import ChildProcess, pythonExecutable
 from .resample import conformArray, resampleNearest
 
 try:  # the Slicer application; absent from the slicer-core wheel (no Qt)
@@ -1200,17 +1199,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ child process
     def defaultPythonExecutable(self) -> str:
-        if self.pythonExecutable:
-            return self.pythonExecutable
-        if hasattr(slicer, "app"):
-            found = shutil.which("PythonSlicer")
-            if found:
-                return found
-            exe = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-            candidate = Path(sys.executable).with_name(exe)
-            if candidate.is_file():
-                return str(candidate)
-        return sys.executable
+        return self.pythonExecutable or pythonExecutable(hasattr(slicer, "app"))
 
     def childEnvironment(self) -> dict[str, str]:
         if hasattr(slicer, "app"):

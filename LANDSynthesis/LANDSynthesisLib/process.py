@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 try:  # bundled with most Slicer installations; the process group / taskkill fallback covers the rest
     import psutil
@@ -194,3 +197,16 @@ class ChildProcess:
                     stream.close()
             except OSError:
                 pass
+
+
+def pythonExecutable(inSlicerApplication: bool) -> str:
+    """The interpreter for ``-m land`` children: ``PythonSlicer`` in the Slicer application, else this one."""
+    if inSlicerApplication:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        exe = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        candidate = Path(sys.executable).with_name(exe)
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable

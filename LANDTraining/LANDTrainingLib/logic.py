@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from .pipeline import (
     TrainingParameters,
     TrainingRun,
     childEnvironment,
+    pythonExecutable,
     trainingFinished,
 )
 
@@ -140,17 +139,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ child processes
     def defaultPythonExecutable(self) -> str:
-        if self.pythonExecutable:
-            return self.pythonExecutable
-        if hasattr(slicer, "app"):
-            found = shutil.which("PythonSlicer")
-            if found:
-                return found
-            exe = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-            candidate = Path(sys.executable).with_name(exe)
-            if candidate.is_file():
-                return str(candidate)
-        return sys.executable
+        return self.pythonExecutable or pythonExecutable(hasattr(slicer, "app"))
 
     def childEnvironment(self) -> dict[str, str]:
         if self.environment is not None:
