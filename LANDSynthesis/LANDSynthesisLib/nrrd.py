@@ -72,27 +72,8 @@ def write_nrrd(path: str | os.PathLike, array: np.ndarray, ijk_to_ras: np.ndarra
 
 def read_nrrd_header(path: str | os.PathLike, max_bytes: int = 1 << 20) -> dict[str, str]:
     """Fields (``key: value``) and key/value pairs (``key:=value``) of a NRRD header (voxels not read)."""
-    fields: dict[str, str] = {}
     with open(path, "rb") as f:
-        magic = f.readline(64)
-        if not magic.startswith(b"NRRD"):
-            raise ValueError(f"{path} is not a NRRD file")
-        read = len(magic)
-        while read < max_bytes:
-            raw = f.readline(max_bytes)
-            read += len(raw)
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if not line:
-                break
-            if line.startswith("#"):
-                continue
-            if ":=" in line:
-                key, value = line.split(":=", 1)
-                fields[key] = value
-            elif ": " in line:
-                key, value = line.split(": ", 1)
-                fields[key] = value
-    return fields
+        return _read_header(f, max_bytes)
 
 
 _TYPE_ALIASES = {
@@ -124,15 +105,18 @@ class NrrdVolume:
     fields: dict[str, str]
 
 
-def _read_header(f) -> dict[str, str]:
+def _read_header(f, max_bytes: int | None = None) -> dict[str, str]:
+    """The header fields of an open NRRD file, leaving it at the voxels (at most ``max_bytes`` read)."""
     magic = f.readline(64)
     if not magic.startswith(b"NRRD"):
         raise ValueError(f"{f.name} is not a NRRD file")
     fields: dict[str, str] = {}
-    while True:
-        raw = f.readline(1 << 20)
+    read = len(magic)
+    while max_bytes is None or read < max_bytes:
+        raw = f.readline(1 << 20 if max_bytes is None else max_bytes)
         if not raw:
             break
+        read += len(raw)
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:
             break
