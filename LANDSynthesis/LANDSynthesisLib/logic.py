@@ -38,6 +38,7 @@ import numpy as np
 import slicer
 
 from . import segments as seglib
+from .mrml import moduleParameterNode
 from .nrrd import RAS_TO_LPS, read_nrrd, read_nrrd_header, write_nrrd
 from .process import ChildProcess, pythonExecutable
 from .resample import conformArray, resampleNearest
@@ -697,17 +698,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ parameter node
     def getParameterNode(self):
-        if _LogicBase is not None:
-            node = _LogicBase.getParameterNode(self)
-            node = getattr(node, "parameterNode", node)  # a parameterNodeWrapper, if Slicer returns one
-        else:
-            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = slicer.vtkMRMLScriptedModuleNode()
-                node.SetSingletonTag(self.moduleName)
-                node.SetModuleName(self.moduleName)
-                node.SetName(self.moduleName)
-                node = slicer.mrmlScene.AddNode(node)
+        node = moduleParameterNode(self, _LogicBase, self.moduleName)
         self.setDefaultParameters(node)
         return node
 

@@ -25,6 +25,7 @@ from .pipeline import (
     TrainingParameters,
     TrainingRun,
     childEnvironment,
+    moduleParameterNode,
     pythonExecutable,
     trainingFinished,
 )
@@ -79,17 +80,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ parameter node
     def getParameterNode(self):
-        if _LogicBase is not None:
-            node = _LogicBase.getParameterNode(self)
-            node = getattr(node, "parameterNode", node)
-        else:
-            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = slicer.vtkMRMLScriptedModuleNode()
-                node.SetSingletonTag(self.moduleName)
-                node.SetModuleName(self.moduleName)
-                node.SetName(self.moduleName)
-                node = slicer.mrmlScene.AddNode(node)
+        node = moduleParameterNode(self, _LogicBase, self.moduleName)
         self.setDefaultParameters(node)
         return node
 

@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
+    from LANDSynthesisLib.mrml import moduleParameterNode  # noqa: F401 (for logic.py)
     from LANDSynthesisLib.process import STDERR, ChildProcess, pythonExecutable  # noqa: F401 (for logic.py)
 except ImportError:  # repository checkout without LANDSynthesis on sys.path
     _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
     if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
         sys.path.append(str(_SYNTHESIS_DIR))
-    from LANDSynthesisLib.process import STDERR, ChildProcess
+    from LANDSynthesisLib.mrml import moduleParameterNode  # noqa: F401 (for logic.py)
+    from LANDSynthesisLib.process import STDERR, ChildProcess, pythonExecutable  # noqa: F401 (for logic.py)
 
 STAGES = ("prepare", "vae", "ldm", "sample", "evaluate")
 STAGE_TITLES = {
