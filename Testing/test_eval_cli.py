@@ -79,7 +79,7 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
     out = tmp_path / "report"
     base = ["evaluate", "--real", str(phantoms), "--generated", str(gen), "--masks", str(phantoms), "--quiet"]
     assert main([*base, "--feature-weights", str(weights), "--ms-ssim-kernel", "3", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["fid"]["available"] and report["fid"]["fid"] > 0 and not report["fid"]["real_stats_cached"]
     assert report["fid"]["fid_x1e3"] == pytest.approx(report["fid"]["fid"] * 1e3)
     assert report["ms_ssim"]["available"] and report["ms_ssim"]["pairs"] == 3
@@ -88,7 +88,7 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
     assert report["fidelity"]["cases"] == 3 and fid_real["lung_dice_mean"] > 0.9  # phantoms obey their masks
     for name in ("montage.png", "hu_histograms.png", "nodule_hu_by_texture.png", "report.md"):
         assert (out / name).stat().st_size > 1000
-    md = (out / "report.md").read_text()
+    md = (out / "report.md").read_text(encoding="utf-8")
     assert report["command"] in md and "| model | FID | FID (x10^3) | MS-SSIM | memory (GB) |" in md
 
     # the real set's statistics are cached per set content and extractor (a small pluggable extractor here)
@@ -111,7 +111,7 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
 
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "r2")]) == 0
-    r2 = json.loads((tmp_path / "r2" / "report.json").read_text())
+    r2 = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))
     assert not r2["fid"]["available"] and WEIGHTS_FILE in r2["fid"]["reason"] and "fid" not in r2["fid"]
     assert not r2["ms_ssim"]["available"] and "112" in r2["ms_ssim"]["reason"]  # 64^3 < 112^3 for kernel 7
     assert "FID unavailable" in capsys.readouterr().out

@@ -126,17 +126,19 @@ def cmake(tmp_path_factory) -> dict:
             text = text.replace(k, v)
         return text
 
-    (stubdir / "UseSlicer.cmake").write_text(USE_SLICER)
-    (stubdir / "GenerateConfig.cmake").write_text('file(APPEND ${LAND_RECORD} "GENERATE_CONFIG\\n")\n')
-    (stubdir / "CPack.cmake").write_text('file(APPEND ${LAND_RECORD} "CPACK\\n")\n')
+    (stubdir / "UseSlicer.cmake").write_text(USE_SLICER, encoding="utf-8")
+    (stubdir / "GenerateConfig.cmake").write_text(
+        'file(APPEND ${LAND_RECORD} "GENERATE_CONFIG\\n")\n', encoding="utf-8"
+    )
+    (stubdir / "CPack.cmake").write_text('file(APPEND ${LAND_RECORD} "CPACK\\n")\n', encoding="utf-8")
     driver = tmp / "driver.cmake"
-    driver.write_text(fill(STUBS) + fill(DRIVER_TAIL))
+    driver.write_text(fill(STUBS) + fill(DRIVER_TAIL), encoding="utf-8")
     proc = subprocess.run([exe, "-P", str(driver)], capture_output=True, text=True, cwd=tmp)
     assert proc.returncode == 0, f"cmake -P failed:\n{proc.stdout}\n{proc.stderr}"
     out: dict = {"modules": {}, "scripts": {}, "resources": {}, "installs": [], "unittests": [], "vars": {}}
     out["calls"] = []
     out["warnings"] = proc.stderr
-    for line in record.read_text().splitlines():
+    for line in record.read_text(encoding="utf-8").splitlines():
         kind, *rest = line.split("|")
         out["calls"].append(kind)
         if kind == "MODULE":
@@ -167,7 +169,7 @@ def on_disk(folder: Path, pattern: str) -> set[str]:
 
 def shared_resources(cmake: dict) -> set[str]:
     """Repository-relative shared resources the LANDSynthesis CMake file lists (installed or warned about)."""
-    text = (REPO / "LANDSynthesis" / "CMakeLists.txt").read_text()
+    text = (REPO / "LANDSynthesis" / "CMakeLists.txt").read_text(encoding="utf-8")
     m = re.search(r"set\(LAND_SHARED_RESOURCES\s(.*?)\)", text, re.S)
     assert m, "LANDSynthesis/CMakeLists.txt has no set(LAND_SHARED_RESOURCES ...)"
     return {w for w in m.group(1).split() if not w.startswith("#")}
@@ -268,17 +270,17 @@ def test_update_script_rewrites_a_stale_block(tmp_path):
         )
     shutil.copytree(REPO / "Resources", tmp_path / "Resources")
     cmake_file = tmp_path / "LANDTraining" / "CMakeLists.txt"
-    original = cmake_file.read_text()
+    original = cmake_file.read_text(encoding="utf-8")
     stale = re.sub(
         r"(set\(MODULE_LIB_SCRIPTS\n)(.*?)(  \))", r"\1  LANDTrainingLib/gone.py\n\3", original, flags=re.S
     )
-    cmake_file.write_text(stale)
-    (tmp_path / "LANDTraining" / "LANDTrainingLib" / "extra.py").write_text("")
+    cmake_file.write_text(stale, encoding="utf-8")
+    (tmp_path / "LANDTraining" / "LANDTrainingLib" / "extra.py").write_text("", encoding="utf-8")
     changes = ucl.update(tmp_path, check=True)
     assert any("extra.py" in c and "gone.py" in c for c in changes), changes
-    assert cmake_file.read_text() == stale  # --check writes nothing
+    assert cmake_file.read_text(encoding="utf-8") == stale  # --check writes nothing
     ucl.update(tmp_path)
-    new = cmake_file.read_text()
+    new = cmake_file.read_text(encoding="utf-8")
     assert ucl.listed(new, "module-lib") == sorted(
         ["LANDTrainingLib/__init__.py", "LANDTrainingLib/extra.py", "LANDTrainingLib/logic.py",
          "LANDTrainingLib/pipeline.py"]
@@ -290,7 +292,7 @@ def test_update_script_rewrites_a_stale_block(tmp_path):
 # ---------------------------------------------------------------------------------------------- metadata
 def read_s4ext() -> dict[str, str]:
     fields: dict[str, str] = {}
-    for line in (REPO / "LANDExtension.s4ext").read_text().splitlines():
+    for line in (REPO / "LANDExtension.s4ext").read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -309,7 +311,7 @@ def test_s4ext_has_every_field():
 
 
 def test_catalog_json_follows_the_schema():
-    entry = json.loads((REPO / "LANDExtension.json").read_text())
+    entry = json.loads((REPO / "LANDExtension.json").read_text(encoding="utf-8"))
     missing = [k for k in CATALOG_REQUIRED if k not in entry]
     assert not missing, f"LANDExtension.json lacks required {missing}"
     extra = sorted(set(entry) - set(CATALOG_TYPES))
@@ -323,7 +325,11 @@ def test_catalog_json_follows_the_schema():
 
 
 def test_metadata_agree(cmake):
-    s4ext, entry, v = read_s4ext(), json.loads((REPO / "LANDExtension.json").read_text()), cmake["vars"]
+    s4ext, entry, v = (
+        read_s4ext(),
+        json.loads((REPO / "LANDExtension.json").read_text(encoding="utf-8")),
+        cmake["vars"],
+    )
     assert entry["category"] == s4ext["category"] == v["EXTENSION_CATEGORY"]
     assert entry["scm_url"] == s4ext["scmurl"]
     assert entry.get("scm_revision") == s4ext["scmrevision"]

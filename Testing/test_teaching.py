@@ -263,11 +263,11 @@ def test_resume_skips_finished_cases_and_refuses_other_settings(rotated_set):
     out, settings, pipe = rotated_set
     again = make_teaching_set(out, settings, pipe, steps=STEPS, burn_in=False, device="cpu", rank=0, world=1)
     assert again.generated == [] and again.skipped == ["case_001", "case_002"] and again.complete
-    before = json.loads((out / "key" / "cases" / "case_002.json").read_text())
+    before = json.loads((out / "key" / "cases" / "case_002.json").read_text(encoding="utf-8"))
     (out / "key" / "cases" / "case_002.json").unlink()
     redo = make_teaching_set(out, settings, pipe, steps=STEPS, burn_in=False, device="cpu", rank=0, world=1)
     assert redo.generated == ["case_002"] and redo.complete
-    after = json.loads((out / "key" / "cases" / "case_002.json").read_text())
+    after = json.loads((out / "key" / "cases" / "case_002.json").read_text(encoding="utf-8"))
     assert after["nodules"][0]["centre_mm"] == before["nodules"][0]["centre_mm"]
     assert after["series_uid"] != before["series_uid"]  # fresh UIDs for a regenerated series
     with pytest.raises(InputError, match="other settings"):
@@ -277,14 +277,14 @@ def test_resume_skips_finished_cases_and_refuses_other_settings(rotated_set):
 def test_answer_files_agree(phantom_set):
     out, _ = phantom_set
     key = out / "key"
-    doc = json.loads((key / "answers.json").read_text())
+    doc = json.loads((key / "answers.json").read_text(encoding="utf-8"))
     assert doc["synthetic"] is True and [c["case"] for c in doc["cases"]] == [
         "case_001",
         "case_002",
         "case_003",
     ]
     assert sum(1 for c in doc["cases"] if c["nodules"]) == 2
-    with (key / "answers.csv").open() as fh:
+    with (key / "answers.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     flat = [(c["case"], n) for c in doc["cases"] for n in c["nodules"]]
     assert len(rows) == len(flat) >= 2
@@ -292,7 +292,7 @@ def test_answer_files_agree(phantom_set):
         assert row["case"] == case and int(row["nodule"]) == n["nodule"] and int(row["slice"]) == n["slice"]
         assert np.allclose([float(row[a]) for a in ("x_mm", "y_mm", "z_mm")], n["centre_mm"], atol=0.01)
         assert float(row["diameter_mm"]) == n["diameter_mm"] and 6 <= n["diameter_mm"] <= 20
-    page = (key / "index.html").read_text()
+    page = (key / "index.html").read_text(encoding="utf-8")
     assert "SYNTHETIC" in page and all(f"thumbnails/{c}.png" in page for c in ("case_001", "case_003"))
 
 
@@ -317,7 +317,7 @@ def test_scoring_on_a_constructed_reads_file(tmp_path):
         "ann,case_001,40,0,9\n"  # 9 mm from nodule 2 (r 3 + 5 = 8): false positive, nodule 2 missed
         "ann,case_002,100,100,100\n"  # normal case: false positive
         "ann,SYNTHETIC^LAND^case_003,0,0,64\n"  # 14 mm from nodule (r 10 + 5 = 15): hit
-    )
+    , encoding="utf-8")
     marks = read_reads(reads, cases)
     r = score_reads(cases, nodules, marks, margin_mm=5.0)
     assert (r["nodules"], r["detected"], r["false_positives"], r["duplicates"]) == (3, 2, 2, 1)
@@ -331,7 +331,7 @@ def test_scoring_on_a_constructed_reads_file(tmp_path):
     # RAS columns (3D Slicer) are converted to LPS: the same marks give the same result
     ras = tmp_path / "ras.csv"
     ras.write_text("case,r,a,s\ncase_001,-3,-4,0\ncase_001,-1,0,0\ncase_001,-40,0,9\ncase_002,-100,-100,100\n"
-                   "case_003,0,0,64\n")  # fmt: skip
+                   "case_003,0,0,64\n", encoding="utf-8")  # fmt: skip
     assert score_reads(cases, nodules, read_reads(ras, cases), margin_mm=5.0) == r
     # a mark between two nodules goes to the one whose surface is nearer
     two = score_reads(cases, nodules, [Mark("case_001", (30.0, 0.0, 0.0), 2)], margin_mm=8.0)
@@ -347,7 +347,7 @@ def test_score_cli_against_a_real_key(phantom_set, tmp_path):
         "case,x,y,z\n"
         f"{first.case},{first.centre_mm[0] + 2},{first.centre_mm[1]},{first.centre_mm[2]}\n"
         f"{cases[0]},500,500,500\n"
-    )
+    , encoding="utf-8")
     code, text = run_cli(["teaching-score", "--answers", str(out), "--reads", str(reads), "--json"])
     r = json.loads(text)
     assert code == 0 and r["detected"] == 1 and r["nodules"] == len(nodules)
@@ -356,11 +356,11 @@ def test_score_cli_against_a_real_key(phantom_set, tmp_path):
     code, text = run_cli(["teaching-score", "--answers", str(out), "--reads", str(reads)])
     assert code == 0 and "sensitivity" in text and "per texture" in text
     bad = tmp_path / "bad.csv"
-    bad.write_text("case,x,y,z\ncase_999,0,0,0\n")
+    bad.write_text("case,x,y,z\ncase_999,0,0,0\n", encoding="utf-8")
     code, _ = run_cli(["teaching-score", "--answers", str(out), "--reads", str(bad)])
     assert code == 2
     with pytest.raises(InputError, match="lacks the column"):
-        bad.write_text("case,x,y\ncase_001,0,0\n")
+        bad.write_text("case,x,y\ncase_001,0,0\n", encoding="utf-8")
         read_reads(bad, cases)
 
 

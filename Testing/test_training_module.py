@@ -184,12 +184,16 @@ def test_progress_tail_follows_a_rewritten_file(tmp_path):
     path = tmp_path / "progress.jsonl"
     tail = pipeline.ProgressTail(path)
     assert tail.read() == []
-    path.write_text('{"event": "start", "total": 4}\n{"event": "step", "step": 1}\n{"event": "st')
+    path.write_text(
+        '{"event": "start", "total": 4}\n{"event": "step", "step": 1}\n{"event": "st', encoding="utf-8"
+    )
     assert [e["event"] for e in tail.read()] == ["start", "step"]  # the cut line waits
-    with path.open("a") as f:
+    with path.open("a", encoding="utf-8") as f:
         f.write('ep", "step": 2}\n')
     assert tail.read() == [{"event": "step", "step": 2}]
-    path.write_text('{"event": "start", "start_step": 1}\n')  # a resumed run truncates the file
+    path.write_text(
+        '{"event": "start", "start_step": 1}\n', encoding="utf-8"
+    )  # a resumed run truncates the file
     assert tail.read() == [{"event": "start", "start_step": 1}] and tail.restarted
 
 
@@ -219,7 +223,11 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
     assert run.state == TrainingRun.STOPPED, run.summary()
     assert [run.statuses[s].state for s in run.stages] == [SKIPPED, STOPPED, STOPPED]
     assert pids and not [p for p in pids if alive(psutil, p)]
-    events = [json.loads(x) for x in (out / "vae" / "progress.jsonl").read_text().splitlines() if x.strip()]
+    events = [
+        json.loads(x)
+        for x in (out / "vae" / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+        if x.strip()
+    ]
     checkpoint_step = max(e["step"] for e in events if e["event"] == "checkpoint")
     assert 2 <= checkpoint_step < 2000 and not pipeline.trainingFinished(out / "vae")
     assert any(stage == "prepare" and "skipped" in line for stage, _, line in logs)
@@ -239,11 +247,13 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
     assert [run.statuses[s].state for s in run.stages] == [SKIPPED, DONE, DONE]
     assert "--resume" in run.statuses["vae"].arguments and "--resume" not in run.statuses["ldm"].arguments
     starts = [
-        json.loads(x) for x in (out / "vae" / "progress.jsonl").read_text().splitlines() if '"start"' in x
+        json.loads(x)
+        for x in (out / "vae" / "progress.jsonl").read_text(encoding="utf-8").splitlines()
+        if '"start"' in x
     ]
     assert starts[-1]["start_step"] == checkpoint_step and starts[-1]["total"] == vae_steps
     assert run.modelDirectory == (out / "ldm").resolve()
-    assert json.loads((out / "ldm" / "model.json").read_text())["trained"] is True
+    assert json.loads((out / "ldm" / "model.json").read_text(encoding="utf-8"))["trained"] is True
 
     # 4. the loss curves: every logged VAE step (before and after the stop) in the table and the chart
     table, chart = training_logic.lossNodes("vae")
@@ -303,13 +313,13 @@ def test_headless_script_exit_codes(phantoms, tmp_path):
     assert (tmp_path / "c" / "logs" / "prepare.log").is_file()
     # a child that exits non-zero (a config the engine rejects): exit 1, naming the command and its code
     config = tmp_path / "broken.json"
-    config.write_text('{"name": "broken"}')
+    config.write_text('{"name": "broken"}', encoding="utf-8")
     child = run_script(
         "--data", str(phantoms), "--out", str(tmp_path / "e"), "--stage", "vae", "--config", str(config)
     )
     assert child.returncode == 1, child.stdout + child.stderr
     assert "land train-vae exited with code 2" in child.stdout
-    assert "error:" in (tmp_path / "e" / "logs" / "vae.log").read_text()
+    assert "error:" in (tmp_path / "e" / "logs" / "vae.log").read_text(encoding="utf-8")
     # bad arguments: exit 2
     assert (
         run_script("--data", str(phantoms), "--out", str(tmp_path / "d"), "--stage", "nope").returncode == 2

@@ -6,6 +6,7 @@ Exit codes: 0 ok; 2 bad input; 3 model problem; 130 cancelled (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import json
 import signal
@@ -313,7 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_unencodable(err: UnicodeError) -> tuple[str, int]:
+    """Console error handler: undecodable bytes back as bytes, other characters as ``\\uXXXX``."""
+    try:
+        return codecs.lookup_error("surrogateescape")(err)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(err)
+
+
+codecs.register_error("land-console", _escape_unencodable)
+
+
+def tolerant_console() -> None:
+    """Keep printing (``±``, ``–``, non-ASCII paths) on a console that is not UTF-8, e.g. a C locale."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="land-console")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerant_console()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
