@@ -81,7 +81,7 @@ def test_every_text_file_call_names_its_encoding():
 
 def test_cli_works_in_an_ascii_locale(tiny_model_dir, tmp_path):
     """A model folder with a non-ASCII name, listed by ``land info`` in a bare C locale."""
-    model = tmp_path / "modèle-Müller³"
+    model = tmp_path / os.fsdecode("modèle-Müller³".encode())  # UTF-8 bytes on disk in any locale
     shutil.copytree(tiny_model_dir, model)
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     env.pop("PYTHONIOENCODING", None)
@@ -95,7 +95,7 @@ def test_cli_works_in_an_ascii_locale(tiny_model_dir, tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr.decode("utf-8", "replace")[-2000:]
-    assert str(model).encode("utf-8") in res.stdout  # the path's bytes come back as they went in
+    assert os.fsencode(model) in res.stdout  # the path's bytes come back as they went in
     code = "from land.cli import tolerant_console as t; t(); print('MS-SSIM 0.5 \\u00b1 0.1', 'caf\\u00e9')"
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert res.returncode == 0 and res.stdout == b"MS-SSIM 0.5 \\xb1 0.1 caf\\xe9\n", res
