@@ -13,6 +13,7 @@ from land.conditioning import (
     MaskSet,
     NoduleOutsideLungWarning,
     encode_conditioning,
+    nodule_region,
     parse_texture_overrides,
     pool_to_latent,
 )
@@ -59,6 +60,20 @@ def test_encoded_values_per_mode(mode: str, lung: float, nod1: float, nod2: floa
     expected = {0.0, lung, nod1, nod2} if mode != "none" else {0.0}
     assert set(np.unique(a).tolist()) == {float(np.float32(v)) for v in expected}
     assert a.min() >= 0.0 and a.max() <= 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("texture", [1, 3, 5])
+def test_nodule_region_finds_the_nodules_in_every_mode(mode: str, texture: int) -> None:
+    masks = make_masks({1: texture, 2: texture})
+    cond = torch.from_numpy(encode_conditioning(masks, mode).array)
+    found = nodule_region(cond).numpy()
+    nodules = masks.nodules.array > 0
+    assert np.array_equal(found, nodules if mode != "none" else np.zeros_like(nodules))
+    pooled = nodule_region(pool_to_latent(cond, 2))[0, 0].numpy()  # also on the latent grid
+    assert pooled.sum() == (0 if mode == "none" else 2) and pooled[
+        NOD2[0] // 2, NOD2[1] // 2, NOD2[2] // 2
+    ] == (mode != "none")
 
 
 def test_all_textures_encode_as_texture_over_five() -> None:

@@ -113,6 +113,39 @@ def test_patches_are_deterministic_and_inside(dataset):
         PatchDataset(read_manifest(dataset), (64, 64, 64))[(0, 1)]
 
 
+def test_nodule_centred_patches_and_nodule_masks(dataset):
+    cases = read_manifest(dataset)
+    nodules = [(sitk.GetArrayFromImage(sitk.ReadImage(str(c.nodules))) != 0) for c in cases]
+    images = [sitk.GetArrayFromImage(sitk.ReadImage(str(c.image))) for c in cases]
+    plain = PatchDataset(cases, (8, 8, 8))
+    centred = PatchDataset(cases, (8, 8, 8), nodule_fraction=1.0, with_nodules=True)
+    half = PatchDataset(cases, (8, 8, 8), nodule_fraction=0.5, with_nodules=True)
+    hits_plain = hits_half = 0
+    for seed in range(40):
+        i = seed % len(cases)
+        patch, mask = centred[(i, seed)]
+        assert patch.shape == mask.shape == (1, 8, 8, 8) and mask.dtype == torch.float32
+        assert mask.sum() > 0  # every patch holds part of a nodule
+        hits_plain += bool(mask_of(plain[(i, seed)], seed, images[i], nodules[i]).any())
+        p2, m2 = half[(i, seed)]
+        hits_half += bool(m2.sum() > 0)
+        if not m2.sum():
+            assert torch.equal(p2, plain[(i, seed)])  # not centred: the same uniform patch as before
+    assert hits_plain < hits_half < 40
+    with pytest.raises(InputError, match="nodule_fraction"):
+        PatchDataset(cases, (8, 8, 8), nodule_fraction=1.5)
+
+
+def mask_of(patch: torch.Tensor, seed: int, image: np.ndarray, nodules: np.ndarray) -> np.ndarray:
+    """The nodule mask under a uniform patch (corner from land.data.sampling.patch_origin)."""
+    from land.data.sampling import patch_origin
+
+    z, y, x = patch_origin(nodules.shape, patch.shape[1:], seed)
+    d, h, w = patch.shape[1:]
+    assert np.array_equal(hu_to_unit(image[z : z + d, y : y + h, x : x + w]), patch[0].numpy())
+    return nodules[z : z + d, y : y + h, x : x + w]
+
+
 def test_data_order_is_a_function_of_seed_and_step_and_splits_ranks():
     n = 10
     assert case_indices(n, 3, 5, 2) == case_indices(n, 3, 5, 2)

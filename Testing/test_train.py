@@ -20,7 +20,7 @@ from land.errors import InputError
 from land.io import read_volume
 from land.pipeline import LANDPipeline
 from land.train.config import PerceptualConfig, load_config, parse_config, with_overrides
-from land.train.ldm_trainer import train_ldm
+from land.train.ldm_trainer import nodule_weighted_mse, train_ldm
 from land.train.perceptual import build_perceptual
 from land.train.preview import montage, write_png
 from land.train.vae_trainer import train_vae
@@ -59,7 +59,16 @@ def test_bundled_configs_and_errors_name_the_key():
         cfg = load_config(name)
         cfg.model_config().validate()
     paper = load_config("paper")
-    assert paper.vae.loss_weights == {"l1": 1.0, "perceptual": 0.3, "kl": 1e-7, "adversarial": 0.1}
+    assert paper.vae.loss_weights == {
+        "l1": 1.0,
+        "perceptual": 0.3,
+        "kl": 1e-7,
+        "adversarial": 0.1,
+        "nodule_l1": 0,
+    }
+    assert (
+        paper.vae.nodule_patch_fraction == 0 and paper.ldm.nodule_loss_weight == 0
+    )  # the paper's plain losses
     assert paper.ldm.lr == 1e-5 and paper.ldm.min_snr_gamma == 5.0 and paper.vae.patch_size == (128, 128, 128)
     assert paper.ldm.mode == "nodule+lung+texture" and paper.model_config().latent_size == (64, 64, 64)
     raw = load_config("tiny").raw
@@ -71,6 +80,8 @@ def test_bundled_configs_and_errors_name_the_key():
         ({"ldm": {**raw["ldm"], "bogus": 1}}, "ldm.bogus"),
         ({"ldm": {**raw["ldm"], "mode": "lung"}}, "ldm.mode"),
         ({"ldm": {**raw["ldm"], "cond_dropout": 1.5}}, "ldm.cond_dropout"),
+        ({"ldm": {**raw["ldm"], "nodule_loss_weight": -1}}, "ldm.nodule_loss_weight"),
+        ({"vae": {**raw["vae"], "nodule_patch_fraction": 1.5}}, "vae.nodule_patch_fraction"),
         ({"vae": {**raw["vae"], "patch_size": [18, 16, 16]}}, "vae.patch_size"),
         ({"vae": {**raw["vae"], "architecture": "huge"}}, "vae.architecture"),
         ({"data": {**raw["data"], "grid_size": [40, 40, 40]}}, "data.grid_size"),
@@ -200,6 +211,43 @@ def test_vae_training_with_perceptual_loss_records_it(data, tmp_path):
     assert all("perceptual" in e["losses"] for e in lines if e["event"] == "step")
     prov = json.loads((out / "model.json").read_text(encoding="utf-8"))["provenance"]
     assert prov["perceptual"]["weights_sha256"] == lines[0]["perceptual"]["weights_sha256"]
+
+
+def test_nodule_weighted_mse():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, 4, generator=g)
+    cond = torch.full((2, 1, 4, 4, 4), 0.1)  # lung
+    cond[0, 0, 1, 2, 3] = 0.2  # a texture-1 nodule voxel in sample 0 only
+    plain = (pred - target).pow(2).flatten(1).mean(1)
+    assert torch.allclose(nodule_weighted_mse(pred, target, cond, 0.0), plain)
+    weighted = nodule_weighted_mse(pred, target, cond, 9.0)
+    error = (pred - target).pow(2)[0]
+    n = error.numel()
+    expected0 = (error.sum() + 9.0 * error[:, 1, 2, 3].sum()) / (n + 9.0 * 4)
+    assert torch.allclose(weighted[0], expected0) and torch.allclose(weighted[1], plain[1])
+
+
+def test_vae_training_with_nodule_emphasis(data, tmp_path):
+    cfg = with_overrides(
+        load_config("tiny"),
+        "vae",
+        nodule_patch_fraction=1.0,
+        latent_scale_cases=1,
+        **{"loss_weights.nodule_l1": 2.0},
+    )
+    out = train_vae(cfg, data, tmp_path / "vae", max_steps=3, device="cpu", progress="none")
+    steps = [e for e in progress_lines(out) if e["event"] == "step"]
+    assert steps and all(e["losses"]["nodule_l1"] > 0 for e in steps)  # every patch holds a nodule
+    last, w = steps[-1]["losses"], cfg.vae.loss_weights
+    terms = {
+        "l1": "l1",
+        "kl": "kl",
+        "perceptual": "perceptual",
+        "nodule_l1": "nodule_l1",
+        "generator_adv": "adversarial",
+    }
+    parts = {k: w[weight] * last[k] for k, weight in terms.items() if k in last}
+    assert last["total"] == pytest.approx(sum(parts.values()), rel=1e-4) and parts["nodule_l1"] > 0
 
 
 def test_png_writer_and_montage(tmp_path):

@@ -291,6 +291,15 @@ def pool_to_latent(cond: np.ndarray | torch.Tensor | Volume, factor: int = 4) ->
     return F.max_pool3d(t, kernel_size=factor, stride=factor)
 
 
+def nodule_region(cond: torch.Tensor) -> torch.Tensor:
+    """Where an encoded conditioning mask (any mode, any grid) marks a nodule: values above the lung's.
+
+    Nodules encode as >= 1/5 (texture 1) and lungs as 0.1, so the threshold halfway between finds every
+    nodule in every mode; in mode ``none`` (all zeros) nothing is found.
+    """
+    return cond > (LUNG_VALUE + 1.0) / (2 * SCALE)
+
+
 _PAIR = re.compile(r"^\s*([^=]*?)\s*=\s*(.*?)\s*$")
 
 

@@ -233,8 +233,12 @@ class FolderDataset(Dataset):
 class PatchDataset(Dataset):
     """Random VAE training patches. Items are addressed by ``(case_index, patch_seed)`` tuples.
 
-    ``patch_size`` is x, y, z (like the grid size); the patch tensor is (1, z, y, x) in [0, 1]. Up to
-    ``cache_volumes`` CT volumes are kept in memory (int16 HU) so that repeated cases are not re-read.
+    ``patch_size`` is x, y, z (like the grid size); the patch tensor is (1, z, y, x) in [0, 1]. A share
+    ``nodule_fraction`` of the patches is centred (jittered by up to a quarter patch) on a random nodule
+    voxel of the case, so that small nodules are not almost absent from training; cases without nodules
+    always give uniform patches. With ``with_nodules`` an item is ``(patch, nodule_mask)``, the mask a
+    (1, z, y, x) float tensor of 0/1. Up to ``cache_volumes`` cases are kept in memory (int16 HU + nodule
+    mask) so that repeated cases are not re-read.
     """
 
     def __init__(
@@ -244,17 +248,22 @@ class PatchDataset(Dataset):
         hu_min: float = -1000.0,
         hu_max: float = 1000.0,
         cache_volumes: int = 0,
+        nodule_fraction: float = 0.0,
+        with_nodules: bool = False,
     ) -> None:
+        if not 0.0 <= nodule_fraction <= 1.0:
+            raise InputError(f"nodule_fraction must be in [0, 1], got {nodule_fraction}")
         self.cases = list(cases)
         self.patch_zyx = tuple(int(p) for p in reversed(tuple(patch_size)))
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
         self.cache_volumes = int(cache_volumes)
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.nodule_fraction, self.with_nodules = float(nodule_fraction), bool(with_nodules)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def _volume(self, index: int) -> np.ndarray:
+    def _volume(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
@@ -262,20 +271,49 @@ class PatchDataset(Dataset):
         if not files.image.is_file():
             raise InputError(f"case {files.name}: {files.image} is missing")
         array = read_volume(files.image).array
+        nodules = None
+        if (self.nodule_fraction > 0 or self.with_nodules) and files.nodules.is_file():
+            nodules = read_volume(files.nodules).array != 0
+            if nodules.shape != array.shape:
+                raise InputError(
+                    f"case {files.name}: nodules {nodules.shape} and image {array.shape} differ in size; "
+                    "run land check-data"
+                )
+        entry = (array, nodules)
         if self.cache_volumes > 0:
-            self._cache[index] = array
+            self._cache[index] = entry
             while len(self._cache) > self.cache_volumes:
                 self._cache.popitem(last=False)
-        return array
+        return entry
 
-    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+    def _corner(self, shape: tuple[int, ...], nodules: np.ndarray | None, seed: int) -> tuple[int, ...]:
         from .sampling import patch_origin
 
+        rng = np.random.default_rng([int(seed), 0x40D])
+        if nodules is None or self.nodule_fraction <= 0 or rng.random() >= self.nodule_fraction:
+            return patch_origin(shape, self.patch_zyx, seed)
+        voxels = np.flatnonzero(nodules)
+        if voxels.size == 0:
+            return patch_origin(shape, self.patch_zyx, seed)
+        centre = np.unravel_index(int(voxels[rng.integers(voxels.size)]), shape)
+        corner = []
+        for c, p, s in zip(centre, self.patch_zyx, shape, strict=True):
+            jitter = int(rng.integers(-(p // 4), p // 4 + 1))
+            corner.append(int(np.clip(c - p // 2 + jitter, 0, s - p)))
+        return tuple(corner)
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        array = self._volume(int(index))
-        try:
-            corner = patch_origin(array.shape, self.patch_zyx, seed)
-        except ValueError as e:
-            raise InputError(f"case {self.cases[index].name}: {e}; use a smaller vae.patch_size") from e
+        array, nodules = self._volume(int(index))
+        if any(p > s for p, s in zip(self.patch_zyx, array.shape, strict=True)):
+            raise InputError(
+                f"case {self.cases[index].name}: patch {self.patch_zyx} is larger than the volume "
+                f"{array.shape}; use a smaller vae.patch_size"
+            )
+        corner = self._corner(array.shape, nodules, seed)
         sl = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_zyx, strict=True))
-        return torch.from_numpy(hu_to_unit(array[sl], self.hu_min, self.hu_max))[None]
+        patch = torch.from_numpy(hu_to_unit(array[sl], self.hu_min, self.hu_max))[None]
+        if not self.with_nodules:
+            return patch
+        mask = np.zeros(self.patch_zyx, np.float32) if nodules is None else nodules[sl].astype(np.float32)
+        return patch, torch.from_numpy(mask)[None]

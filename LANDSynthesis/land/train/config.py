@@ -77,7 +77,7 @@ class VAETrainConfig:
     lr: float
     discriminator_lr: float
     steps: int
-    loss_weights: dict[str, float]  # l1, perceptual, kl, adversarial
+    loss_weights: dict[str, float]  # l1, perceptual, kl, adversarial, nodule_l1
     adversarial_warmup: int
     discriminator_channels: int
     discriminator_layers: int
@@ -90,6 +90,7 @@ class VAETrainConfig:
     checkpoint_every: int
     num_workers: int
     cache_volumes: int
+    nodule_patch_fraction: float  # share of patches centred on a nodule voxel
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class LDMTrainConfig:
     amp: bool
     log_every: int
     checkpoint_every: int
+    nodule_loss_weight: float  # extra MSE weight on latent voxels under a nodule (0: plain mean)
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ VAE_DEFAULTS: dict[str, Any] = {
     "lr": 1e-4,
     "discriminator_lr": 1e-4,
     "steps": 100_000,
-    "loss_weights": {"l1": 1.0, "perceptual": 0.3, "kl": 1e-7, "adversarial": 0.1},
+    "loss_weights": {"l1": 1.0, "perceptual": 0.3, "kl": 1e-7, "adversarial": 0.1, "nodule_l1": 0.0},
     "adversarial_warmup": 5_000,
     "discriminator": {"channels": 32, "num_layers": 3},
     "perceptual": {
@@ -236,6 +238,7 @@ VAE_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 500,
     "num_workers": 2,
     "cache_volumes": 8,
+    "nodule_patch_fraction": 0.0,
 }
 LDM_DEFAULTS: dict[str, Any] = {
     "architecture": "paper",
@@ -256,6 +259,7 @@ LDM_DEFAULTS: dict[str, Any] = {
     "amp": True,
     "log_every": 10,
     "checkpoint_every": 1_000,
+    "nodule_loss_weight": 0.0,
 }
 TOP_DEFAULTS: dict[str, Any] = {
     "name": "custom",
@@ -264,7 +268,7 @@ TOP_DEFAULTS: dict[str, Any] = {
     "vae": VAE_DEFAULTS,
     "ldm": LDM_DEFAULTS,
 }
-LOSS_KEYS = ("l1", "perceptual", "kl", "adversarial")
+LOSS_KEYS = ("l1", "perceptual", "kl", "adversarial", "nodule_l1")
 
 
 def _architecture(sec: _Section, table: dict, cls: type, what: str) -> tuple[Any, str | None]:
@@ -338,6 +342,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         checkpoint_every=sec.int("checkpoint_every", 1),
         num_workers=sec.int("num_workers", 0),
         cache_volumes=sec.int("cache_volumes", 0),
+        nodule_patch_fraction=sec.float("nodule_patch_fraction", 0.0, 1.0),
     )
 
 
@@ -372,6 +377,7 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
         amp=sec.bool("amp"),
         log_every=sec.int("log_every", 1),
         checkpoint_every=sec.int("checkpoint_every", 1),
+        nodule_loss_weight=sec.float("nodule_loss_weight"),
     )
 
 

@@ -3,9 +3,11 @@
 Per step: latents ``z`` (posterior mean x latent scale) and latent-grid conditioning of a batch of cases,
 ``t ~ U{0..999}``, ``x_t = alpha_t z + sigma_t eps``; the U-Net predicts ``v = alpha_t eps - sigma_t z`` and
 the loss is the Min-SNR-gamma weighted MSE (``min(SNR, gamma) / (SNR + 1)`` per sample). With probability
-``ldm.cond_dropout`` a sample's conditioning is replaced by zeros. AdamW, EMA of the weights (the saved
-model), periodic previews (few-step DPM-Solver++(2M) sample, decoded, PNG montage). The output is a LAND
-model directory with ``trained: true``.
+``ldm.cond_dropout`` a sample's conditioning is replaced by zeros. ``ldm.nodule_loss_weight`` w > 0 makes
+the MSE a weighted mean, weight 1 + w on latent voxels the (kept) conditioning marks as nodule: a nodule is a
+few latent voxels among tens of thousands, so a plain mean barely trains it (0 in the paper's config).
+AdamW, EMA of the weights (the saved model), periodic previews (few-step DPM-Solver++(2M) sample, decoded,
+PNG montage). The output is a LAND model directory with ``trained: true``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..conditioning import nodule_region
 from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
@@ -133,6 +136,7 @@ class LDMParts:
     min_snr_gamma: float
     cond_dropout: float
     grad_clip: float
+    nodule_loss_weight: float = 0.0
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -177,7 +181,20 @@ def build_ldm_parts(
         min_snr_gamma=lc.min_snr_gamma,
         cond_dropout=lc.cond_dropout,
         grad_clip=lc.grad_clip,
+        nodule_loss_weight=lc.nodule_loss_weight,
     )
+
+
+def nodule_weighted_mse(
+    pred: torch.Tensor, target: torch.Tensor, cond: torch.Tensor, nodule_weight: float
+) -> torch.Tensor:
+    """Per-sample MSE (N,): a plain mean, or with ``nodule_weight`` w > 0 the mean weighted 1 + w on the
+    latent voxels ``cond`` (N, 1, d, h, w) marks as nodule (all channels)."""
+    error = (pred - target).pow(2)
+    if nodule_weight <= 0:
+        return error.flatten(1).mean(dim=1)
+    weight = (1.0 + nodule_weight * nodule_region(cond).to(error.dtype)).expand_as(error).flatten(1)
+    return (error.flatten(1) * weight).sum(dim=1) / weight.sum(dim=1)
 
 
 def ldm_train_step(
@@ -194,7 +211,7 @@ def ldm_train_step(
     target = p.schedule.velocity(z0, noise, t)
     with p.autocast():
         pred = p.unet_run(x_t, t, cond)
-    mse = (pred.float() - target).pow(2).flatten(1).mean(dim=1)
+    mse = nodule_weighted_mse(pred.float(), target, cond, p.nodule_loss_weight)
     loss = (min_snr_weight(t, p.schedule, p.min_snr_gamma) * mse).mean()
     p.opt.zero_grad(set_to_none=True)
     p.scaler.scale(loss).backward()

@@ -2,7 +2,9 @@
 
 Loss (LAND / MAISI weights, ``vae.loss_weights``): ``l1 * |x' - x| + perceptual * P(x', x) + kl * KL +
 adversarial * LSGAN(D(x'))``, the adversarial term (and the discriminator, MONAI ``PatchDiscriminator`` with
-``PatchAdversarialLoss(least_squares)``) only from step ``vae.adversarial_warmup`` on. Validation
+``PatchAdversarialLoss(least_squares)``) only from step ``vae.adversarial_warmup`` on. Nodules are a tiny
+share of a chest CT; ``nodule_l1 * mean |x' - x| over nodule voxels`` and ``vae.nodule_patch_fraction``
+(patches centred on nodules) keep them from being averaged away (both off in the paper's config). Validation
 reconstructs whole volumes (posterior mean, tiled decoding for large volumes). At the end the latent scale
 (1 / std of the posterior means of a few training volumes, LDM-style) is computed and OUT becomes a LAND
 model directory whose U-Net is untrained (``trained: false``, ``provenance.vae_trained: true``): the
@@ -201,16 +203,27 @@ def build_vae_parts(
     )
 
 
-def vae_train_step(p: VAEParts, x: torch.Tensor, adversarial: bool) -> dict[str, float]:
-    """One generator step (+ one discriminator step when ``adversarial``); returns the losses."""
+def vae_train_step(
+    p: VAEParts, x: torch.Tensor, adversarial: bool, nodules: torch.Tensor | None = None
+) -> dict[str, float]:
+    """One generator step (+ one discriminator step when ``adversarial``); returns the losses.
+
+    ``nodules`` (0/1, shaped like ``x``) adds ``nodule_l1`` times the mean L1 over nodule voxels.
+    """
     w = p.weights
     with p.autocast():
         recon, mu, sigma = p.vae_run(x)
         recon = recon.float()
-        l1 = (recon - x).abs().mean()
+        error = (recon - x).abs()
+        l1 = error.mean()
         kl = kl_divergence(mu, sigma)
         loss_g = w["l1"] * l1 + w["kl"] * kl
         losses = {"l1": l1.item(), "kl": kl.item()}
+        if nodules is not None and w.get("nodule_l1", 0.0) > 0:
+            count = nodules.sum()
+            nodule_l1 = (error * nodules).sum() / count.clamp(min=1.0)
+            loss_g = loss_g + w["nodule_l1"] * nodule_l1
+            losses["nodule_l1"] = nodule_l1.item()  # 0 for a batch without nodule voxels
         if p.perceptual is not None and w["perceptual"] > 0:
             perceptual = p.perceptual(recon, x)
             loss_g = loss_g + w["perceptual"] * perceptual
@@ -306,7 +319,15 @@ def _train(
     else:
         log.notice(f"perceptual loss: {vc.perceptual.network} from {perceptual_info.get('weights')}")
 
-    patches = PatchDataset(train_cases, vc.patch_size, *hu, cache_volumes=vc.cache_volumes)
+    with_nodules = vc.loss_weights["nodule_l1"] > 0
+    patches = PatchDataset(
+        train_cases,
+        vc.patch_size,
+        *hu,
+        cache_volumes=vc.cache_volumes,
+        nodule_fraction=vc.nodule_patch_fraction,
+        with_nodules=with_nodules,
+    )
     n, bs = len(train_cases), vc.batch_size
     batches = [
         [
@@ -324,11 +345,14 @@ def _train(
     last_val: dict[str, Any] = {}
     parts.vae.train()
     parts.disc.train()
-    for s, x in zip(range(start, total), loader, strict=False):
+    for s, item in zip(range(start, total), loader, strict=False):
         step = s + 1
         seed_step(cfg.seed, s, ctx.rank)
         adversarial = vc.loss_weights["adversarial"] > 0 and s >= vc.adversarial_warmup
-        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial))
+        x, nodules = item if with_nodules else (item, None)
+        if nodules is not None:
+            nodules = nodules.to(dev, non_blocking=True)
+        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial, nodules))
 
         if due(step, vc.log_every, total):
             log.step(step, mean_across_ranks(meter.pop(), ctx), parts.sched_g.get_last_lr()[0])
