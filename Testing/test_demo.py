@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from land.cli import default_mask_path, default_model_dir
-from land.demo import DEMO_NODULES, make_demo_masks, measure_fidelity
+from land.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
 from land.errors import InputError
 from land.io import read_masks
 
@@ -74,6 +74,12 @@ def test_fidelity_runs_on_held_out_masks(tiny_model_dir, tmp_path):
     assert case["nodules"] and all(1 <= n["texture"] <= 5 for n in case["nodules"])
     assert (tmp_path / "phantom_9000.nii.gz").is_file()
     json.dumps(result)  # JSON-ready
+    phantom, vae = (result["reference"][k] for k in ("phantom", "vae_reconstruction"))
+    assert phantom["cases"][0]["lung_dice"] > 0.95  # the metric finds the phantom's own lungs
+    assert len(phantom["cases"][0]["nodules"]) == len(vae["cases"][0]["nodules"]) == len(case["nodules"])
+    assert all(n["visible"] for n in phantom["cases"][0]["nodules"] if n["diameter_mm"] >= 10)
+    table = fidelity_table(result)
+    assert "Phantom itself" in table and "VAE reconstruction" in table and "By nodule size" in table
 
 
 @pytest.fixture(scope="module")

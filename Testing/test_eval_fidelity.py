@@ -80,6 +80,9 @@ def test_nodule_stats_match_brute_force_on_anisotropic_grid():
     assert stats[1].visible and stats[1].contrast_hu > 800
     assert not stats[2].visible  # lung-like nodule: contrast below the noise
     assert stats[1].inside_lung_fraction == 1.0
+    volume = int((labels == 1).sum()) * 1.0 * 1.5 * 2.0
+    assert stats[1].diameter_mm == pytest.approx((6 * volume / math.pi) ** (1 / 3))
+    assert 7.0 < stats[1].diameter_mm < 9.0  # the ellipsoid's semi-axes are 4 mm
 
 
 def test_nodule_outside_lung_and_no_surround():
@@ -98,8 +101,20 @@ def test_nodule_outside_lung_and_no_surround():
     assert s2.to_json()["cnr"] is None
 
 
-def _stat(label, texture, hu, visible=True, inside=1.0):
-    return NoduleStat(label, texture, 10, hu, -850.0, 20.0, hu + 850.0, (hu + 850) / 20, visible, inside)
+def _stat(label, texture, hu, visible=True, inside=1.0, diameter=8.0):
+    return NoduleStat(
+        label,
+        texture,
+        10,
+        hu,
+        -850.0,
+        20.0,
+        hu + 850.0,
+        (hu + 850) / 20,
+        visible,
+        inside,
+        diameter_mm=diameter,
+    )
 
 
 def test_fidelity_summary_known_values():
@@ -116,5 +131,13 @@ def test_fidelity_summary_known_values():
     assert s["share_visible"] == 0.75 and s["share_outside_lung"] == 0.25
     assert s["mean_hu_by_texture"] == {"1": -650.0, "3": -300.0, "5": 20.0}
     assert s["by_texture"]["1"]["n"] == 2
+    small = s["by_size"]["below"]
+    assert s["by_size"]["split_mm"] == 6.0 and small["nodules"] == 0 and small["share_visible"] is None
+    assert s["by_size"]["at_or_above"]["nodules"] == 4
+    assert s["by_size"]["at_or_above"]["texture_hu_spearman_rho"] == s["texture_hu_spearman_rho"]
+    cases[0]["nodules"][1] = _stat(2, 3, -300.0, visible=False, diameter=4.0)
+    split = fidelity_summary(cases)["by_size"]
+    assert split["below"]["nodules"] == 1 and split["below"]["share_visible"] == 0.0
+    assert split["at_or_above"]["nodules"] == 3 and split["at_or_above"]["share_visible"] == 1.0
     flat = fidelity_summary([{"lung_dice": 1.0, "nodules": [_stat(1, 2, -500.0)]}])
     assert flat["texture_hu_spearman_rho"] is None and flat["share_outside_lung"] == 0.0

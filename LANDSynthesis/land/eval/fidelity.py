@@ -4,9 +4,10 @@
   method: body, air below -320 HU inside it, airways removed, holes filled) vs the input lung mask.
 * :func:`nodule_stats`: per nodule, its mean HU, the mean / std of the surrounding lung (a shell of
   ``shell_mm`` around the nodule beyond a ``gap_mm`` partial-volume margin, inside the lung mask, outside
-  every nodule), contrast, contrast-to-noise ratio, visibility (``|contrast| > surround std``) and the
-  share of its voxels inside the lung mask.
-* :func:`fidelity_summary`: aggregates over cases.
+  every nodule), contrast, contrast-to-noise ratio, visibility (``|contrast| > surround std``), the
+  share of its voxels inside the lung mask and its size (diameter of the sphere of equal volume).
+* :func:`fidelity_summary`: aggregates over cases, also split at ``size_split_mm`` (default 6 mm: below it
+  a nodule is a handful of voxels at 2 mm and partial volume hides it even in a perfect image).
 
 Arrays are indexed [z, y, x] (like :class:`land.volume.Volume`); ``spacing`` is (x, y, z) in mm, ITK order,
 as ``Volume.spacing``.
@@ -26,6 +27,7 @@ from ..volume import Volume
 
 SHELL_MM = 4.0
 GAP_MM = 1.0
+SIZE_SPLIT_MM = 6.0
 
 
 @dataclass
@@ -42,6 +44,7 @@ class NoduleStat:
     cnr: float
     visible: bool
     inside_lung_fraction: float
+    diameter_mm: float = math.nan  # of the sphere with the nodule's volume
 
     def to_json(self) -> dict:
         """A JSON-safe dict (non-finite numbers become None)."""
@@ -111,6 +114,7 @@ def nodule_stats(
     if len(spacing) != 3 or min(spacing) <= 0:
         raise InputError(f"spacing must be 3 positive values (x, y, z) in mm, got {spacing}")
     spacing_zyx = np.asarray(tuple(spacing)[::-1], dtype=np.float64)
+    voxel_mm3 = float(np.prod(spacing_zyx))
     ct = np.asarray(ct_hu, dtype=np.float64)
     lung = np.asarray(lung_mask) != 0
     labels = np.asarray(nodule_labels)
@@ -147,6 +151,7 @@ def nodule_stats(
                 cnr=cnr,
                 visible=bool(ring.size and abs(contrast) > s_std),
                 inside_lung_fraction=float(lung[nodule].mean()),
+                diameter_mm=float((6.0 * voxels * voxel_mm3 / math.pi) ** (1.0 / 3.0)),
             )
         )
     return out
@@ -161,25 +166,47 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def fidelity_summary(per_case: Sequence[Mapping]) -> dict:
+def _nodule_figures(nodules: Sequence[dict]) -> dict:
+    """Count, Spearman rho (and p) of texture vs mean HU, and share visible of a list of nodule dicts."""
+    from scipy.stats import spearmanr
+
+    with_texture = [n for n in nodules if n.get("texture") is not None and n.get("mean_hu") is not None]
+    tex = [n["texture"] for n in with_texture]
+    hu = [n["mean_hu"] for n in with_texture]
+    rho = p = None
+    if len(with_texture) >= 3 and len(set(tex)) > 1 and len(set(hu)) > 1:
+        r = spearmanr(tex, hu)
+        rho, p = float(r.statistic), float(r.pvalue)
+    visible = [bool(n.get("visible")) for n in nodules]
+    return {
+        "nodules": len(nodules),
+        "texture_hu_spearman_rho": rho,
+        "texture_hu_spearman_p": p,
+        "share_visible": float(np.mean(visible)) if visible else None,
+    }
+
+
+def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SPLIT_MM) -> dict:
     """Aggregate per-case results ``{"lung_dice": float | None, "nodules": [NoduleStat | dict, ...]}``.
 
     Returns the number of cases and nodules, mean/std lung Dice, the Spearman rho (and p) of texture vs
     nodule mean HU over all nodules with a texture (None with fewer than 3 nodules or a constant input), the
     share of visible nodules, the share of nodules mostly outside the lung (``inside_lung_fraction`` < 0.5)
-    and any voxel outside, and the mean nodule HU and count per texture.
+    and any voxel outside, the mean nodule HU and count per texture, and count, rho and share visible of
+    the nodules below and at or above ``size_split_mm`` (``by_size``; nodules without a size are left out).
     """
-    from scipy.stats import spearmanr
-
     dices = _finite([c.get("lung_dice") for c in per_case])
     nodules = [_as_dict(n) for c in per_case for n in c.get("nodules", [])]
+    figures = _nodule_figures(nodules)
+    rho, p = figures["texture_hu_spearman_rho"], figures["texture_hu_spearman_p"]
     with_texture = [n for n in nodules if n.get("texture") is not None and n.get("mean_hu") is not None]
-    rho = p = None
     tex = [n["texture"] for n in with_texture]
-    hu = [n["mean_hu"] for n in with_texture]
-    if len(with_texture) >= 3 and len(set(tex)) > 1 and len(set(hu)) > 1:
-        r = spearmanr(tex, hu)
-        rho, p = float(r.statistic), float(r.pvalue)
+    sized = [n for n in nodules if n.get("diameter_mm") is not None and math.isfinite(n["diameter_mm"])]
+    by_size = {
+        "split_mm": float(size_split_mm),
+        "below": _nodule_figures([n for n in sized if n["diameter_mm"] < size_split_mm]),
+        "at_or_above": _nodule_figures([n for n in sized if n["diameter_mm"] >= size_split_mm]),
+    }
     by_texture: dict[str, dict[str, float | int]] = {}
     for t in sorted(set(tex)):
         values = [n["mean_hu"] for n in with_texture if n["texture"] == t]
@@ -202,10 +229,11 @@ def fidelity_summary(per_case: Sequence[Mapping]) -> dict:
         "nodules": len(nodules),
         "texture_hu_spearman_rho": rho,
         "texture_hu_spearman_p": p,
-        "share_visible": share(np.asarray([bool(n.get("visible")) for n in nodules])),
+        "share_visible": figures["share_visible"],
         "share_outside_lung": share(inside < 0.5),
         "share_partly_outside_lung": share(inside < 1.0),
         "cnr_median": float(np.median(cnr)) if cnr.size else None,
         "mean_hu_by_texture": {t: v["mean_hu"] for t, v in by_texture.items()},
         "by_texture": by_texture,
+        "by_size": by_size,
     }
