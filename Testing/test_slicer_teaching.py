@@ -1,5 +1,5 @@
 """The LANDSynthesis "Teaching set" logic: ``land teaching-set`` command lines, and a run of the real
-command in the background child process (skipped while the engine does not have the command yet)."""
+command in the background child process, and the error an engine without the command gives."""
 
 from __future__ import annotations
 
@@ -100,10 +100,16 @@ def test_teaching_progress_lines(land_logic, tmp_path):
     land_logic.job = None
 
 
-@pytest.mark.skipif(_available(), reason="the engine has land teaching-set")
-def test_teaching_set_missing_command_is_reported(land_logic, tmp_path):
+def test_teaching_set_missing_command_is_reported(land_logic, tmp_path, monkeypatch):
+    """An older engine beside this module (no land/teaching/cli.py): a clear error, nothing started."""
+    import LANDSynthesisLib.logic as logic
     from LANDSynthesisLib.logic import LANDSynthesisError
 
+    old_engine = tmp_path / "engine"
+    (old_engine / "land").mkdir(parents=True)
+    (old_engine / "land" / "__init__.py").write_text("", encoding="utf-8")
+    monkeypatch.setattr(logic, "engineDirectory", lambda: old_engine)
+    assert logic.teachingSetAvailability()[0] is False
     with pytest.raises(LANDSynthesisError, match="no 'land teaching-set' command"):
         land_logic.startTeachingSet({"outputDirectory": str(tmp_path / "set"), "cases": 1})
     assert not land_logic.isRunning() and list(Path(land_logic.tempRoot).iterdir()) == []

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import slicer
 from . import segments as seglib
 from .mrml import moduleParameterNode
 from .nrrd import RAS_TO_LPS, read_nrrd, read_nrrd_header, write_nrrd
+from .parameters import dataclassFrom
 from .process import ChildProcess, pythonExecutable
 from .resample import conformArray, resampleNearest
 
@@ -100,15 +101,7 @@ class GenerationParameters:
 
     @classmethod
     def fromAny(cls, parameters: GenerationParameters | Mapping[str, Any] | None) -> GenerationParameters:
-        if parameters is None:
-            return cls()
-        if isinstance(parameters, cls):
-            return parameters
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(parameters) - known)
-        if unknown:
-            raise LANDInputError(f"unknown generation parameter(s): {', '.join(unknown)}")
-        return cls(**dict(parameters))
+        return dataclassFrom(cls, parameters, "generation", LANDInputError)
 
     def check(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -591,12 +584,7 @@ class TeachingSetParameters:
 
     @classmethod
     def fromAny(cls, parameters: TeachingSetParameters | Mapping[str, Any]) -> TeachingSetParameters:
-        if isinstance(parameters, cls):
-            return parameters
-        unknown = sorted(set(parameters) - {f.name for f in fields(cls)})
-        if unknown:
-            raise LANDInputError(f"unknown teaching-set parameter(s): {', '.join(unknown)}")
-        return cls(**dict(parameters))
+        return dataclassFrom(cls, parameters, "teaching-set", LANDInputError)
 
     def texturesText(self) -> str | None:
         if self.textures is None or self.textures == "":

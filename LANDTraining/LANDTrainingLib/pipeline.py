@@ -28,18 +28,20 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
     from LANDSynthesisLib.mrml import moduleParameterNode  # noqa: F401 (for logic.py)
+    from LANDSynthesisLib.parameters import dataclassFrom
     from LANDSynthesisLib.process import STDERR, ChildProcess, pythonExecutable  # noqa: F401 (for logic.py)
 except ImportError:  # repository checkout without LANDSynthesis on sys.path
     _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
     if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
         sys.path.append(str(_SYNTHESIS_DIR))
     from LANDSynthesisLib.mrml import moduleParameterNode  # noqa: F401 (for logic.py)
+    from LANDSynthesisLib.parameters import dataclassFrom
     from LANDSynthesisLib.process import STDERR, ChildProcess, pythonExecutable  # noqa: F401 (for logic.py)
 
 STAGES = ("prepare", "vae", "ldm", "sample", "evaluate")
@@ -106,15 +108,7 @@ class TrainingParameters:
 
     @classmethod
     def fromAny(cls, parameters: TrainingParameters | Mapping[str, Any] | None) -> TrainingParameters:
-        if parameters is None:
-            return cls()
-        if isinstance(parameters, cls):
-            return parameters
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(parameters) - known)
-        if unknown:
-            raise TrainingInputError(f"unknown training parameter(s): {', '.join(unknown)}")
-        return cls(**dict(parameters))
+        return dataclassFrom(cls, parameters, "training", TrainingInputError)
 
     def check(self) -> None:
         if not self.data:
