@@ -18,13 +18,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .conditioning import MaskSet
 from .errors import InputError
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .phantom import PhantomCase
 
 DEMO_MASK_FILE = "demo_masks.seg.nrrd"
 DEMO_MASK_SEED = 4242  # phantom anatomy of the demo masks: outside training (1000-1159) and fidelity seeds
@@ -111,11 +114,17 @@ def write_demo_masks(out: Path, size: int = 128, spacing: float = 2.0) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ fidelity
-def heldout_masks(seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float]) -> MaskSet:
-    """Masks of the held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5)."""
+def heldout_phantom(
+    seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> PhantomCase:
+    """The held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5)."""
     from .phantom import make_phantom
 
-    case = make_phantom(seed, size, spacing, n_nodules=(1, 3))
+    return make_phantom(seed, size, spacing, n_nodules=(1, 3))
+
+
+def phantom_masks(case: PhantomCase) -> MaskSet:
+    """A phantom's lung mask, nodule labels and textures as a :class:`MaskSet`."""
     return MaskSet(lung=case.lung, nodules=case.nodules, textures=dict(case.textures))
 
 
@@ -138,9 +147,9 @@ def measure_fidelity(
     """
     import torch
 
+    from .data.folder import hu_to_unit
     from .eval.fidelity import fidelity_summary, lung_dice, nodule_stats
     from .io import write_volume
-    from .phantom import make_phantom
     from .pipeline import LANDPipeline, resolve_device
     from .train.vae_trainer import reconstruct
 
@@ -153,7 +162,7 @@ def measure_fidelity(
     cfg = pipe.config
     size = tuple(int(s) for s in cfg.grid_size)
     spacing = tuple(float(s) for s in cfg.spacing)
-    lo, hi = pipe.config.intensity["hu_min"], pipe.config.intensity["hu_max"]
+    lo, hi = cfg.intensity["hu_min"], cfg.intensity["hu_max"]
     cases: list[dict[str, Any]] = []
     refs: dict[str, list[dict[str, Any]]] = {"phantom": [], "vae_reconstruction": []}
     t0 = time.monotonic()
@@ -165,15 +174,16 @@ def measure_fidelity(
                 "nodules": [s.to_json() for s in stats]}  # fmt: skip
 
     for i in range(n):
-        masks = heldout_masks(seed + i, size, spacing)  # type: ignore[arg-type]
+        phantom = heldout_phantom(seed + i, size, spacing)  # type: ignore[arg-type]
+        masks = phantom_masks(phantom)
         ct = pipe.generate(masks, steps=steps, sampler=sampler, seed=seed + i, device=device,
                            match_input=True)  # fmt: skip
         cases.append(measure(ct.array.astype(np.float32), masks, seed + i))
         dice, stats = cases[-1]["lung_dice"], cases[-1]["nodules"]
         if references:
-            image = make_phantom(seed + i, size, spacing, n_nodules=(1, 3)).image.array.astype(np.float32)
+            image = phantom.image.array.astype(np.float32)
             refs["phantom"].append(measure(image, masks, seed + i))
-            x = torch.from_numpy(np.clip((image - lo) / (hi - lo), 0.0, 1.0))[None, None]
+            x = torch.from_numpy(hu_to_unit(image, lo, hi))[None, None]
             with torch.no_grad():
                 y = reconstruct(pipe.vae.eval(), x, resolve_device(device))[0, 0].clamp(0, 1).numpy()
             refs["vae_reconstruction"].append(measure(y * (hi - lo) + lo, masks, seed + i))

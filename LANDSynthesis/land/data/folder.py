@@ -258,12 +258,13 @@ class PatchDataset(Dataset):
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
         self.cache_volumes = int(cache_volumes)
         self.nodule_fraction, self.with_nodules = float(nodule_fraction), bool(with_nodules)
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        # case index -> (HU array, nodule mask or None, flat indices of its nodule voxels)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def _volume(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _volume(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
@@ -279,21 +280,19 @@ class PatchDataset(Dataset):
                     f"case {files.name}: nodules {nodules.shape} and image {array.shape} differ in size; "
                     "run land check-data"
                 )
-        entry = (array, nodules)
+        voxels = np.flatnonzero(nodules) if nodules is not None else np.zeros(0, np.intp)
+        entry = (array, nodules, voxels)
         if self.cache_volumes > 0:
             self._cache[index] = entry
             while len(self._cache) > self.cache_volumes:
                 self._cache.popitem(last=False)
         return entry
 
-    def _corner(self, shape: tuple[int, ...], nodules: np.ndarray | None, seed: int) -> tuple[int, ...]:
+    def _corner(self, shape: tuple[int, ...], voxels: np.ndarray, seed: int) -> tuple[int, ...]:
         from .sampling import patch_origin
 
         rng = np.random.default_rng([int(seed), 0x40D])
-        if nodules is None or self.nodule_fraction <= 0 or rng.random() >= self.nodule_fraction:
-            return patch_origin(shape, self.patch_zyx, seed)
-        voxels = np.flatnonzero(nodules)
-        if voxels.size == 0:
+        if voxels.size == 0 or self.nodule_fraction <= 0 or rng.random() >= self.nodule_fraction:
             return patch_origin(shape, self.patch_zyx, seed)
         centre = np.unravel_index(int(voxels[rng.integers(voxels.size)]), shape)
         corner = []
@@ -304,13 +303,13 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        array, nodules = self._volume(int(index))
+        array, nodules, voxels = self._volume(int(index))
         if any(p > s for p, s in zip(self.patch_zyx, array.shape, strict=True)):
             raise InputError(
                 f"case {self.cases[index].name}: patch {self.patch_zyx} is larger than the volume "
                 f"{array.shape}; use a smaller vae.patch_size"
             )
-        corner = self._corner(array.shape, nodules, seed)
+        corner = self._corner(array.shape, voxels, seed)
         sl = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_zyx, strict=True))
         patch = torch.from_numpy(hu_to_unit(array[sl], self.hu_min, self.hu_max))[None]
         if not self.with_nodules:
