@@ -316,8 +316,9 @@ def test_scoring_on_a_constructed_reads_file(tmp_path):
         "ann,1,1,0,0\n"  # case by number; nodule 1 again: duplicate
         "ann,case_001,40,0,9\n"  # 9 mm from nodule 2 (r 3 + 5 = 8): false positive, nodule 2 missed
         "ann,case_002,100,100,100\n"  # normal case: false positive
-        "ann,SYNTHETIC^LAND^case_003,0,0,64\n"  # 14 mm from nodule (r 10 + 5 = 15): hit
-    , encoding="utf-8")
+        "ann,SYNTHETIC^LAND^case_003,0,0,64\n",  # 14 mm from nodule (r 10 + 5 = 15): hit
+        encoding="utf-8",
+    )
     marks = read_reads(reads, cases)
     r = score_reads(cases, nodules, marks, margin_mm=5.0)
     assert (r["nodules"], r["detected"], r["false_positives"], r["duplicates"]) == (3, 2, 2, 1)
@@ -346,8 +347,9 @@ def test_score_cli_against_a_real_key(phantom_set, tmp_path):
     reads.write_text(
         "case,x,y,z\n"
         f"{first.case},{first.centre_mm[0] + 2},{first.centre_mm[1]},{first.centre_mm[2]}\n"
-        f"{cases[0]},500,500,500\n"
-    , encoding="utf-8")
+        f"{cases[0]},500,500,500\n",
+        encoding="utf-8",
+    )
     code, text = run_cli(["teaching-score", "--answers", str(out), "--reads", str(reads), "--json"])
     r = json.loads(text)
     assert code == 0 and r["detected"] == 1 and r["nodules"] == len(nodules)
