@@ -82,6 +82,7 @@ def test_bundled_configs_and_errors_name_the_key():
         ({"ldm": {**raw["ldm"], "cond_dropout": 1.5}}, "ldm.cond_dropout"),
         ({"ldm": {**raw["ldm"], "nodule_loss_weight": -1}}, "ldm.nodule_loss_weight"),
         ({"vae": {**raw["vae"], "nodule_patch_fraction": 1.5}}, "vae.nodule_patch_fraction"),
+        ({"vae": {**raw["vae"], "decoder_steps": -1}}, "vae.decoder_steps"),
         ({"vae": {**raw["vae"], "patch_size": [18, 16, 16]}}, "vae.patch_size"),
         ({"vae": {**raw["vae"], "architecture": "huge"}}, "vae.architecture"),
         ({"data": {**raw["data"], "grid_size": [40, 40, 40]}}, "data.grid_size"),
@@ -248,6 +249,38 @@ def test_vae_training_with_nodule_emphasis(data, tmp_path):
     }
     parts = {k: w[weight] * last[k] for k, weight in terms.items() if k in last}
     assert last["total"] == pytest.approx(sum(parts.values()), rel=1e-4) and parts["nodule_l1"] > 0
+
+
+def test_vae_decoder_steps_train_the_decoder_on_whole_volumes_only(data, tmp_path):
+    """After the patch steps, ``decoder_steps`` whole-volume steps change the decoder, not the encoder."""
+    from safetensors.torch import load_file
+
+    def run(name: str, decoder_steps: int) -> Path:
+        cfg = with_overrides(
+            load_config("tiny"),
+            "vae",
+            steps=2,
+            decoder_steps=decoder_steps,
+            log_every=1,
+            latent_scale_cases=1,
+            **{"loss_weights.nodule_l1": 1.0},
+        )
+        return train_vae(cfg, data, tmp_path / name, device="cpu", progress="none")
+
+    plain, tuned = run("plain", 0), run("tuned", 3)
+    lines = progress_lines(tuned)
+    assert [e["step"] for e in lines if e["event"] == "step"] == [1, 2, 3, 4, 5]
+    assert any("decoder-only steps 3-5" in e["message"] for e in lines if e["event"] == "notice")
+    assert all("nodule_l1" in e["losses"] for e in lines if e["event"] == "step")
+    a, b = load_file(plain / "vae.safetensors"), load_file(tuned / "vae.safetensors")
+    frozen = [k for k in a if k.startswith(("encoder.", "quant_conv_mu.", "quant_conv_log_sigma."))]
+    tuned_keys = [k for k in a if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and tuned_keys and len(frozen) + len(tuned_keys) == len(a)
+    assert all(torch.equal(a[k], b[k]) for k in frozen)  # the latents stay the same
+    assert sum(not torch.equal(a[k], b[k]) for k in tuned_keys) >= len(tuned_keys) // 2
+    meta_a, meta_b = (json.loads((d / "model.json").read_text(encoding="utf-8")) for d in (plain, tuned))
+    assert meta_b["latent_scale"] == pytest.approx(meta_a["latent_scale"], rel=1e-6)
+    assert meta_b["provenance"]["decoder_only_steps"] == 3 and meta_a["provenance"]["decoder_only_steps"] == 0
 
 
 def test_png_writer_and_montage(tmp_path):

@@ -91,6 +91,7 @@ class VAETrainConfig:
     num_workers: int
     cache_volumes: int
     nodule_patch_fraction: float  # share of patches centred on a nodule voxel
+    decoder_steps: int = 0  # after `steps`: decoder-only steps on whole volumes (encoder frozen)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ VAE_DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "cache_volumes": 8,
     "nodule_patch_fraction": 0.0,
+    "decoder_steps": 0,
 }
 LDM_DEFAULTS: dict[str, Any] = {
     "architecture": "paper",
@@ -343,6 +345,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         num_workers=sec.int("num_workers", 0),
         cache_volumes=sec.int("cache_volumes", 0),
         nodule_patch_fraction=sec.float("nodule_patch_fraction", 0.0, 1.0),
+        decoder_steps=sec.int("decoder_steps", 0),
     )
 
 

@@ -4,10 +4,14 @@ Loss (LAND / MAISI weights, ``vae.loss_weights``): ``l1 * |x' - x| + perceptual 
 adversarial * LSGAN(D(x'))``, the adversarial term (and the discriminator, MONAI ``PatchDiscriminator`` with
 ``PatchAdversarialLoss(least_squares)``) only from step ``vae.adversarial_warmup`` on. Nodules are a tiny
 share of a chest CT; ``nodule_l1 * mean |x' - x| over nodule voxels`` and ``vae.nodule_patch_fraction``
-(patches centred on nodules) keep them from being averaged away (both off in the paper's config). Validation
-reconstructs whole volumes (posterior mean, tiled decoding for large volumes). At the end the latent scale
-(1 / std of the posterior means of a few training volumes, LDM-style) is computed and OUT becomes a LAND
-model directory whose U-Net is untrained (``trained: false``, ``provenance.vae_trained: true``): the
+(patches centred on nodules) keep them from being averaged away (both off in the paper's config). Then
+``vae.decoder_steps`` steps (default 0) train only the decoder on whole volumes with the encoder frozen: a VAE
+trained on patches normalises (GroupNorm) with patch statistics but encodes and decodes whole volumes, and its
+whole-volume reconstructions are worse than its patch ones; the latents do not change, so a U-Net trained on
+them stays valid. Validation reconstructs whole volumes (posterior mean, tiled decoding for large volumes).
+At the end the latent
+scale (1 / std of the posterior means of a few training volumes, LDM-style) is computed and OUT becomes a
+LAND model directory whose U-Net is untrained (``trained: false``, ``provenance.vae_trained: true``): the
 ``--vae`` input of ``land train-ldm``.
 """
 
@@ -257,6 +261,41 @@ def vae_train_step(
     return losses
 
 
+def decoder_train_step(
+    p: VAEParts, x: torch.Tensor, nodules: torch.Tensor | None = None, world_size: int = 1
+) -> dict[str, float]:
+    """One decoder-only step on whole volumes: decode the (frozen) encoder's posterior mean, L1 (+ nodule L1).
+
+    The encoder gets no gradient, so Adam leaves it (and so the latents) unchanged. Under torchrun the
+    decoder's gradients are averaged across ranks here (the DDP wrapper is not used in this phase).
+    """
+    w = p.weights
+    with torch.no_grad(), p.autocast():
+        mu, _ = p.vae.encode(x)
+    with p.autocast():
+        recon = p.vae.decode(mu.detach()).float()
+        error = (recon - x).abs()
+        l1 = error.mean()
+        loss = w["l1"] * l1
+        losses = {"l1": l1.item()}
+        if nodules is not None and w.get("nodule_l1", 0.0) > 0:
+            nodule_l1 = (error * nodules).sum() / nodules.sum().clamp(min=1.0)
+            loss = loss + w["nodule_l1"] * nodule_l1
+            losses["nodule_l1"] = nodule_l1.item()
+    losses["total"] = loss.item()
+    p.opt_g.zero_grad(set_to_none=True)
+    p.scaler.scale(loss).backward()
+    if world_size > 1:
+        for param in p.vae.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(world_size)
+    p.scaler.step(p.opt_g)
+    p.scaler.update()
+    p.sched_g.step()
+    return losses
+
+
 def train_vae(
     cfg: TrainConfig,
     data: str | Path,
@@ -283,7 +322,8 @@ def _train(
     cfg: TrainConfig, data: Path, out: Path, max_steps: int | None, resume: bool, ctx: DistContext, style: str
 ) -> Path:
     vc, dev = cfg.vae, ctx.device
-    total = int(max_steps or vc.steps)
+    total = int(max_steps or vc.steps + vc.decoder_steps)
+    patch_end = min(vc.steps, total)
     out = prepare_out(out, resume, ctx)
     check_dataset(data, cfg.data.grid_size, cfg.data.spacing, deep=False).raise_if_bad(config=cfg.source)
     train_cases, val_cases = split_cases(read_manifest(data), vc.val_cases)
@@ -334,10 +374,12 @@ def _train(
             (i, step_seed(cfg.seed, s, ctx.rank, 1 + j))
             for j, i in enumerate(case_indices(n, cfg.seed, s, bs, ctx.rank, ctx.world_size))
         ]
-        for s in range(start, total)
+        for s in range(start, patch_end)
     ]
-    loader = DataLoader(
-        patches, batch_sampler=batches, num_workers=vc.num_workers, pin_memory=dev.type == "cuda"
+    loader = (
+        DataLoader(patches, batch_sampler=batches, num_workers=vc.num_workers, pin_memory=dev.type == "cuda")
+        if batches
+        else []
     )
 
     t0 = time.monotonic()
@@ -345,15 +387,9 @@ def _train(
     last_val: dict[str, Any] = {}
     parts.vae.train()
     parts.disc.train()
-    for s, item in zip(range(start, total), loader, strict=False):
-        step = s + 1
-        seed_step(cfg.seed, s, ctx.rank)
-        adversarial = vc.loss_weights["adversarial"] > 0 and s >= vc.adversarial_warmup
-        x, nodules = item if with_nodules else (item, None)
-        if nodules is not None:
-            nodules = nodules.to(dev, non_blocking=True)
-        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial, nodules))
 
+    def after_step(step: int) -> None:
+        nonlocal last_val
         if due(step, vc.log_every, total):
             log.step(step, mean_across_ranks(meter.pop(), ctx), parts.sched_g.get_last_lr()[0])
         if ctx.is_main and val_cases and due(step, vc.val_every, total):
@@ -373,6 +409,31 @@ def _train(
             log,
             elapsed,
         )
+
+    for s, item in zip(range(start, patch_end), loader, strict=False):
+        seed_step(cfg.seed, s, ctx.rank)
+        adversarial = vc.loss_weights["adversarial"] > 0 and s >= vc.adversarial_warmup
+        x, nodules = item if with_nodules else (item, None)
+        if nodules is not None:
+            nodules = nodules.to(dev, non_blocking=True)
+        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial, nodules))
+        after_step(s + 1)
+
+    if total > max(start, patch_end):
+        first = max(start, patch_end)
+        log.notice(f"decoder-only steps {first + 1}-{total} on whole volumes (encoder frozen)")
+        volumes = PatchDataset(
+            train_cases, cfg.data.grid_size, *hu, cache_volumes=vc.cache_volumes, with_nodules=with_nodules
+        )
+        for s in range(first, total):
+            seed_step(cfg.seed, s, ctx.rank)
+            index = case_indices(n, cfg.seed, s, 1, ctx.rank, ctx.world_size)[0]
+            item = volumes[(index, step_seed(cfg.seed, s, ctx.rank, 1))]
+            x, nodules = item if with_nodules else (item, None)
+            x = x[None].to(dev)
+            nodules = None if nodules is None else nodules[None].to(dev)
+            meter.add(decoder_train_step(parts, x, nodules, ctx.world_size))
+            after_step(s + 1)
 
     wall = elapsed_before + time.monotonic() - t0
     vae = parts.vae
@@ -431,6 +492,7 @@ def _write_model_dir(
         unet_trained=False,
         unet=f"UNTRAINED (random init, seed {cfg.seed}): train it with land train-ldm --vae THIS_DIR",
         vae_steps=steps,
+        decoder_only_steps=max(0, steps - cfg.vae.steps),
         wall_time_s=round(wall, 1),
         final_losses=losses,
         validation=val,
