@@ -129,6 +129,22 @@ def latent_scale(
     return (1.0 / std if std > 0 else 1.0), std
 
 
+def l1_terms(
+    recon: torch.Tensor, x: torch.Tensor, nodules: torch.Tensor | None, w: dict[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``l1 * mean |recon - x|`` plus, with ``nodules`` (0/1 like ``x``), ``nodule_l1 *`` the mean over nodule
+    voxels (0 for a batch without any); returns the loss and the logged terms."""
+    error = (recon - x).abs()
+    l1 = error.mean()
+    loss = w["l1"] * l1
+    losses = {"l1": l1.item()}
+    if nodules is not None and w.get("nodule_l1", 0.0) > 0:
+        nodule_l1 = (error * nodules).sum() / nodules.sum().clamp(min=1.0)
+        loss = loss + w["nodule_l1"] * nodule_l1
+        losses["nodule_l1"] = nodule_l1.item()
+    return loss, losses
+
+
 @dataclass
 class VAEParts:
     """Everything one VAE training step touches (and the checkpoint holds)."""
@@ -218,16 +234,10 @@ def vae_train_step(
     with p.autocast():
         recon, mu, sigma = p.vae_run(x)
         recon = recon.float()
-        error = (recon - x).abs()
-        l1 = error.mean()
+        loss_g, losses = l1_terms(recon, x, nodules, w)
         kl = kl_divergence(mu, sigma)
-        loss_g = w["l1"] * l1 + w["kl"] * kl
-        losses = {"l1": l1.item(), "kl": kl.item()}
-        if nodules is not None and w.get("nodule_l1", 0.0) > 0:
-            count = nodules.sum()
-            nodule_l1 = (error * nodules).sum() / count.clamp(min=1.0)
-            loss_g = loss_g + w["nodule_l1"] * nodule_l1
-            losses["nodule_l1"] = nodule_l1.item()  # 0 for a batch without nodule voxels
+        loss_g = loss_g + w["kl"] * kl
+        losses["kl"] = kl.item()
         if p.perceptual is not None and w["perceptual"] > 0:
             perceptual = p.perceptual(recon, x)
             loss_g = loss_g + w["perceptual"] * perceptual
@@ -269,19 +279,10 @@ def decoder_train_step(
     The encoder gets no gradient, so Adam leaves it (and so the latents) unchanged. Under torchrun the
     decoder's gradients are averaged across ranks here (the DDP wrapper is not used in this phase).
     """
-    w = p.weights
     with torch.no_grad(), p.autocast():
         mu, _ = p.vae.encode(x)
     with p.autocast():
-        recon = p.vae.decode(mu.detach()).float()
-        error = (recon - x).abs()
-        l1 = error.mean()
-        loss = w["l1"] * l1
-        losses = {"l1": l1.item()}
-        if nodules is not None and w.get("nodule_l1", 0.0) > 0:
-            nodule_l1 = (error * nodules).sum() / nodules.sum().clamp(min=1.0)
-            loss = loss + w["nodule_l1"] * nodule_l1
-            losses["nodule_l1"] = nodule_l1.item()
+        loss, losses = l1_terms(p.vae.decode(mu.detach()).float(), x, nodules, p.weights)
     losses["total"] = loss.item()
     p.opt_g.zero_grad(set_to_none=True)
     p.scaler.scale(loss).backward()
