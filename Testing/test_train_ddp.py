@@ -13,6 +13,7 @@ from conftest import train_tiny_vae
 from safetensors.torch import load_file
 from test_dataset import write_dataset
 
+from land.train.config import load_config
 from land.train.loop import state_sha256
 
 
@@ -26,15 +27,23 @@ def vae_dir(data, tmp_path_factory) -> Path:
     return train_tiny_vae(data, tmp_path_factory.mktemp("vae") / "vae", steps=2)
 
 
-@pytest.mark.parametrize("command", ["train-ldm", "train-vae"])
+@pytest.mark.parametrize("command", ["train-ldm", "train-vae", "train-vae-decoder"])
 def test_two_gloo_ranks_hold_identical_weights(command, data, vae_dir, tmp_path):
+    """``train-vae-decoder``: 1 patch step, then 2 decoder-only steps (gradients all-reduced by hand)."""
     out, debug = tmp_path / "out", tmp_path / "hashes"
+    config = "tiny"
+    if command == "train-vae-decoder":
+        raw = load_config("tiny").raw
+        raw["vae"] = {**raw["vae"], "steps": 1, "decoder_steps": 2}
+        config = str(tmp_path / "decoder.json")
+        Path(config).write_text(json.dumps(raw), encoding="utf-8")
+        command = "train-vae"
     args = [
         command,
         "--data",
         str(data),
         "--config",
-        "tiny",
+        config,
         "--out",
         str(out),
         "--device",
@@ -70,4 +79,8 @@ def test_two_gloo_ranks_hold_identical_weights(command, data, vae_dir, tmp_path)
     lines = [json.loads(x) for x in (out / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     assert lines[0]["world_size"] == 2
     assert [e["step"] for e in lines if e["event"] == "step"] == [1, 2, 3]
-    assert json.loads((out / "model.json").read_text(encoding="utf-8"))["provenance"]["world_size"] == 2
+    provenance = json.loads((out / "model.json").read_text(encoding="utf-8"))["provenance"]
+    assert provenance["world_size"] == 2
+    if config != "tiny":
+        assert provenance["decoder_only_steps"] == 2
+        assert any("decoder-only steps 2-3" in e["message"] for e in lines if e["event"] == "notice")
