@@ -73,3 +73,13 @@ def mean_across_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, f
     dist.all_reduce(t)
     t /= ctx.world_size
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def average_gradients(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Average the gradients of ``module`` over all ranks in place (for steps run without a DDP wrapper)."""
+    if not ctx.enabled:
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad.div_(ctx.world_size)

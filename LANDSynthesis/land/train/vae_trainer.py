@@ -9,10 +9,9 @@ share of a chest CT; ``nodule_l1 * mean |x' - x| over nodule voxels`` and ``vae.
 trained on patches normalises (GroupNorm) with patch statistics but encodes and decodes whole volumes, and its
 whole-volume reconstructions are worse than its patch ones; the latents do not change, so a U-Net trained on
 them stays valid. Validation reconstructs whole volumes (posterior mean, tiled decoding for large volumes).
-At the end the latent
-scale (1 / std of the posterior means of a few training volumes, LDM-style) is computed and OUT becomes a
-LAND model directory whose U-Net is untrained (``trained: false``, ``provenance.vae_trained: true``): the
-``--vae`` input of ``land train-ldm``.
+At the end the latent scale (1 / std of the posterior means of a few training volumes, LDM-style) is
+computed and OUT becomes a LAND model directory whose U-Net is untrained (``trained: false``,
+``provenance.vae_trained: true``): the ``--vae`` input of ``land train-ldm``.
 """
 
 from __future__ import annotations
@@ -37,7 +36,14 @@ from ..model_dir import save_model_dir
 from ..models import LANDUNet, build_vae
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
-from .distributed import DistContext, barrier, init_distributed, mean_across_ranks, shutdown
+from .distributed import (
+    DistContext,
+    average_gradients,
+    barrier,
+    init_distributed,
+    mean_across_ranks,
+    shutdown,
+)
 from .loop import (
     LossMeter,
     amp_setup,
@@ -272,7 +278,7 @@ def vae_train_step(
 
 
 def decoder_train_step(
-    p: VAEParts, x: torch.Tensor, nodules: torch.Tensor | None = None, world_size: int = 1
+    p: VAEParts, x: torch.Tensor, nodules: torch.Tensor | None, ctx: DistContext
 ) -> dict[str, float]:
     """One decoder-only step on whole volumes: decode the (frozen) encoder's posterior mean, L1 (+ nodule L1).
 
@@ -286,11 +292,7 @@ def decoder_train_step(
     losses["total"] = loss.item()
     p.opt_g.zero_grad(set_to_none=True)
     p.scaler.scale(loss).backward()
-    if world_size > 1:
-        for param in p.vae.parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad.div_(world_size)
+    average_gradients(p.vae, ctx)
     p.scaler.step(p.opt_g)
     p.scaler.update()
     p.sched_g.step()
@@ -433,7 +435,7 @@ def _train(
             x, nodules = item if with_nodules else (item, None)
             x = x[None].to(dev)
             nodules = None if nodules is None else nodules[None].to(dev)
-            meter.add(decoder_train_step(parts, x, nodules, ctx.world_size))
+            meter.add(decoder_train_step(parts, x, nodules, ctx))
             after_step(s + 1)
 
     wall = elapsed_before + time.monotonic() - t0
