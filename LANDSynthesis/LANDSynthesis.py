@@ -22,6 +22,8 @@ from LANDSynthesisLib import segments as seglib
 from LANDSynthesisLib.logic import (
     BUNDLED_MODEL_NAME,
     DEFAULT_STEPS,
+    GUIDANCE_MODES,
+    MAX_GUIDANCE,
     MODES,
     SAMPLER_TITLES,
     SAMPLERS,
@@ -34,6 +36,7 @@ from LANDSynthesisLib.logic import (
     bundledModelDirectory,
     bundledModelMissingMessage,
     formatDuration,
+    is_guided,
     readModelInfo,
     teachingSetAvailability,
     timeNote,
@@ -76,6 +79,11 @@ MODE_TITLES = {
     "nodule": "nodules",
     "nodule+lung": "nodules + lungs",
     "nodule+lung+texture": "nodules + lungs + texture",
+}
+GUIDANCE_MODE_TIPS = {  # keys: land.contract.GUIDANCE_MODES
+    "none": "No guidance: plain conditional sampling (the scale is not used).",
+    "full": "Contrast with no mask: follow the whole mask (lungs and nodules) more strongly.",
+    "nodules": "Contrast with the same lungs without nodules: makes the nodules show (recommended).",
 }
 DEVICE_TITLES = (("auto", "Auto (GPU if available)"), ("cuda", "GPU (CUDA)"), ("cpu", "CPU"))
 MODEL_SOURCES = (("bundled", f"Bundled demo model ({BUNDLED_MODEL_NAME})"), ("directory", "Model directory"))
@@ -139,6 +147,12 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.samplerComboBox.addItem(f"{sampler} - {SAMPLER_TITLES[sampler]}", sampler)
         for value, title in DEVICE_TITLES:
             self.ui.deviceComboBox.addItem(title, value)
+        for mode in GUIDANCE_MODES:
+            self.ui.guidanceModeComboBox.addItem(mode, mode)
+            self.ui.guidanceModeComboBox.setItemData(
+                self.ui.guidanceModeComboBox.count - 1, GUIDANCE_MODE_TIPS.get(mode, mode), qt.Qt.ToolTipRole
+            )
+        self.ui.guidanceSpinBox.maximum = MAX_GUIDANCE
 
         table = self.ui.noduleTable
         table.setColumnCount(len(TABLE_COLUMNS))
@@ -192,6 +206,9 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stepsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.seedSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.randomSeedCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.guidanceFromModelCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.guidanceSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.guidanceModeComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.replacePreviousCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.noduleDiameterSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
@@ -299,6 +316,11 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.seedSpinBox.value = int(node.GetParameter("Seed") or 0)
             self.ui.randomSeedCheckBox.checked = node.GetParameter("RandomSeed") == "true"
             self.ui.seedSpinBox.enabled = not self.ui.randomSeedCheckBox.checked
+            self.ui.guidanceFromModelCheckBox.checked = node.GetParameter("GuidanceFromModel") != "false"
+            self.ui.guidanceSpinBox.value = float(node.GetParameter("Guidance") or 3)
+            self._setCombo(self.ui.guidanceModeComboBox, node.GetParameter("GuidanceMode"))
+            custom = not self.ui.guidanceFromModelCheckBox.checked
+            self.ui.guidanceSpinBox.enabled = self.ui.guidanceModeComboBox.enabled = custom
             self._setCombo(self.ui.deviceComboBox, node.GetParameter("Device"))
             self.ui.replacePreviousCheckBox.checked = node.GetParameter("ReplacePrevious") == "true"
             self.ui.noduleDiameterSpinBox.value = float(node.GetParameter("NoduleDiameter") or 10)
@@ -328,6 +350,10 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.SetParameter("Steps", str(self.ui.stepsSpinBox.value))
             node.SetParameter("Seed", str(self.ui.seedSpinBox.value))
             node.SetParameter("RandomSeed", "true" if self.ui.randomSeedCheckBox.checked else "false")
+            fromModel = self.ui.guidanceFromModelCheckBox.checked
+            node.SetParameter("GuidanceFromModel", "true" if fromModel else "false")
+            node.SetParameter("Guidance", f"{self.ui.guidanceSpinBox.value:g}")
+            node.SetParameter("GuidanceMode", self.ui.guidanceModeComboBox.currentData or "nodules")
             node.SetParameter("Device", self.ui.deviceComboBox.currentData or "auto")
             node.SetParameter(
                 "ReplacePrevious", "true" if self.ui.replacePreviousCheckBox.checked else "false"
@@ -429,6 +455,12 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if measured:
                 note += f" Last run here: {measured:.1f} s per step."
         self.ui.timeNoteLabel.text = note
+        scale, mode = info.guidance if info is not None else (1.0, "none")
+        recommended = f"{scale:g}, mode {mode}" if is_guided(scale, mode) else "no guidance"
+        self.ui.guidanceFromModelCheckBox.toolTip = (
+            f"Use the guidance recommended in the model's model.json: {recommended}. "
+            "Uncheck to choose the scale and mode here."
+        )
 
     def updateButtons(self) -> None:
         running = self.logic is not None and self.logic.isRunning()
@@ -657,6 +689,13 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._addNoduleAtPoint(lidc=True)
 
     # ------------------------------------------------------------------ actions: generate
+    def guidanceParameters(self) -> dict:
+        return {
+            "guidanceFromModel": self.ui.guidanceFromModelCheckBox.checked,
+            "guidanceScale": self.ui.guidanceSpinBox.value,
+            "guidanceMode": self.ui.guidanceModeComboBox.currentData,
+        }
+
     def generationParameters(self) -> dict:
         return {
             "modelDirectory": self.selectedModelDirectory(),
@@ -666,6 +705,7 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "seed": None if self.ui.randomSeedCheckBox.checked else self.ui.seedSpinBox.value,
             "device": self.ui.deviceComboBox.currentData,
             "replacePrevious": self.ui.replacePreviousCheckBox.checked,
+            **self.guidanceParameters(),
         }
 
     def ensureDependencies(self) -> bool:
@@ -755,6 +795,7 @@ class LANDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "diameters": self.ui.teachingDiametersLineEdit.text.strip() or None,
             "steps": self.ui.teachingStepsSpinBox.value,
             "seed": self.ui.teachingSeedSpinBox.value,
+            **self.guidanceParameters(),
         }
 
     def onTeachingRun(self) -> None:

@@ -89,6 +89,9 @@ def test_generate_from_label_images_nrrd_with_texture_override(tiny_model_dir, t
         (["--mask", "/nonexistent/lung.nii.gz"], "/nonexistent/lung.nii.gz"),
         (["--steps", "0"], "step count"),
         (["--out", "ct.png"], ".nii.gz"),
+        (["--guidance", "25"], "from 0 to 20"),
+        (["--guidance", "nan"], "not a number"),
+        (["--guidance-mode", "lungs"], "invalid choice"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tiny_model_dir, tmp_path, args, message):

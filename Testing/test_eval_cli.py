@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from land.cli import main
+from land.data import hu_to_unit
+from land.errors import InputError
 from land.eval.features import WEIGHTS_FILE, medicalnet_resnet50
-from land.eval.report import EvalOptions, evaluate
+from land.eval.report import EvalOptions, evaluate, feature_stats
 from land.eval.sample_set import plan_jobs, run_sample_set
+from land.eval.sets import list_volumes, wdm_unit
 from land.io import read_provenance, read_volume, sidecar_path, write_volume
 from land.phantom import write_phantom_dataset
 
@@ -105,7 +109,9 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
     assert evaluate(opts, extractor=small, log=lambda _m: None)["fid"]["real_stats_cached"]
     case = next(real2.glob("*.nii.gz"))
     vol = read_volume(case)
-    write_volume(case, vol.with_array(vol.array // 2), vol.metadata)
+    edited = vol.array.copy()  # not an affine HU change: the default wdm scaling (min-max) undoes those
+    edited[: edited.shape[0] // 2] = -1000
+    write_volume(case, vol.with_array(edited), vol.metadata)
     changed = evaluate(opts, extractor=small, log=lambda _m: None)["fid"]
     assert not changed["real_stats_cached"] and changed["fid"] > 1e-6
 
@@ -116,6 +122,73 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
     assert not r2["ms_ssim"]["available"] and "112" in r2["ms_ssim"]["reason"]  # 64^3 < 112^3 for kernel 7
     assert "FID unavailable" in capsys.readouterr().out
     assert main([*base, "--feature-weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "r3")]) == 2
+
+
+class MeanOfInput(torch.nn.Module):
+    """A feature 'network' whose one feature is the mean of the [0, 1] volume it is given."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).mean(1, keepdim=True)
+
+
+def test_fid_features_see_the_chosen_intensity_protocol(phantoms, tmp_path):
+    vset = list_volumes(phantoms)
+    arrays = [read_volume(f).array for f in vset.files]
+    means = {}
+    for protocol, scale in (("wdm", wdm_unit), ("fixed-window", hu_to_unit)):
+        opts = EvalOptions(
+            real=phantoms,
+            generated=phantoms,
+            out=tmp_path,
+            cache_dir=tmp_path / "c",
+            intensity_protocol=protocol,
+        )
+        stats, cached = feature_stats(vset, MeanOfInput(), opts, log=lambda _m: None)
+        assert not cached  # one cache entry per protocol: wdm statistics are never reused for fixed-window
+        want = np.mean([scale(a).mean() for a in arrays])
+        assert stats.mu[0] == pytest.approx(want, rel=1e-5)
+        means[protocol] = stats.mu[0]
+    assert abs(means["wdm"] - means["fixed-window"]) > 0.01
+
+
+def test_evaluate_intensity_protocol_option(phantoms, tmp_path, capsys):
+    base = ["evaluate", "--real", str(phantoms), "--generated", str(phantoms), "--no-fid", "--quiet",
+            "--ms-ssim-kernel", "3", "--cache", str(tmp_path / "cache")]  # fmt: skip
+    ms = {}
+    for protocol in ("wdm", "fixed-window", None):
+        out = tmp_path / f"r-{protocol}"
+        extra = [] if protocol is None else ["--intensity-protocol", protocol]
+        assert main([*base, *extra, "--out", str(out)]) == 0
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        md = (out / "report.md").read_text(encoding="utf-8")
+        used = protocol or "wdm"  # the default
+        assert report["protocol"]["intensity_protocol"] == used
+        assert f"--intensity-protocol {used}" in report["command"]
+        ms[protocol] = report["ms_ssim"]["mean"]
+        if used == "wdm":
+            assert report["protocol"]["hu_window"] is None
+            assert (
+                "Intensity protocol: wdm (HU clipped to [-1000, per-volume 99.9th percentile], min-max to "
+                "[0,1] per volume)" in md
+            )
+        else:
+            assert report["protocol"]["hu_window"] == [-1000.0, 1000.0]
+            assert "Intensity protocol: fixed-window (HU clipped to [-1000, 1000], mapped linearly" in md
+    assert ms[None] == ms["wdm"] != ms["fixed-window"]  # MS-SSIM reads volumes scaled by the same protocol
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--intensity-protocol", "zscore", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "--intensity-protocol" in err and "invalid choice: 'zscore'" in err and "'wdm', 'fixed-window'" in err
+    )
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(InputError, match="--intensity-protocol wdm or fixed-window"):
+        evaluate(
+            EvalOptions(real=phantoms, generated=phantoms, out=tmp_path / "bad", intensity_protocol="hu")
+        )
 
 
 def test_benchmark_size_and_json(tiny_model_dir, capsys):

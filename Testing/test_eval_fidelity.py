@@ -141,3 +141,23 @@ def test_fidelity_summary_known_values():
     assert split["at_or_above"]["nodules"] == 3 and split["at_or_above"]["share_visible"] == 1.0
     flat = fidelity_summary([{"lung_dice": 1.0, "nodules": [_stat(1, 2, -500.0)]}])
     assert flat["texture_hu_spearman_rho"] is None and flat["share_outside_lung"] == 0.0
+
+
+def test_visibility_is_signed_a_dark_hole_is_not_a_nodule():
+    """Every texture is denser than lung: a sphere darker than the lung by far more than the noise is
+    not a visible nodule, while the same sphere as bright is."""
+    rng = np.random.default_rng(3)
+    shape = (24, 24, 24)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    lung = np.ones(shape, bool)
+    labels = np.zeros(shape, np.uint8)
+    labels[(zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 16] = 1
+    ct = -700.0 + rng.normal(0, 20, shape)
+    dark = ct.copy()
+    dark[labels == 1] = -1000.0
+    bright = ct.copy()
+    bright[labels == 1] = -400.0
+    (d,) = nodule_stats(dark, lung, labels, {1: 5}, (1.0, 1.0, 1.0))
+    (b,) = nodule_stats(bright, lung, labels, {1: 5}, (1.0, 1.0, 1.0))
+    assert d.contrast_hu < -250 and abs(d.contrast_hu) > d.surround_std_hu and not d.visible
+    assert b.contrast_hu > 250 and b.visible

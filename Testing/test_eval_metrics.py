@@ -18,6 +18,16 @@ from land.eval.features import (
 )
 from land.eval.fid import FeatureStats, fid_from_stats, frechet_distance
 from land.eval.msssim import min_size, ms_ssim_diversity, ms_ssim_pair, select_pairs
+from land.eval.sets import (
+    INTENSITY_PROTOCOLS,
+    UnitVolumes,
+    describe_intensity_protocol,
+    list_volumes,
+    volume_to_unit,
+    wdm_unit,
+)
+from land.io import write_volume
+from land.volume import Volume
 
 
 def fid_eigen(mu1, s1, mu2, s2) -> float:
@@ -223,3 +233,61 @@ def test_select_pairs_all_or_seeded_subset():
     sub = select_pairs(10, 7, seed=5)
     assert len(set(sub)) == 7 and all(0 <= i < j < 10 for i, j in sub)
     assert sub == select_pairs(10, 7, seed=5) and sub != select_pairs(10, 7, seed=6)
+
+
+@pytest.mark.parametrize(
+    "hu,want",
+    [
+        # p99.9 of 5 values: 0 + 0.996 * 500 = 498 -> clip to [-1000, 498], min-max over [-1000, 498]
+        ([-1500, -1000, -500, 0, 500], [0, 0, 500 / 1498, 1000 / 1498, 1]),
+        # no air: the min-max uses the volume's own min (-500), not -1000; p99.9 = 250 + 0.997 * 250
+        ([-500, 0, 250, 500], [0, 500 / 999.25, 750 / 999.25, 1]),
+    ],
+)
+def test_wdm_scaling_is_clip_to_own_p999_then_min_max(hu, want):
+    vol = np.asarray(hu, np.int16).reshape(1, 1, -1)
+    got = wdm_unit(vol)
+    assert got.dtype == np.float32 and got.shape == vol.shape
+    np.testing.assert_allclose(got.ravel(), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(volume_to_unit(vol, "wdm"), got)
+    fixed = volume_to_unit(vol, "fixed-window")  # HU [-1000, 1000] -> [0, 1]: a different mapping
+    np.testing.assert_allclose(fixed.ravel(), np.clip((np.asarray(hu) + 1000) / 2000, 0, 1), atol=1e-6)
+    assert np.abs(fixed - got).max() > 0.2
+
+
+def test_wdm_scaling_of_a_ct_like_volume_matches_numpy_reference():
+    rng = np.random.default_rng(7)
+    hu = rng.normal(-300, 500, size=(20, 20, 20)).clip(-1024, 3071)
+    hu[0, 0, :3] = 3000  # a few bright outliers (metal) that the per-volume 99.9th percentile cuts off
+    a = np.maximum(hu, -1000.0)  # WDM-3D: values below -1000 set to -1000, then clip at the 0.999 quantile
+    a = np.clip(a, -1000.0, np.quantile(a, 0.999))
+    want = (a - a.min()) / (a.max() - a.min())
+    got = wdm_unit(hu)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert got.min() == 0.0 and got.max() == pytest.approx(1.0) and (got >= 1.0 - 1e-6).sum() >= 3
+    assert np.abs(volume_to_unit(hu, "fixed-window") - got).max() > 0.1
+
+
+@pytest.mark.parametrize("value", [40.0, -3000.0, 2500.0])
+def test_wdm_scaling_of_a_constant_volume_is_all_zeros(value):
+    with np.errstate(all="raise"):  # no 0/0
+        got = wdm_unit(np.full((4, 5, 6), value, np.float32))
+    assert got.dtype == np.float32 and got.shape == (4, 5, 6) and not got.any()
+
+
+def test_unit_volumes_apply_the_protocol_and_name_it(tmp_path):
+    rng = np.random.default_rng(3)
+    hu = rng.normal(-200, 600, size=(8, 8, 8)).astype(np.float32)
+    write_volume(tmp_path / "a.nii.gz", Volume(hu, (1.0, 1.0, 1.0)))
+    vset = list_volumes(tmp_path)
+    assert INTENSITY_PROTOCOLS[0] == "wdm"
+    np.testing.assert_allclose(UnitVolumes(vset)[0], wdm_unit(hu), atol=1e-6)  # default: wdm
+    np.testing.assert_allclose(
+        UnitVolumes(vset, protocol="fixed-window")[0], volume_to_unit(hu, "fixed-window"), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="wdm, fixed-window"):
+        UnitVolumes(vset, protocol="zscore")
+    assert describe_intensity_protocol("wdm") == (
+        "wdm (HU clipped to [-1000, per-volume 99.9th percentile], min-max to [0,1] per volume)"
+    )
+    assert describe_intensity_protocol("fixed-window").startswith("fixed-window (HU clipped to [-1000, 1000]")

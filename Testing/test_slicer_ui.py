@@ -123,3 +123,48 @@ def test_module_classes_follow_the_template():
     ):
         assert cls in text
     assert "LANDSynthesisLogic" in text and 'loadUI(self.resourcePath("UI/LANDSynthesis.ui"))' in text
+
+
+def test_guidance_widgets():
+    """The guidance widgets sit with the sampling options, start on the model's recommendation (scale and mode
+    disabled), span the engine's range, and the widget keeps them in the parameter node both ways."""
+    from land.contract import MAX_GUIDANCE
+
+    root, widgets, _ = _ui()
+    model = root.find(".//widget[@name='modelCollapsibleButton']")
+    inside = {w.get("name"): w for w in model.iter("widget")}
+    expected = {
+        "guidanceFromModelCheckBox": "QCheckBox",
+        "guidanceSpinBox": "QDoubleSpinBox",
+        "guidanceModeComboBox": "QComboBox",
+    }
+    for name, cls in expected.items():
+        assert name in inside and widgets[name] == cls, name
+
+    def prop(name, key):
+        element = inside[name].find(f"property[@name='{key}']")
+        return None if element is None else element[0].text
+
+    assert prop("guidanceFromModelCheckBox", "checked") == "true"
+    assert prop("guidanceFromModelCheckBox", "text") == "Use the model's recommended guidance"
+    assert float(prop("guidanceSpinBox", "minimum")) == 0.0
+    assert float(prop("guidanceSpinBox", "maximum")) == MAX_GUIDANCE
+    assert float(prop("guidanceSpinBox", "singleStep")) == 0.5
+    for name in ("guidanceSpinBox", "guidanceModeComboBox"):
+        assert prop(name, "enabled") == "false", f"{name} must start disabled (the checkbox starts checked)"
+        assert prop(name, "toolTip"), name
+
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    to_node = text[text.index("def updateParameterNodeFromGUI") :]
+    to_node = to_node[: to_node.index("\n    def ")]
+    from_node = text[text.index("def updateGUIFromParameterNode") :]
+    from_node = from_node[: from_node.index("\n    def ")]
+    for key, widget in (
+        ("GuidanceFromModel", "guidanceFromModelCheckBox"),
+        ("Guidance", "guidanceSpinBox"),
+        ("GuidanceMode", "guidanceModeComboBox"),
+    ):
+        assert f'node.SetParameter("{key}"' in to_node and f"self.ui.{widget}" in to_node, key
+        assert f'node.GetParameter("{key}")' in from_node and f"self.ui.{widget}" in from_node, key
+    for widget in ("guidanceSpinBox", "guidanceModeComboBox"):
+        assert f"self.ui.{widget}.enabled" in from_node, f"{widget} is not enabled/disabled with the checkbox"

@@ -390,3 +390,17 @@ def test_series_geometry_anisotropic_oblique(tmp_path):
     small = write_ct_series(tmp_path / "t", Volume(hu[:, :6, :8]), case="c", patient_id="p",
                             study_description="SYNTHETIC", series_description="SYNTHETIC")  # fmt: skip
     assert pydicom.dcmread(small.files[0]).pixel_array.max() == 1000 + 1024
+
+
+def test_guidance_enters_the_set_id_only_when_on(tiny_model_dir):
+    """Unguided sets keep the ids they had before guidance existed; a guided set is a different set."""
+    from land.teaching.build import full_settings
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    settings = TeachingSettings(cases=2, nodule_rate=1.0, textures=(5,), diameters=(8.0, 14.0), seed=1)
+    plain = full_settings(settings, pipe, 2, True)
+    assert "guidance" not in plain
+    assert full_settings(settings, pipe, 2, True, (1.0, "nodules")) == plain
+    assert full_settings(settings, pipe, 2, True, (4.0, "none")) == plain
+    guided = full_settings(settings, pipe, 2, True, (4.0, "nodules"))
+    assert guided == {**plain, "guidance": {"scale": 4.0, "mode": "nodules"}}

@@ -37,6 +37,14 @@ from typing import Any
 import numpy as np
 import slicer
 
+from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
+    GUIDANCE_MODES,
+    MAX_GUIDANCE,
+    check_guidance,
+    is_guided,
+)
+from land.errors import InputError
+
 from . import segments as seglib
 from .mrml import moduleParameterNode
 from .nrrd import RAS_TO_LPS, read_nrrd, read_nrrd_header, write_nrrd
@@ -82,6 +90,18 @@ class GenerationCancelled(LANDSynthesisError):
     """The user cancelled the generation."""
 
 
+def guidanceArguments(fromModel: bool, scale: Any, mode: Any) -> list[str]:
+    """``--guidance W --guidance-mode M`` checked by the engine's rules (LANDInputError says why), or none
+    when ``fromModel`` (the engine then uses the model's recommended guidance from its model.json)."""
+    if fromModel:
+        return []
+    try:
+        scale, mode = check_guidance(scale, mode)
+    except InputError as e:
+        raise LANDInputError(str(e)) from None
+    return ["--guidance", f"{scale:g}", "--guidance-mode", mode]
+
+
 # ---------------------------------------------------------------------------------------------- parameters
 @dataclass
 class GenerationParameters:
@@ -97,6 +117,9 @@ class GenerationParameters:
     replacePrevious: bool = False
     strict: bool = False
     outputName: str | None = None
+    guidanceFromModel: bool = True  # True: the model's recommended guidance; else guidanceScale/Mode
+    guidanceScale: float = 3.0
+    guidanceMode: str = "nodules"
     extraArguments: list[str] = field(default_factory=list)
 
     @classmethod
@@ -115,6 +138,7 @@ class GenerationParameters:
         device = (self.device or "auto").lower()
         if device not in DEVICES and not device.startswith("cuda:"):
             raise LANDInputError(f"unknown device {self.device!r}; choose auto, cuda (GPU) or cpu")
+        guidanceArguments(self.guidanceFromModel, self.guidanceScale, self.guidanceMode)
 
 
 @dataclass
@@ -128,6 +152,7 @@ class ModelInfo:
     spacing: tuple[float, float, float]
     mode: str
     card: str = ""
+    guidance: tuple[float, str] = (1.0, "none")  # recommended (scale, mode); scale 1 = no guidance
 
     @property
     def extentMm(self) -> tuple[float, float, float]:
@@ -153,6 +178,7 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        guidance = meta.get("guidance", {})
         return ModelInfo(
             path=path,
             name=str(meta.get("name") or path.name),
@@ -161,8 +187,9 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
             spacing=tuple(float(s) for s in meta["grid"]["spacing"]),  # type: ignore[arg-type]
             mode=str(meta["conditioning"]["mode"]),
             card=str(meta.get("card", "")),
+            guidance=check_guidance(guidance.get("scale", 1.0), guidance.get("mode", "none")),
         )
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise LANDSynthesisError(f"{meta_path} is not a valid LAND model description: {e}") from e
 
 
@@ -580,6 +607,9 @@ class TeachingSetParameters:
     diameters: str | tuple[float, float] | float | None = None
     steps: int | None = None
     seed: int | None = None
+    guidanceFromModel: bool = True  # as in GenerationParameters
+    guidanceScale: float = 3.0
+    guidanceMode: str = "nodules"
     extraArguments: list[str] = field(default_factory=list)
 
     @classmethod
@@ -636,6 +666,7 @@ class TeachingSetParameters:
             raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
         self.texturesText()
         self.diametersText()
+        guidanceArguments(self.guidanceFromModel, self.guidanceScale, self.guidanceMode)
 
 
 class TeachingSetJob(GenerationJob):
@@ -701,6 +732,9 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             "RandomSeed": "true",
             "Device": "auto",
             "ReplacePrevious": "false",
+            "GuidanceFromModel": "true" if GenerationParameters.guidanceFromModel else "false",
+            "Guidance": f"{GenerationParameters.guidanceScale:g}",
+            "GuidanceMode": GenerationParameters.guidanceMode,
             "NoduleDiameter": "10",
             "NoduleTexture": "5",
         }
@@ -1342,6 +1376,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
             cmd += ["--steps", str(p.steps)]
         if p.seed is not None:
             cmd += ["--seed", str(p.seed)]
+        cmd += guidanceArguments(p.guidanceFromModel, p.guidanceScale, p.guidanceMode)
         cmd += ["--progress", "json"]
         return cmd + [str(a) for a in p.extraArguments]
 
@@ -1508,6 +1543,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
         ]
         if p.steps:
             cmd += ["--steps", str(p.steps)]
+        cmd += guidanceArguments(p.guidanceFromModel, p.guidanceScale, p.guidanceMode)
         if p.mode:
             cmd += ["--mode", p.mode]
         if p.strict:

@@ -215,6 +215,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             decode=args.decode,
             max_memory=args.max_memory,
             match_input=args.match_input,
+            guidance=args.guidance,
+            guidance_mode=args.guidance_mode,
         )
     except KeyboardInterrupt:
         from .errors import Cancelled
@@ -266,6 +268,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .conditioning import MODES
     from .diffusion import SAMPLERS
+    from .guidance import add_guidance_arguments
 
     parser = argparse.ArgumentParser(
         prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks"
@@ -296,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)"
     )
     p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
+    add_guidance_arguments(p)
     p.add_argument("--no-compress", action="store_true", help="raw NRRD data (faster to load into Slicer)")
     p.add_argument("--out", required=True, help="output .nii.gz or .nrrd")
 

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 
 FORMAT = "land-model/1"
@@ -32,6 +32,7 @@ DIFFUSION_DEFAULTS = {
 }
 # MAISI's CT mapping: HU clipped to [-1000, 1000] and scaled linearly to [0, 1].
 INTENSITY_DEFAULTS = {"hu_min": -1000.0, "hu_max": 1000.0}
+GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ModelConfig:
     diffusion: dict[str, Any] = field(default_factory=lambda: dict(DIFFUSION_DEFAULTS))
     provenance: dict[str, Any] = field(default_factory=dict)
     card: str = ""
+    # recommended classifier-free guidance (land.guidance), measured for this model; scale 1 = none
+    guidance: dict[str, Any] = field(default_factory=lambda: dict(GUIDANCE_DEFAULTS))
 
     @property
     def latent_size(self) -> tuple[int, int, int]:
@@ -85,6 +88,7 @@ class ModelConfig:
                 "encoding": "background 0, lung 0.5, nodule texture 1..5; /5",
             },
             "diffusion": dict(self.diffusion),
+            "guidance": dict(self.guidance),
             "latent_scale": self.latent_scale,
             "provenance": dict(self.provenance),
             "card": self.card,
@@ -108,9 +112,23 @@ class ModelConfig:
                 diffusion=dict(d.get("diffusion", DIFFUSION_DEFAULTS)),
                 provenance=dict(d.get("provenance", {})),
                 card=str(d.get("card", "")),
+                guidance=_guidance(d.get("guidance", GUIDANCE_DEFAULTS)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"{MODEL_JSON} is incomplete or invalid ({type(e).__name__}: {e})") from e
+
+
+def _guidance(section: Any) -> dict[str, Any]:
+    """model.json's ``guidance`` section ({"scale": w, "mode": m}), validated."""
+    from .guidance import check_guidance
+
+    if not isinstance(section, dict):
+        raise ValueError('\'guidance\' must be an object {"scale": W, "mode": M}')
+    try:
+        scale, mode = check_guidance(section.get("scale", 1.0), section.get("mode", "none"))
+    except InputError as e:
+        raise ValueError(f"'guidance': {e}") from None
+    return {"scale": scale, "mode": mode}
 
 
 def named_config(config: str, name: str | None = None) -> ModelConfig:

@@ -18,6 +18,7 @@ from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
 from .decoding import decode_full, decode_tiled
 from .diffusion import SAMPLERS, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
+from .guidance import check_guidance, guided_denoiser, is_guided
 from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
 from .models import LANDUNet, build_vae, count_parameters
 from .volume import Volume
@@ -142,13 +143,16 @@ class LANDPipeline:
         decode: str = "tiled",
         max_memory: int | None = None,
         match_input: bool = False,
+        guidance: float | None = None,
+        guidance_mode: str | None = None,
     ) -> Volume:
         """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
 
         ``conditioning`` is a :class:`MaskSet` in any geometry (resampled to the model grid, centred on the
         lungs) or None (unconditional). Same seed, sampler, steps and device give an identical volume.
         ``progress`` receives ``{"stage": "denoise"|"decode", "step": i, "total": n}``; setting ``cancel``
-        stops at the next step with :class:`land.Cancelled`.
+        stops at the next step with :class:`land.Cancelled`. ``guidance`` / ``guidance_mode``: classifier-free
+        guidance (:mod:`land.guidance`); default the model's recommended ``guidance`` from model.json.
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         if mode not in MODES:
@@ -163,6 +167,9 @@ class LANDPipeline:
                 stacklevel=2,
             )
         steps = default_steps(sampler) if steps is None else steps
+        scale, gmode = self.resolve_guidance(guidance, guidance_mode)
+        if mode == "none":
+            scale, gmode = 1.0, "none"  # nothing to guide towards
         dev = resolve_device(device)
         cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
         cond = cond.to(dev)
@@ -180,7 +187,7 @@ class LANDPipeline:
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
         generator = torch.Generator().manual_seed(int(seed))
         z = sample(
-            lambda x, t: self.unet(x, t, cond),
+            guided_denoiser(self.unet, cond, scale, gmode, mode),
             latent_shape,
             sampler=sampler,
             steps=steps,
@@ -200,7 +207,7 @@ class LANDPipeline:
         lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
         hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
         ct = Volume.like(ref, np.rint(hu).astype(np.int16))
-        ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev)
+        ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode))
         if match_input and conditioning is not None and conditioning.reference is not None:
             from .io import from_model_grid
 
@@ -209,8 +216,29 @@ class LANDPipeline:
             ct.metadata = meta
         return ct
 
+    def resolve_guidance(self, scale: float | None, mode: str | None) -> tuple[float, str]:
+        """Guidance scale and mode to use: the given ones, else the model's recommendation (model.json).
+
+        A scale without a mode uses the model's recommended mode, or ``nodules`` when it recommends none.
+        """
+        rec_scale, rec_mode = self.config.guidance["scale"], self.config.guidance["mode"]
+        if scale is None and mode is None:
+            return check_guidance(rec_scale, rec_mode)
+        if scale is None:
+            scale = rec_scale
+        if mode is None:
+            mode = rec_mode if rec_mode != "none" else "nodules"
+        return check_guidance(scale, mode)
+
     def provenance(
-        self, masks: MaskSet | None, mode: str, sampler: str, steps: int, seed: int, device: torch.device
+        self,
+        masks: MaskSet | None,
+        mode: str,
+        sampler: str,
+        steps: int,
+        seed: int,
+        device: torch.device,
+        guidance: tuple[float, str] = (1.0, "none"),
     ) -> dict[str, str]:
         """Metadata stored with every output: what made it, and that it is SYNTHETIC."""
         textures = {} if masks is None else {int(k): int(v) for k, v in sorted(masks.textures.items())}
@@ -222,6 +250,7 @@ class LANDPipeline:
             "mode": mode,
             "sampler": sampler,
             "steps": str(steps),
+            "guidance": f"{guidance[0]:g} ({guidance[1]})" if is_guided(*guidance) else "none",
             "seed": str(seed),
             "device": device.type,
             "textures": ",".join(f"{k}={v}" for k, v in textures.items()),

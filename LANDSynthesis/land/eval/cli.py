@@ -46,6 +46,8 @@ def _sample_set(args: argparse.Namespace) -> int:
             progress=reporter if args.progress != "none" else None,
             on_sample=on_sample,
             cancel=cancel,
+            guidance=args.guidance,
+            guidance_mode=args.guidance_mode,
         )
     finally:
         reporter.close()
@@ -76,6 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         argv += ["--ms-ssim-kernel", str(args.ms_ssim_kernel)]
     if args.no_fid:
         argv.append("--no-fid")
+    argv += ["--intensity-protocol", args.intensity_protocol]
     argv += ["--seed", str(args.seed), "--device", args.device, "--out", args.out]
     opts = EvalOptions(
         real=Path(args.real),
@@ -91,6 +94,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=_device(args.device),
         montage=args.montage,
+        intensity_protocol=args.intensity_protocol,
         command=shlex.join(argv),
     )
     report = evaluate(opts, log=(lambda _m: None) if args.quiet else _stderr)
@@ -131,6 +135,8 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     from ..cli import parse_memory
     from ..conditioning import MODES
     from ..diffusion import SAMPLERS
+    from ..guidance import add_guidance_arguments
+    from .sets import INTENSITY_PROTOCOLS
 
     p = sub.add_parser(
         "sample-set", help="generate many CTs (one NIfTI per sample; resumable; torchrun-aware)"
@@ -150,6 +156,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    add_guidance_arguments(p)
     command("sample-set")(_sample_set)
 
     p = sub.add_parser("evaluate", help="FID, MS-SSIM, memory and mask fidelity of generated vs real CT")
@@ -159,6 +166,14 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--feature-weights", help="MedicalNet resnet_50_23dataset.pth (default: search the cache)")
     p.add_argument("--no-fid", action="store_true", help="skip FID")
     p.add_argument("--cache", help="folder for cached set statistics (default ~/.cache/land/eval)")
+    p.add_argument(
+        "--intensity-protocol",
+        choices=INTENSITY_PROTOCOLS,
+        default=INTENSITY_PROTOCOLS[0],
+        help="HU -> [0, 1] scaling of every volume before FID features and MS-SSIM: wdm = WDM-3D's (clip HU "
+        "to [-1000, the volume's 99.9th percentile], min-max per volume; default, the paper's protocol); "
+        "fixed-window = HU [-1000, 1000] -> [0, 1] (older LAND reports; FIDs not comparable)",
+    )
     p.add_argument(
         "--size", type=int, help="resize volumes to SIZE^3 for FID and MS-SSIM (default: as stored)"
     )

@@ -10,7 +10,9 @@ dilation and padding 2 / 4 and the first block's 1x1x1 downsample conv to stride
 their names are unchanged, so MedicalNet's weights load as they are (after removing ``module.``).
 
 The features (WDM / LAND protocol) are the global average of ``layer4``: 2048 values per volume, input
-a (1, 1, z, y, x) volume in [0, 1], batch 1.
+a (1, 1, z, y, x) volume in [0, 1], batch 1. The HU -> [0, 1] scaling is not done here: ``land evaluate``
+applies its intensity protocol first (:func:`land.eval.sets.volume_to_unit`; default ``wdm``, WDM-3D's
+per-volume clip to [-1000, 99.9th percentile] and min-max).
 """
 
 from __future__ import annotations

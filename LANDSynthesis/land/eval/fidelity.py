@@ -4,8 +4,10 @@
   method: body, air below -320 HU inside it, airways removed, holes filled) vs the input lung mask.
 * :func:`nodule_stats`: per nodule, its mean HU, the mean / std of the surrounding lung (a shell of
   ``shell_mm`` around the nodule beyond a ``gap_mm`` partial-volume margin, inside the lung mask, outside
-  every nodule), contrast, contrast-to-noise ratio, visibility (``|contrast| > surround std``), the
+  every nodule), contrast, contrast-to-noise ratio, visibility (``contrast > surround std``, signed: every
+  texture, ground glass included, is denser than lung, so a nodule drawn as a dark hole is not visible), the
   share of its voxels inside the lung mask and its size (diameter of the sphere of equal volume).
+* :func:`lung_parenchyma`: mean and std HU of the lung away from its border and from the nodules.
 * :func:`fidelity_summary`: aggregates over cases, also split at ``size_split_mm`` (default 6 mm: below it
   a nodule is a handful of voxels at 2 mm and partial volume hides it even in a perfect image).
 
@@ -85,6 +87,20 @@ def lung_dice(ct_hu: np.ndarray, lung_mask: np.ndarray, spacing: Sequence[float]
     return dice(segment_generated_lungs(ct_hu, spacing), lung_mask)
 
 
+def lung_parenchyma(
+    ct_hu: np.ndarray, lung_mask: np.ndarray, nodule_labels: np.ndarray
+) -> tuple[float, float]:
+    """Mean and standard deviation (HU) of the lung parenchyma: the lung mask eroded by one voxel (no
+    partial volume with the chest wall), outside every nodule dilated by one voxel; ``nan`` when empty."""
+    _check(ct_hu, lung_mask, nodule_labels)
+    lung = ndi.binary_erosion(np.asarray(lung_mask) != 0)
+    lung &= ~ndi.binary_dilation(np.asarray(nodule_labels) != 0)
+    values = np.asarray(ct_hu, dtype=np.float64)[lung]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std())
+
+
 def _shell(
     nodule: np.ndarray, spacing_zyx: np.ndarray, gap_mm: float, shell_mm: float
 ) -> tuple[tuple, np.ndarray]:
@@ -149,7 +165,7 @@ def nodule_stats(
                 surround_std_hu=s_std,
                 contrast_hu=contrast,
                 cnr=cnr,
-                visible=bool(ring.size and abs(contrast) > s_std),
+                visible=bool(ring.size and contrast > s_std),
                 inside_lung_fraction=float(lung[nodule].mean()),
                 diameter_mm=float((6.0 * voxels * voxel_mm3 / math.pi) ** (1.0 / 3.0)),
             )
@@ -189,13 +205,17 @@ def _nodule_figures(nodules: Sequence[dict]) -> dict:
 def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SPLIT_MM) -> dict:
     """Aggregate per-case results ``{"lung_dice": float | None, "nodules": [NoduleStat | dict, ...]}``.
 
-    Returns the number of cases and nodules, mean/std lung Dice, the Spearman rho (and p) of texture vs
-    nodule mean HU over all nodules with a texture (None with fewer than 3 nodules or a constant input), the
+    Returns the number of cases and nodules, mean/std lung Dice, the mean over cases of the lung parenchyma's
+    mean and std HU (``lung_mean_hu`` / ``lung_std_hu``, from the optional per-case keys of those names),
+    the Spearman rho (and p) of texture vs nodule mean HU over all nodules with a texture (None with fewer
+    than 3 nodules or a constant input), the
     share of visible nodules, the share of nodules mostly outside the lung (``inside_lung_fraction`` < 0.5)
     and any voxel outside, the mean nodule HU and count per texture, and count, rho and share visible of
     the nodules below and at or above ``size_split_mm`` (``by_size``; nodules without a size are left out).
     """
     dices = _finite([c.get("lung_dice") for c in per_case])
+    parenchyma_mean = _finite([c.get("lung_mean_hu") for c in per_case])
+    parenchyma_std = _finite([c.get("lung_std_hu") for c in per_case])
     nodules = [_as_dict(n) for c in per_case for n in c.get("nodules", [])]
     figures = _nodule_figures(nodules)
     rho, p = figures["texture_hu_spearman_rho"], figures["texture_hu_spearman_p"]
@@ -226,6 +246,8 @@ def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SP
         "cases_with_dice": int(dices.size),
         "lung_dice_mean": float(dices.mean()) if dices.size else None,
         "lung_dice_std": float(dices.std()) if dices.size else None,
+        "lung_mean_hu": float(parenchyma_mean.mean()) if parenchyma_mean.size else None,
+        "lung_std_hu": float(parenchyma_std.mean()) if parenchyma_std.size else None,
         "nodules": len(nodules),
         "texture_hu_spearman_rho": rho,
         "texture_hu_spearman_p": p,

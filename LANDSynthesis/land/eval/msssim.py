@@ -1,7 +1,9 @@
 """MS-SSIM diversity of generated samples (MONAI ``MultiScaleSSIMMetric``, 3D, data range 1, kernel 7).
 
 Lower mean MS-SSIM between samples = more diverse. MS-SSIM is symmetric, so unordered pairs give the mean
-of all ordered pairs.
+of all ordered pairs. The volumes must already be in [0, 1]: ``land evaluate`` passes them scaled by the same
+intensity protocol as the FID features (:class:`land.eval.sets.UnitVolumes`, default ``wdm``: HU clipped to
+[-1000, the volume's 99.9th percentile], min-max per volume).
 """
 
 from __future__ import annotations

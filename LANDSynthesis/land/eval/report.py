@@ -1,10 +1,14 @@
 """``land evaluate``: FID, MS-SSIM diversity, memory and conditional fidelity of a generated set vs a real
 set, written as ``report.json``, ``report.md`` and PNG figures.
 
-Protocol (WDM / LAND): volumes mapped HU [-1000, 1000] -> [0, 1]; FID on MedicalNet ResNet-50 features
-(2048-d, global average of layer4, batch 1), also x10^3; MS-SSIM over all pairs of generated samples (or a
-seeded subset), kernel 7, data range 1. Missing FID weights make FID *unavailable* (with the reason) and
-never a made-up number; ``--feature-weights`` that cannot be loaded is an error.
+Protocol (WDM-3D's eval, which LAND's paper uses): each volume is scaled to [0, 1] by the intensity protocol
+``wdm`` (the default of ``--intensity-protocol``): HU clipped to [-1000, that volume's 99.9th percentile],
+then min-max to [0, 1] per volume (:func:`land.eval.sets.wdm_unit`). ``fixed-window`` (HU [-1000, 1000] ->
+[0, 1], one window for every volume) is kept for comparison with older LAND reports; its FIDs are not
+comparable with the paper's. FID and MS-SSIM read the same scaled volumes. FID on MedicalNet ResNet-50
+features (2048-d, global average of layer4, batch 1), also x10^3; MS-SSIM over all pairs of generated samples
+(or a seeded subset), kernel 7, data range 1. Missing FID weights make FID *unavailable* (with the reason)
+and never a made-up number; ``--feature-weights`` that cannot be loaded is an error.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from .fid import FeatureStats, fid_from_stats, stats_key
-from .sets import UnitVolumes, VolumeSet, list_volumes
+from .sets import (
+    INTENSITY_PROTOCOLS,
+    UnitVolumes,
+    VolumeSet,
+    check_intensity_protocol,
+    describe_intensity_protocol,
+    list_volumes,
+)
 
 HIST_EDGES = np.arange(-1100.0, 1100.0 + 1e-9, 10.0)
 
@@ -44,7 +55,8 @@ class EvalOptions:
     seed: int = 0
     device: str = "cpu"
     montage: int = 3
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    intensity_protocol: str = INTENSITY_PROTOCOLS[0]  # "wdm"; see land.eval.sets.volume_to_unit
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)  # used by intensity_protocol "fixed-window" only
     command: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -88,13 +100,16 @@ def feature_stats(
     """(feature mean/covariance of a set, whether it came from the cache)."""
     from .features import extract_features, extractor_id
 
-    pre = {"hu_window": list(opts.hu_window), "size": opts.size, "batch": 1}
+    if opts.intensity_protocol == "fixed-window":  # the key of statistics cached before the option existed
+        pre: dict[str, Any] = {"hu_window": list(opts.hu_window), "size": opts.size, "batch": 1}
+    else:
+        pre = {"intensity_protocol": opts.intensity_protocol, "size": opts.size, "batch": 1}
     key = stats_key(vset.fingerprint(), extractor_id(extractor), pre)
     path = _cache_dir(opts) / f"fid-{key}.npz"
     cached = FeatureStats.load(path, key)
     if cached is not None:
         return cached, True
-    units = UnitVolumes(vset, *opts.hu_window, size=opts.size, keep=1)
+    units = _units(vset, opts, keep=1)
     feats = []
     for i, f in enumerate(extract_features(extractor, units, opts.device)):
         feats.append(f)
@@ -102,6 +117,13 @@ def feature_stats(
     stats = FeatureStats.from_features(np.stack(feats))
     stats.save(path, key)
     return stats, False
+
+
+def _units(vset: VolumeSet, opts: EvalOptions, keep: int) -> UnitVolumes:
+    """The set's volumes as the FID features and MS-SSIM see them (``opts.intensity_protocol``, ``size``)."""
+    return UnitVolumes(
+        vset, protocol=opts.intensity_protocol, hu_window=opts.hu_window, size=opts.size, keep=keep
+    )
 
 
 def _resolve_extractor(opts: EvalOptions, extractor) -> tuple[Any, str | None]:
@@ -186,6 +208,10 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
     from .figures import hu_histogram_png, montage_png, nodule_hu_boxplot_png
     from .msssim import ms_ssim_diversity
 
+    try:
+        check_intensity_protocol(opts.intensity_protocol)
+    except ValueError as e:
+        raise InputError(f"{e}; fix: pass --intensity-protocol {' or '.join(INTENSITY_PROTOCOLS)}") from None
     real, gen = list_volumes(opts.real, "--real"), list_volumes(opts.generated, "--generated")
     if opts.masks is not None:
         from ..data.folder import read_manifest
@@ -201,7 +227,10 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
         "real": {"folder": str(real.root), "n": len(real)},
         "generated": {"folder": str(gen.root), "n": len(gen)},
         "protocol": {
-            "hu_window": list(opts.hu_window),
+            "intensity_protocol": opts.intensity_protocol,
+            "intensity_scaling": describe_intensity_protocol(opts.intensity_protocol, opts.hu_window),
+            "intensity_scaling_applies_to": ["fid", "ms_ssim"],
+            "hu_window": list(opts.hu_window) if opts.intensity_protocol == "fixed-window" else None,
             "size": opts.size,
             "ms_ssim_kernel": opts.ms_ssim_kernel,
             "ms_ssim_data_range": 1.0,
@@ -232,7 +261,7 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
                 "singular; FID is biased upwards for small sets"
             )
 
-    units = UnitVolumes(gen, *opts.hu_window, size=opts.size, keep=2)
+    units = _units(gen, opts, keep=2)
     try:
         report["ms_ssim"] = {
             "available": True,
@@ -341,6 +370,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Created {report['created']} by land {report['land_version']}. Real: {report['real']['folder']} "
         f"({report['real']['n']} volumes); generated: {report['generated']['folder']} "
         f"({report['generated']['n']}).",
+        "",
+        f"Intensity protocol: {report['protocol']['intensity_scaling']}; FID features and MS-SSIM both read "
+        "volumes scaled this way"
+        + (f", resized to {report['protocol']['size']}^3" if report["protocol"].get("size") else "")
+        + ".",
         "",
         "| model | FID | FID (x10^3) | MS-SSIM | memory (GB) |",
         "|---|---|---|---|---|",

@@ -68,11 +68,14 @@ def run_sample_set(
     cancel=None,
     rank: int | None = None,
     world: int | None = None,
+    guidance: float | None = None,
+    guidance_mode: str | None = None,
 ) -> dict[str, Any]:
     """Generate this rank's share of the set; returns ``{"written", "skipped", "jobs", "rank", "world"}``.
 
     ``progress`` gets the pipeline's step events, ``on_sample`` one event per sample
-    (``{"sample": i, "total": n, "out": path, "skipped": bool, "seconds": s}``).
+    (``{"sample": i, "total": n, "out": path, "skipped": bool, "seconds": s}``). ``guidance`` /
+    ``guidance_mode``: classifier-free guidance (default: the model's recommended).
     """
     import torch
 
@@ -124,6 +127,8 @@ def run_sample_set(
                 progress=progress,
                 cancel=cancel,
                 max_memory=max_memory,
+                guidance=guidance,
+                guidance_mode=guidance_mode,
             )
         except KeyboardInterrupt:
             raise Cancelled("sample-set cancelled; run the same command again to resume") from None

@@ -84,8 +84,53 @@ def resize_unit(volume: np.ndarray, size: int | None) -> np.ndarray:
     ].numpy()
 
 
+INTENSITY_PROTOCOLS = ("wdm", "fixed-window")
+"""How ``land evaluate`` maps HU to the [0, 1] input of the FID features and MS-SSIM (default first)."""
+
+
+def check_intensity_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`INTENSITY_PROTOCOLS`, else ValueError naming the choices."""
+    if protocol not in INTENSITY_PROTOCOLS:
+        raise ValueError(
+            f"unknown intensity protocol {protocol!r}; choose one of {', '.join(INTENSITY_PROTOCOLS)}"
+        )
+    return protocol
+
+
+def describe_intensity_protocol(protocol: str, hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> str:
+    """The exact words for ``protocol`` in reports, e.g. ``wdm (HU clipped to [-1000, per-volume 99.9th
+    percentile], min-max to [0,1] per volume)``."""
+    if check_intensity_protocol(protocol) == "wdm":
+        return "wdm (HU clipped to [-1000, per-volume 99.9th percentile], min-max to [0,1] per volume)"
+    lo, hi = hu_window
+    return f"fixed-window (HU clipped to [{lo:g}, {hi:g}], mapped linearly to [0,1]; not the WDM-3D scaling)"
+
+
+def wdm_unit(array: np.ndarray) -> np.ndarray:
+    """WDM-3D's per-volume scaling (float32): HU below -1000 set to -1000, then clipped at the volume's own
+    99.9th percentile, then min-max to [0, 1] with the clipped volume's min and max; a constant volume gives
+    all zeros."""
+    a = np.maximum(np.asarray(array, dtype=np.float32), np.float32(-1000.0))
+    a = np.minimum(a, np.float32(np.percentile(a, 99.9)))
+    lo, hi = a.min(), a.max()
+    if not hi > lo:
+        return np.zeros_like(a)
+    return (a - lo) / (hi - lo)
+
+
+def volume_to_unit(
+    array: np.ndarray, protocol: str = "wdm", hu_window: tuple[float, float] = (-1000.0, 1000.0)
+) -> np.ndarray:
+    """A HU volume as float32 in [0, 1] under ``protocol`` (one of :data:`INTENSITY_PROTOCOLS`):
+    ``wdm`` is :func:`wdm_unit`; ``fixed-window`` clips to ``hu_window`` and maps it linearly to [0, 1]."""
+    if check_intensity_protocol(protocol) == "wdm":
+        return wdm_unit(array)
+    return hu_to_unit(array, *hu_window)
+
+
 class UnitVolumes(Sequence):
-    """A lazy sequence of a set's volumes as float32 in [0, 1] (HU window mapping), optionally resized.
+    """A lazy sequence of a set's volumes as float32 in [0, 1] (:func:`volume_to_unit` with ``protocol``),
+    optionally resized (after the scaling) to ``size``^3.
 
     The last few volumes read are kept (pairs for MS-SSIM re-read little).
     """
@@ -93,17 +138,19 @@ class UnitVolumes(Sequence):
     def __init__(
         self,
         vset: VolumeSet,
-        hu_min: float = -1000.0,
-        hu_max: float = 1000.0,
+        *,
+        protocol: str = "wdm",
+        hu_window: tuple[float, float] = (-1000.0, 1000.0),
         size: int | None = None,
         keep: int = 4,
     ) -> None:
-        self.vset, self.hu_min, self.hu_max, self.size = vset, hu_min, hu_max, size
+        self.vset, self.protocol = vset, check_intensity_protocol(protocol)
+        self.hu_window, self.size = tuple(hu_window), size
         self._get = lru_cache(maxsize=keep)(self._read)
 
     def _read(self, index: int) -> np.ndarray:
         hu = read_volume(self.vset.files[index]).array
-        return resize_unit(hu_to_unit(hu, self.hu_min, self.hu_max), self.size)
+        return resize_unit(volume_to_unit(hu, self.protocol, self.hu_window), self.size)
 
     def __len__(self) -> int:
         return len(self.vset)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.nets.diffusion_model_unet import (
     DiffusionUNetResnetBlock,
@@ -20,6 +21,22 @@ from monai.networks.nets.diffusion_model_unet import (
 )
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+COND_INJECTIONS = ("input", "every_level")
+COND_FEATURES = ("scalar", "occupancy+texture")
+
+
+def mask_features(cond: torch.Tensor, how: str) -> torch.Tensor:
+    """The latent-grid mask as injection features: itself (``scalar``) or, for ``occupancy+texture``, three
+    channels per mask channel: lung occupancy, nodule occupancy and the texture value inside nodules."""
+    if how == "scalar":
+        return cond
+    from ..conditioning import nodule_region
+
+    nodule = nodule_region(cond)
+    lung = (cond > 0) & ~nodule
+    texture = torch.where(nodule, cond, torch.zeros_like(cond))
+    return torch.cat([lung.to(cond.dtype), nodule.to(cond.dtype), texture], dim=1)
 
 
 @dataclass
@@ -35,6 +52,12 @@ class UNetConfig:
     cross_attention_dim: int = 64
     mask_patch: int = 4
     norm_num_groups: int = 32
+    # "input": the mask enters at the input and as cross-attention tokens (the paper); "every_level": it is
+    # also max-pooled to every resolution and added (zero-initialised 3x3 convolution) at each level's start
+    cond_injection: str = "input"
+    # features the injected mask is given as: "scalar" (the paper's value) or "occupancy+texture"
+    # (lung occupancy, nodule occupancy, texture/5 inside nodules), derived from the scalar encoding
+    cond_features: str = "scalar"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -53,6 +76,10 @@ class UNetConfig:
         cfg = cls(**known)
         cfg.channels = tuple(cfg.channels)
         cfg.attention_levels = tuple(bool(a) for a in cfg.attention_levels)
+        if cfg.cond_injection not in COND_INJECTIONS:
+            raise ValueError(f"cond_injection {cfg.cond_injection!r} is not one of {COND_INJECTIONS}")
+        if cfg.cond_features not in COND_FEATURES:
+            raise ValueError(f"cond_features {cfg.cond_features!r} is not one of {COND_FEATURES}")
         return cfg
 
 
@@ -157,6 +184,16 @@ class LANDUNet(nn.Module):
         )
 
         n = cfg.num_res_blocks
+        self.cond_inject: nn.ModuleList | None = None
+        if cfg.cond_injection == "every_level":
+            n_feat = cfg.cond_channels * (3 if cfg.cond_features == "occupancy+texture" else 1)
+            # one zero-initialised projection per encoder level, then per decoder level (deepest first),
+            # each to the width of that level's input
+            widths = [ch[max(i - 1, 0)] for i in range(len(ch))] + list(reversed(ch))
+            self.cond_inject = nn.ModuleList(
+                zero_module(Convolution(3, n_feat, c, kernel_size=3, conv_only=True)) for c in widths
+            )
+
         self.down_levels = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         for i, c in enumerate(ch):
@@ -197,6 +234,21 @@ class LANDUNet(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
+    def _pooled_features(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        """The injection features max-pooled to every level's resolution (empty without injection)."""
+        if self.cond_inject is None:
+            return []
+        feats = mask_features(cond, self.cfg.cond_features)
+        pooled = [feats]
+        for _ in range(len(self.cfg.channels) - 1):
+            pooled.append(F.max_pool3d(pooled[-1], kernel_size=2, stride=2))
+        return pooled
+
+    def _inject(self, h: torch.Tensor, pooled: list[torch.Tensor], which: int, level: int) -> torch.Tensor:
+        if self.cond_inject is None:
+            return h
+        return h + self.cond_inject[which](pooled[level].to(h.dtype))
+
     def _level(
         self, level: _Level, h: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor, skips: list | None
     ):
@@ -234,8 +286,10 @@ class LANDUNet(nn.Module):
         ctx = self.tokenizer(cond)
 
         h = self.conv_in(torch.cat([x, cond], dim=1))
+        pooled = self._pooled_features(cond)
         skips: list[torch.Tensor] = []
         for i, level in enumerate(self.down_levels):
+            h = self._inject(h, pooled, i, i)
             h, outs = self._level(level, h, emb, ctx, None)
             skips.extend(outs)
             if i < len(self.downsamplers):
@@ -245,7 +299,9 @@ class LANDUNet(nn.Module):
         h = self._run(self.mid_attn, h, ctx)
         h = self._run(self.mid_res2, h, emb)
 
+        n_levels = len(self.up_levels)
         for i, level in enumerate(self.up_levels):
+            h = self._inject(h, pooled, n_levels + i, n_levels - 1 - i)
             h, _ = self._level(level, h, emb, ctx, skips)
             if i < len(self.upsamplers):
                 h = self.upsamplers[i](h)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..guidance import is_guided
 from ..io import write_seg_nrrd
 from ..pipeline import LANDPipeline
 from ..sharding import rank_and_world, rank_share
@@ -58,9 +59,18 @@ class BuildResult:
     index: Path | None = None
 
 
-def full_settings(settings: TeachingSettings, pipe: LANDPipeline, steps: int | None, burn_in: bool) -> dict:
-    """Everything that determines the set's content (hashed into its id)."""
+def full_settings(
+    settings: TeachingSettings,
+    pipe: LANDPipeline,
+    steps: int | None,
+    burn_in: bool,
+    guidance: tuple[float, str] = (1.0, "none"),
+) -> dict:
+    """Everything that determines the set's content (hashed into its id; guidance only when it is on, so
+    the ids of unguided sets stay what they were)."""
+    extra = {"guidance": {"scale": guidance[0], "mode": guidance[1]}} if is_guided(*guidance) else {}
     return {
+        **extra,
         **settings.to_json(),
         "textures": list(settings.textures),
         "diameters": list(settings.diameters),
@@ -133,16 +143,20 @@ def make_teaching_set(
     cancel: threading.Event | None = None,
     rank: int | None = None,
     world: int | None = None,
+    guidance: float | None = None,
+    guidance_mode: str | None = None,
 ) -> BuildResult:
     """Generate (this rank's share of) a teaching set into ``out``; see the module docstring.
 
     ``progress`` receives the pipeline's ``{"stage": "denoise"|"decode", ...}`` events and, before each
     case, ``{"stage": "case", "step": i, "total": n, "eta_s": s, "case": id}`` (i cases of this rank done).
+    ``guidance`` / ``guidance_mode``: classifier-free guidance (default: the model's recommended).
     """
     settings.validate()
     lung_files = lung_mask_files(settings.lung_masks) if settings.lung_masks else None
     out = Path(out)
-    full = full_settings(settings, pipe, steps, burn_in)
+    scale, gmode = pipe.resolve_guidance(guidance, guidance_mode)
+    full = full_settings(settings, pipe, steps, burn_in, (scale, gmode))
     set_id = _check_folder(out, full)
     if rank is None or world is None:
         rank, world = rank_and_world()
@@ -165,7 +179,7 @@ def make_teaching_set(
             settings, i, pipe.config.grid_size, pipe.config.spacing, lung_files, i in with_nodules
         )
         ct = pipe.generate(plan.masks(), steps=steps, sampler=SAMPLER, seed=plan.seed, device=dev,
-                           progress=progress, cancel=cancel)  # fmt: skip
+                           progress=progress, cancel=cancel, guidance=scale, guidance_mode=gmode)  # fmt: skip
         if not ct.same_geometry(plan.lung):
             raise RuntimeError(f"{ids[i]}: the CT is not on the planned grid")  # pipeline contract broken
         _write_case(out, plan, ct, set_id, pipe, burn_in)

@@ -98,7 +98,8 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         result = make_teaching_set(args.out, settings, pipe, steps=args.steps, burn_in=not args.no_burn_in,
-                                   device=args.device, progress=progress, cancel=cancel)  # fmt: skip
+                                   device=args.device, progress=progress, cancel=cancel,
+                                   guidance=args.guidance, guidance_mode=args.guidance_mode)  # fmt: skip
     except (KeyboardInterrupt, Cancelled):
         raise Cancelled("teaching set cancelled (finished cases are kept; run again to resume)") from None
     finally:
@@ -134,6 +135,7 @@ def cmd_teaching_score(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land teaching-set`` and ``land teaching-score`` to the CLI."""
+    from ..guidance import add_guidance_arguments
     from .score import DEFAULT_MARGIN_MM
 
     p = sub.add_parser(
@@ -151,6 +153,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--no-burn-in", action="store_true", help="do not burn 'SYNTHETIC' into the pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    add_guidance_arguments(p)
     command("teaching-set")(cmd_teaching_set)
 
     p = sub.add_parser("teaching-score", help="score a trainee's marks against a teaching set's key")

@@ -60,6 +60,10 @@ def register(subparsers: Any, command: Callable) -> None:
     p.add_argument("--vae", required=True, help="model directory with the VAE (e.g. the OUT of train-vae)")
     p.add_argument("--cache-dir", help="latent cache folder (default OUT/latent_cache)")
     p.add_argument("--no-latent-cache", action="store_true", help="encode cases at every use instead")
+    p.add_argument(
+        "--init-from",
+        help="start from this model directory's U-Net weights (sets ldm.init_from; fine-tuning)",
+    )
     command("train-ldm")(cmd_train_ldm)
 
 
@@ -114,6 +118,8 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.no_latent_cache:
         cfg = with_overrides(cfg, "ldm", cache_latents=False)
+    if args.init_from:
+        cfg = with_overrides(cfg, "ldm", init_from=args.init_from)
     out = train_ldm(
         cfg,
         args.data,

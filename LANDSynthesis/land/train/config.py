@@ -11,7 +11,7 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..conditioning import MODES
 from ..errors import InputError
 from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
+from ..models.unet import COND_FEATURES, COND_INJECTIONS
 
 PERCEPTUAL_NETWORKS = (
     "none",
@@ -116,6 +117,9 @@ class LDMTrainConfig:
     log_every: int
     checkpoint_every: int
     nodule_loss_weight: float  # extra MSE weight on latent voxels under a nodule (0: plain mean)
+    nodule_dropout: float = 0.0  # probability of dropping only the nodules (lungs kept), for guidance
+    init_from: str | None = None  # model directory whose U-Net weights start the training (fine-tuning)
+    guidance: dict[str, Any] = field(default_factory=lambda: {"scale": 1.0, "mode": "none"})
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class TrainConfig:
             spacing=self.data.spacing,
             mode=self.ldm.mode,
             intensity={"hu_min": self.data.hu_min, "hu_max": self.data.hu_max},
+            guidance=dict(self.ldm.guidance),
         )
         return cfg
 
@@ -262,6 +267,11 @@ LDM_DEFAULTS: dict[str, Any] = {
     "log_every": 10,
     "checkpoint_every": 1_000,
     "nodule_loss_weight": 0.0,
+    "nodule_dropout": 0.0,
+    "cond_injection": None,
+    "cond_features": None,
+    "init_from": None,
+    "guidance": {"scale": 1.0, "mode": "none"},
 }
 TOP_DEFAULTS: dict[str, Any] = {
     "name": "custom",
@@ -349,8 +359,34 @@ def _vae(sec: _Section) -> VAETrainConfig:
     )
 
 
+def _ldm_guidance(sec: _Section) -> dict[str, Any]:
+    from ..guidance import GUIDANCE_MODES, check_guidance
+
+    v = sec.get("guidance")
+    if not isinstance(v, dict) or set(v) - {"scale", "mode"}:
+        raise sec.bad("guidance", f'{{"scale": W, "mode": M}} with M one of {", ".join(GUIDANCE_MODES)}')
+    try:
+        scale, mode = check_guidance(v.get("scale", 1.0), v.get("mode", "none"))
+    except InputError as e:
+        raise InputError(f"config key {sec.key('guidance')}: {e}") from None
+    return {"scale": scale, "mode": mode}
+
+
 def _ldm(sec: _Section) -> LDMTrainConfig:
     arch, arch_name = _architecture(sec, UNET_CONFIGS, UNetConfig, "U-Net")
+    for key, choices in (("cond_injection", COND_INJECTIONS), ("cond_features", COND_FEATURES)):
+        if sec.get(key) is not None:
+            setattr(arch, key, sec.choice(key, choices))
+    cond_dropout = sec.float("cond_dropout", 0.0, 1.0)
+    nodule_dropout = sec.float("nodule_dropout", 0.0, 1.0)
+    if cond_dropout + nodule_dropout > 1.0:
+        raise InputError(
+            f"config keys {sec.key('cond_dropout')} + {sec.key('nodule_dropout')} = "
+            f"{cond_dropout + nodule_dropout:g} exceed 1; they are probabilities of exclusive events"
+        )
+    init_from = sec.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise sec.bad("init_from", "null or the path of a LAND model directory")
     if any(c % arch.norm_num_groups for c in arch.channels):
         raise InputError(
             f"config key {sec.key('architecture')}: every channel count must be a multiple of "
@@ -370,7 +406,7 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
         batch_size=sec.int("batch_size", 1),
         ema_decay=sec.float("ema_decay", 0.0, 1.0),
         min_snr_gamma=sec.float("min_snr_gamma", 0.0, open_min=True),
-        cond_dropout=sec.float("cond_dropout", 0.0, 1.0),
+        cond_dropout=cond_dropout,
         mode=sec.choice("mode", MODES),
         grad_clip=sec.float("grad_clip"),
         preview_every=sec.int("preview_every", 0),
@@ -381,6 +417,9 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
         log_every=sec.int("log_every", 1),
         checkpoint_every=sec.int("checkpoint_every", 1),
         nodule_loss_weight=sec.float("nodule_loss_weight"),
+        nodule_dropout=nodule_dropout,
+        init_from=init_from,
+        guidance=_ldm_guidance(sec),
     )
 
 

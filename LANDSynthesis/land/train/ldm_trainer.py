@@ -3,7 +3,11 @@
 Per step: latents ``z`` (posterior mean x latent scale) and latent-grid conditioning of a batch of cases,
 ``t ~ U{0..999}``, ``x_t = alpha_t z + sigma_t eps``; the U-Net predicts ``v = alpha_t eps - sigma_t z`` and
 the loss is the Min-SNR-gamma weighted MSE (``min(SNR, gamma) / (SNR + 1)`` per sample). With probability
-``ldm.cond_dropout`` a sample's conditioning is replaced by zeros. ``ldm.nodule_loss_weight`` w > 0 makes
+``ldm.cond_dropout`` a sample's conditioning is replaced by zeros, with probability ``ldm.nodule_dropout``
+only its nodules are dropped (set to the lung value): what classifier-free guidance (``land.guidance``)
+contrasts with at sampling time. ``ldm.init_from`` starts from another model's U-Net weights (fine-tuning;
+levels the source lacks, e.g. ``cond_injection`` projections, keep their zero initialisation, so training
+starts from exactly the source model). ``ldm.nodule_loss_weight`` w > 0 makes
 the MSE a weighted mean, weight 1 + w on latent voxels the (kept) conditioning marks as nodule: a nodule is a
 few latent voxels among tens of thousands, so a plain mean barely trains it (0 in the paper's config).
 AdamW, EMA of the weights (the saved model), periodic previews (few-step DPM-Solver++(2M) sample, decoded,
@@ -29,8 +33,9 @@ from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
 from ..diffusion import NoiseSchedule, min_snr_weight, sample
-from ..errors import InputError
-from ..model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
+from ..errors import InputError, ModelError
+from ..guidance import drop_condition
+from ..model_dir import WEIGHT_FILES, ModelConfig, load_weights, read_model_json, save_model_dir
 from ..models import LANDUNet
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import LDMTrainConfig, TrainConfig
@@ -137,6 +142,8 @@ class LDMParts:
     cond_dropout: float
     grad_clip: float
     nodule_loss_weight: float = 0.0
+    nodule_dropout: float = 0.0
+    mode: str = "nodule+lung+texture"
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -182,7 +189,35 @@ def build_ldm_parts(
         cond_dropout=lc.cond_dropout,
         grad_clip=lc.grad_clip,
         nodule_loss_weight=lc.nodule_loss_weight,
+        nodule_dropout=lc.nodule_dropout,
+        mode=lc.mode,
     )
+
+
+def init_unet_from(parts: LDMParts, model_dir: str | Path) -> dict[str, Any]:
+    """Load a model directory's U-Net weights (sha256-checked) into ``parts.unet`` and restart its EMA there.
+
+    Parameters the source lacks must be ``cond_inject.*`` (zero-initialised, so the network computes exactly
+    what the source does); anything else that does not fit is an :class:`InputError`. Returns what was done.
+    """
+    try:
+        weights = load_weights(model_dir, read_model_json(model_dir))["unet"]
+    except ModelError as e:
+        raise InputError(f"ldm.init_from: {e}") from e
+    target = parts.unet.state_dict()
+    missing = sorted(set(target) - set(weights))
+    unexpected = sorted(set(weights) - set(target))
+    shapes = [k for k in set(target) & set(weights) if target[k].shape != weights[k].shape]
+    bad = [k for k in missing if not k.startswith("cond_inject.")]
+    if bad or unexpected or shapes:
+        first = (bad or unexpected or shapes)[0]
+        raise InputError(
+            f"ldm.init_from {model_dir}: its U-Net does not fit this config's architecture (e.g. {first}); "
+            "fix: use the same U-Net architecture (only cond_injection may be added)"
+        )
+    parts.unet.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in weights.items()}})
+    parts.ema = EMA(parts.unet, parts.ema.decay)
+    return {"init_from": str(Path(model_dir).resolve()), "new_parameters": len(missing)}
 
 
 def nodule_weighted_mse(
@@ -205,8 +240,13 @@ def ldm_train_step(
     bs = z0.shape[0]
     t = torch.randint(0, p.schedule.num_train_timesteps, (bs,), generator=gen)
     noise = torch.randn(z0.shape, generator=gen)
-    keep = (torch.rand(bs, generator=gen) >= p.cond_dropout).to(cond.dtype).view(-1, 1, 1, 1, 1)
-    z0, noise, t, cond = z0.to(dev), noise.to(dev), t.to(dev), (cond * keep).to(dev)
+    u = torch.rand(bs, generator=gen)
+    keep = (u >= p.cond_dropout).to(cond.dtype).view(-1, 1, 1, 1, 1)
+    cond = cond * keep
+    if p.nodule_dropout > 0:
+        drop = ((u >= p.cond_dropout) & (u < p.cond_dropout + p.nodule_dropout)).view(-1, 1, 1, 1, 1)
+        cond = torch.where(drop, drop_condition(cond, "nodules", p.mode), cond)
+    z0, noise, t, cond = z0.to(dev), noise.to(dev), t.to(dev), cond.to(dev)
     x_t = p.schedule.add_noise(z0, noise, t)
     target = p.schedule.velocity(z0, noise, t)
     with p.autocast():
@@ -255,6 +295,10 @@ def _train(
     parts = build_ldm_parts(lc, mc.diffusion, dev, ctx.enabled, cfg.seed)
     unet, ema = parts.unet, parts.ema
     start, elapsed_before, notes = 0, 0.0, []
+    init_info: dict[str, Any] = {}
+    if lc.init_from and not resume:
+        init_info = init_unet_from(parts, lc.init_from)
+        unet, ema = parts.unet, parts.ema
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT_FILE, "ldm")
         parts.load_checkpoint_state(ckpt)
@@ -278,6 +322,11 @@ def _train(
     log = TrainingLog(out, "train-ldm", total, start, header, enabled=ctx.is_main, style=style)
     for note in notes:
         log.notice(note)
+    if init_info:
+        log.notice(
+            f"U-Net initialised from {init_info['init_from']} ({init_info['new_parameters']} new "
+            "zero-initialised tensors)"
+        )
     if not vae_is_trained(vae_meta):
         log.notice(f"the VAE in {vae_dir} is UNTRAINED (random weights); train one with land train-vae")
 
@@ -351,6 +400,8 @@ def _train(
             ema_decay=lc.ema_decay,
             min_snr_gamma=lc.min_snr_gamma,
             cond_dropout=lc.cond_dropout,
+            nodule_dropout=lc.nodule_dropout,
+            init_from=lc.init_from,
             amp=parts.amp_text,
         )
         mc.provenance, mc.trained = prov, True

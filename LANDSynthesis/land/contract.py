@@ -1,0 +1,35 @@
+"""The engine <-> Slicer contract: option rules both sides use, importable without torch or SimpleITK.
+
+The Slicer modules import these instead of re-declaring them (so one change reaches both sides).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import InputError
+
+GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
+MAX_GUIDANCE = 20.0
+
+
+def check_guidance(scale: object, mode: object) -> tuple[float, str]:
+    """Validate a guidance scale and mode; return them as ``(float, str)`` or raise :class:`InputError`."""
+    if mode not in GUIDANCE_MODES:
+        raise InputError(f"unknown guidance mode {mode!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
+        raise InputError(
+            f"guidance {scale!r} is not a number; use a value from 0 to {MAX_GUIDANCE:g} (1 = none)"
+        )
+    if not 0.0 <= float(scale) <= MAX_GUIDANCE:
+        raise InputError(
+            f"guidance {float(scale):g} is out of range; use a value from 0 to {MAX_GUIDANCE:g} "
+            "(1 = plain conditional sampling, larger = follow the mask more strongly)"
+        )
+    return float(scale), str(mode)
+
+
+def is_guided(scale: float, mode: str) -> bool:
+    """True when guidance changes the result (mode other than ``none`` and a scale other than 1)."""
+    return mode != "none" and float(scale) != 1.0
