@@ -289,3 +289,47 @@ def test_png_writer_and_montage(tmp_path):
     assert image.shape == (2 * 6 + 2, 8 + 8 + 6 + 4)
     write_png(tmp_path / "m.png", image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.png"))), image)
+
+
+def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
+    """ldm.init_from: the U-Net starts at the source's weights (new cond_inject tensors at zero, so step 0
+    computes what the source computes); vae.init_from with 0 patch steps: decoder-only steps from the source
+    VAE leave its encoder bit-identical. A source of another architecture is refused, naming the key."""
+    from safetensors.torch import load_file
+
+    from land.models import LANDUNet, UNetConfig
+    from land.train.ldm_trainer import build_ldm_parts, init_unet_from
+
+    tiny = load_config("tiny")
+    src = train_ldm(tiny, data, vae_dir, tmp_path / "src", max_steps=2, device="cpu", progress="none")
+    cfg = with_overrides(tiny, "ldm", init_from=str(src), cond_injection="every_level",
+                         cond_features="occupancy+texture")  # fmt: skip
+    parts = build_ldm_parts(cfg.ldm, cfg.model_config().diffusion, torch.device("cpu"), False, 0)
+    info = init_unet_from(parts, src)
+    assert info["new_parameters"] == 2 * 2 * len(cfg.ldm.architecture.channels)  # weight + bias per level
+    source = LANDUNet(UNetConfig.from_dict(json.loads((src / "model.json").read_text("utf-8"))["unet"]))
+    source.load_state_dict(load_file(src / "unet.safetensors"))
+    x, t = torch.randn(1, 4, 8, 8, 8), torch.tensor([400])
+    cond = torch.zeros(1, 1, 8, 8, 8)
+    cond[..., 2:6, 2:6, 2:6] = 0.1
+    cond[..., 3:5, 3:5, 3:5] = 1.0
+    with torch.no_grad():
+        assert torch.equal(parts.unet.eval()(x, t, cond), source.eval()(x, t, cond))
+    assert torch.equal(parts.ema.shadow["conv_in.conv.weight"], source.state_dict()["conv_in.conv.weight"])
+    out = train_ldm(cfg, data, vae_dir, tmp_path / "ft", max_steps=2, device="cpu", progress="none")
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    assert meta["provenance"]["init_from"] == str(src) and meta["unet"]["cond_injection"] == "every_level"
+    assert any("initialised from" in e.get("message", "") for e in progress_lines(out))
+    arch = {**tiny.raw["ldm"]["architecture"], "channels": [16, 32, 32]}
+    wider = with_overrides(tiny, "ldm", init_from=str(src), architecture=arch)
+    with pytest.raises(InputError, match="does not fit"):
+        train_ldm(wider, data, vae_dir, tmp_path / "bad", max_steps=1, device="cpu", progress="none")
+
+    vcfg = with_overrides(tiny, "vae", init_from=str(vae_dir), steps=0, decoder_steps=2, latent_scale_cases=1)
+    tuned = train_vae(vcfg, data, tmp_path / "vae_ft", device="cpu", progress="none")
+    a, b = load_file(vae_dir / "vae.safetensors"), load_file(tuned / "vae.safetensors")
+    encoder = [k for k in a if k.startswith(("encoder.", "quant_conv_mu.", "quant_conv_log_sigma."))]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    with pytest.raises(InputError, match="config key config.vae.steps must be an integer >= 1"):
+        with_overrides(tiny, "vae", steps=0)

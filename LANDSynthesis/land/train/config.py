@@ -93,6 +93,7 @@ class VAETrainConfig:
     cache_volumes: int
     nodule_patch_fraction: float  # share of patches centred on a nodule voxel
     decoder_steps: int = 0  # after `steps`: decoder-only steps on whole volumes (encoder frozen)
+    init_from: str | None = None  # model directory whose VAE weights start the training
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ VAE_DEFAULTS: dict[str, Any] = {
     "cache_volumes": 8,
     "nodule_patch_fraction": 0.0,
     "decoder_steps": 0,
+    "init_from": None,
 }
 LDM_DEFAULTS: dict[str, Any] = {
     "architecture": "paper",
@@ -327,6 +329,9 @@ def _perceptual(sec: _Section) -> PerceptualConfig:
 
 
 def _vae(sec: _Section) -> VAETrainConfig:
+    init_from = sec.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise sec.bad("init_from", "null or the path of a LAND model directory")
     arch, arch_name = _architecture(sec, VAE_CONFIGS, VAEConfig, "VAE")
     weights = sec.sub("loss_weights")
     disc = sec.sub("discriminator")
@@ -340,7 +345,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         batch_size=sec.int("batch_size", 1),
         lr=sec.float("lr", 0.0, open_min=True),
         discriminator_lr=sec.float("discriminator_lr", 0.0, open_min=True),
-        steps=sec.int("steps", 1),
+        steps=sec.int("steps", 0 if init_from else 1),
         loss_weights={k: weights.float(k) for k in LOSS_KEYS},
         adversarial_warmup=sec.int("adversarial_warmup", 0),
         discriminator_channels=disc.int("channels", 1),
@@ -356,6 +361,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         cache_volumes=sec.int("cache_volumes", 0),
         nodule_patch_fraction=sec.float("nodule_patch_fraction", 0.0, 1.0),
         decoder_steps=sec.int("decoder_steps", 0),
+        init_from=init_from,
     )
 
 

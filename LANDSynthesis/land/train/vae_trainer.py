@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from ..data.check import check_dataset
 from ..data.folder import CaseFiles, PatchDataset, hu_to_unit, load_case, read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
-from ..model_dir import save_model_dir
+from ..errors import InputError, ModelError
+from ..model_dir import load_weights, read_model_json, save_model_dir
 from ..models import LANDUNet, build_vae
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
@@ -299,6 +300,21 @@ def decoder_train_step(
     return losses
 
 
+def init_vae_from(parts: VAEParts, model_dir: str | Path) -> None:
+    """Load a model directory's VAE weights (sha256-checked, same architecture) into ``parts.vae``."""
+    try:
+        weights = load_weights(model_dir, read_model_json(model_dir))["vae"]
+    except ModelError as e:
+        raise InputError(f"vae.init_from: {e}") from e
+    target = parts.vae.state_dict()
+    if set(weights) != set(target) or any(weights[k].shape != target[k].shape for k in target):
+        raise InputError(
+            f"vae.init_from {model_dir}: its VAE does not fit this config's VAE architecture; "
+            "fix: use the same vae.architecture"
+        )
+    parts.vae.load_state_dict({k: v.to(target[k].dtype) for k, v in weights.items()})
+
+
 def train_vae(
     cfg: TrainConfig,
     data: str | Path,
@@ -335,6 +351,9 @@ def _train(
     parts = build_vae_parts(vc, dev, perceptual, ctx.enabled, cfg.seed)
 
     start, elapsed_before, notes = 0, 0.0, []
+    if vc.init_from and not resume:
+        init_vae_from(parts, vc.init_from)
+        notes.append(f"VAE initialised from {Path(vc.init_from).resolve()}")
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT_FILE, "vae")
         parts.load_checkpoint_state(ckpt)
@@ -496,6 +515,7 @@ def _write_model_dir(
         unet=f"UNTRAINED (random init, seed {cfg.seed}): train it with land train-ldm --vae THIS_DIR",
         vae_steps=steps,
         decoder_only_steps=max(0, steps - cfg.vae.steps),
+        init_from=cfg.vae.init_from,
         wall_time_s=round(wall, 1),
         final_losses=losses,
         validation=val,
