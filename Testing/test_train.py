@@ -55,7 +55,7 @@ def vae_dir(data, tmp_path_factory) -> Path:
 
 
 def test_bundled_configs_and_errors_name_the_key():
-    for name in ("paper", "small", "tiny"):
+    for name in ("paper", "small", "tiny", "demo", "demo-finetune"):
         cfg = load_config(name)
         cfg.model_config().validate()
     paper = load_config("paper")
@@ -80,6 +80,12 @@ def test_bundled_configs_and_errors_name_the_key():
         ({"ldm": {**raw["ldm"], "bogus": 1}}, "ldm.bogus"),
         ({"ldm": {**raw["ldm"], "mode": "lung"}}, "ldm.mode"),
         ({"ldm": {**raw["ldm"], "cond_dropout": 1.5}}, "ldm.cond_dropout"),
+        ({"ldm": {**raw["ldm"], "cond_dropout": 0.6, "nodule_dropout": 0.6}}, "ldm.nodule_dropout"),
+        ({"ldm": {**raw["ldm"], "cond_injection": "everywhere"}}, "ldm.cond_injection"),
+        ({"ldm": {**raw["ldm"], "cond_features": "rgb"}}, "ldm.cond_features"),
+        ({"ldm": {**raw["ldm"], "guidance": {"scale": 50, "mode": "full"}}}, "ldm.guidance"),
+        ({"ldm": {**raw["ldm"], "guidance": {"scale": 2, "mode": "lungs"}}}, "ldm.guidance"),
+        ({"ldm": {**raw["ldm"], "init_from": 3}}, "ldm.init_from"),
         ({"ldm": {**raw["ldm"], "nodule_loss_weight": -1}}, "ldm.nodule_loss_weight"),
         ({"vae": {**raw["vae"], "nodule_patch_fraction": 1.5}}, "vae.nodule_patch_fraction"),
         ({"vae": {**raw["vae"], "decoder_steps": -1}}, "vae.decoder_steps"),
@@ -91,7 +97,7 @@ def test_bundled_configs_and_errors_name_the_key():
     for change, key in cases:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             parse_config({**raw, **change})
-    with pytest.raises(InputError, match="bundled configs: demo, paper, small, tiny"):
+    with pytest.raises(InputError, match="bundled configs: demo, demo-finetune, paper, small, tiny"):
         load_config("nope")
 
 
@@ -331,5 +337,7 @@ def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
     encoder = [k for k in a if k.startswith(("encoder.", "quant_conv_mu.", "quant_conv_log_sigma."))]
     assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
-    with pytest.raises(InputError, match="config key config.vae.steps must be an integer >= 1"):
+    with pytest.raises(
+        InputError, match="vae.steps must be an integer >= 1 .0, decoder-only steps, needs vae.init_from"
+    ):
         with_overrides(tiny, "vae", steps=0)

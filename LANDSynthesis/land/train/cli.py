@@ -53,6 +53,7 @@ def register(subparsers: Any, command: Callable) -> None:
     p = subparsers.add_parser("train-vae", help="train the VAE; OUT becomes a model dir for train-ldm --vae")
     _common(p)
     p.add_argument("--perceptual-weights", help="local MedicalNet weights file (sets vae.perceptual.weights)")
+    p.add_argument("--init-from", help="start from this model directory's VAE weights (sets vae.init_from)")
     command("train-vae")(cmd_train_vae)
 
     p = subparsers.add_parser("train-ldm", help="train the denoising U-Net on VAE latents")
@@ -97,6 +98,8 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
                 "set the network (e.g. medicalnet_resnet50) in a config file, or drop --perceptual-weights"
             )
         cfg = with_overrides(cfg, "vae", **{"perceptual.weights": args.perceptual_weights})
+    if args.init_from:
+        cfg = with_overrides(cfg, "vae", init_from=args.init_from)
     out = train_vae(
         cfg,
         args.data,

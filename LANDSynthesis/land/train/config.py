@@ -328,6 +328,12 @@ def _perceptual(sec: _Section) -> PerceptualConfig:
     )
 
 
+def _vae_steps(sec: _Section, init_from: str | None) -> int:
+    if sec.get("steps") == 0 and not init_from:
+        raise sec.bad("steps", "an integer >= 1 (0, decoder-only steps, needs vae.init_from or --init-from)")
+    return sec.int("steps", 0)
+
+
 def _vae(sec: _Section) -> VAETrainConfig:
     init_from = sec.get("init_from")
     if init_from is not None and (not isinstance(init_from, str) or not init_from):
@@ -345,7 +351,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         batch_size=sec.int("batch_size", 1),
         lr=sec.float("lr", 0.0, open_min=True),
         discriminator_lr=sec.float("discriminator_lr", 0.0, open_min=True),
-        steps=sec.int("steps", 0 if init_from else 1),
+        steps=_vae_steps(sec, init_from),
         loss_weights={k: weights.float(k) for k in LOSS_KEYS},
         adversarial_warmup=sec.int("adversarial_warmup", 0),
         discriminator_channels=disc.int("channels", 1),
