@@ -404,24 +404,39 @@ def package_demo_model(src: Path, dest: Path) -> Path:
     return save_model_dir(dest, cfg, half)
 
 
-def train_demo(out: Path, config: str, vae_steps: int | None, ldm_steps: int | None, log=print) -> Path:
-    """Phantoms -> train-vae -> train-ldm -> float16 package -> fidelity -> model card. Returns the model."""
+FINETUNE_CONFIG = "demo-finetune"
+
+
+def train_demo(
+    out: Path,
+    config: str,
+    vae_steps: int | None,
+    ldm_steps: int | None,
+    log=print,
+    finetune: str | None = FINETUNE_CONFIG,
+) -> Path:
+    """Phantoms -> train-vae -> train-ldm -> (fine-tune, ``finetune`` config: mask injection and condition
+    dropout for guidance, from the U-Net just trained) -> float16 package -> fidelity -> model card."""
     out = Path(out)
     data, vae, ldm = out / "data", out / "vae", out / "ldm"
     timings: dict[str, float] = {}
     phantoms = ["phantoms", "--n", str(TRAIN_CASES), "--size", "128", "--spacing", "2",
                 "--seed", str(TRAIN_SEED), "--out", str(data)]  # fmt: skip
     timings["phantoms"] = _run("phantoms", phantoms, log)
-    stages = (("vae", vae, [], vae_steps), ("ldm", ldm, ["--vae", str(vae)], ldm_steps))
-    for name, folder, extra, steps in stages:
-        argv = [f"train-{name}", "--data", str(data), "--config", config, "--out", str(folder), *extra,
+    stages = [("vae", config, vae, [], vae_steps), ("ldm", config, ldm, ["--vae", str(vae)], ldm_steps)]
+    if finetune:
+        tuned = ["--vae", str(ldm), "--init-from", str(ldm)]
+        stages.append(("ldm", finetune, out / "ldm-finetune", tuned, None))
+    for name, cfg, folder, extra, steps in stages:
+        argv = [f"train-{name}", "--data", str(data), "--config", cfg, "--out", str(folder), *extra,
                 "--progress", "none"]  # fmt: skip
         if steps is not None:
             argv += ["--max-steps", str(steps)]
         if (folder / "checkpoint.pt").is_file():
             argv.append("--resume")
-        timings[name] = _run(f"train-{name}", argv, log)
-    model = package_demo_model(ldm, out / "land-demo-phantom")
+        timings[folder.name] = _run(f"train-{name} ({folder.name})", argv, log)
+    final = out / "ldm-finetune" if finetune else ldm
+    model = package_demo_model(final, out / "land-demo-phantom")
     result = measure_fidelity(model, log=log)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     write_model_card(model, out, result, config)
@@ -441,6 +456,9 @@ def write_model_card(
     vae_val = _last_event(run_dir / "vae" / "progress.jsonl", "validation")
     ldm_done = _last_event(run_dir / "ldm" / "progress.jsonl", "done")
     ldm_step = _last_event(run_dir / "ldm" / "progress.jsonl", "step")
+    ft_log = run_dir / "ldm-finetune" / "progress.jsonl"
+    ft_done = _last_event(ft_log, "done") if ft_log.is_file() else {}
+    ft_step = _last_event(ft_log, "step") if ft_log.is_file() else {}
     summary = (
         "LAND demo model trained on PROCEDURAL CHEST PHANTOMS (not patients) with the project's own "
         "trainers. For trying the tool and for tests. Not for research results: its CTs show phantom "
@@ -452,6 +470,7 @@ def write_model_card(
         f"{vae_val.get('mae_hu', float('nan')):.1f} HU, PSNR {vae_val.get('psnr', float('nan')):.2f} dB"
     )
     ldm_losses = ", ".join(f"{k} {v}" for k, v in ldm_step.get("losses", {}).items())
+    ft_losses = ", ".join(f"{k} {v}" for k, v in ft_step.get("losses", {}).items()) or "-"
     lo, hi = fidelity["held_out_seeds"]
     n_fid = hi - lo + 1
     missed = unmet_targets(fidelity)
@@ -493,7 +512,8 @@ textures (1-3 nodules of 3-30 mm per case). No patient data. HU window [-1000, 1
 
 ## Architecture
 U-Net `small` (channels 32-64-64-128-128, 2 residual blocks per level, additive skips, cross-attention at
-the two deepest levels), VAE `small` (channels 16-32-32, 4 latent channels, 4x compression), mode
+the two deepest levels, the mask injected at every level as occupancy + texture after the fine-tune),
+VAE `small` (channels 16-32-32, 4 latent channels, 4x compression), mode
 `nodule+lung+texture`, v-prediction, linear beta 1e-4..0.02, T = 1000, Min-SNR-5.
 
 ## How it was made (one command)
@@ -505,7 +525,9 @@ which runs, each resumable:
 land phantoms --n {TRAIN_CASES} --size 128 --spacing 2 --seed {TRAIN_SEED} --out runs/demo/data
 land train-vae --data runs/demo/data --config {config} --out runs/demo/vae
 land train-ldm --data runs/demo/data --config {config} --vae runs/demo/vae --out runs/demo/ldm
-# then a float16 copy of runs/demo/ldm as runs/demo/land-demo-phantom (land.demo.package_demo_model), and
+land train-ldm --data runs/demo/data --config {FINETUNE_CONFIG} --vae runs/demo/ldm \
+               --init-from runs/demo/ldm --out runs/demo/ldm-finetune
+# then a float16 copy of runs/demo/ldm-finetune as runs/demo/land-demo-phantom (land.demo.package_demo_model)
 land demo-fidelity --model runs/demo/land-demo-phantom
 ```
 on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 (computed in float32).
@@ -514,6 +536,7 @@ on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 
 |---|---|---|---|
 | VAE | {vae_done.get("step", "?")} | {vae_done.get("wall_time_s", "?")} s | {vae_losses} |
 | LDM | {ldm_done.get("step", "?")} | {ldm_done.get("wall_time_s", "?")} s | {ldm_losses} |
+| LDM fine-tune | {ft_done.get("step", "-")} | {ft_done.get("wall_time_s", "-")} s | {ft_losses} |
 
 ## Conditional fidelity (held-out phantom masks)
 `land demo-fidelity` on {n_fid} phantom mask sets with seeds {lo}-{hi} (never used in training),
@@ -522,7 +545,8 @@ on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 
 {fidelity_table(fidelity)}
 
 Lung Dice: lungs found in the generated CT by thresholding vs the input lung mask. Visible: nodule mean
-HU differs from the surrounding lung by more than the lung's noise (standard deviation).
+HU is above the surrounding lung's by more than the lung's noise (standard deviation; signed: every texture
+is denser than lung).
 {limitations}"""
     path = Path(model_dir) / "MODEL_CARD.md"
     path.write_text(card, encoding="utf-8")
@@ -581,9 +605,12 @@ def register(sub, command) -> None:
     p.add_argument("--config", default="demo", help="training config (default: demo)")
     p.add_argument("--vae-steps", type=int, help="VAE steps (default: the config's)")
     p.add_argument("--ldm-steps", type=int, help="LDM steps (default: the config's)")
+    p.add_argument("--finetune-config", default=FINETUNE_CONFIG,
+                   help=f"fine-tuning stage's config (default {FINETUNE_CONFIG}; none: skip)")  # fmt: skip
 
     @command("train-demo")
     def cmd_train_demo(args: argparse.Namespace) -> int:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps)
+        finetune = None if args.finetune_config == "none" else args.finetune_config
+        train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune)
         return 0
