@@ -54,7 +54,8 @@ def main() -> None:
     axes[3].set_title("Coronal", color="white", fontsize=11)
     for ax in axes:
         ax.axis("off")
-    title = (f"SYNTHETIC CT - LAND demo model (trained on phantoms), {args.steps} steps, seed {args.seed}; "
+    title = (f"SYNTHETIC CT - LAND demo model (trained on phantoms), {args.steps} steps, seed {args.seed}, "
+             f"guidance {ct.metadata['guidance']}; "
              "blue: lung mask, orange: nodule mask")  # fmt: skip
     fig.suptitle(title, color="white", fontsize=12)
     fig.tight_layout()
