@@ -62,6 +62,17 @@ def test_sample_set_resumes_and_splits_ranks(tiny_model_dir, phantoms, tmp_path)
     ]
 
 
+def test_sample_set_guidance_reaches_every_sample(tiny_model_dir, phantoms, tmp_path):
+    base = ["sample-set", "--model", str(tiny_model_dir), "--masks", str(phantoms), "--steps", "2",
+            "--n", "1", "--progress", "none"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "g"), "--guidance", "3", "--guidance-mode", "full"]) == 0
+    plain, guided = (next((tmp_path / d).glob("*.nii.gz")) for d in ("plain", "g"))
+    assert read_provenance(plain)["guidance"] == "none" and read_provenance(guided)["guidance"] == "3 (full)"
+    assert not np.array_equal(read_volume(plain).array, read_volume(guided).array)
+    assert main([*base, "--out", str(tmp_path / "bad"), "--guidance", "-1"]) == 2
+
+
 def test_sample_set_needs_masks_or_unconditional(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit):
         main(["sample-set", "--model", str(tiny_model_dir), "--n", "1", "--out", str(tmp_path)])
