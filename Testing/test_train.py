@@ -313,7 +313,8 @@ def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
     parts = build_ldm_parts(cfg.ldm, cfg.model_config().diffusion, torch.device("cpu"), False, 0)
     info = init_unet_from(parts, src)
     assert info["new_parameters"] == 2 * 2 * len(cfg.ldm.architecture.channels)  # weight + bias per level
-    source = LANDUNet(UNetConfig.from_dict(json.loads((src / "model.json").read_text("utf-8"))["unet"]))
+    src_meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
+    source = LANDUNet(UNetConfig.from_dict(src_meta["unet"]))
     source.load_state_dict(load_file(src / "unet.safetensors"))
     x, t = torch.randn(1, 4, 8, 8, 8), torch.tensor([400])
     cond = torch.zeros(1, 1, 8, 8, 8)
