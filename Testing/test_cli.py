@@ -92,6 +92,10 @@ def test_generate_from_label_images_nrrd_with_texture_override(tiny_model_dir, t
         (["--guidance", "25"], "from 0 to 20"),
         (["--guidance", "nan"], "not a number"),
         (["--guidance-mode", "lungs"], "invalid choice"),
+        (["--seed", str(2**64)], "from 0 to 18446744073709551615"),
+        (["--seed", "-1"], "from 0 to"),
+        (["--device", "tpu"], "use auto, cpu, cuda or cuda:N"),
+        (["--device", "meta"], "use auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tiny_model_dir, tmp_path, args, message):
@@ -127,7 +131,7 @@ def test_nodule_outside_lung_warns_and_strict_fails(tiny_model_dir, tmp_path):
     assert not (tmp_path / "b.nii.gz").exists()
 
 
-@pytest.mark.parametrize("damage", ["hash", "truncate", "missing-dir"])
+@pytest.mark.parametrize("damage", ["hash", "truncate", "missing-dir", "file"])
 def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
@@ -138,11 +142,15 @@ def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
         (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     elif damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "file":
+        model = weights
     else:
         model = tmp_path / "absent"
     result = run("generate", "--model", str(model), "--steps", "1", "--out", str(tmp_path / "ct.nii.gz"))
     assert result.returncode == 3, result.stderr
-    assert ("sha256" in result.stderr) or ("does not exist" in result.stderr)
+    expected = {"hash": "sha256", "truncate": "sha256", "missing-dir": "does not exist",
+                "file": "is a file, not a model directory"}[damage]  # fmt: skip
+    assert expected in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "ct.nii.gz").exists()
 
 

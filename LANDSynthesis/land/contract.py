@@ -10,6 +10,7 @@ import numbers
 
 from .errors import InputError
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
 MAX_GUIDANCE = 20.0
 
@@ -33,3 +34,10 @@ def check_guidance(scale: object, mode: object) -> tuple[float, str]:
 def is_guided(scale: float, mode: str) -> bool:
     """True when guidance changes the result (mode other than ``none`` and a scale other than 1)."""
     return mode != "none" and float(scale) != 1.0
+
+
+def check_seed(seed: object) -> int:
+    """Return ``seed`` if it is a whole number 0..MAX_SEED, else raise :class:`InputError` with the range."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"seed {seed!r} is out of range; use a whole number from 0 to {MAX_SEED} (2**64-1)")
+    return int(seed)

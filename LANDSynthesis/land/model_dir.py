@@ -160,6 +160,11 @@ def sha256_file(path: str | os.PathLike) -> str:
 def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The raw ``model.json`` of a model directory (ModelError when missing or not JSON)."""
     path = Path(model_dir) / MODEL_JSON
+    if Path(model_dir).is_file():
+        raise ModelError(
+            f"{model_dir} is a file, not a model directory; pass --model with the folder that holds "
+            f"{MODEL_JSON} and the .safetensors files"
+        )
     if not Path(model_dir).is_dir():
         raise ModelError(
             f"model directory {model_dir} does not exist; pass --model with a LAND model directory"
@@ -170,6 +175,8 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ModelError(f"cannot read {path} ({e.strerror or e}); check its permissions") from e
 
 
 def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:

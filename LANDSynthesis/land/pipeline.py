@@ -15,6 +15,7 @@ import torch
 
 from . import __version__
 from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
+from .contract import check_seed
 from .decoding import decode_full, decode_tiled
 from .diffusion import SAMPLERS, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
@@ -30,7 +31,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without it is an InputError."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    choices = "use auto, cpu, cuda or cuda:N (N = GPU index)"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}; {choices}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; {choices}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
     return dev
@@ -167,6 +174,7 @@ class LANDPipeline:
                 stacklevel=2,
             )
         steps = default_steps(sampler) if steps is None else steps
+        seed = check_seed(seed)
         scale, gmode = self.resolve_guidance(guidance, guidance_mode)
         if mode == "none":
             scale, gmode = 1.0, "none"  # nothing to guide towards
