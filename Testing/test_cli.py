@@ -192,3 +192,20 @@ def test_sigterm_cancels_cleanly_without_partial_output(tiny_model_dir, tmp_path
     assert proc.returncode == 130, stderr
     assert "cancelled" in stderr
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_progress_json_into_a_closed_pipe_exits_quietly(tiny_model_dir, tmp_path):
+    """`land generate --progress json | head -1`: the reader goes away; no traceback, exit 141, no output."""
+    masks = make_masks()
+    write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)
+    proc = subprocess.Popen(
+        [*LAND, "generate", "--model", str(tiny_model_dir), "--mask", str(tmp_path / "m.seg.nrrd"), "--steps",
+         "100", "--progress", "json", "--out", str(tmp_path / "ct.nii.gz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and json.loads(proc.stdout.readline())  # the first event (a warning)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert not (tmp_path / "ct.nii.gz").exists()

@@ -9,6 +9,7 @@ import argparse
 import codecs
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -346,6 +347,9 @@ def tolerant_console() -> None:
             stream.reconfigure(errors="land-console")
 
 
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     tolerant_console()
     parser = build_parser()
@@ -357,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "progress", None) == "json":
             print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
         return e.exit_code
+    except BrokenPipeError:
+        # whoever read our output went away (e.g. `| head -3`): stop quietly, as a SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
 
 
 if __name__ == "__main__":
