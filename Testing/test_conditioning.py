@@ -272,3 +272,16 @@ def test_parse_texture_overrides_errors(text: str, fragment: str) -> None:
     with pytest.raises(InputError) as e:
         parse_texture_overrides(text)
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("with_nodules", [True, False])
+def test_empty_lung_mask_is_an_error_in_every_lung_mode(with_nodules):
+    masks = make_masks()
+    masks.lung = Volume(np.zeros((8, 8, 8), np.uint8), **GEOMETRY)
+    if not with_nodules:
+        masks.nodules, masks.textures = None, {}
+    for mode in ("nodule+lung", "nodule+lung+texture"):
+        with pytest.raises(InputError, match="the lung mask is empty"):
+            encode_conditioning(masks, mode)
+    if with_nodules:  # modes without lungs do not need them
+        assert encode_conditioning(masks, "nodule").array.max() == 1.0

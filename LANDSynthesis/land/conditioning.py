@@ -180,6 +180,11 @@ def validate(masks: MaskSet, mode: str) -> list[int]:
             "'Lungs' in a .seg.nrrd, or a lung mask image), or use mode 'nodule' or 'none'"
         )
     check_geometry(masks)
+    if "lung" in mode and not np.any(masks.lung.array):  # type: ignore[union-attr]
+        raise InputError(
+            f"the lung mask is empty (no lung voxels) but mode {mode!r} draws the CT around the lungs; fix: "
+            "paint or load the lungs (a segment named 'Lungs'), or use mode 'nodule' or 'none'"
+        )
     if masks.nodules is not None:
         check_labels(masks.nodules)
     labels = masks.labels()
