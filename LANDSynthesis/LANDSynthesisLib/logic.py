@@ -38,10 +38,12 @@ import numpy as np
 import slicer
 
 from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
+    GUIDANCE_DEFAULTS,
     GUIDANCE_MODES,
     MAX_GUIDANCE,
     check_guidance,
     is_guided,
+    parse_guidance,
 )
 from land.errors import InputError
 
@@ -178,7 +180,7 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
         )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        guidance = meta.get("guidance", {})
+        guidance = parse_guidance(meta.get("guidance", GUIDANCE_DEFAULTS))
         return ModelInfo(
             path=path,
             name=str(meta.get("name") or path.name),
@@ -187,9 +189,9 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
             spacing=tuple(float(s) for s in meta["grid"]["spacing"]),  # type: ignore[arg-type]
             mode=str(meta["conditioning"]["mode"]),
             card=str(meta.get("card", "")),
-            guidance=check_guidance(guidance.get("scale", 1.0), guidance.get("mode", "none")),
+            guidance=(guidance["scale"], guidance["mode"]),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise LANDSynthesisError(f"{meta_path} is not a valid LAND model description: {e}") from e
 
 

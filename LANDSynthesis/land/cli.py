@@ -232,15 +232,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guidance_text(guidance: dict) -> str:
-    from .contract import is_guided
-
-    scale, mode = guidance["scale"], guidance["mode"]
-    return f"{scale:g} ({mode})" if is_guided(scale, mode) else "none"
-
-
 @command("info")
 def cmd_info(args: argparse.Namespace) -> int:
+    from .contract import guidance_text
     from .model_dir import ModelConfig, read_model_json
     from .pipeline import LANDPipeline
 
@@ -257,7 +251,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"grid        {'x'.join(map(str, cfg.grid_size))} voxels at {'x'.join(map(str, cfg.spacing))} mm",
         f"latent      {cfg.unet.latent_channels}x{'x'.join(map(str, cfg.latent_size))}",
         f"mode        {cfg.mode}",
-        f"guidance    {_guidance_text(cfg.guidance)} (recommended; --guidance/--guidance-mode override it)",
+        f"guidance    {guidance_text(**cfg.guidance)} (recommended; --guidance/--guidance-mode override it)",
         f"intensity   HU [{cfg.intensity['hu_min']:g}, {cfg.intensity['hu_max']:g}] <-> [0, 1]",
         f"parameters  U-Net {counts['unet']:,}, VAE {counts['vae']:,}",
         f"U-Net       channels {list(cfg.unet.channels)}, attention {list(cfg.unet.attention_levels)}, "

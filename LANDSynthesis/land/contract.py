@@ -13,6 +13,7 @@ from .errors import InputError
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
 MAX_GUIDANCE = 20.0
+GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}  # model.json / ldm.guidance without a recommendation
 
 
 def check_guidance(scale: object, mode: object) -> tuple[float, str]:
@@ -34,6 +35,22 @@ def check_guidance(scale: object, mode: object) -> tuple[float, str]:
 def is_guided(scale: float, mode: str) -> bool:
     """True when guidance changes the result (mode other than ``none`` and a scale other than 1)."""
     return mode != "none" and float(scale) != 1.0
+
+
+def parse_guidance(section: object) -> dict[str, float | str]:
+    """A ``{"scale": W, "mode": M}`` section (model.json ``guidance``, config ``ldm.guidance``), validated;
+    missing keys take :data:`GUIDANCE_DEFAULTS`."""
+    if not isinstance(section, dict) or set(section) - set(GUIDANCE_DEFAULTS):
+        raise InputError(
+            f'guidance must be an object {{"scale": W, "mode": M}} with M one of {", ".join(GUIDANCE_MODES)}'
+        )
+    scale, mode = check_guidance(section.get("scale", 1.0), section.get("mode", "none"))
+    return {"scale": scale, "mode": mode}
+
+
+def guidance_text(scale: float, mode: str) -> str:
+    """``"2 (nodules)"``, or ``"none"`` when guidance changes nothing (provenance, reports, ``land info``)."""
+    return f"{float(scale):g} ({mode})" if is_guided(scale, mode) else "none"
 
 
 def check_seed(seed: object) -> int:

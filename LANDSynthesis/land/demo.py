@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .conditioning import MaskSet
+from .contract import GUIDANCE_DEFAULTS, guidance_text
 from .errors import InputError
 from .volume import Volume
 
@@ -348,11 +349,9 @@ def fidelity_table(result: dict[str, Any]) -> str:
                 for r in ref_tex.values()
             )
             lines.append(f"| {t} | {v['n']} | {v['mean_hu']:.0f} ({v['std_hu']:.0f}) |{extra}")
-    g = result.get("guidance") or {"scale": 1.0, "mode": "none"}
-    guided = g["mode"] != "none" and g["scale"] != 1.0
+    guidance = guidance_text(**(result.get("guidance") or GUIDANCE_DEFAULTS))
     lines += ["", f"{s.get('nodules', 0)} nodules in {s.get('cases', 0)} cases; median contrast-to-noise "
-              f"{s.get('cnr_median') or float('nan'):.2f}; guidance "
-              + (f"{g['scale']:g} ({g['mode']})." if guided else "none.")]  # fmt: skip
+              f"{s.get('cnr_median') or float('nan'):.2f}; guidance {guidance}."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .contract import GUIDANCE_DEFAULTS, parse_guidance
 from .errors import InputError, ModelError
 from .models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 
@@ -32,7 +33,6 @@ DIFFUSION_DEFAULTS = {
 }
 # MAISI's CT mapping: HU clipped to [-1000, 1000] and scaled linearly to [0, 1].
 INTENSITY_DEFAULTS = {"hu_min": -1000.0, "hu_max": 1000.0}
-GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}
 
 
 @dataclass
@@ -119,16 +119,11 @@ class ModelConfig:
 
 
 def _guidance(section: Any) -> dict[str, Any]:
-    """model.json's ``guidance`` section ({"scale": w, "mode": m}), validated."""
-    from .guidance import check_guidance
-
-    if not isinstance(section, dict):
-        raise ValueError('\'guidance\' must be an object {"scale": W, "mode": M}')
+    """model.json's ``guidance`` section, validated (ValueError, reported as an invalid model.json)."""
     try:
-        scale, mode = check_guidance(section.get("scale", 1.0), section.get("mode", "none"))
+        return parse_guidance(section)
     except InputError as e:
         raise ValueError(f"'guidance': {e}") from None
-    return {"scale": scale, "mode": mode}
 
 
 def named_config(config: str, name: str | None = None) -> ModelConfig:

@@ -15,11 +15,11 @@ import torch
 
 from . import __version__
 from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
-from .contract import check_seed
+from .contract import check_seed, guidance_text
 from .decoding import decode_full, decode_tiled
 from .diffusion import SAMPLERS, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
-from .guidance import check_guidance, guided_denoiser, is_guided
+from .guidance import check_guidance, guided_denoiser
 from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
 from .models import LANDUNet, build_vae, count_parameters
 from .volume import Volume
@@ -258,7 +258,7 @@ class LANDPipeline:
             "mode": mode,
             "sampler": sampler,
             "steps": str(steps),
-            "guidance": f"{guidance[0]:g} ({guidance[1]})" if is_guided(*guidance) else "none",
+            "guidance": guidance_text(*guidance),
             "seed": str(seed),
             "device": device.type,
             "textures": ",".join(f"{k}={v}" for k, v in textures.items()),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conditioning import MODES
+from ..contract import GUIDANCE_DEFAULTS, parse_guidance
 from ..errors import InputError
 from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
@@ -120,7 +121,7 @@ class LDMTrainConfig:
     nodule_loss_weight: float  # extra MSE weight on latent voxels under a nodule (0: plain mean)
     nodule_dropout: float = 0.0  # probability of dropping only the nodules (lungs kept), for guidance
     init_from: str | None = None  # model directory whose U-Net weights start the training (fine-tuning)
-    guidance: dict[str, Any] = field(default_factory=lambda: {"scale": 1.0, "mode": "none"})
+    guidance: dict[str, Any] = field(default_factory=lambda: dict(GUIDANCE_DEFAULTS))
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ LDM_DEFAULTS: dict[str, Any] = {
     "cond_injection": None,
     "cond_features": None,
     "init_from": None,
-    "guidance": {"scale": 1.0, "mode": "none"},
+    "guidance": GUIDANCE_DEFAULTS,
 }
 TOP_DEFAULTS: dict[str, Any] = {
     "name": "custom",
@@ -328,6 +329,13 @@ def _perceptual(sec: _Section) -> PerceptualConfig:
     )
 
 
+def _init_from(sec: _Section) -> str | None:
+    init_from = sec.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise sec.bad("init_from", "null or the path of a LAND model directory")
+    return init_from
+
+
 def _vae_steps(sec: _Section, init_from: str | None) -> int:
     if sec.get("steps") == 0 and not init_from:
         raise sec.bad("steps", "an integer >= 1 (0, decoder-only steps, needs vae.init_from or --init-from)")
@@ -335,9 +343,7 @@ def _vae_steps(sec: _Section, init_from: str | None) -> int:
 
 
 def _vae(sec: _Section) -> VAETrainConfig:
-    init_from = sec.get("init_from")
-    if init_from is not None and (not isinstance(init_from, str) or not init_from):
-        raise sec.bad("init_from", "null or the path of a LAND model directory")
+    init_from = _init_from(sec)
     arch, arch_name = _architecture(sec, VAE_CONFIGS, VAEConfig, "VAE")
     weights = sec.sub("loss_weights")
     disc = sec.sub("discriminator")
@@ -372,16 +378,10 @@ def _vae(sec: _Section) -> VAETrainConfig:
 
 
 def _ldm_guidance(sec: _Section) -> dict[str, Any]:
-    from ..guidance import GUIDANCE_MODES, check_guidance
-
-    v = sec.get("guidance")
-    if not isinstance(v, dict) or set(v) - {"scale", "mode"}:
-        raise sec.bad("guidance", f'{{"scale": W, "mode": M}} with M one of {", ".join(GUIDANCE_MODES)}')
     try:
-        scale, mode = check_guidance(v.get("scale", 1.0), v.get("mode", "none"))
+        return parse_guidance(sec.get("guidance"))
     except InputError as e:
         raise InputError(f"config key {sec.key('guidance')}: {e}") from None
-    return {"scale": scale, "mode": mode}
 
 
 def _ldm(sec: _Section) -> LDMTrainConfig:
@@ -396,9 +396,6 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
             f"config keys {sec.key('cond_dropout')} + {sec.key('nodule_dropout')} = "
             f"{cond_dropout + nodule_dropout:g} exceed 1; they are probabilities of exclusive events"
         )
-    init_from = sec.get("init_from")
-    if init_from is not None and (not isinstance(init_from, str) or not init_from):
-        raise sec.bad("init_from", "null or the path of a LAND model directory")
     if any(c % arch.norm_num_groups for c in arch.channels):
         raise InputError(
             f"config key {sec.key('architecture')}: every channel count must be a multiple of "
@@ -430,7 +427,7 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
         checkpoint_every=sec.int("checkpoint_every", 1),
         nodule_loss_weight=sec.float("nodule_loss_weight"),
         nodule_dropout=nodule_dropout,
-        init_from=init_from,
+        init_from=_init_from(sec),
         guidance=_ldm_guidance(sec),
     )
 

@@ -33,9 +33,9 @@ from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
 from ..diffusion import NoiseSchedule, min_snr_weight, sample
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..guidance import drop_condition
-from ..model_dir import WEIGHT_FILES, ModelConfig, load_weights, read_model_json, save_model_dir
+from ..model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
 from ..models import LANDUNet
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import LDMTrainConfig, TrainConfig
@@ -53,7 +53,7 @@ from .loop import (
     seed_step,
     write_debug_hashes,
 )
-from .model_io import base_provenance, load_vae, vae_is_trained
+from .model_io import base_provenance, init_state, load_vae, vae_is_trained
 from .preview import montage, save_png, to_uint8
 from .progress import TrainingLog
 
@@ -200,10 +200,7 @@ def init_unet_from(parts: LDMParts, model_dir: str | Path) -> dict[str, Any]:
     Parameters the source lacks must be ``cond_inject.*`` (zero-initialised, so the network computes exactly
     what the source does); anything else that does not fit is an :class:`InputError`. Returns what was done.
     """
-    try:
-        weights = load_weights(model_dir, read_model_json(model_dir))["unet"]
-    except ModelError as e:
-        raise InputError(f"ldm.init_from: {e}") from e
+    weights = init_state(model_dir, "unet", "ldm.init_from")
     target = parts.unet.state_dict()
     missing = sorted(set(target) - set(weights))
     unexpected = sorted(set(weights) - set(target))
@@ -293,12 +290,9 @@ def _train(
     latent_grid = mc.latent_size
 
     parts = build_ldm_parts(lc, mc.diffusion, dev, ctx.enabled, cfg.seed)
+    init_info = init_unet_from(parts, lc.init_from) if lc.init_from and not resume else {}
     unet, ema = parts.unet, parts.ema
     start, elapsed_before, notes = 0, 0.0, []
-    init_info: dict[str, Any] = {}
-    if lc.init_from and not resume:
-        init_info = init_unet_from(parts, lc.init_from)
-        unet, ema = parts.unet, parts.ema
     if resume:
         ckpt = load_checkpoint(out / CHECKPOINT_FILE, "ldm")
         parts.load_checkpoint_state(ckpt)

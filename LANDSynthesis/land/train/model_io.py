@@ -12,16 +12,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .. import __version__
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..model_dir import WEIGHT_FILES, ModelConfig, read_model_json, sha256_file
 from ..models import build_vae
 
 
-def load_vae(model_dir: str | Path) -> tuple[torch.nn.Module, ModelConfig, dict[str, Any]]:
-    """The VAE of a LAND model directory (sha256-verified; U-Net weights not read), its config, model.json."""
-    meta = read_model_json(model_dir)
-    cfg = ModelConfig.from_json(meta)
-    filename = WEIGHT_FILES["vae"]
+def load_state(
+    model_dir: str | Path, key: str, meta: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """One network's weights (``key`` "vae" or "unet") of a model directory, sha256-verified; the other
+    network's file is not read."""
+    meta = read_model_json(model_dir) if meta is None else meta
+    filename = WEIGHT_FILES[key]
     path = Path(model_dir) / filename
     expected = meta.get("weights", {}).get(filename)
     if not path.is_file():
@@ -29,9 +31,25 @@ def load_vae(model_dir: str | Path) -> tuple[torch.nn.Module, ModelConfig, dict[
     if not expected or sha256_file(path) != expected:
         raise ModelError(f"sha256 of {path} does not match model.json: the file is corrupt or was replaced")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"cannot read {path}: {e}") from e
+
+
+def init_state(model_dir: str | Path, key: str, config_key: str) -> dict[str, torch.Tensor]:
+    """:func:`load_state` for the config key ``vae.init_from`` / ``ldm.init_from`` (errors: InputError)."""
+    try:
+        return load_state(model_dir, key)
+    except ModelError as e:
+        raise InputError(f"{config_key}: {e}") from e
+
+
+def load_vae(model_dir: str | Path) -> tuple[torch.nn.Module, ModelConfig, dict[str, Any]]:
+    """The VAE of a LAND model directory (sha256-verified; U-Net weights not read), its config, model.json."""
+    meta = read_model_json(model_dir)
+    cfg = ModelConfig.from_json(meta)
+    state = load_state(model_dir, "vae", meta)
+    path = Path(model_dir) / WEIGHT_FILES["vae"]
     vae = build_vae(cfg.vae)
     try:
         vae.load_state_dict(state, strict=True)

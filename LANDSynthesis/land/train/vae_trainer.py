@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from ..data.check import check_dataset
 from ..data.folder import CaseFiles, PatchDataset, hu_to_unit, load_case, read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
-from ..errors import InputError, ModelError
-from ..model_dir import load_weights, read_model_json, save_model_dir
+from ..errors import InputError
+from ..model_dir import save_model_dir
 from ..models import LANDUNet, build_vae
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
@@ -57,7 +57,7 @@ from .loop import (
     seed_step,
     write_debug_hashes,
 )
-from .model_io import base_provenance
+from .model_io import base_provenance, init_state
 from .perceptual import build_perceptual
 from .progress import TrainingLog
 
@@ -302,10 +302,7 @@ def decoder_train_step(
 
 def init_vae_from(parts: VAEParts, model_dir: str | Path) -> None:
     """Load a model directory's VAE weights (sha256-checked, same architecture) into ``parts.vae``."""
-    try:
-        weights = load_weights(model_dir, read_model_json(model_dir))["vae"]
-    except ModelError as e:
-        raise InputError(f"vae.init_from: {e}") from e
+    weights = init_state(model_dir, "vae", "vae.init_from")
     target = parts.vae.state_dict()
     if set(weights) != set(target) or any(weights[k].shape != target[k].shape for k in target):
         raise InputError(
