@@ -168,3 +168,45 @@ def test_training_nodule_dropout_equals_training_on_the_dropped_mask():
     plain = ldm_train_step(parts(0.0), z0, cond, torch.Generator().manual_seed(9))
     assert with_dropout["loss"] == by_hand["loss"]
     assert with_dropout["loss"] != plain["loss"]
+
+
+def test_nodule_fraction_channel_is_each_latent_voxels_nodule_share():
+    """pool_to_latent(nodule_fraction=True): channel 0 is the paper's max-pooled scalar, channel 1 the share
+    of each 4^3 block covered by nodule; dropping nodules clears the share; nodule_region reads channel 0."""
+    full = np.zeros((16, 16, 16), np.float32)
+    full[:8, :8, :8] = LUNG_VALUE / SCALE
+    full[0:2, 0:4, 0:4] = 1.0  # half of latent voxel (0, 0, 0) is a texture-5 nodule
+    full[4, 4, 4] = 0.6  # one voxel of 64 in latent voxel (1, 1, 1)
+    plain = pool_to_latent(full, 4)
+    both = pool_to_latent(full, 4, nodule_fraction=True)
+    assert both.shape == (1, 2, 4, 4, 4) and torch.equal(both[:, :1], plain)
+    share = both[0, 1]
+    assert share[0, 0, 0] == 0.5 and share[1, 1, 1] == 1 / 64 and share.sum() == 0.5 + 1 / 64
+    assert torch.equal(nodule_region(both), nodule_region(plain))
+    dropped = drop_condition(both, "nodules", "nodule+lung+texture")
+    assert torch.equal(dropped[:, :1], drop_condition(plain, "nodules", "nodule+lung+texture"))
+    assert torch.count_nonzero(dropped[:, 1]) == 0
+
+
+def test_fraction_features_unet_reads_the_nodule_share():
+    from land.models import UNetConfig
+
+    cfg = replace(tiny_config().unet, cond_injection="every_level",
+                  cond_features="occupancy+texture+fraction", cond_channels=2)  # fmt: skip
+    torch.manual_seed(0)
+    net = LANDUNet(cfg).eval()
+    perturb_zero_weights(net)
+    for p in net.cond_inject.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    cond = _cond()
+    assert cond.shape[1] == 1
+    share = torch.where(nodule_region(cond), torch.full_like(cond, 0.5), torch.zeros_like(cond))
+    x, t = torch.randn(1, 4, 16, 16, 16), torch.tensor([100])
+    with torch.no_grad():
+        a = net(x, t, torch.cat([cond, share], dim=1))
+        b = net(x, t, torch.cat([cond, share * 2], dim=1))
+    assert not torch.allclose(a, b)  # same max-pooled mask, a different nodule share
+    bad = {**cfg.__dict__, "cond_channels": 1}
+    bad.pop("extra")
+    with pytest.raises(ValueError, match="cond_channels 1 does not match"):
+        UNetConfig.from_dict(bad)

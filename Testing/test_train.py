@@ -342,3 +342,33 @@ def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
         InputError, match="vae.steps must be an integer >= 1 .0, decoder-only steps, needs vae.init_from"
     ):
         with_overrides(tiny, "vae", steps=0)
+
+
+def test_ldm_with_nodule_fraction_trains_caches_two_channels_and_generates(vae_dir, data, tmp_path):
+    """ldm.cond_features occupancy+texture+fraction: the U-Net takes a 2-channel latent condition (scalar +
+    nodule share), the latent cache stores it and says so, model.json records it and generate builds it."""
+    from safetensors.torch import load_file
+
+    cfg = with_overrides(load_config("tiny"), "ldm", cond_injection="every_level",
+                         cond_features="occupancy+texture+fraction", nodule_dropout=0.5)  # fmt: skip
+    assert cfg.ldm.architecture.cond_channels == 2
+    out = train_ldm(cfg, data, vae_dir, tmp_path / "ldm", max_steps=2, device="cpu", progress="none")
+    index = json.loads((out / "latent_cache" / "index.json").read_text(encoding="utf-8"))
+    assert index["nodule_fraction"] is True
+    cond = load_file(next((out / "latent_cache").glob("*.safetensors")))["cond"]
+    assert cond.shape[0] == 2 and 0 < cond[1].max() <= 1 and cond[1][cond[0] <= 0.1].max() == 0
+    meta = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    assert meta["unet"]["cond_channels"] == 2
+    pipe = LANDPipeline.from_pretrained(out)
+    case = data / "case001"
+    raw = json.loads((case / "textures.json").read_text(encoding="utf-8"))
+    textures = {int(k): v for k, v in raw.items() if k.isdigit()}
+    masks = MaskSet(read_volume(case / "lung.nii.gz"), read_volume(case / "nodules.nii.gz"), textures)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        latent_cond = pipe.prepare_conditioning(masks, "nodule+lung+texture")[0]
+    assert latent_cond.shape[:2] == (1, 2) and latent_cond[:, 1].max() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ct = pipe.generate(masks, steps=2, seed=1, device="cpu", guidance=2.0, guidance_mode="nodules")
+    assert ct.array.shape == (32, 32, 32) and ct.array.std() > 0

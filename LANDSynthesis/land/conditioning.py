@@ -261,11 +261,15 @@ def _check_outside(masks: MaskSet, strict: bool) -> None:
     warnings.warn(NoduleOutsideLungWarning(message, counts), stacklevel=3)
 
 
-def pool_to_latent(cond: np.ndarray | torch.Tensor | Volume, factor: int = 4) -> torch.Tensor:
+def pool_to_latent(
+    cond: np.ndarray | torch.Tensor | Volume, factor: int = 4, nodule_fraction: bool = False
+) -> torch.Tensor:
     """3D max-pool a conditioning mask ``factor`` times down to the latent grid -> float32 (N, 1, d, h, w).
 
     Accepts (D, H, W), (N, D, H, W) or (N, 1, D, H, W); D, H and W must be divisible by ``factor``. Max
-    pooling keeps every nodule, however small, in the latent grid.
+    pooling keeps every nodule, however small, in the latent grid. With ``nodule_fraction`` a second
+    channel holds the share of each latent voxel that nodules cover (average-pooled nodule occupancy,
+    0..1), which tells the denoiser where inside an 8 mm latent voxel a nodule's edge lies -> (N, 2, d, h, w).
     """
     if isinstance(cond, Volume):
         cond = cond.array
@@ -291,17 +295,24 @@ def pool_to_latent(cond: np.ndarray | torch.Tensor | Volume, factor: int = 4) ->
             "land.io.to_model_grid)"
         )
     t = t.to(torch.float32)
-    if factor == 1:
-        return t.contiguous()
-    return F.max_pool3d(t, kernel_size=factor, stride=factor)
+    pooled = t.contiguous() if factor == 1 else F.max_pool3d(t, kernel_size=factor, stride=factor)
+    if not nodule_fraction:
+        return pooled
+    share = nodule_region(t).to(torch.float32)
+    if factor > 1:
+        share = F.avg_pool3d(share, kernel_size=factor, stride=factor)
+    return torch.cat([pooled, share], dim=1)
 
 
 def nodule_region(cond: torch.Tensor) -> torch.Tensor:
     """Where an encoded conditioning mask (any mode, any grid) marks a nodule: values above the lung's.
 
     Nodules encode as >= 1/5 (texture 1) and lungs as 0.1, so the threshold halfway between finds every
-    nodule in every mode; in mode ``none`` (all zeros) nothing is found.
+    nodule in every mode; in mode ``none`` (all zeros) nothing is found. For a latent condition with a
+    nodule-fraction channel (N, 2, ...) the region comes from channel 0, shaped (N, 1, ...).
     """
+    if cond.dim() == 5 and cond.shape[1] == 2:
+        cond = cond[:, :1]
     return cond > (LUNG_VALUE + 1.0) / (2 * SCALE)
 
 

@@ -38,12 +38,16 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, cond) -> v
 
 def drop_condition(cond: Tensor, what: str, cond_mode: str) -> Tensor:
     """The conditioning with ``what`` dropped: ``full`` -> zeros; ``nodules`` -> nodule voxels set to the
-    lung value (to 0 in modes without lungs), everything else unchanged. Works on any grid."""
+    lung value (to 0 in modes without lungs), everything else unchanged; a nodule-fraction channel (see
+    :func:`land.conditioning.pool_to_latent`) becomes 0. Works on any grid."""
     if what == "full":
         return torch.zeros_like(cond)
     if what != "nodules":
         raise InputError(f"cannot drop {what!r} from the conditioning; choose 'full' or 'nodules'")
     fill = LUNG_VALUE / SCALE if "lung" in cond_mode else 0.0
+    if cond.dim() == 5 and cond.shape[1] == 2:  # latent condition with a nodule-fraction channel
+        scalar = cond[:, :1]
+        return torch.cat([drop_condition(scalar, what, cond_mode), torch.zeros_like(scalar)], dim=1)
     return torch.where(nodule_region(cond), torch.full_like(cond, fill), cond)
 
 

@@ -119,7 +119,8 @@ class LANDPipeline:
     def prepare_conditioning(
         self, masks: MaskSet | None, mode: str, strict: bool = False
     ) -> tuple[torch.Tensor, Volume, MaskSet | None]:
-        """Masks -> (latent-grid conditioning (1,1,d,h,w), model-grid reference, masks on the model grid)."""
+        """Masks -> (latent-grid conditioning (1, C, d, h, w), model-grid reference, masks on the model grid);
+        C is 2 for U-Nets that take the nodule-fraction channel, else 1."""
         if masks is None or masks.reference is None:
             masks, ref = None, self.grid_reference()
         elif self.on_model_grid(masks.reference):
@@ -132,7 +133,10 @@ class LANDPipeline:
             cond = np.zeros(ref.array.shape, np.float32)
         else:
             cond = encode_conditioning(masks, mode, strict=strict).array
-        return pool_to_latent(cond, self.config.vae.compression), ref, masks
+        pooled = pool_to_latent(
+            cond, self.config.vae.compression, nodule_fraction=self.config.unet.nodule_fraction
+        )
+        return pooled, ref, masks
 
     @torch.inference_mode()
     def generate(

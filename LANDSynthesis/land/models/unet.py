@@ -23,20 +23,32 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 COND_INJECTIONS = ("input", "every_level")
-COND_FEATURES = ("scalar", "occupancy+texture")
+COND_FEATURES = ("scalar", "occupancy+texture", "occupancy+texture+fraction")
+FRACTION_FEATURES = "occupancy+texture+fraction"
+
+
+def cond_channels_for(cond_features: str) -> int:
+    """Channels of the latent-grid condition a U-Net with these features takes: the paper's scalar, plus
+    the nodule fraction (:func:`land.conditioning.pool_to_latent` ``nodule_fraction``) for ``+fraction``."""
+    return 2 if cond_features == FRACTION_FEATURES else 1
 
 
 def mask_features(cond: torch.Tensor, how: str) -> torch.Tensor:
-    """The latent-grid mask as injection features: itself (``scalar``) or, for ``occupancy+texture``, three
-    channels per mask channel: lung occupancy, nodule occupancy and the texture value inside nodules."""
+    """The latent-grid mask as injection features: itself (``scalar``); for ``occupancy+texture`` three
+    channels: lung occupancy, nodule occupancy and the texture value inside nodules; ``+fraction`` adds the
+    condition's second channel, the share of each latent voxel covered by nodules."""
     if how == "scalar":
         return cond
     from ..conditioning import nodule_region
 
-    nodule = nodule_region(cond)
-    lung = (cond > 0) & ~nodule
-    texture = torch.where(nodule, cond, torch.zeros_like(cond))
-    return torch.cat([lung.to(cond.dtype), nodule.to(cond.dtype), texture], dim=1)
+    scalar = cond[:, :1]
+    nodule = nodule_region(scalar)
+    lung = (scalar > 0) & ~nodule
+    texture = torch.where(nodule, scalar, torch.zeros_like(scalar))
+    feats = [lung.to(cond.dtype), nodule.to(cond.dtype), texture]
+    if how == FRACTION_FEATURES:
+        feats.append(cond[:, 1:2])
+    return torch.cat(feats, dim=1)
 
 
 @dataclass
@@ -56,7 +68,8 @@ class UNetConfig:
     # also max-pooled to every resolution and added (zero-initialised 3x3 convolution) at each level's start
     cond_injection: str = "input"
     # features the injected mask is given as: "scalar" (the paper's value) or "occupancy+texture"
-    # (lung occupancy, nodule occupancy, texture/5 inside nodules), derived from the scalar encoding
+    # (lung occupancy, nodule occupancy, texture/5 inside nodules), derived from the scalar encoding;
+    # "occupancy+texture+fraction" also takes each latent voxel's nodule share (cond_channels 2)
     cond_features: str = "scalar"
     extra: dict = field(default_factory=dict)
 
@@ -80,7 +93,17 @@ class UNetConfig:
             raise ValueError(f"cond_injection {cfg.cond_injection!r} is not one of {COND_INJECTIONS}")
         if cfg.cond_features not in COND_FEATURES:
             raise ValueError(f"cond_features {cfg.cond_features!r} is not one of {COND_FEATURES}")
+        if cfg.cond_channels != cond_channels_for(cfg.cond_features):
+            raise ValueError(
+                f"cond_channels {cfg.cond_channels} does not match cond_features {cfg.cond_features!r} "
+                f"(needs {cond_channels_for(cfg.cond_features)})"
+            )
         return cfg
+
+    @property
+    def nodule_fraction(self) -> bool:
+        """Whether the latent condition carries the nodule-fraction channel."""
+        return self.cond_features == FRACTION_FEATURES
 
 
 UNET_CONFIGS: dict[str, UNetConfig] = {
@@ -186,7 +209,9 @@ class LANDUNet(nn.Module):
         n = cfg.num_res_blocks
         self.cond_inject: nn.ModuleList | None = None
         if cfg.cond_injection == "every_level":
-            n_feat = cfg.cond_channels * (3 if cfg.cond_features == "occupancy+texture" else 1)
+            n_feat = {"scalar": cfg.cond_channels, "occupancy+texture": 3, FRACTION_FEATURES: 4}[
+                cfg.cond_features
+            ]
             # one zero-initialised projection per encoder level, then per decoder level (deepest first),
             # each to the width of that level's input
             widths = [ch[max(i - 1, 0)] for i in range(len(ch))] + list(reversed(ch))
@@ -241,7 +266,11 @@ class LANDUNet(nn.Module):
         feats = mask_features(cond, self.cfg.cond_features)
         pooled = [feats]
         for _ in range(len(self.cfg.channels) - 1):
-            pooled.append(F.max_pool3d(pooled[-1], kernel_size=2, stride=2))
+            down = F.max_pool3d(pooled[-1], kernel_size=2, stride=2)
+            if self.cfg.nodule_fraction:  # a share averages, occupancy and texture keep their maximum
+                share = F.avg_pool3d(pooled[-1][:, -1:], kernel_size=2, stride=2)
+                down = torch.cat([down[:, :-1], share], dim=1)
+            pooled.append(down)
         return pooled
 
     def _inject(self, h: torch.Tensor, pooled: list[torch.Tensor], which: int, level: int) -> torch.Tensor:

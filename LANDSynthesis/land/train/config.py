@@ -20,7 +20,7 @@ from ..contract import GUIDANCE_DEFAULTS, parse_guidance
 from ..errors import InputError
 from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
-from ..models.unet import COND_FEATURES, COND_INJECTIONS
+from ..models.unet import COND_FEATURES, COND_INJECTIONS, cond_channels_for
 
 PERCEPTUAL_NETWORKS = (
     "none",
@@ -389,6 +389,7 @@ def _ldm(sec: _Section) -> LDMTrainConfig:
     for key, choices in (("cond_injection", COND_INJECTIONS), ("cond_features", COND_FEATURES)):
         if sec.get(key) is not None:
             setattr(arch, key, sec.choice(key, choices))
+    arch.cond_channels = cond_channels_for(arch.cond_features)
     cond_dropout = sec.float("cond_dropout", 0.0, 1.0)
     nodule_dropout = sec.float("nodule_dropout", 0.0, 1.0)
     if cond_dropout + nodule_dropout > 1.0:

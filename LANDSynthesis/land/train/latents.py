@@ -1,7 +1,8 @@
 """Latents and latent-grid conditioning per case, encoded once and cached on disk.
 
 Each case gives ``z`` = posterior mean x latent scale (C, d, h, w) and ``cond`` = the conditioning mask for
-the mode, max-pooled to the latent grid (1, d, h, w), stored as ``CACHE/<case>.safetensors``. ``index.json``
+the mode, max-pooled to the latent grid (1, d, h, w; a second channel with the nodule fraction for U-Nets
+that take it), stored as ``CACHE/<case>.safetensors``. ``index.json``
 records what the cache was made with (VAE sha256, latent scale, mode, HU window); any difference empties
 the cache. Without a cache, cases are encoded on the fly at every use.
 """
@@ -44,12 +45,16 @@ class LatentStore:
         device: torch.device,
         cache_dir: Path | None,
         key: dict[str, Any],
+        nodule_fraction: bool = False,
     ) -> None:
         self.cases, self.vae, self.compression = cases, vae, compression
         self.latent_scale, self.mode, self.hu, self.device = latent_scale, mode, hu, device
         self.latent_grid_zyx = tuple(reversed(latent_grid))
         self.cache_dir = cache_dir
+        self.nodule_fraction = nodule_fraction
         self.key = {**key, "latent_scale": latent_scale, "mode": mode, "hu": list(hu)}
+        if nodule_fraction:  # absent otherwise, so caches made before this option stay valid
+            self.key["nodule_fraction"] = True
 
     @torch.no_grad()
     def encode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +64,9 @@ class LatentStore:
         mu, _ = self.vae.encode(image.to(self.device))
         z = (mu[0].float() * self.latent_scale).cpu().contiguous()
         cond = pool_to_latent(
-            np.ascontiguousarray(conditioning_array(case.masks, self.mode)), self.compression
+            np.ascontiguousarray(conditioning_array(case.masks, self.mode)),
+            self.compression,
+            nodule_fraction=self.nodule_fraction,
         )
         cond = cond[0].contiguous()
         if tuple(z.shape[1:]) != self.latent_grid_zyx or tuple(cond.shape[1:]) != self.latent_grid_zyx:

@@ -338,6 +338,7 @@ def _train(
         dev,
         cache,
         {"vae_sha256": vae_sha},
+        nodule_fraction=lc.architecture.nodule_fraction,
     )
     store.prepare(ctx, log.notice)
 
