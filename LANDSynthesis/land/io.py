@@ -34,6 +34,7 @@ from .conditioning import (
     parse_texture_value,
 )
 from .errors import InputError
+from .image_data import check_image_data
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
 
@@ -76,6 +77,7 @@ def _check_input_file(path: PathLike, what: str = "file") -> Path:
 
 def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
     p = _check_input_file(path, what)
+    check_image_data(p)
     try:
         return sitk.ReadImage(str(p))
     except RuntimeError as e:

@@ -973,12 +973,19 @@ def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Pa
 
 def read_case(folder: Path) -> PhantomCase:
     """Read a case folder written by ``write_case``."""
+    from .image_data import check_image_data
+
     folder = Path(folder)
     meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
+
+    def read(name: str) -> Volume:
+        check_image_data(folder / name)
+        return Volume.from_sitk(sitk.ReadImage(str(folder / name)))
+
     return PhantomCase(
-        image=Volume.from_sitk(sitk.ReadImage(str(folder / "image.nii.gz"))),
-        lung=Volume.from_sitk(sitk.ReadImage(str(folder / "lung.nii.gz"))),
-        nodules=Volume.from_sitk(sitk.ReadImage(str(folder / "nodules.nii.gz"))),
+        image=read("image.nii.gz"),
+        lung=read("lung.nii.gz"),
+        nodules=read("nodules.nii.gz"),
         textures={int(k): int(v) for k, v in meta.items() if k.isdigit()},
         diameters_mm={int(k): float(v) for k, v in meta.get("diameters_mm", {}).items()},
         centres_mm={int(k): tuple(v) for k, v in meta.get("centres_mm", {}).items()},

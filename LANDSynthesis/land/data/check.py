@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from ..conditioning import check_labels, label_counts
 from ..errors import InputError
+from ..image_data import check_image_data
 from ..io import read_volume
 from .folder import (
     CASE_FILES,
@@ -142,7 +143,8 @@ def check_case(
     spacing: Sequence[float] | None = None,
     deep: bool = True,
 ) -> CaseReport:
-    """Check one case folder. ``deep`` also reads the masks (labels, textures, nodules outside the lungs)."""
+    """Check one case folder. ``deep`` also reads the masks (labels, textures, nodules outside the lungs) and
+    checks that every image holds all the voxel data its header declares."""
     report = CaseReport(files.name)
     if not files.folder.is_dir():
         report.problems.append(f"case folder {files.folder} does not exist")
@@ -156,6 +158,8 @@ def check_case(
             continue
         try:
             headers[name] = _header(files.folder / name)
+            if deep:
+                check_image_data(files.folder / name)
         except InputError as e:
             report.problems.append(str(e))
     first = next(iter(headers), None)

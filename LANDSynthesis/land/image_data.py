@@ -1,0 +1,186 @@
+"""Is an image file's voxel data all there? Checks NIfTI, NRRD and MetaImage files against their headers.
+
+ITK reads a truncated ``.nii.gz`` (a download or copy cut short) or a file whose header declares more voxels
+than it holds as a zero-filled volume, without an error. :func:`check_image_data` compares the bytes of
+voxel data the header declares with the bytes the file holds (for compressed data: what the compressed
+stream decompresses to, and whether the stream ends properly) and raises :class:`InputError` naming the
+file when they differ. It reads only the header fields it needs; formats it does not know pass unchecked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+from .errors import InputError
+
+_CHUNK = 1 << 20
+
+_NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64,
+               1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}  # fmt: skip
+_NRRD_TYPES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                     "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),  # fmt: skip
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                     "uint32_t", "float"), 4),  # fmt: skip
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
+                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int",
+                     "uint64", "uint64_t", "double"), 8),  # fmt: skip
+}
+_META_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+               "MET_DOUBLE": 8}  # fmt: skip
+
+
+def _incomplete(path: Path, declared: int, held: int, ended: bool = True) -> InputError:
+    how = "" if ended else " and its compressed stream ends early"
+    return InputError(
+        f"{path} is incomplete: its header declares {declared:,} bytes of voxel data but the file holds "
+        f"{held:,}{how} (a download or copy cut short, or a damaged file); fix: copy or export the file again"
+    )
+
+
+def _inflate(stream, raw_zlib: bool = False) -> tuple[int, bool]:
+    """Bytes a gzip (or zlib) stream decompresses to, and whether it ended properly."""
+    total = 0
+    if raw_zlib:
+        d = zlib.decompressobj()
+        while chunk := stream.read(_CHUNK):
+            try:
+                total += len(d.decompress(chunk))
+            except zlib.error:
+                return total, False
+            if d.eof:
+                break
+        return total + len(d.flush()), d.eof
+    with gzip.GzipFile(fileobj=stream) as gz:
+        try:
+            while data := gz.read(_CHUNK):
+                total += len(data)
+        except (EOFError, OSError, zlib.error):
+            return total, False
+    return total, True
+
+
+def _nifti_declared(head: bytes) -> tuple[int, int] | None:
+    """(vox_offset, bytes of voxel data) from a NIfTI-1/-2 header, or None if it is not one."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            n = max(1, min(int(dims[0]), 7))
+            return max(offset, 348), math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            n = max(1, min(int(dims[0]), 7))
+            return max(offset, 540), math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+    return None
+
+
+def _check_nifti(path: Path) -> None:
+    compressed = path.name.lower().endswith(".gz")
+    with open(path, "rb") as f:
+        if compressed:
+            with gzip.GzipFile(fileobj=f) as gz:
+                try:
+                    head = gz.read(540)
+                except (EOFError, OSError, zlib.error):
+                    raise InputError(
+                        f"{path} is not a complete gzip file; fix: copy or export the file again"
+                    ) from None
+        else:
+            head = f.read(540)
+    declared = _nifti_declared(head)
+    if declared is None:
+        return
+    offset, nbytes = declared
+    with open(path, "rb") as f:
+        held, ended = _inflate(f) if compressed else (os.fstat(f.fileno()).st_size, True)
+    if held - offset < nbytes or not ended:
+        raise _incomplete(path, nbytes, max(held - offset, 0), ended)
+
+
+def _text_header(f, end: bytes) -> tuple[dict[str, str], int] | None:
+    """Key/value lines up to the blank line (NRRD) or the ElementDataFile line (MetaImage)."""
+    fields: dict[str, str] = {}
+    data_start = 0
+    while True:
+        line = f.readline(65536)
+        if not line:
+            return fields, f.tell()
+        data_start = f.tell()
+        text = line.decode("latin-1").strip()
+        if end == b"\n" and not text:
+            return fields, data_start
+        sep = ":=" if end == b"\n" and ":=" in text else (":" if end == b"\n" else "=")
+        if sep in text and not text.startswith("#"):
+            key, value = text.split(sep, 1)
+            fields[key.strip().lower()] = value.strip()
+            if end != b"\n" and key.strip().lower() == "elementdatafile":
+                return fields, data_start
+
+
+def _check_nrrd(path: Path) -> None:
+    with open(path, "rb") as f:
+        if not f.read(4) == b"NRRD":
+            return
+        f.seek(0)
+        fields, start = _text_header(f, b"\n")
+        if "data file" in fields or "datafile" in fields or path.name.lower().endswith(".nhdr"):
+            return  # detached data: ITK reports a missing data file itself
+        try:
+            sizes = [int(s) for s in fields["sizes"].split()]
+            itemsize = _NRRD_TYPES[fields["type"].lower()]
+        except (KeyError, ValueError):
+            return
+        nbytes = math.prod(sizes) * itemsize
+        encoding = fields.get("encoding", "raw").lower()
+        f.seek(start)
+        if encoding in ("gzip", "gz"):
+            held, ended = _inflate(f)
+        elif encoding == "raw":
+            held, ended = os.fstat(f.fileno()).st_size - start, True
+        else:
+            return
+    if held < nbytes or not ended:
+        raise _incomplete(path, nbytes, held, ended)
+
+
+def _check_meta(path: Path) -> None:
+    with open(path, "rb") as f:
+        fields, start = _text_header(f, b"=")
+        if fields.get("elementdatafile", "").upper() != "LOCAL":
+            return
+        try:
+            sizes = [int(s) for s in fields["dimsize"].split()]
+            itemsize = _META_TYPES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", 1))
+        except (KeyError, ValueError):
+            return
+        nbytes = math.prod(sizes) * itemsize
+        if fields.get("compresseddata", "false").lower() == "true":
+            held, ended = _inflate(f, raw_zlib=True)
+        else:
+            held, ended = os.fstat(f.fileno()).st_size - start, True
+    if held < nbytes or not ended:
+        raise _incomplete(path, nbytes, held, ended)
+
+
+def check_image_data(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` if ``path`` (NIfTI, NRRD or MetaImage) holds less voxel data than its header
+    declares or its compressed data stream ends early."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti(p)
+    elif name.endswith(".nrrd"):
+        _check_nrrd(p)
+    elif name.endswith(".mha"):
+        _check_meta(p)

@@ -1,0 +1,91 @@
+"""Incomplete image files (truncated, or holding less voxel data than the header declares) are refused,
+naming the file, wherever LAND reads images: generate's mask reader, check-dataset, the dataset loaders."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_masks
+from test_dataset import write_dataset
+
+from land.data.check import check_dataset
+from land.data.folder import load_case, read_manifest
+from land.errors import InputError
+from land.image_data import check_image_data
+from land.io import read_volume
+
+FORMATS = [("x.nii.gz", True), ("x.nii", False), ("x.nrrd", True), ("x.nrrd", False), ("x.mha", True),
+           ("x.mha", False)]  # fmt: skip
+
+
+def _write(path: Path, compress: bool) -> Path:
+    rng = np.random.default_rng(0)  # noise: compressed data stays large, so a cut lands in the voxels
+    image = sitk.GetImageFromArray(rng.integers(-1000, 1000, (24, 20, 16)).astype(np.int16))
+    sitk.WriteImage(image, str(path), compress)
+    return path
+
+
+def _cut(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize(("name", "compress"), FORMATS)
+def test_complete_files_pass_and_truncated_ones_are_refused(tmp_path, name, compress):
+    path = _write(tmp_path / name, compress)
+    check_image_data(path)
+    assert read_volume(path).array.shape == (24, 20, 16)
+    _cut(path, 0.6)
+    with pytest.raises(InputError, match=r"incomplete|not a complete gzip") as e:
+        read_volume(path)
+    assert str(path) in str(e.value) and "fix:" in str(e.value)
+
+
+def test_nifti_header_declaring_more_voxels_than_the_file_holds(tmp_path):
+    path = _write(tmp_path / "big.nii", False)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<h", raw, 42, 240)  # dim[1]: 16 -> 240 voxels along x
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="declares 230,400 bytes of voxel data but the file holds 15,360"):
+        read_volume(path)
+    gz = tmp_path / "big.nii.gz"
+    gz.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(InputError, match="incomplete"):
+        read_volume(gz)
+
+
+def test_check_dataset_and_loaders_refuse_a_truncated_case(tmp_path):
+    root = write_dataset(tmp_path / "ds", n=2)
+    _cut(root / "case001" / "image.nii.gz")
+    _cut(root / "case000" / "lung.nii.gz")
+    report = check_dataset(root, (32, 32, 32))
+    by_name = {c.name: c for c in report.cases}
+    assert any("image.nii.gz is incomplete" in p or "image.nii.gz is not a complete" in p
+               for p in by_name["case001"].problems)  # fmt: skip
+    assert any("lung.nii.gz" in p for p in by_name["case000"].problems) and not report.ok
+    with pytest.raises(InputError, match="image.nii.gz"):
+        load_case(read_manifest(root)[1])
+
+
+def test_generate_with_a_truncated_mask_exits_2_naming_it(tiny_model_dir, tmp_path):
+    masks = make_masks()
+    lung, nodules = tmp_path / "lung.nii.gz", tmp_path / "nodules.nii.gz"
+    sitk.WriteImage(masks.lung.to_sitk(), str(lung), True)
+    sitk.WriteImage(masks.nodules.to_sitk(), str(nodules), True)
+    _cut(lung, 0.5)
+    out = tmp_path / "ct.nii.gz"
+    result = subprocess.run([sys.executable, "-m", "land", "generate", "--model", str(tiny_model_dir),
+                             "--mask", str(lung), "--nodules", str(nodules), "--texture", "1=3,2=4",
+                             "--steps", "1", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "lung.nii.gz" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
