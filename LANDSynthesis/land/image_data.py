@@ -24,13 +24,43 @@ _NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512:
                1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}  # fmt: skip
 _NRRD_TYPES = {
     **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
-    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
-                     "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),  # fmt: skip
-    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
-                     "uint32_t", "float"), 4),  # fmt: skip
-    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int",
-                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int",
-                     "uint64", "uint64_t", "double"), 8),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "short",
+            "short int",
+            "signed short",
+            "signed short int",
+            "int16",
+            "int16_t",
+            "ushort",
+            "unsigned short",
+            "unsigned short int",
+            "uint16",
+            "uint16_t",
+        ),
+        2,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"), 4
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "longlong",
+            "long long",
+            "long long int",
+            "signed long long",
+            "signed long long int",
+            "int64",
+            "int64_t",
+            "ulonglong",
+            "unsigned long long",
+            "unsigned long long int",
+            "uint64",
+            "uint64_t",
+            "double",
+        ),
+        8,
+    ),  # fmt: skip
 }
 _META_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
                "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
@@ -161,7 +191,8 @@ def _check_meta(path: Path) -> None:
             return
         try:
             sizes = [int(s) for s in fields["dimsize"].split()]
-            itemsize = _META_TYPES[fields["elementtype"].upper()] * int(fields.get("elementnumberofchannels", 1))
+            channels = int(fields.get("elementnumberofchannels", 1))
+            itemsize = _META_TYPES[fields["elementtype"].upper()] * channels
         except (KeyError, ValueError):
             return
         nbytes = math.prod(sizes) * itemsize
