@@ -165,3 +165,40 @@ def test_tiny_config_matches_fixture():
     cfg = tiny_config()
     cfg.validate()
     assert cfg.latent_size == (16, 16, 16)
+
+
+def test_non_finite_weights_and_outputs_are_refused(tiny_model_dir, tmp_path):
+    """A model whose weights hold NaN is refused on load (and never written); one whose output overflows
+    to NaN/inf raises ModelError instead of writing an all-zero CT."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from land.model_dir import read_model_json, save_model_dir, sha256_file, write_model_json
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    states = {"vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict()}
+    bad = {k: v.clone() for k, v in states["unet"].items()}
+    bad["conv_in.conv.weight"][0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ModelError, match="non-finite weights"):
+        save_model_dir(tmp_path / "nan", pipe.config, {"vae": states["vae"], "unet": bad})
+    assert not (tmp_path / "nan" / "unet.safetensors").exists()
+    damaged = tmp_path / "damaged"  # NaN weights hashed into model.json by another tool: refused on load
+    shutil.copytree(tiny_model_dir, damaged)
+    save_file(bad, str(damaged / "unet.safetensors"))
+    meta = read_model_json(damaged)
+    meta["weights"]["unet.safetensors"] = sha256_file(damaged / "unet.safetensors")
+    write_model_json(damaged, meta)
+    with pytest.raises(ModelError, match="non-finite weights"):
+        LANDPipeline.from_pretrained(damaged)
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    huge = {k: v.clone() for k, v in states["unet"].items()}
+    for k in huge:
+        if k.endswith("weight") and huge[k].is_floating_point():
+            huge[k] *= 1e30
+    save_model_dir(model, pipe.config, {"vae": states["vae"], "unet": huge})
+    assert torch.isfinite(load_file(str(model / "unet.safetensors"))["conv_in.conv.weight"]).all()
+    with pytest.raises(ModelError, match="non-finite latent"):
+        LANDPipeline.from_pretrained(model).generate(steps=2, seed=0, device="cpu")

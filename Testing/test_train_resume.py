@@ -80,3 +80,55 @@ def test_resume_after_sigkill_is_exact(command, data, vae_dir, tmp_path):
     assert_same(a, b, "checkpoint")  # models, optimizers, schedulers, EMA, RNG states, step
     logged = [json.loads(x) for x in (cut / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["step"] for e in logged if e["event"] == "step"] == [1, 2, 3, 4, 5]
+
+
+def _config_file(tmp_path: Path, section: str, **changes) -> Path:
+    from land.train.config import load_config
+
+    raw = json.loads(json.dumps(load_config("tiny").raw))
+    raw[section].update(changes)
+    path = tmp_path / f"{section}.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one_exactly(data, vae_dir, tmp_path):
+    """Random bytes in the middle of checkpoint.pt: --resume detects it by its sha256, says so, resumes
+    from checkpoint.prev.pt and still ends bit-identical to an uninterrupted run."""
+    config = _config_file(tmp_path, "ldm", checkpoint_every=1)
+    args = ["train-ldm", "--data", str(data), "--vae", str(vae_dir), "--config", str(config),
+            "--device", "cpu", "--max-steps", "4", "--progress", "none"]  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run([*args, "--out", str(full)]).returncode == 0
+    assert run([*args, "--out", str(cut)], kill_at=3).returncode == -signal.SIGKILL
+    assert torch.load(cut / "checkpoint.prev.pt", weights_only=True)["step"] == 2
+    ckpt = cut / "checkpoint.pt"
+    raw = bytearray(ckpt.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 4096] = os.urandom(4096)
+    ckpt.write_bytes(bytes(raw))
+    result = run([*args[:-2], "--progress", "json", "--out", str(cut), "--resume"])
+    assert result.returncode == 0, result.stderr
+    notices = [json.loads(line).get("message", "") for line in result.stdout.splitlines()]
+    assert any("checkpoint.pt is damaged" in m and "checkpoint.prev.pt (step 2)" in m for m in notices)
+    a, b = load_file(str(full / "unet.safetensors")), load_file(str(cut / "unet.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # both damaged: a clear error, exit 2
+        (cut / name).write_bytes(b"\0" * 100)
+    both = run([*args, "--out", str(cut), "--resume"])
+    assert both.returncode == 2 and "previous checkpoint is unusable too" in both.stderr
+    assert "Traceback" not in both.stderr
+
+
+def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    config = _config_file(tmp_path, "vae", lr=1e30, checkpoint_every=1)
+    out = tmp_path / "vae"
+    result = run(["train-vae", "--data", str(data), "--config", str(config), "--device", "cpu", "--max-steps",
+                  "6", "--out", str(out), "--progress", "none"])  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "training diverged at step" in result.stderr and "lower the learning rate" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "model.json").exists()
+    from land.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out / "checkpoint.pt", "vae")  # hash and weights check out
+    assert 1 <= ckpt["step"] < 6

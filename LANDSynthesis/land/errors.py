@@ -21,6 +21,12 @@ class ModelError(LANDError):
     exit_code = 3
 
 
+class TrainingDiverged(LANDError):
+    """Training produced a non-finite loss or non-finite weights; the last good checkpoint is kept. Exit 3."""
+
+    exit_code = 3
+
+
 class Cancelled(LANDError):
     """Generation was cancelled by the user (cancel event or signal). Exit 130."""
 

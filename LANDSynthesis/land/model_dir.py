@@ -174,6 +174,23 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"cannot read {path} ({e.strerror or e}); check its permissions") from e
 
 
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity."""
+    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``state``, or ModelError if any weight in it is NaN or infinite (a diverged or damaged model)."""
+    bad = non_finite(state)
+    if bad:
+        raise ModelError(
+            f"{path} holds non-finite weights (NaN or infinity in {len(bad)} tensor(s), e.g. {bad[0]}): its "
+            "training diverged or the file was damaged before it was hashed; fix: use another model or "
+            "retrain it"
+        )
+    return state
+
+
 def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     """Verify each weights file against the sha256 in ``model.json`` and load it with safetensors."""
     hashes = meta.get("weights", {})
@@ -197,6 +214,7 @@ def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str
             out[key] = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise ModelError(f"cannot read {path}: {e}") from e
+        check_finite_weights(out[key], path)
     return out
 
 
@@ -214,8 +232,11 @@ def _atomic_write(path: Path, write) -> None:
 def save_model_dir(
     model_dir: str | os.PathLike, config: ModelConfig, state_dicts: dict[str, dict[str, torch.Tensor]]
 ) -> Path:
-    """Write weights (safetensors) and ``model.json`` with their sha256; files are replaced atomically."""
+    """Write weights (safetensors) and ``model.json`` with their sha256; files are replaced atomically.
+    Non-finite weights are refused (ModelError) before anything is written."""
     out = Path(model_dir)
+    for key, filename in WEIGHT_FILES.items():
+        check_finite_weights(state_dicts[key], out / filename)
     out.mkdir(parents=True, exist_ok=True)
     hashes = {}
     for key, filename in WEIGHT_FILES.items():

@@ -43,6 +43,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    """ModelError when the model produced NaN or infinity (a diverged or damaged model), instead of writing
+    a CT of garbage or zeros."""
+    if not bool(torch.isfinite(t).all()):
+        raise ModelError(
+            f"the model produced a non-finite {what} (NaN or infinity); its weights are damaged or its "
+            "training diverged, and no CT was written; fix: use another model or retrain it"
+        )
+
+
 class LANDPipeline:
     """A VAE + denoiser pair with its ``model.json`` configuration.
 
@@ -209,6 +219,7 @@ class LANDPipeline:
             cancel=cancel,
         )
         self.unet.to("cpu")
+        _check_finite(z, "latent")
         z = z / self.config.latent_scale
         self.vae.to(dev)
         if decode == "tiled":
@@ -216,6 +227,7 @@ class LANDPipeline:
         else:
             image = decode_full(self.vae, z).cpu()
         self.vae.to("cpu")
+        _check_finite(image, "decoded image")
         lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
         hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
         ct = Volume.like(ref, np.rint(hu).astype(np.int16))

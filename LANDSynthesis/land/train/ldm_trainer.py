@@ -45,6 +45,7 @@ from .latents import LatentStore
 from .loop import (
     LossMeter,
     amp_setup,
+    check_finite_losses,
     checkpoint_if_due,
     constant_with_warmup,
     due,
@@ -352,7 +353,7 @@ def _train(
         seed_step(cfg.seed, s, ctx.rank)
         z0, cond = store.batch(case_indices(n, cfg.seed, s, bs, ctx.rank, ctx.world_size))
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, s, ctx.rank, 2))
-        meter.add(ldm_train_step(parts, z0, cond, gen))
+        meter.add(check_finite_losses(ldm_train_step(parts, z0, cond, gen), step, out))
 
         if due(step, lc.log_every, total):
             log.step(step, mean_across_ranks(meter.pop(), ctx), parts.sched.get_last_lr()[0])

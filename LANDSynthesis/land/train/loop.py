@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..data.sampling import step_seed
-from ..errors import InputError
-from .checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint
+from ..errors import InputError, TrainingDiverged
+from .checkpoint import CHECKPOINT_FILE, FALLBACK_KEY, PREVIOUS_FILE, rng_state, save_checkpoint
 from .distributed import DistContext, barrier
 
 KILL_ENV = "LAND_TRAIN_KILL_AT_STEP"
@@ -44,7 +44,7 @@ def prepare_out(out: Path, resume: bool, ctx: DistContext) -> Path:
     """Create ``out``; refuse to overwrite an existing training run unless resuming."""
     out = Path(out)
     ckpt = out / CHECKPOINT_FILE
-    if resume and not ckpt.is_file():
+    if resume and not ckpt.is_file() and not (out / PREVIOUS_FILE).is_file():
         raise InputError(f"--resume: {ckpt} does not exist; start without --resume")
     if not resume and ckpt.is_file():
         raise InputError(
@@ -84,7 +84,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def resume_notices(ckpt: dict[str, Any], config: dict[str, Any], world_size: int) -> list[str]:
     """Warnings when a resumed run differs from the checkpointed one (config keys, number of ranks)."""
-    notes = []
+    notes = [ckpt[FALLBACK_KEY]] if ckpt.get(FALLBACK_KEY) else []
     old, new = _flatten(ckpt.get("config", {})), _flatten(config)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not k.startswith("_"))
     if changed:
@@ -108,6 +108,19 @@ def constant_with_warmup(warmup: int) -> Callable[[int], float]:
         return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
     return factor
+
+
+def check_finite_losses(losses: dict[str, float], step: int, out: Path) -> dict[str, float]:
+    """``losses``, or :class:`TrainingDiverged` (exit 3) when one is NaN or infinite: the step's update is
+    not checkpointed, the last good checkpoint in ``out`` stays."""
+    bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
+    if bad:
+        what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {what}; nothing after the last checkpoint in {out} was "
+            "saved; fix: lower the learning rate or check the data (land check-dataset), then continue with --resume"
+        )
+    return losses
 
 
 class LossMeter:

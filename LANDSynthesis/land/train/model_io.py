@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..errors import InputError, ModelError
-from ..model_dir import WEIGHT_FILES, ModelConfig, read_model_json, sha256_file
+from ..model_dir import WEIGHT_FILES, ModelConfig, check_finite_weights, read_model_json, sha256_file
 from ..models import build_vae
 
 
@@ -31,9 +31,10 @@ def load_state(
     if not expected or sha256_file(path) != expected:
         raise ModelError(f"sha256 of {path} does not match model.json: the file is corrupt or was replaced")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"cannot read {path}: {e}") from e
+    return check_finite_weights(state, path)
 
 
 def init_state(model_dir: str | Path, key: str, config_key: str) -> dict[str, torch.Tensor]:

@@ -48,6 +48,7 @@ from .distributed import (
 from .loop import (
     LossMeter,
     amp_setup,
+    check_finite_losses,
     checkpoint_if_due,
     constant_with_warmup,
     due,
@@ -435,7 +436,8 @@ def _train(
         x, nodules = item if with_nodules else (item, None)
         if nodules is not None:
             nodules = nodules.to(dev, non_blocking=True)
-        meter.add(vae_train_step(parts, x.to(dev, non_blocking=True), adversarial, nodules))
+        losses = vae_train_step(parts, x.to(dev, non_blocking=True), adversarial, nodules)
+        meter.add(check_finite_losses(losses, s + 1, out))
         after_step(s + 1)
 
     if total > max(start, patch_end):
@@ -451,7 +453,7 @@ def _train(
             x, nodules = item if with_nodules else (item, None)
             x = x[None].to(dev)
             nodules = None if nodules is None else nodules[None].to(dev)
-            meter.add(decoder_train_step(parts, x, nodules, ctx))
+            meter.add(check_finite_losses(decoder_train_step(parts, x, nodules, ctx), s + 1, out))
             after_step(s + 1)
 
     wall = elapsed_before + time.monotonic() - t0
