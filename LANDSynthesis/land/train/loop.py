@@ -118,7 +118,8 @@ def check_finite_losses(losses: dict[str, float], step: int, out: Path) -> dict[
         what = ", ".join(f"{k} = {v}" for k, v in bad.items())
         raise TrainingDiverged(
             f"training diverged at step {step}: {what}; nothing after the last checkpoint in {out} was "
-            "saved; fix: lower the learning rate or check the data (land check-dataset), then continue with --resume"
+            "saved; fix: lower the learning rate or check the data (land check-dataset), then continue "
+            "with --resume"
         )
     return losses
 
