@@ -80,11 +80,13 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     lung_arr, nodules, textures = land_logic.inputsFromSegmentation(seg, ref)
     assert lung_arr.shape == nodules.shape == SHAPE
     assert n1.any() and n2.any() and not (n1 & ~lung).any() and (n2 & ~lung).any() and (n2 & lung).any()
-    if overwrite_lung:  # n1's hole in the lung is enclosed, so lung again; n2's dent opens to the outside
-        expected_lung = lung & ~n2
+    got = lung_arr != 0
+    if overwrite_lung:  # the lung painted over by n1 (inside) is restored, and n2's part inside the lung
+        assert np.array_equal(got & ~n2, lung & ~n2)
+        wrong = np.count_nonzero((got ^ lung) & n2)
+        assert wrong <= 0.2 * np.count_nonzero(n2), (wrong, np.count_nonzero(n2))
     else:
-        expected_lung = lung
-    assert np.array_equal(lung_arr != 0, expected_lung)
+        assert np.array_equal(got, lung)
     expected_nodules = np.zeros(SHAPE, np.uint8)
     expected_nodules[n1] = 1
     expected_nodules[n2] = 2
@@ -120,10 +122,10 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     assert mrml.scene.GetFirstNodeByName("__LAND_reference__") is None  # temporary node removed
     args = engineMaskArguments(inputs, paths)
     assert args[args.index("--texture") + 1] == "1=2,2=5" and "--match-input" in args
-    # n2 straddles the lung boundary: a warning names it (and only it)
+    # n2 straddles the lung boundary: a warning names it (and only it), "partly" in either layout (issue 15
+    # item 8: the lung painted over by a nodule counts as lung)
     outside = [w for w in inputs.warnings if "outside the lungs" in w]
-    assert len(outside) == 1 and "Nodule 'Nodule 2' lies" in outside[0]
-    assert ("partly" in outside[0]) != overwrite_lung
+    assert len(outside) == 1 and "Nodule 'Nodule 2' lies partly" in outside[0]
 
 
 def test_inputs_resample_other_segmentation_geometry(land_logic, mrml):
@@ -363,7 +365,7 @@ def test_add_sphere_nodule(land_logic, mrml):
     assert segments.getTexture(seg, sid) == 4
     assert seg.GetSegmentation().GetSegment(sid).GetName() == "Nodule 3"
 
-    far = centre + [0.0, 0.0, 15.5]  # above the lung ellipsoid, still inside the volume
+    far = centre + [0.0, 0.0, 17.0]  # above the lung ellipsoid (not touching it), still inside the volume
     sid2, warnings = land_logic.addSphereNodule(seg, ref, far, 3.0, 5)
     assert len(warnings) == 1 and "'Nodule 4' lies outside the lungs" in warnings[0]
     tiny, _ = land_logic.addSphereNodule(seg, ref, centre, 0.1, 5)  # smaller than a voxel: one voxel

@@ -46,6 +46,7 @@ from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: 
     parse_guidance,
 )
 from land.errors import InputError
+from land.masks import restore_lung
 
 from . import segments as seglib
 from .mrml import moduleParameterNode
@@ -386,7 +387,8 @@ def combineMasks(
     """Lung segments (union) and nodule segments (``(segmentId, name, mask, texture)`` in order) -> inputs.
 
     Nodules get labels 1..K in order (empty ones are skipped with a warning; overlaps go to the later one).
-    Nodule voxels enclosed by the lung count as lung (Segment Editor's "overwrite other segments" cuts holes).
+    The lung under nodules painted over it counts as lung (Segment Editor's "overwrite other segments" cuts
+    them out of the lung; :func:`land.masks.restore_lung`).
     """
     lung = np.zeros(shape, bool)
     for a in lungArrays:
@@ -415,7 +417,7 @@ def combineMasks(
         if texture is not None:
             textures[label] = texture
     if lung.any() and names:
-        lung |= seglib.enclosed(lung) & (nodules != 0)
+        lung = restore_lung(lung, nodules)
         total = np.bincount(nodules.ravel(), minlength=len(names) + 1)
         outside = np.bincount(nodules[~lung].ravel(), minlength=len(names) + 1)
         for label, name in names.items():
@@ -1070,7 +1072,7 @@ class LANDSynthesisLogic(_LogicBase or object):  # type: ignore[misc]
                 "the lungs."
             )
         else:
-            lung = lung | (seglib.enclosed(lung) & (mask != 0))
+            lung = restore_lung(lung, mask != 0)
             outside = int(np.count_nonzero((mask != 0) & ~lung))
             if outside:
                 warnings.append(outsideLungMessage(name, outside, int(np.count_nonzero(mask))))

@@ -225,21 +225,3 @@ def placeShape(
         src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
     ]
     return out
-
-
-def enclosed(mask: np.ndarray) -> np.ndarray:
-    """``mask`` plus its 3D holes (voxels enclosed by it), on its bounding box — as the engine's reader does.
-
-    A nodule painted with "overwrite other segments" cuts a hole in the lung segment; the hole still is lung.
-    """
-    import SimpleITK as sitk
-
-    out = np.zeros(mask.shape, bool)
-    nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(n.size == 0 for n in nz):
-        return out
-    sl = tuple(slice(max(int(n[0]) - 1, 0), int(n[-1]) + 2) for n in nz)
-    crop = np.pad(np.asarray(mask[sl], dtype=np.uint8), 1)
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(crop), False, 1))
-    out[sl] = filled[1:-1, 1:-1, 1:-1].astype(bool)
-    return out

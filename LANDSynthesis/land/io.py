@@ -35,6 +35,7 @@ from .conditioning import (
 )
 from .errors import InputError
 from .image_data import check_image_data
+from .masks import restore_lung
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
 
@@ -143,19 +144,6 @@ def _segments(image: sitk.Image) -> dict[int, dict[str, str]]:
     return segments
 
 
-def _enclosed(mask: np.ndarray) -> np.ndarray:
-    """Voxels enclosed by ``mask`` (its 3D holes plus the mask itself), computed on its bounding box."""
-    out = np.zeros(mask.shape, bool)
-    nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(n.size == 0 for n in nz):
-        return out
-    sl = tuple(slice(max(n[0] - 1, 0), n[-1] + 2) for n in nz)
-    crop = np.pad(mask[sl].astype(np.uint8), 1)
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(crop), False, 1))
-    out[sl] = filled[1:-1, 1:-1, 1:-1].astype(bool)
-    return out
-
-
 def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mapping[int, int]) -> MaskSet:
     segments = _segments(image)
     if image.GetDimension() != 3:
@@ -172,7 +160,8 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
     names: dict[int, str] = {}
     has_lung = False
     lung_layers: set[int] = set()
-    nodule_layers: set[int] = set()
+    nodule_layer: dict[int, int] = {}
+    covered_by: dict[int, set[int]] = {}
     for index in sorted(segments):
         fields = segments[index]
         name = fields.get("Name") or fields.get("ID") or f"Segment {index}"
@@ -194,7 +183,10 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
             warnings.warn(SegmentationWarning(f"{where} is empty and is ignored"), stacklevel=3)
             continue
         label = len(names) + 1
-        overlap = int(np.count_nonzero(nodules[mask]))
+        under = nodules[mask]
+        overlap = int(np.count_nonzero(under))
+        for earlier in np.unique(under[under != 0]).tolist():
+            covered_by.setdefault(int(earlier), set()).add(label)
         if overlap:
             warnings.warn(
                 SegmentationWarning(
@@ -204,7 +196,7 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
             )
         nodules[mask] = label
         names[label] = name
-        nodule_layers.add(layer)
+        nodule_layer[label] = layer
         tags = _parse_tags(fields.get("Tags", ""))
         if TEXTURE_TAG in tags and label not in overrides:
             textures[label] = parse_texture_value(
@@ -214,10 +206,21 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
         raise InputError(
             f"segmentation {path} has no segments; fix: add a 'Lungs' segment and nodule segments"
         )
-    if lung_layers & nodule_layers and lung.any() and nodules.any():
+    counts = label_counts(nodules)
+    hidden = [k for k in names if k not in counts]
+    if hidden:
+        k = hidden[0]
+        by = " and ".join(repr(names[j]) for j in sorted(covered_by.get(k, ())))
+        raise InputError(
+            f"segment {names[k]!r} of {path} is hidden: every voxel of it is also in segment {by} (another "
+            "layer), and a voxel holds one nodule; fix: in 3D Slicer's Segment Editor erase the overlap from "
+            f"one of them (or delete {names[k]!r} if it is not a separate nodule), then save again"
+        )
+    if lung.any():
         # Segments in one layer cannot overlap: Slicer's default "overwrite other segments" cuts each
-        # nodule out of the lung segment. Nodule voxels in such holes count as lung again.
-        lung |= _enclosed(lung) & (nodules != 0)
+        # nodule out of the lung segment. The lung under such nodules is restored (land.masks).
+        shared = [label for label, layer in nodule_layer.items() if layer in lung_layers]
+        lung = restore_lung(lung, nodules, shared)
     nodule_array = nodules.astype(np.uint8) if len(names) < 256 else nodules
     return MaskSet(
         lung=Volume.like(template, lung.astype(np.uint8)) if has_lung else None,

@@ -1,0 +1,49 @@
+"""Mask rules shared by the engine's readers and the Slicer modules (numpy and scipy only, no torch).
+
+Segments in one Slicer labelmap layer cannot overlap: painting a nodule with Segment Editor's default
+"overwrite other segments" cuts it out of the lung segment. :func:`restore_lung` puts the lung back under
+such nodules, so a nodule painted on the lung counts as inside it whatever the file layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def lung_under(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
+    """Voxels of ``nodule`` that were lung before the nodule was painted over it: each nodule voxel takes
+    the lung/not-lung value of the nearest voxel outside the nodule. A nodule enclosed by lung, or touching
+    its edge from inside, is lung; the part of a nodule that juts out of the lung is not."""
+    from scipy.ndimage import distance_transform_edt
+
+    lung, nodule = np.asarray(lung) != 0, np.asarray(nodule) != 0
+    out = np.zeros(lung.shape, bool)
+    idx = np.nonzero(nodule)
+    if not idx[0].size or not lung.any():
+        return out
+    box = tuple(
+        slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in zip(idx, lung.shape, strict=True)
+    )
+    inside = nodule[box]
+    if inside.all():  # the nodule fills its whole neighbourhood: nothing to take the value from
+        return out
+    nearest = distance_transform_edt(inside, return_distances=False, return_indices=True)
+    out[box] = inside & lung[box][tuple(nearest)]
+    return out
+
+
+def restore_lung(lung: np.ndarray, nodules: np.ndarray, labels: Iterable[int] | None = None) -> np.ndarray:
+    """``lung`` (bool) plus the lung under each nodule label (all labels present by default) that shares no
+    voxel with the lung, i.e. may have been cut out of it (see the module docstring). A nodule that overlaps
+    the lung mask was not cut out of it, and the lung mask already says where its lung is."""
+    out = np.asarray(lung) != 0
+    nodules = np.asarray(nodules)
+    labels = [int(k) for k in np.unique(nodules) if k] if labels is None else list(labels)
+    base = out.copy()
+    for k in labels:
+        nodule = nodules == k
+        if not (base & nodule).any():
+            out |= lung_under(base, nodule)
+    return out
