@@ -259,7 +259,8 @@ def test_nodule_at_the_lung_edge_counts_as_inside_whatever_the_layout(tmp_path: 
     masks = MaskSet(Volume(lung.astype(np.uint8), **geo), Volume(nodules, **geo), {1: 5, 2: 3})
     if layout == "one layer":
         write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)  # nodules overwrite the lung, as in Slicer
-        assert not (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.seg.nrrd"))) == 1)[nodules != 0].any()
+        layer = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.seg.nrrd")))
+        assert not (layer == 1)[nodules != 0].any()
         masks = read_masks(tmp_path / "m.seg.nrrd")
     with pytest.warns(NoduleOutsideLungWarning) as record:
         encode_conditioning(masks, "nodule+lung+texture")
@@ -281,7 +282,8 @@ def test_segment_hidden_by_another_layer_names_both(tmp_path: Path) -> None:
     slicerio.add_segment(seg, nod == 1, {"id": "S2", "name": "A", "tags": {"LAND.Texture": "3"}})
     slicerio.add_segment(seg, nod != 0, {"id": "S3", "name": "B", "tags": {"LAND.Texture": "5"}})
     slicerio.write_segmentation(str(tmp_path / "s.seg.nrrd"), seg)
-    with pytest.raises(InputError, match="segment 'A' .* is hidden: every voxel of it is also in segment 'B'"):
+    hidden = "segment 'A' .* is hidden: every voxel of it is also in segment 'B'"
+    with pytest.raises(InputError, match=hidden):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_masks(tmp_path / "s.seg.nrrd")

@@ -23,9 +23,8 @@ def lung_under(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
     idx = np.nonzero(nodule)
     if not idx[0].size or not lung.any():
         return out
-    box = tuple(
-        slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in zip(idx, lung.shape, strict=True)
-    )
+    spans = zip(idx, lung.shape, strict=True)
+    box = tuple(slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in spans)
     inside = nodule[box]
     if inside.all():  # the nodule fills its whole neighbourhood: nothing to take the value from
         return out
