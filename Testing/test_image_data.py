@@ -18,7 +18,7 @@ from test_dataset import write_dataset
 from land.data.check import check_dataset
 from land.data.folder import load_case, read_manifest
 from land.errors import InputError
-from land.image_data import check_image_data
+from land.image_data import check_image_data, check_orientation
 from land.io import read_volume
 
 FORMATS = [("x.nii.gz", True), ("x.nii", False), ("x.nrrd", True), ("x.nrrd", False), ("x.mha", True),
@@ -89,3 +89,39 @@ def test_generate_with_a_truncated_mask_exits_2_naming_it(tiny_model_dir, tmp_pa
     assert result.returncode == 2, result.stderr
     assert "lung.nii.gz" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def _sheared_nifti(path: Path, shear: float) -> Path:
+    image = sitk.GetImageFromArray(np.zeros((10, 12, 14), np.uint8))
+    sitk.WriteImage(image, str(path))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<4f", raw, 280, -1.0, shear, 0.0, 0.0)  # srow_x: x also moves with j
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_sheared_orientation_is_refused_without_itk_text(tmp_path):
+    """Issue 15 item 3: ITK would replace a sheared sform by the qform (a C++ warning only); LAND refuses it
+    naming the file and the fix. An orthonormal file and a tiny rounding error pass."""
+    check_orientation(_sheared_nifti(tmp_path / "ok.nii", 1e-6))
+    with pytest.raises(InputError, match=r"sheared \(non-orthonormal\) orientation matrix \(NIfTI sform\)"):
+        read_volume(_sheared_nifti(tmp_path / "sheared.nii", 0.3))
+    nrrd = tmp_path / "sheared.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8)), str(nrrd))
+    text = nrrd.read_bytes().replace(b"space directions: (1,0,0) (0,1,0) (0,0,1)",
+                                     b"space directions: (1,0,0) (0.5,1,0) (0,0,1)")  # fmt: skip
+    assert b"(0.5,1,0)" in text
+    nrrd.write_bytes(text)
+    with pytest.raises(InputError, match="NRRD space directions"):
+        read_volume(nrrd)
+    script = "\n".join([
+        "import sys",
+        "from land.io import read_volume",
+        "try:",
+        "    read_volume(sys.argv[1])",
+        "except Exception as e:",
+        "    print(type(e).__name__)",
+    ])  # fmt: skip
+    sheared = str(tmp_path / "sheared.nii")
+    result = subprocess.run([sys.executable, "-c", script, sheared], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "InputError" and "WARNING" not in result.stderr and "ITK" not in result.stderr

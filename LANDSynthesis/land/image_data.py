@@ -5,6 +5,9 @@ than it holds as a zero-filled volume, without an error. :func:`check_image_data
 voxel data the header declares with the bytes the file holds (for compressed data: what the compressed
 stream decompresses to, and whether the stream ends properly) and raises :class:`InputError` naming the
 file when they differ. It reads only the header fields it needs; formats it does not know pass unchecked.
+
+ITK also replaces a sheared (non-orthonormal) orientation matrix by another one with only a C++ warning, so
+the CT would not lie where the masks do: :func:`check_orientation` refuses such NIfTI and NRRD files.
 """
 
 from __future__ import annotations
@@ -202,6 +205,68 @@ def _check_meta(path: Path) -> None:
             held, ended = os.fstat(f.fileno()).st_size - start, True
     if held < nbytes or not ended:
         raise _incomplete(path, nbytes, held, ended)
+
+
+ORTHO_TOL = 1e-3
+
+
+def _sheared(axes: list[list[float]]) -> bool:
+    """True when the axis vectors (columns of the orientation matrix) are not mutually orthogonal."""
+    norms = [math.sqrt(sum(c * c for c in a)) for a in axes]
+    if any(n == 0 for n in norms):
+        return True
+    unit = [[c / n for c in a] for a, n in zip(axes, norms, strict=True)]
+    return any(abs(sum(p * q for p, q in zip(unit[i], unit[j], strict=True))) > ORTHO_TOL
+               for i in range(len(unit)) for j in range(i + 1, len(unit)))  # fmt: skip
+
+
+def _sheared_error(path: Path, where: str) -> InputError:
+    return InputError(
+        f"{path} has a sheared (non-orthonormal) orientation matrix ({where}); LAND would have to change the "
+        "image's geometry and the CT would not line up with it; fix: resample it onto an orthogonal grid "
+        "(e.g. 3D Slicer: apply the transform with Harden Transform then Resample Scalar Volume, or save it "
+        "again from Slicer) and use that file"
+    )
+
+
+def check_orientation(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` if a NIfTI file's sform or an NRRD file's space directions are sheared."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        try:
+            with opener(p, "rb") as f:
+                head = f.read(348)
+        except (EOFError, OSError, zlib.error):
+            return  # check_image_data reports damaged files
+        for endian in "<>":
+            if len(head) == 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+                if struct.unpack(endian + "h", head[254:256])[0] > 0:  # sform_code
+                    rows = [struct.unpack(endian + "4f", head[o : o + 16])[:3] for o in (280, 296, 312)]
+                    if _sheared([[rows[r][c] for r in range(3)] for c in range(3)]):
+                        raise _sheared_error(p, "NIfTI sform")
+                return
+    elif name.endswith((".nrrd", ".nhdr")):
+        with open(p, "rb") as f:
+            if f.read(4) != b"NRRD":
+                return
+            f.seek(0)
+            fields, _ = _text_header(f, b"\n")
+        text = fields.get("space directions", "")
+        vectors = [v for v in text.replace(" ", "").split(")") if v.startswith("(")]
+        try:
+            axes = [[float(c) for c in v[1:].split(",")] for v in vectors]
+        except ValueError:
+            return
+        if len(axes) >= 2 and _sheared(axes):
+            raise _sheared_error(p, "NRRD space directions")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """:func:`check_image_data` and :func:`check_orientation`."""
+    check_image_data(path)
+    check_orientation(path)
 
 
 def check_image_data(path: str | os.PathLike) -> None:

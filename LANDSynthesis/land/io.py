@@ -34,7 +34,7 @@ from .conditioning import (
     parse_texture_value,
 )
 from .errors import InputError
-from .image_data import check_image_data
+from .image_data import check_image_file
 from .masks import restore_lung
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
@@ -78,7 +78,9 @@ def _check_input_file(path: PathLike, what: str = "file") -> Path:
 
 def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
     p = _check_input_file(path, what)
-    check_image_data(p)
+    check_image_file(p)
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # our messages, never ITK's C++ warnings
     try:
         return sitk.ReadImage(str(p))
     except RuntimeError as e:
@@ -86,6 +88,8 @@ def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
         raise InputError(
             f"could not read {what} {p}: {detail}; fix: check that it is a valid NIfTI/NRRD/MHA image"
         ) from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
 
 
 def _as_3d(image: sitk.Image, path: PathLike, what: str = "file") -> sitk.Image:

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from ..conditioning import check_labels, label_counts
 from ..errors import InputError
-from ..image_data import check_image_data
+from ..image_data import check_image_data, check_orientation
 from ..io import read_volume
 from .folder import (
     CASE_FILES,
@@ -157,9 +157,10 @@ def check_case(
         if name in missing:
             continue
         try:
-            headers[name] = _header(files.folder / name)
+            check_orientation(files.folder / name)
             if deep:
                 check_image_data(files.folder / name)
+            headers[name] = _header(files.folder / name)
         except InputError as e:
             report.problems.append(str(e))
     first = next(iter(headers), None)
