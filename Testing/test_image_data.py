@@ -123,5 +123,8 @@ def test_sheared_orientation_is_refused_without_itk_text(tmp_path):
         "    print(type(e).__name__)",
     ])  # fmt: skip
     sheared = str(tmp_path / "sheared.nii")
-    result = subprocess.run([sys.executable, "-c", script, sheared], capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "InputError" and "WARNING" not in result.stderr and "ITK" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", script, sheared], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "InputError"
+    assert "WARNING" not in result.stderr and "ITK" not in result.stderr
