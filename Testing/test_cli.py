@@ -209,3 +209,45 @@ def test_progress_json_into_a_closed_pipe_exits_quietly(tiny_model_dir, tmp_path
     assert proc.returncode == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert not (tmp_path / "ct.nii.gz").exists()
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_write_failures_exit_2_leave_nothing_and_stale_partials_are_cleaned(tiny_model_dir, tmp_path):
+    """Issue 15 item 5: --out an existing folder, or a disk that fills up while writing (a file-size limit
+    in the child: ITK's gzip writer would truncate silently) -> exit 2 "could not write", no partial file,
+    nothing at the target; a partial file left by a killed run is removed by the next write."""
+    masks = make_masks()
+    seg = tmp_path / "m.seg.nrrd"
+    write_seg_nrrd(seg, masks)
+    common = ["generate", "--model", str(tiny_model_dir), "--mask", str(seg), "--steps", "1", "--device", "cpu"]
+    folder = tmp_path / "a_folder.nii.gz"
+    folder.mkdir()
+    result = run(*common, "--out", str(folder))
+    assert result.returncode == 2 and "it is an existing folder" in result.stderr, result.stderr
+    assert list(folder.iterdir()) == []
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "ct.nii.gz"
+    full = subprocess.run([*LAND, *common, "--out", str(out), "--progress", "json"], capture_output=True,
+                          text=True, timeout=300, preexec_fn=_limit_file_size(20_000))  # fmt: skip
+    assert full.returncode == 2, full.stderr
+    assert f"could not write {out}" in full.stderr and "Traceback" not in full.stderr
+    assert json.loads(full.stdout.splitlines()[-1])["exit_code"] == 2
+    assert list(out_dir.iterdir()) == []  # no CT, no sidecar, no partial file
+
+    stale = out_dir / ".ct.nii.gz.999999999-0badc0de.partial.nii.gz"  # a killed run's leftover
+    stale.write_bytes(b"\0" * 10)
+    live = out_dir / f".ct.nii.gz.{os.getpid()}-0badc0de.partial.nii.gz"  # a running writer's: kept
+    live.write_bytes(b"\0" * 10)
+    assert run(*common, "--out", str(out)).returncode == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["ct.nii.gz", "ct.json", live.name])

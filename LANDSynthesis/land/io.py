@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .atomic import atomic_path, atomic_write_text, check_target, write_error
 from .conditioning import (
     TEXTURE_TAG,
     MaskSet,
@@ -34,7 +34,7 @@ from .conditioning import (
     parse_texture_value,
 )
 from .errors import InputError
-from .image_data import check_image_file
+from .image_data import check_image_data, check_image_file
 from .masks import restore_lung
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
@@ -299,38 +299,24 @@ def read_masks(
 
 
 def _check_output(path: PathLike, known: Iterable[str]) -> tuple[Path, str]:
-    p = Path(path)
+    p = check_target(path)
     ext = _extension(p, known)
     if ext is None:
         raise InputError(f"cannot write {p}: unsupported file type; fix: use one of {', '.join(known)}")
-    if not p.parent.is_dir():
-        raise InputError(f"cannot write {p}: folder {p.parent} does not exist; fix: create it first")
     return p, ext
 
 
-def _temp_path(path: Path, ext: str) -> Path:
-    stem = path.name[: -len(ext)]
-    return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
-
-
 def _write_sitk(image: sitk.Image, tmp: Path, final: Path, compress: bool = True) -> None:
+    """Write with SimpleITK, then read the file's size back: ITK can truncate a file silently (disk full)."""
     try:
         sitk.WriteImage(image, str(tmp), compress)
     except RuntimeError as e:
-        raise InputError(
-            f"could not write {final}: {str(e).strip().splitlines()[-1]}; fix: check disk space "
-            "and write permission"
-        ) from e
-
-
-def _commit(pairs: list[tuple[Path, Path]]) -> None:
-    """Write-then-rename: move each finished temp file onto its target, deleting leftovers on failure."""
+        lines = str(e).strip().splitlines()
+        raise write_error(final, lines[-1] if lines else "unknown error") from None
     try:
-        for tmp, final in pairs:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in pairs:
-            tmp.unlink(missing_ok=True)
+        check_image_data(tmp)
+    except InputError:
+        raise write_error(final, "the written file came out incomplete (is the disk full?)") from None
 
 
 def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
@@ -382,13 +368,8 @@ def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
-    tmp = _temp_path(p, ext)
-    try:
+    with atomic_path(p, ext) as tmp:
         _write_sitk(image, tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _commit([(tmp, p)])
 
 
 def sidecar_path(path: PathLike) -> Path:
@@ -440,10 +421,7 @@ def write_volume(
     record = provenance_record(volume.metadata if provenance is None else provenance)
     description = str(record["description"])
     image = Volume.like(volume, volume.array).to_sitk()
-    pairs: list[tuple[Path, Path]] = []
-    tmp = _temp_path(p, ext)
-    pairs.append((tmp, p))
-    try:
+    with atomic_path(p, ext) as tmp:
         if ext == ".nrrd":
             image.SetMetaData("NRRD_content", _one_line(description))
             for key, value in record.items():
@@ -453,17 +431,9 @@ def write_volume(
         else:
             image.SetMetaData("ITK_FileNotes", _one_line(description)[:NIFTI_DESCRIP_LEN])
             _write_sitk(image, tmp, p)
-            side = sidecar_path(p)
-            side_tmp = _temp_path(side, ".json")
-            pairs.append((side_tmp, side))
-            side_tmp.write_text(
-                json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-            )
-    except BaseException:
-        for t, _ in pairs:
-            t.unlink(missing_ok=True)
-        raise
-    _commit(pairs)
+            # the volume is complete on disk; its sidecar goes first, then the volume is renamed
+            side = check_target(sidecar_path(p))
+            atomic_write_text(side, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_provenance(path: PathLike) -> dict[str, object]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path
 from .contract import GUIDANCE_DEFAULTS, parse_guidance
 from .errors import InputError, ModelError
 from .models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
@@ -219,14 +219,8 @@ def load_weights(model_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def save_model_dir(

@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_path
 from .errors import InputError
 from .volume import Volume
 
@@ -942,9 +943,8 @@ _FILES = ("image.nii.gz", "lung.nii.gz", "nodules.nii.gz", "textures.json")
 
 
 def _write_image(vol: Volume, path: Path) -> None:
-    tmp = path.with_name("tmp_" + path.name)
-    sitk.WriteImage(vol.to_sitk(), str(tmp), True)
-    os.replace(tmp, path)
+    with atomic_path(path, ".nii.gz") as tmp:
+        sitk.WriteImage(vol.to_sitk(), str(tmp), True)
 
 
 def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Path:

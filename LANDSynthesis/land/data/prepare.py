@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from ..volume import Volume
 from .lidc import NoduleRecord, ScanRecord
@@ -466,12 +467,10 @@ def _completed_row(folder: Path) -> dict[str, str] | None:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
-    tmp = path.with_name("tmp_" + path.name)
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _error_text(exc: BaseException) -> str:

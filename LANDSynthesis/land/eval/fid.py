@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import linalg
+
+from ..atomic import atomic_path
 
 FID_EPS = 1e-6
 
@@ -34,13 +35,8 @@ class FeatureStats:
         """Atomic write of ``mu``, ``sigma``, ``n`` and ``key`` to an ``.npz`` file."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp.npz")
-        os.close(fd)
-        try:
+        with atomic_path(p, ".npz") as tmp:
             np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), key=np.str_(key))
-            os.replace(tmp, p)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, key: str | None = None) -> FeatureStats | None:

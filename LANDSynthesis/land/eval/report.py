@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from .fid import FeatureStats, fid_from_stats, stats_key
 from .sets import (
@@ -321,10 +322,8 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
             groups["real"] = _hu_by_texture(report["fidelity_real"]["per_case"])
         figures["nodule_hu_by_texture"] = nodule_hu_boxplot_png(groups, out / "nodule_hu_by_texture.png").name
     report["figures"] = figures
-    (out / "report.json").write_text(
-        json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8"
-    )
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "report.md", markdown(report))
     return report
 
 

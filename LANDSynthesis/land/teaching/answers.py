@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
 
 FORMAT = "land-teaching-answers/1"
@@ -38,13 +39,6 @@ class KeyNodule:
     @property
     def radius_mm(self) -> float:
         return self.diameter_mm / 2.0
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name and rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_answers(

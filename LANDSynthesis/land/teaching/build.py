@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from ..guidance import is_guided
 from ..io import write_seg_nrrd
 from ..pipeline import LANDPipeline
 from ..sharding import rank_and_world, rank_share
 from ..volume import Volume
-from .answers import atomic_write_text, write_answers
+from .answers import write_answers
 from .dicom_export import LABEL, write_ct_series
 from .plan import (
     CasePlan,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..volume import Volume
 from .font import burn_text
 
@@ -85,17 +84,10 @@ def write_ct_series(
     series is written into a temporary sibling folder that replaces ``folder`` when complete)."""
     final = Path(folder)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-    tmp.mkdir()
-    try:
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
         info = _write(tmp, ct, case, patient_id, study_description, series_description, burn_in, model_id,
                       comments, created or _dt.datetime.now())  # fmt: skip
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     info.files = [final / f.name for f in info.files]
     return info
 

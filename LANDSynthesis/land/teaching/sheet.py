@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .answers import COORDINATES, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
+from .answers import COORDINATES
 from .plan import TEXTURE_NAMES
 
 THUMB_WINDOW = (-1350.0, 150.0)  # lung window (C -600, W 1500)
@@ -46,9 +47,8 @@ def write_thumbnail(path: Path, hu_slice: np.ndarray, label_slice: np.ndarray) -
     ring = _dilate(nod, 3) & ~_dilate(nod, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     rgb[ring] = (255, 220, 0)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, ".png") as tmp:
+        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp))
 
 
 def write_index(key_dir: Path, records: list[dict[str, Any]], settings: dict[str, Any]) -> Path:

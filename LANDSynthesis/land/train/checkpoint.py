@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import InputError, TrainingDiverged
 from ..model_dir import non_finite, sha256_file
 
@@ -70,22 +70,18 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` and fsync it."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` to a partial file in the same folder, fsync, then rename (see :mod:`land.atomic`)."""
+    with atomic_path(path) as tmp:
+        _torch_save(obj, tmp)
 
 
 def hash_path(path: Path) -> Path:
@@ -113,9 +109,8 @@ def save_checkpoint(path: str | os.PathLike, kind: str, step: int, **parts: Any)
             f"{bad[0]}); this checkpoint was not written and the last good one in {path.parent} is kept; "
             "fix: lower the learning rate (or raise grad_clip protection) and resume with --resume"
         )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    try:
-        atomic_torch_save({"format": FORMAT, "kind": kind, "step": int(step), **parts}, tmp)
+    with atomic_path(path) as tmp:
+        _torch_save({"format": FORMAT, "kind": kind, "step": int(step), **parts}, tmp)
         digest = sha256_file(tmp)
         previous = path.with_name(PREVIOUS_FILE)
         if path.is_file():
@@ -124,13 +119,7 @@ def save_checkpoint(path: str | os.PathLike, kind: str, step: int, **parts: Any)
                 os.replace(hash_path(path), hash_path(previous))
             else:
                 hash_path(previous).unlink(missing_ok=True)
-        hash_tmp = hash_path(tmp)
-        hash_tmp.write_text(digest + "\n", encoding="utf-8")
-        os.replace(hash_tmp, hash_path(path))
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, hash_path(tmp)):
-            leftover.unlink(missing_ok=True)
+        atomic_write_text(hash_path(path), digest + "\n")
 
 
 def _load_one(path: Path, kind: str) -> dict[str, Any]:

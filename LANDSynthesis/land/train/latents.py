@@ -10,7 +10,6 @@ the cache. Without a cache, cases are encoded on the fly at every use.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_path
 from ..conditioning import pool_to_latent
 from ..data.folder import CaseFiles, conditioning_array, hu_to_unit, load_case
 from ..errors import InputError
@@ -101,9 +101,8 @@ class LatentStore:
         self.vae.eval()
         for i in todo:
             z, cond = self.encode(i)
-            tmp = self.path(i).with_name(f".{self.path(i).name}.{os.getpid()}.tmp")
-            save_file({"z": z, "cond": cond}, str(tmp))
-            os.replace(tmp, self.path(i))
+            with atomic_path(self.path(i)) as tmp:
+                save_file({"z": z, "cond": cond}, str(tmp))
         barrier(ctx)
         return len(todo)
 

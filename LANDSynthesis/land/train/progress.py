@@ -16,13 +16,14 @@ TensorBoard scalars and preview images are written to ``OUT/tensorboard`` when t
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_write_text
 
 PROGRESS_FILE = "progress.jsonl"
 TENSORBOARD_NOTICE = (
@@ -43,9 +44,7 @@ def _truncate_after(path: Path, step: int) -> None:
             continue  # a line cut by a kill
         if not isinstance(obj, dict) or int(obj.get("step", 0) or 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def open_tensorboard(log_dir: Path) -> tuple[Any | None, str | None]:

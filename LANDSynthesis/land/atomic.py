@@ -1,0 +1,144 @@
+"""Writing outputs so that nobody sees a partial file and a failed write says why.
+
+Every writer writes ``.NAME.PID-TOKEN.partial<suffix>`` beside its target and renames it onto the target
+when complete (:func:`atomic_path`). A failure (disk full, read-only folder, no permission, the target is a
+folder) raises :class:`InputError` (exit 2) "could not write TARGET: reason; fix: …", removes the partial
+file and leaves the target as it was. Partial files of the same target left by a killed process (its PID no
+longer running) are removed by the next write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+PARTIAL = ".partial"
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this system allows",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "it is an existing folder",
+}
+
+
+def write_error(target: Path, error: OSError | str) -> InputError:
+    """The InputError for a failed write of ``target``."""
+    if isinstance(error, OSError):
+        reason = _REASONS.get(error.errno or 0) or error.strerror or str(error)
+    else:
+        reason = error
+    return InputError(
+        f"could not write {target}: {reason}; fix: free disk space, or choose an --out in a folder you can "
+        "write to; nothing was written there"
+    )
+
+
+def partial_path(target: Path, suffix: str = "") -> Path:
+    """A unique partial name beside ``target`` (``suffix``: an extension the writer needs, e.g. .nii.gz)."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL}{suffix}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def clean_stale_partials(target: Path) -> list[Path]:
+    """Remove partial files of ``target`` whose writing process is no longer running; returns them."""
+    removed = []
+    prefix = f".{target.name}."
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and PARTIAL in p.name]
+    except OSError:
+        return removed
+    for p in candidates:
+        pid_text = p.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _running(int(pid_text)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def check_target(target: str | os.PathLike) -> Path:
+    """``target`` as a Path, or InputError if it is a folder or its folder does not exist."""
+    p = Path(target)
+    if p.is_dir():
+        raise InputError(
+            f"cannot write {p}: it is an existing folder; fix: give a file name, e.g. {p / 'ct.nii.gz'}"
+        )
+    if not p.parent.is_dir():
+        raise InputError(f"cannot write {p}: folder {p.parent} does not exist; fix: create it first")
+    return p
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass  # e.g. a read-only file system: the original error is the one to report
+
+
+@contextmanager
+def atomic_path(
+    target: str | os.PathLike, suffix: str = "", verify: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """Yield a partial path to write; when the block succeeds (and ``verify(partial)`` passes) it replaces
+    ``target``. OSError while writing or renaming -> :func:`write_error`; the partial file is always
+    removed. ``target`` may be a file or, written as a folder, a directory tree (replaced as a whole)."""
+    final = Path(target)
+    if not final.parent.is_dir():
+        raise InputError(f"cannot write {final}: folder {final.parent} does not exist; fix: create it first")
+    clean_stale_partials(final)
+    tmp = partial_path(final, suffix)
+    try:
+        yield tmp
+        if verify is not None:
+            verify(tmp)
+        if tmp.is_dir() and final.is_dir():
+            old = partial_path(final, ".old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:
+        raise write_error(final, e) from None
+    finally:
+        _remove(tmp)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
