@@ -228,7 +228,8 @@ def test_write_failures_exit_2_leave_nothing_and_stale_partials_are_cleaned(tiny
     masks = make_masks()
     seg = tmp_path / "m.seg.nrrd"
     write_seg_nrrd(seg, masks)
-    common = ["generate", "--model", str(tiny_model_dir), "--mask", str(seg), "--steps", "1", "--device", "cpu"]
+    common = ["generate", "--model", str(tiny_model_dir), "--mask", str(seg), "--steps", "1",
+              "--device", "cpu"]  # fmt: skip
     folder = tmp_path / "a_folder.nii.gz"
     folder.mkdir()
     result = run(*common, "--out", str(folder))
