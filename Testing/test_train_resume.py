@@ -132,3 +132,34 @@ def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(data, tmp_path):
 
     ckpt = load_checkpoint(out / "checkpoint.pt", "vae")  # hash and weights check out
     assert 1 <= ckpt["step"] < 6
+
+
+@pytest.mark.parametrize(("command", "sig"), [("train-vae", signal.SIGTERM), ("train-ldm", signal.SIGINT)])
+def test_signal_stops_after_the_step_with_a_checkpoint_and_exit_130(command, sig, data, vae_dir, tmp_path):
+    """Issue 15 item 7: SIGINT/SIGTERM during training finish the step, checkpoint it, exit 130 with a
+    message (no traceback); --resume then ends bit-identical to an uninterrupted run."""
+    args = [command, "--data", str(data), "--config", "tiny", "--device", "cpu"]
+    if command == "train-ldm":
+        args += ["--vae", str(vae_dir)]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*LAND, *args, "--max-steps", "400", "--out", str(cut), "--progress", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "step":
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"training stopped by {sig.name} after step" in err and "Traceback" not in err
+    step = torch.load(cut / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 400 and f"after step {step};" in err
+    assert not (cut / "model.json").exists()
+    end = str(step + 2)
+    resumed = run([*args, "--max-steps", end, "--out", str(cut), "--progress", "none", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    full = tmp_path / "full"
+    assert run([*args, "--max-steps", end, "--out", str(full), "--progress", "none"]).returncode == 0
+    name = "vae.safetensors" if command == "train-vae" else "unet.safetensors"
+    a, b = load_file(str(full / name)), load_file(str(cut / name))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, LANDError, ModelError
+from .errors import Cancelled, InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
@@ -355,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "progress", None) == "json":
             print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
         return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while a command was stopping cleanly
+        print("error: interrupted; outputs being written were discarded (checkpoints already written are "
+              "intact)", file=sys.stderr, flush=True)  # fmt: skip
+        return Cancelled.exit_code
     except BrokenPipeError:
         # whoever read our output went away (e.g. `| head -3`): stop quietly, as a SIGPIPE would
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -44,6 +44,7 @@ from .ema import EMA
 from .latents import LatentStore
 from .loop import (
     LossMeter,
+    StopFlag,
     amp_setup,
     check_finite_losses,
     checkpoint_if_due,
@@ -52,6 +53,8 @@ from .loop import (
     prepare_out,
     resume_notices,
     seed_step,
+    stop_if_requested,
+    stop_on_signals,
     write_debug_hashes,
 )
 from .model_io import base_provenance, init_state, load_vae, vae_is_trained
@@ -76,9 +79,10 @@ def train_ldm(
     """Train the U-Net (see the module docstring); returns the model directory (= ``out``)."""
     ctx = init_distributed(device)
     try:
-        result = _train(
-            cfg, Path(data), Path(vae_dir), Path(out), max_steps, resume, ctx, progress, cache_dir
-        )
+        with stop_on_signals() as stop:
+            result = _train(
+                cfg, Path(data), Path(vae_dir), Path(out), max_steps, resume, ctx, progress, cache_dir, stop
+            )
     except BaseException:
         if ctx.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -273,6 +277,7 @@ def _train(
     ctx: DistContext,
     style: str,
     cache_dir: str | Path | None,
+    stop: StopFlag,
 ) -> Path:
     lc, dev = cfg.ldm, ctx.device
     total = int(max_steps or lc.steps)
@@ -361,19 +366,13 @@ def _train(
             _preview(unet, ema, vae, preview_cond, mc, lc.preview_steps, cfg.seed, dev, out, step, log)
             unet.train()
         elapsed = elapsed_before + time.monotonic() - t0
-        checkpoint_if_due(
-            "ldm",
-            step,
-            lc.checkpoint_every,
-            total,
-            out,
-            cfg.raw,
-            cfg.seed,
-            ctx,
-            parts.checkpoint_state,
-            log,
-            elapsed,
-        )
+
+        def save(every: int = lc.checkpoint_every, step: int = step, elapsed: float = elapsed) -> None:
+            checkpoint_if_due("ldm", step, every, total, out, cfg.raw, cfg.seed, ctx, parts.checkpoint_state,
+                              log, elapsed)  # fmt: skip
+
+        save()
+        stop_if_requested(stop, ctx, step, due(step, lc.checkpoint_every, total), lambda: save(1), out)
 
     wall = elapsed_before + time.monotonic() - t0
     ema_state = ema.state_dict_for(unet)

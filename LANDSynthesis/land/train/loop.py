@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data.sampling import step_seed
-from ..errors import InputError, TrainingDiverged
+from ..errors import Cancelled, InputError, TrainingDiverged
 from .checkpoint import CHECKPOINT_FILE, FALLBACK_KEY, PREVIOUS_FILE, rng_state, save_checkpoint
 from .distributed import DistContext, barrier
 
@@ -186,6 +187,60 @@ def checkpoint_if_due(
         )
         log.event("checkpoint", step, path=str(out / CHECKPOINT_FILE))
     maybe_kill(step, ctx)
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM: the trainer finishes its step, checkpoints it and exits 130."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def requested(self, ctx: DistContext) -> bool:
+        """Whether this rank, or with DDP any rank, was asked to stop (all ranks stop at the same step)."""
+        flag = self.signal_name is not None
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """SIGINT/SIGTERM set the yielded :class:`StopFlag` (a second one interrupts at once); the previous
+    handlers come back afterwards. Outside the main thread nothing is installed."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if flag.signal_name is not None:
+            raise KeyboardInterrupt
+        flag.signal_name = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_if_requested(stop: StopFlag, ctx: DistContext, step: int, saved: bool, save: Callable[[], None],
+                      out: Path) -> None:  # fmt: skip
+    """After a step: if a stop was requested, checkpoint the step (unless ``saved`` already) and raise
+    :class:`Cancelled` (exit 130) saying how to continue."""
+    if not stop.requested(ctx):
+        return
+    if not saved:
+        save()
+    raise Cancelled(
+        f"training stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; its "
+        f"checkpoint is in {out}; continue with the same command and --resume"
+    )
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -47,6 +47,7 @@ from .distributed import (
 )
 from .loop import (
     LossMeter,
+    StopFlag,
     amp_setup,
     check_finite_losses,
     checkpoint_if_due,
@@ -56,6 +57,8 @@ from .loop import (
     prepare_out,
     resume_notices,
     seed_step,
+    stop_if_requested,
+    stop_on_signals,
     write_debug_hashes,
 )
 from .model_io import base_provenance, init_state
@@ -326,7 +329,8 @@ def train_vae(
     """Train the VAE (see the module docstring); returns the model directory (= ``out``)."""
     ctx = init_distributed(device)
     try:
-        result = _train(cfg, Path(data), Path(out), max_steps, resume, ctx, progress)
+        with stop_on_signals() as stop:
+            result = _train(cfg, Path(data), Path(out), max_steps, resume, ctx, progress, stop)
     except BaseException:
         if ctx.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -336,7 +340,14 @@ def train_vae(
 
 
 def _train(
-    cfg: TrainConfig, data: Path, out: Path, max_steps: int | None, resume: bool, ctx: DistContext, style: str
+    cfg: TrainConfig,
+    data: Path,
+    out: Path,
+    max_steps: int | None,
+    resume: bool,
+    ctx: DistContext,
+    style: str,
+    stop: StopFlag,
 ) -> Path:
     vc, dev = cfg.vae, ctx.device
     total = int(max_steps or vc.steps + vc.decoder_steps)
@@ -416,19 +427,13 @@ def _train(
             last_val = validate(parts.vae, val_cases, hu, dev)
             log.event("validation", step, **last_val)
         elapsed = elapsed_before + time.monotonic() - t0
-        checkpoint_if_due(
-            "vae",
-            step,
-            vc.checkpoint_every,
-            total,
-            out,
-            cfg.raw,
-            cfg.seed,
-            ctx,
-            parts.checkpoint_state,
-            log,
-            elapsed,
-        )
+
+        def save(every: int = vc.checkpoint_every, step: int = step, elapsed: float = elapsed) -> None:
+            checkpoint_if_due("vae", step, every, total, out, cfg.raw, cfg.seed, ctx, parts.checkpoint_state,
+                              log, elapsed)  # fmt: skip
+
+        save()
+        stop_if_requested(stop, ctx, step, due(step, vc.checkpoint_every, total), lambda: save(1), out)
 
     for s, item in zip(range(start, patch_end), loader, strict=False):
         seed_step(cfg.seed, s, ctx.rank)
