@@ -252,3 +252,27 @@ def test_write_failures_exit_2_leave_nothing_and_stale_partials_are_cleaned(tiny
     live.write_bytes(b"\0" * 10)
     assert run(*common, "--out", str(out)).returncode == 0
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(["ct.nii.gz", "ct.json", live.name])
+
+
+def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
+    """Issue 15 (help): every command explains itself, each option has help, defaults and exit codes show;
+    the engine's error classes use the documented codes."""
+    import argparse
+
+    from land.cli import build_parser
+    from land.contract import EXIT_CANCELLED, EXIT_CODES, EXIT_INPUT, EXIT_MODEL
+    from land.errors import Cancelled, InputError, ModelError, TrainingDiverged
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert parser.description, name
+        assert all(a.help for a in parser._actions), (name, [a.dest for a in parser._actions if not a.help])
+        text = parser.format_help()
+        assert "exit codes:" in text and "130" in text, name
+    generate = " ".join(run("generate", "--help").stdout.split())  # independent of line wrapping
+    for needed in ("--seed SEED random seed", "same CT", "demo masks", ".nii (provenance", "(default: dpmpp2m)",
+                   "examples:", "tiled: exact"):  # fmt: skip
+        assert needed in generate, needed
+    assert (InputError.exit_code, ModelError.exit_code, TrainingDiverged.exit_code, Cancelled.exit_code) == (
+        EXIT_INPUT, EXIT_MODEL, EXIT_MODEL, EXIT_CANCELLED)  # fmt: skip
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 130, 141}

@@ -269,6 +269,39 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text
+            and not isinstance(action, argparse._VersionAction)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+GENERATE_EXAMPLES = """examples:
+  land generate --out ct.nii.gz                        # the bundled model and its demo masks
+  land generate --mask case.seg.nrrd --out ct.nrrd     # masks painted in 3D Slicer
+  land generate --mask lung.nii.gz --nodules nodules.nii.gz --texture 1=5,2=1 --seed 7 --out ct.nii.gz
+  land generate --model MODEL_DIR --mask case.seg.nrrd --guidance 2 --guidance-mode nodules --out ct.nii.gz
+"""
+
+
+COMMON_HELP = {  # options several commands share, for those that declare them without a help text
+    "sampler": "ddpm: ancestral, 1000 steps; ddim: deterministic; dpmpp2m: DPM-Solver++(2M), few steps",
+    "steps": "sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)",
+    "device": "auto (CUDA if available, else CPU), cpu, cuda or cuda:N",
+    "progress": "bar: a progress bar on stderr; json: one JSON object per line on stdout; none",
+    "decode": "tiled: exact, in bounded memory; full: the plain decoder in one piece",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .conditioning import MODES
     from .diffusion import SAMPLERS
@@ -286,26 +319,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.add_argument("--name", help="model name stored in model.json")
 
-    p = sub.add_parser("generate", help="synthesize a CT from masks (or unconditionally)")
+    p = sub.add_parser(
+        "generate",
+        help="synthesize a CT from masks (or unconditionally)",
+        description="Synthesize a 3D chest CT (int16 HU, marked SYNTHETIC) from a lung mask and nodule masks "
+        "with a LAND model. Without --mask the bundled demo masks are used (two lungs, three nodules of "
+        "textures 1, 3 and 5).",
+        epilog=GENERATE_EXAMPLES,
+    )
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
-    p.add_argument("--mask", help="Slicer .seg.nrrd (lungs + nodules + textures) or a lung mask image")
+    p.add_argument(
+        "--mask",
+        help="Slicer .seg.nrrd (segments named Lung* are the lungs, every other segment a nodule, texture in "
+        "its tag LAND.Texture) or a lung mask image (.nii.gz/.nii/.nrrd/.mha); default: the demo masks",
+    )
     p.add_argument("--nodules", help="nodule label image (0 none, 1..K nodules), with a lung --mask")
-    p.add_argument("--texture", help="texture per nodule label, e.g. 1=5,2=3 (1 non-solid .. 5 solid)")
+    p.add_argument(
+        "--texture",
+        help="texture per nodule label, e.g. 1=5,2=3 (1 non-solid/ground glass .. 3 part-solid .. 5 solid); "
+        "overrides the .seg.nrrd tags",
+    )
     p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
     p.add_argument("--steps", type=int, help="sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
-    p.add_argument("--strict", action="store_true", help="nodules outside the lungs are an error")
-    p.add_argument("--decode", choices=["tiled", "full"], default="tiled", help="tiled: bounded memory")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="dpmpp2m",
+        help="ddpm: ancestral, 1000 steps; ddim: deterministic, any step count; dpmpp2m: DPM-Solver++(2M), "
+        "best at few steps",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed 0..2**64-1: the same seed, masks and "
+                   "model give the same CT")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--progress",
+        choices=["bar", "json", "none"],
+        default="bar",
+        help="bar: a progress bar on stderr; json: one JSON object per line on stdout (for programs); none",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="nodules outside the lungs are an error, not a warning"
+    )
+    p.add_argument(
+        "--decode",
+        choices=["tiled", "full"],
+        default="tiled",
+        help="tiled: exact, in bounded memory (--max-memory); full: the plain decoder in one piece (needs "
+        "about 14 GB for 256^3)",
+    )
     p.add_argument(
         "--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)"
     )
     p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
     add_guidance_arguments(p)
     p.add_argument("--no-compress", action="store_true", help="raw NRRD data (faster to load into Slicer)")
-    p.add_argument("--out", required=True, help="output .nii.gz or .nrrd")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file: .nii.gz, .nii (provenance in a .json sidecar) or .nrrd (provenance in the header)",
+    )
 
     p = sub.add_parser("info", help="print a model's card")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
@@ -319,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # an optional part of the engine that this installation does not have
         module.register(sub, command)
+    from .contract import exit_codes_text
+
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    for name, sp in sub.choices.items():  # every command: a description, defaults shown, the exit codes
+        sp.description = sp.description or (summaries.get(name) or "").capitalize() or None
+        for action in sp._actions:
+            if not action.help and action.dest in COMMON_HELP:
+                action.help = COMMON_HELP[action.dest]
+        sp.formatter_class = HelpFormatter
+        sp.epilog = ((sp.epilog or "") + "\n" + exit_codes_text()).strip() + "\n"
+        sp.prog = f"land {name}"
     return parser
 
 
@@ -356,8 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
         return e.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while a command was stopping cleanly
-        print("error: interrupted; outputs being written were discarded (checkpoints already written are "
-              "intact)", file=sys.stderr, flush=True)  # fmt: skip
+        message = "interrupted; outputs being written were discarded (checkpoints already written are intact)"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if getattr(args, "progress", None) == "json":
+            print(json.dumps({"error": message, "exit_code": Cancelled.exit_code}), flush=True)
         return Cancelled.exit_code
     except BrokenPipeError:
         # whoever read our output went away (e.g. `| head -3`): stop quietly, as a SIGPIPE would

@@ -10,6 +10,31 @@ import numbers
 
 from .errors import InputError
 
+# The exit-code contract of every `land` command (the Slicer modules read it from --progress json's
+# {"error": ..., "exit_code": N} line or the process status)
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL, EXIT_CANCELLED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_BUG: "a bug in LAND (a Python traceback; please report it)",
+    EXIT_INPUT: "bad input, or an output that could not be written (the message names the problem and the "
+    "fix; nothing is left at the output path)",
+    EXIT_MODEL: "a model problem (missing, corrupt or non-finite weights, incompatible model.json) or "
+    "training that diverged (the last good checkpoint is kept)",
+    EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step)",
+    EXIT_BROKEN_PIPE: "the reader of the output went away (e.g. | head); stopped quietly",
+}
+
+
+def exit_codes_text() -> str:
+    """The exit codes as help text (``land COMMAND --help``)."""
+    import textwrap
+
+    lines = ["exit codes:"]
+    for code, text in EXIT_CODES.items():
+        lines += textwrap.wrap(text, 96, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+    return "\n".join(lines)
+
+
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
 MAX_GUIDANCE = 20.0
