@@ -276,3 +276,12 @@ def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
     assert (InputError.exit_code, ModelError.exit_code, TrainingDiverged.exit_code, Cancelled.exit_code) == (
         EXIT_INPUT, EXIT_MODEL, EXIT_MODEL, EXIT_CANCELLED)  # fmt: skip
     assert set(EXIT_CODES) == {0, 1, 2, 3, 130, 141}
+
+
+def test_bad_command_line_with_progress_json_ends_with_the_json_error_line(tmp_path):
+    result = run("generate", "--sampler", "foo", "--progress", "json", "--out", str(tmp_path / "ct.nii.gz"))
+    assert result.returncode == 2 and "invalid choice: 'foo'" in result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["exit_code"] == 2 and "--sampler" in last["error"]
+    plain = run("generate", "--sampler", "foo", "--out", str(tmp_path / "ct.nii.gz"))
+    assert plain.returncode == 2 and plain.stdout == ""

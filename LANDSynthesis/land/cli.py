@@ -17,8 +17,9 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from .contract import EXIT_INPUT
 from .errors import Cancelled, InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
@@ -293,6 +294,23 @@ GENERATE_EXAMPLES = """examples:
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line under ``--progress json`` also ends with the JSON error line."""
+
+    def error(self, message: str) -> NoReturn:
+        argv = sys.argv[1:] if _ARGV is None else _ARGV
+        pairs = zip(argv, argv[1:], strict=False)
+        if "--progress=json" in argv or any(a == "--progress" and b == "json" for a, b in pairs):
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+            print(json.dumps({"error": message, "exit_code": EXIT_INPUT}), flush=True)
+            raise SystemExit(EXIT_INPUT)
+        super().error(message)
+
+
+_ARGV: list[str] | None = None  # the argv main() parses (None: sys.argv)
+
+
 COMMON_HELP = {  # options several commands share, for those that declare them without a help text
     "sampler": "ddpm: ancestral, 1000 steps; ddim: deterministic; dpmpp2m: DPM-Solver++(2M), few steps",
     "steps": "sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)",
@@ -307,9 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffusion import SAMPLERS
     from .guidance import add_guidance_arguments
 
-    parser = argparse.ArgumentParser(
-        prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks"
-    )
+    parser = ArgumentParser(prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks")
     parser.add_argument("--version", action="version", version=f"land {__import__('land').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -430,6 +446,8 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a reader that 
 def main(argv: Sequence[str] | None = None) -> int:
     tolerant_console()
     parser = build_parser()
+    global _ARGV
+    _ARGV = None if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
