@@ -29,6 +29,7 @@ def run_benchmark(
     max_memory: int | None = None,
     decode: str = "tiled",
     size: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Generate one unconditional volume and report timings and peak memory.
 
@@ -59,7 +60,7 @@ def run_benchmark(
 
     start = time.perf_counter()
     pipe.generate(None, steps=steps, sampler=sampler, seed=seed, device=dev, progress=on_progress,
-                  max_memory=max_memory, decode=decode)  # fmt: skip
+                  max_memory=max_memory, decode=decode, precision=precision)  # fmt: skip
     total = time.perf_counter() - start
     denoise = marks["denoise_last"] - start
     # the first step includes start-up; steps after it are the steady state
@@ -71,6 +72,7 @@ def run_benchmark(
         "sampler": sampler,
         "steps": steps,
         "decode": decode,
+        "precision": precision,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -88,6 +90,7 @@ def run_benchmark(
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     from .cli import parse_memory
+    from .contract import add_precision_argument
     from .diffusion import SAMPLERS
 
     p = sub.add_parser("benchmark", help="time and peak memory of generating one volume on this machine")
@@ -101,18 +104,21 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--decode", choices=["tiled", "full"], default="tiled")
     p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_precision_argument(p)
 
     @command("benchmark")
     def cmd_benchmark(args: argparse.Namespace) -> int:
         r = run_benchmark(args.model, args.config, args.steps, args.sampler, args.device,
-                          max_memory=args.max_memory, decode=args.decode, size=args.size)  # fmt: skip
+                          max_memory=args.max_memory, decode=args.decode, size=args.size,
+                          precision=args.precision)  # fmt: skip
         if args.json:
             print(json.dumps(r))
             return 0
         print(f"{r['model']}: grid {'x'.join(map(str, r['grid']))}, latent {'x'.join(map(str, r['latent']))}")
         print(f"device {r['device']}, {r['threads']} threads ({r['cpu_count']} CPUs), torch {r['torch']}")
-        print(f"{r['sampler']} {r['steps']} steps: {r['s_per_step']} s/step, denoise {r['denoise_s']} s, "
-              f"{r['decode']} decode {r['decode_s']} s, total {r['total_s']} s")  # fmt: skip
+        print(f"{r['sampler']} {r['steps']} steps ({r['precision']}): {r['s_per_step']} s/step, "
+              f"denoise {r['denoise_s']} s, {r['decode']} decode {r['decode_s']} s, "
+              f"total {r['total_s']} s")  # fmt: skip
         print(
             f"peak RSS {r['peak_rss_gb']} GB"
             + (f", peak GPU {r['peak_gpu_gb']} GB" if "peak_gpu_gb" in r else "")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .contract import EXIT_INPUT
+from .contract import EXIT_INPUT, add_precision_argument
 from .errors import Cancelled, InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
@@ -219,6 +219,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             match_input=args.match_input,
             guidance=args.guidance,
             guidance_mode=args.guidance_mode,
+            precision=args.precision,
         )
     except KeyboardInterrupt:
         from .errors import Cancelled
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
     add_guidance_arguments(p)
+    add_precision_argument(p)
     p.add_argument("--no-compress", action="store_true", help="raw NRRD data (faster to load into Slicer)")
     p.add_argument(
         "--out",

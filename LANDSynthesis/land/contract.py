@@ -41,6 +41,28 @@ MAX_GUIDANCE = 20.0
 GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}  # model.json / ldm.guidance without a recommendation
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"  # bf16/fp16: the U-Net under autocast; the VAE always decodes in float32
+
+
+def check_precision(precision: object) -> str:
+    """A precision name from :data:`PRECISIONS`, or :class:`InputError`."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    return str(precision)
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision`` for every command that generates (an argparse parser)."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="arithmetic of the denoising U-Net: fp32 exact; bf16/fp16 autocast (faster on GPUs and on "
+        "CPUs with bf16 support; the CT differs by a few HU, see the README); decoding stays fp32",
+    )
+
+
 def check_guidance(scale: object, mode: object) -> tuple[float, str]:
     """Validate a guidance scale and mode; return them as ``(float, str)`` or raise :class:`InputError`."""
     if mode not in GUIDANCE_MODES:

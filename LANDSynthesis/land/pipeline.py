@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
-from .contract import check_seed, guidance_text
+from .contract import DEFAULT_PRECISION, check_precision, check_seed, guidance_text
 from .decoding import decode_full, decode_tiled
 from .diffusion import SAMPLERS, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
@@ -41,6 +41,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
     return dev
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def with_precision(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device, precision: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model_fn`` under autocast to ``precision`` (output back in float32); fp32: ``model_fn`` itself."""
+    if precision == "fp32":
+        return model_fn
+    dtype = _DTYPES[precision]
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model_fn(x, t).float()
+
+    return run
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
@@ -166,6 +184,7 @@ class LANDPipeline:
         match_input: bool = False,
         guidance: float | None = None,
         guidance_mode: str | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> Volume:
         """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
 
@@ -174,6 +193,8 @@ class LANDPipeline:
         ``progress`` receives ``{"stage": "denoise"|"decode", "step": i, "total": n}``; setting ``cancel``
         stops at the next step with :class:`land.Cancelled`. ``guidance`` / ``guidance_mode``: classifier-free
         guidance (:mod:`land.guidance`); default the model's recommended ``guidance`` from model.json.
+        ``precision`` ``bf16``/``fp16`` runs the U-Net under autocast (the sampler's state and the VAE decoder
+        stay float32); ``fp32`` (default) is exact.
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         if mode not in MODES:
@@ -189,6 +210,7 @@ class LANDPipeline:
             )
         steps = default_steps(sampler) if steps is None else steps
         seed = check_seed(seed)
+        precision = check_precision(precision)
         scale, gmode = self.resolve_guidance(guidance, guidance_mode)
         if mode == "none":
             scale, gmode = 1.0, "none"  # nothing to guide towards
@@ -209,7 +231,7 @@ class LANDPipeline:
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
         generator = torch.Generator().manual_seed(int(seed))
         z = sample(
-            guided_denoiser(self.unet, cond, scale, gmode, mode),
+            with_precision(guided_denoiser(self.unet, cond, scale, gmode, mode), dev, precision),
             latent_shape,
             sampler=sampler,
             steps=steps,
@@ -231,7 +253,7 @@ class LANDPipeline:
         lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
         hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
         ct = Volume.like(ref, np.rint(hu).astype(np.int16))
-        ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode))
+        ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode), precision)
         if match_input and conditioning is not None and conditioning.reference is not None:
             from .io import from_model_grid
 
@@ -263,6 +285,7 @@ class LANDPipeline:
         seed: int,
         device: torch.device,
         guidance: tuple[float, str] = (1.0, "none"),
+        precision: str = DEFAULT_PRECISION,
     ) -> dict[str, str]:
         """Metadata stored with every output: what made it, and that it is SYNTHETIC."""
         textures = {} if masks is None else {int(k): int(v) for k, v in sorted(masks.textures.items())}
@@ -275,6 +298,7 @@ class LANDPipeline:
             "sampler": sampler,
             "steps": str(steps),
             "guidance": guidance_text(*guidance),
+            "precision": precision,
             "seed": str(seed),
             "device": device.type,
             "textures": ",".join(f"{k}={v}" for k, v in textures.items()),

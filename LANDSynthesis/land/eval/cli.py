@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..contract import add_precision_argument
+
 
 def _sample_set(args: argparse.Namespace) -> int:
     from ..cli import Reporter, cancel_on_signals
@@ -48,6 +50,7 @@ def _sample_set(args: argparse.Namespace) -> int:
             cancel=cancel,
             guidance=args.guidance,
             guidance_mode=args.guidance_mode,
+            precision=args.precision,
         )
     finally:
         reporter.close()
@@ -157,6 +160,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     add_guidance_arguments(p)
+    add_precision_argument(p)
     command("sample-set")(_sample_set)
 
     p = sub.add_parser("evaluate", help="FID, MS-SSIM, memory and mask fidelity of generated vs real CT")

@@ -70,12 +70,14 @@ def run_sample_set(
     world: int | None = None,
     guidance: float | None = None,
     guidance_mode: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Generate this rank's share of the set; returns ``{"written", "skipped", "jobs", "rank", "world"}``.
 
     ``progress`` gets the pipeline's step events, ``on_sample`` one event per sample
     (``{"sample": i, "total": n, "out": path, "skipped": bool, "seconds": s}``). ``guidance`` /
-    ``guidance_mode``: classifier-free guidance (default: the model's recommended).
+    ``guidance_mode``: classifier-free guidance (default: the model's recommended); ``precision``: as
+    :meth:`LANDPipeline.generate`.
     """
     import torch
 
@@ -129,6 +131,7 @@ def run_sample_set(
                 max_memory=max_memory,
                 guidance=guidance,
                 guidance_mode=guidance_mode,
+                precision=precision,
             )
         except KeyboardInterrupt:
             raise Cancelled("sample-set cancelled; run the same command again to resume") from None

@@ -66,10 +66,13 @@ def full_settings(
     steps: int | None,
     burn_in: bool,
     guidance: tuple[float, str] = (1.0, "none"),
+    precision: str = "fp32",
 ) -> dict:
-    """Everything that determines the set's content (hashed into its id; guidance only when it is on, so
-    the ids of unguided sets stay what they were)."""
-    extra = {"guidance": {"scale": guidance[0], "mode": guidance[1]}} if is_guided(*guidance) else {}
+    """Everything that determines the set's content (hashed into its id; guidance only when it is on and
+    precision only when not fp32, so the ids of earlier sets stay what they were)."""
+    extra: dict = {"guidance": {"scale": guidance[0], "mode": guidance[1]}} if is_guided(*guidance) else {}
+    if precision != "fp32":
+        extra["precision"] = precision
     return {
         **extra,
         **settings.to_json(),
@@ -146,18 +149,20 @@ def make_teaching_set(
     world: int | None = None,
     guidance: float | None = None,
     guidance_mode: str | None = None,
+    precision: str = "fp32",
 ) -> BuildResult:
     """Generate (this rank's share of) a teaching set into ``out``; see the module docstring.
 
     ``progress`` receives the pipeline's ``{"stage": "denoise"|"decode", ...}`` events and, before each
     case, ``{"stage": "case", "step": i, "total": n, "eta_s": s, "case": id}`` (i cases of this rank done).
-    ``guidance`` / ``guidance_mode``: classifier-free guidance (default: the model's recommended).
+    ``guidance`` / ``guidance_mode``: classifier-free guidance (default: the model's recommended);
+    ``precision``: as :meth:`LANDPipeline.generate`.
     """
     settings.validate()
     lung_files = lung_mask_files(settings.lung_masks) if settings.lung_masks else None
     out = Path(out)
     scale, gmode = pipe.resolve_guidance(guidance, guidance_mode)
-    full = full_settings(settings, pipe, steps, burn_in, (scale, gmode))
+    full = full_settings(settings, pipe, steps, burn_in, (scale, gmode), precision)
     set_id = _check_folder(out, full)
     if rank is None or world is None:
         rank, world = rank_and_world()
@@ -180,7 +185,8 @@ def make_teaching_set(
             settings, i, pipe.config.grid_size, pipe.config.spacing, lung_files, i in with_nodules
         )
         ct = pipe.generate(plan.masks(), steps=steps, sampler=SAMPLER, seed=plan.seed, device=dev,
-                           progress=progress, cancel=cancel, guidance=scale, guidance_mode=gmode)  # fmt: skip
+                           progress=progress, cancel=cancel, guidance=scale, guidance_mode=gmode,
+                           precision=precision)  # fmt: skip
         if not ct.same_geometry(plan.lung):
             raise RuntimeError(f"{ids[i]}: the CT is not on the planned grid")  # pipeline contract broken
         _write_case(out, plan, ct, set_id, pipe, burn_in)

@@ -99,7 +99,8 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     try:
         result = make_teaching_set(args.out, settings, pipe, steps=args.steps, burn_in=not args.no_burn_in,
                                    device=args.device, progress=progress, cancel=cancel,
-                                   guidance=args.guidance, guidance_mode=args.guidance_mode)  # fmt: skip
+                                   guidance=args.guidance, guidance_mode=args.guidance_mode,
+                                   precision=args.precision)  # fmt: skip
     except (KeyboardInterrupt, Cancelled):
         raise Cancelled("teaching set cancelled (finished cases are kept; run again to resume)") from None
     finally:
@@ -135,6 +136,7 @@ def cmd_teaching_score(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land teaching-set`` and ``land teaching-score`` to the CLI."""
+    from ..contract import add_precision_argument
     from ..guidance import add_guidance_arguments
     from .score import DEFAULT_MARGIN_MM
 
@@ -154,6 +156,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     add_guidance_arguments(p)
+    add_precision_argument(p)
     command("teaching-set")(cmd_teaching_set)
 
     p = sub.add_parser("teaching-score", help="score a trainee's marks against a teaching set's key")
