@@ -331,3 +331,24 @@ def test_headless_script_exit_codes(phantoms, tmp_path):
     )
     bad = run_script("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "d"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_sample_stage_progress_counts_samples_not_denoising_steps(tiny_model_dir, tmp_path, capsys):
+    """Issue 14's measured bug: the sample stage showed 100 % after the first of N samples because each
+    sample's denoise events carry step/total. It now follows sample-set's own 'sample' events."""
+    from land.cli import main
+
+    assert main(["sample-set", "--model", str(tiny_model_dir), "--n", "3", "--steps", "2", "--unconditional",
+                 "--out", str(tmp_path / "s"), "--progress", "json"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    runner = PipelineRunner()
+    status = pipeline.StageStatus("sample", state=pipeline.RUNNING)
+    seen = []
+    for line in lines:
+        runner._handleOutputLine(status, "stdout", line)
+        seen.append((status.step, status.total))
+    samples = [json.loads(x) for x in lines if json.loads(x).get("stage") == "sample"]
+    assert [e["step"] for e in samples] == [1, 2, 3] and all(e["total"] == 3 for e in samples)
+    assert seen[-1] == (3, 3)
+    first_done = next(i for i, line in enumerate(lines) if json.loads(line).get("stage") == "sample")
+    assert all(step <= 1 for step, _ in seen[: first_done + 1])  # never 100 % before the last sample

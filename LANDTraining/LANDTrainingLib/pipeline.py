@@ -762,7 +762,8 @@ class PipelineRunner:
             except json.JSONDecodeError:
                 obj = None
             if isinstance(obj, dict):
-                if "step" in obj and "total" in obj:
+                inner = obj.get("stage") in ("denoise", "decode")  # one sample's steps, not the stage's
+                if "step" in obj and "total" in obj and not (inner and status.stage == "sample"):
                     status.step, status.total = int(obj["step"]), int(obj["total"])
                     if obj.get("eta_s") is not None:
                         status.etaSeconds = float(obj["eta_s"])

@@ -23,8 +23,8 @@ def _sample_set(args: argparse.Namespace) -> int:
 
     def on_sample(event: dict[str, Any]) -> None:
         reporter.close()
-        if args.progress == "json":
-            reporter.emit(event)
+        if args.progress == "json":  # the set's own progress: stage "sample", step = samples done
+            reporter.emit({"stage": "sample", "step": event["sample"] + 1, **event})
         elif args.progress == "bar":
             what = "exists, skipped" if event["skipped"] else f"wrote in {event['seconds']} s"
             print(
