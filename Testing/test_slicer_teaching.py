@@ -102,13 +102,14 @@ def test_teaching_progress_lines(land_logic, tmp_path):
 
 def test_teaching_set_missing_command_is_reported(land_logic, tmp_path, monkeypatch):
     """An older engine beside this module (no land/teaching/cli.py): a clear error, nothing started."""
+    import LANDSynthesisLib.jobs as jobs
     import LANDSynthesisLib.logic as logic
     from LANDSynthesisLib.logic import LANDSynthesisError
 
     old_engine = tmp_path / "engine"
     (old_engine / "land").mkdir(parents=True)
     (old_engine / "land" / "__init__.py").write_text("", encoding="utf-8")
-    monkeypatch.setattr(logic, "engineDirectory", lambda: old_engine)
+    monkeypatch.setattr(jobs, "engineDirectory", lambda: old_engine)  # where the availability check looks
     assert logic.teachingSetAvailability()[0] is False
     with pytest.raises(LANDSynthesisError, match="no 'land teaching-set' command"):
         land_logic.startTeachingSet({"outputDirectory": str(tmp_path / "set"), "cases": 1})

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from land.masks import is_lung_segment_name
 from land.segment_style import (  # noqa: F401 - re-exported for the module
     LUNG_COLOR,
     LUNG_SEGMENT_NAME,
@@ -33,9 +34,8 @@ def textureText(texture: int | None) -> str:
 
 
 def isLungSegmentName(name: str) -> bool:
-    """True for segment names starting with "lung" (any case) that do not mention a nodule (as the engine)."""
-    n = (name or "").strip().lower()
-    return n.startswith("lung") and "nodule" not in n
+    """The engine's rule (:func:`land.masks.is_lung_segment_name`): the lungs' segments by name."""
+    return is_lung_segment_name(name or "")
 
 
 # ---------------------------------------------------------------------------------------------- segments

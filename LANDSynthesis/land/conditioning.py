@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .contract import MODES  # noqa: F401 - re-exported (land.conditioning.MODES)
 from .errors import InputError
 from .segment_style import TEXTURE_TAG
 from .volume import Volume
 
-MODES = ("none", "nodule", "nodule+lung", "nodule+lung+texture")
 LUNG_VALUE = 0.5
 NODULE_VALUE = 5
 TEXTURES = (1, 2, 3, 4, 5)

@@ -10,6 +10,10 @@ import numbers
 
 from .errors import InputError
 
+MODES: tuple[str, ...] = ("none", "nodule", "nodule+lung", "nodule+lung+texture")  # conditioning modes
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp2m")
+DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp2m": 25}
+
 # The exit-code contract of every `land` command (the Slicer modules read it from --progress json's
 # {"error": ..., "exit_code": N} line or the process status)
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL, EXIT_CANCELLED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .contract import DEFAULT_STEPS, SAMPLERS  # noqa: F401 - SAMPLERS re-exported
 from .errors import Cancelled, InputError, ModelError
 
 __all__ = [
@@ -42,8 +43,7 @@ __all__ = [
     "timesteps_for",
 ]
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp2m")
-_DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpmpp2m": 25}
+_DEFAULT_STEPS = DEFAULT_STEPS
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 

@@ -35,7 +35,7 @@ from .conditioning import (
 )
 from .errors import InputError
 from .image_data import check_image_data, check_image_file
-from .masks import restore_lung
+from .masks import is_lung_segment_name, restore_lung
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
 from .volume import Volume
 
@@ -115,12 +115,6 @@ def read_volume(path: PathLike) -> Volume:
     """
     image = _as_3d(_read_image(path), path)
     return Volume.from_sitk(image, metadata=True)
-
-
-def is_lung_segment_name(name: str) -> bool:
-    """True for segment names starting with "lung" (any case) that do not mention a nodule."""
-    n = name.strip().lower()
-    return n.startswith("lung") and "nodule" not in n
 
 
 def _parse_tags(text: str) -> dict[str, str]:

@@ -12,6 +12,13 @@ from collections.abc import Iterable
 import numpy as np
 
 
+def is_lung_segment_name(name: str) -> bool:
+    """True for segment names starting with "lung" (any case) that do not mention a nodule: the lungs;
+    every other segment of a segmentation is a nodule."""
+    n = name.strip().lower()
+    return n.startswith("lung") and "nodule" not in n
+
+
 def lung_under(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
     """Voxels of ``nodule`` that were lung before the nodule was painted over it: each nodule voxel takes
     the lung/not-lung value of the nearest voxel outside the nodule. A nodule enclosed by lung, or touching

@@ -1,0 +1,100 @@
+"""Teaching sets from the panel: ``land teaching-set`` run as a child process, like a generation."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .jobs import GenerationJob, TeachingSetJob, teachingSetAvailability
+from .options import (
+    LANDSynthesisError,
+    TeachingSetParameters,
+    guidanceArguments,
+)
+from .process import ChildProcess
+
+
+class TeachingSetMixin:
+    """LANDSynthesisLogic's teaching-set methods."""
+
+    # ------------------------------------------------------------------ teaching sets
+    def teachingSetCommand(self, parameters: TeachingSetParameters | Mapping[str, Any]) -> list[str]:
+        """The ``land teaching-set`` command line for ``parameters`` (checked: LANDInputError says why)."""
+        p = TeachingSetParameters.fromAny(parameters)
+        p.check()
+        cmd = [self.defaultPythonExecutable(), "-m", "land", "teaching-set"]
+        if p.modelDirectory:
+            cmd += ["--model", str(p.modelDirectory)]
+        cmd += ["--cases", str(p.cases), "--out", str(Path(p.outputDirectory).expanduser().resolve())]
+        if p.noduleRate is not None:
+            cmd += ["--nodule-rate", f"{float(p.noduleRate):g}"]
+        textures, diameters = p.texturesText(), p.diametersText()
+        if textures:
+            cmd += ["--textures", textures]
+        if diameters:
+            cmd += ["--diameters", diameters]
+        if p.steps is not None:
+            cmd += ["--steps", str(p.steps)]
+        if p.seed is not None:
+            cmd += ["--seed", str(p.seed)]
+        cmd += guidanceArguments(p.guidanceFromModel, p.guidanceScale, p.guidanceMode)
+        cmd += ["--progress", "json"]
+        return cmd + [str(a) for a in p.extraArguments]
+
+    def startTeachingSet(
+        self,
+        parameters: TeachingSetParameters | Mapping[str, Any],
+        onProgress: Callable[[dict[str, Any]], None] | None = None,
+        onFinished: Callable[[GenerationJob], None] | None = None,
+    ) -> TeachingSetJob:
+        """Start ``land teaching-set ... --progress json`` in the background; then :meth:`poll` until False
+        (:meth:`cancel` stops it). The job's ``outputDirectory`` is the folder written."""
+        if self.isRunning():
+            raise LANDSynthesisError("LAND is already running a job; wait for it or cancel it first.")
+        available, reason = teachingSetAvailability()
+        if not available:
+            raise LANDSynthesisError(reason)
+        params = TeachingSetParameters.fromAny(parameters)
+        command = self.teachingSetCommand(params)
+        info = self.modelInfo(params.modelDirectory) if params.modelDirectory else None
+        job = TeachingSetJob(params, info)
+        job.command = command
+        job.tempDir = Path(tempfile.mkdtemp(prefix="LANDTeaching-", dir=self.temporaryRoot()))
+        self.job = job
+        self._onProgress = onProgress
+        self._onFinished = onFinished
+        try:
+            logging.info("LANDSynthesis: running %s", " ".join(command))
+            job.child = ChildProcess(command, env=self.childEnvironment(), cwd=str(job.tempDir))
+        except BaseException:
+            self._removeTemp(job)
+            self.job = None
+            raise
+        job.state = GenerationJob.RUNNING
+        text = "Starting the teaching set (loading the model)…"
+        self._emit({"state": job.state, "fraction": 0.0, "text": text})
+        return job
+
+    def runTeachingSet(
+        self,
+        parameters: TeachingSetParameters | Mapping[str, Any],
+        onProgress: Callable[[dict[str, Any]], None] | None = None,
+        pollInterval: float = 0.05,
+        timeout: float | None = None,
+    ) -> Path:
+        """Blocking teaching set (:meth:`startTeachingSet` + :meth:`poll`); returns the output folder.
+
+        Raises LANDInputError, LANDSynthesisError (with the engine's message) or GenerationCancelled."""
+        job = self.startTeachingSet(parameters, onProgress)
+        while self.poll():
+            time.sleep(pollInterval)
+            if timeout is not None and job.elapsed > timeout and not job.cancelRequested:
+                self.cancel()
+                job.error = f"the teaching set took longer than {timeout:g} s and was stopped"
+        if job.state == GenerationJob.CANCELLED and timeout is not None and job.error:
+            raise LANDSynthesisError(job.error)
+        return job.resultOrRaise()
