@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import slicer
+from LANDSynthesisLib.mrml import moduleParameterNode
 
 from .pipeline import (
     STAGES,
@@ -25,7 +26,6 @@ from .pipeline import (
     TrainingParameters,
     TrainingRun,
     childEnvironment,
-    moduleParameterNode,
     pythonExecutable,
     trainingFinished,
 )
