@@ -10,6 +10,7 @@ Each part runs in its own child process, so peak RSS is its own. Prints a table;
 
     python benchmarks/bench_train.py --parts vae --patch 128 --repeats 2
     python benchmarks/bench_train.py --parts ldm --latent 32 --threads 2
+    python benchmarks/bench_train.py --device cuda --json train_gpu.json   # on a GPU: AMP, peak GPU memory
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def bench_vae(patch: int, repeats: int, perceptual: str) -> dict:
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_vae(patch: int, repeats: int, perceptual: str, device: str = "cpu") -> dict:
     import torch
 
     from land.train.config import load_config
@@ -33,18 +42,24 @@ def bench_vae(patch: int, repeats: int, perceptual: str) -> dict:
 
     cfg = load_config("paper")
     loss = None if perceptual == "none" else MedicalNetPerceptualLoss(50, None)
-    parts = build_vae_parts(cfg.vae, torch.device("cpu"), loss, ddp=False, seed=0)
-    x = torch.rand(1, 1, patch, patch, patch)
+    dev = torch.device(device)
+    if loss is not None:
+        loss = loss.to(dev)
+    parts = build_vae_parts(cfg.vae, dev, loss, ddp=False, seed=0)
+    x = torch.rand(1, 1, patch, patch, patch, device=dev)
     times = []
     for _ in range(repeats + 1):
+        _sync(dev)
         start = time.perf_counter()
         vae_train_step(parts, x, adversarial=True)
+        _sync(dev)
         times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in parts.vae.parameters())
-    return {"part": f"VAE step {patch}^3 patch, perceptual {perceptual}", "params": params, "times": times}
+    part = f"VAE step {patch}^3 patch, perceptual {perceptual}, AMP {parts.amp_text}"
+    return {"part": part, "params": params, "times": times}
 
 
-def bench_ldm(latent: int, repeats: int, checkpointing: bool) -> dict:
+def bench_ldm(latent: int, repeats: int, checkpointing: bool, device: str = "cpu") -> dict:
     import torch
 
     from land.model_dir import DIFFUSION_DEFAULTS
@@ -52,18 +67,22 @@ def bench_ldm(latent: int, repeats: int, checkpointing: bool) -> dict:
     from land.train.ldm_trainer import build_ldm_parts, ldm_train_step
 
     cfg = with_overrides(load_config("paper"), "ldm", gradient_checkpointing=checkpointing)
-    parts = build_ldm_parts(cfg.ldm, DIFFUSION_DEFAULTS, torch.device("cpu"), ddp=False, seed=0)
+    dev = torch.device(device)
+    parts = build_ldm_parts(cfg.ldm, DIFFUSION_DEFAULTS, dev, ddp=False, seed=0)
     z0 = torch.randn(1, 4, latent, latent, latent)
     cond = torch.rand(1, 1, latent, latent, latent)
     times = []
     for i in range(repeats + 1):
         gen = torch.Generator().manual_seed(i)
+        _sync(dev)
         start = time.perf_counter()
         ldm_train_step(parts, z0, cond, gen)
+        _sync(dev)
         times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in parts.unet.parameters())
     ck = "on" if checkpointing else "off"
-    return {"part": f"LDM step 4x{latent}^3 latent, checkpointing {ck}", "params": params, "times": times}
+    part = f"LDM step 4x{latent}^3 latent, checkpointing {ck}, AMP {parts.amp_text}"
+    return {"part": part, "params": params, "times": times}
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -71,11 +90,13 @@ def child(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     if args.child == "vae":
-        result = bench_vae(args.patch, args.repeats, args.perceptual)
+        result = bench_vae(args.patch, args.repeats, args.perceptual, args.device)
     else:
-        result = bench_ldm(args.latent, args.repeats, not args.no_checkpointing)
+        result = bench_ldm(args.latent, args.repeats, not args.no_checkpointing, args.device)
     result["s_per_step"] = statistics.median(result["times"][1:])
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.device.startswith("cuda"):
+        result["peak_gpu"] = torch.cuda.max_memory_allocated(torch.device(args.device))
     return result
 
 
@@ -89,6 +110,8 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true", help="U-Net without checkpointing")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up step")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (AMP as the paper config: on CUDA)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -102,14 +125,16 @@ def main() -> None:
     for part in args.parts.split(","):
         cmd = [sys.executable, __file__, "--child", part, "--patch", str(args.patch)]
         cmd += ["--latent", str(args.latent), "--perceptual", args.perceptual]
-        cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device]
         cmd += ["--no-checkpointing"] if args.no_checkpointing else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{'step':52s} {'params':>9s} {'s/step':>8s} {'peak RSS':>9s}")
+    print(f"{'step':70s} {'params':>9s} {'s/step':>8s} {'peak RSS':>9s} {'peak GPU':>9s}")
     for r in rows:
-        rss = r["peak_rss"] / 2**30
-        print(f"{r['part']:52s} {r['params'] / 1e6:8.1f}M {r['s_per_step']:8.2f} {rss:8.2f}G")
+        rss, gpu = r["peak_rss"] / 2**30, r.get("peak_gpu", 0) / 2**30
+        print(f"{r['part']:70s} {r['params'] / 1e6:8.1f}M {r['s_per_step']:8.2f} {rss:8.2f}G {gpu:8.2f}G")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

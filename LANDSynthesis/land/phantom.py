@@ -60,7 +60,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .errors import InputError
@@ -944,6 +943,8 @@ _FILES = ("image.nii.gz", "lung.nii.gz", "nodules.nii.gz", "textures.json")
 
 def _write_image(vol: Volume, path: Path) -> None:
     with atomic_path(path, ".nii.gz") as tmp:
+        import SimpleITK as sitk
+
         sitk.WriteImage(vol.to_sitk(), str(tmp), True)
 
 
@@ -980,6 +981,8 @@ def read_case(folder: Path) -> PhantomCase:
 
     def read(name: str) -> Volume:
         check_image_data(folder / name)
+        import SimpleITK as sitk
+
         return Volume.from_sitk(sitk.ReadImage(str(folder / name)))
 
     return PhantomCase(

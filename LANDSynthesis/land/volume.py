@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK is imported where it is used: generating needs no SimpleITK
+    import SimpleITK as sitk
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Volume:
 
     def to_sitk(self) -> sitk.Image:
         """The volume as a SimpleITK image (metadata copied)."""
+        import SimpleITK as sitk
+
         image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
         image.SetSpacing(tuple(float(s) for s in self.spacing))
         image.SetOrigin(tuple(float(o) for o in self.origin))
@@ -63,6 +68,8 @@ class Volume:
     @classmethod
     def from_sitk(cls, image: sitk.Image, metadata: bool = False) -> Volume:
         """A volume from a SimpleITK image (optionally with its metadata dictionary)."""
+        import SimpleITK as sitk
+
         if image.GetDimension() != 3:
             raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
         meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()} if metadata else {}
