@@ -1,5 +1,5 @@
-"""The GPU path in one run (issue 16), for a session lent the device: writes ``OUT/gpu_check.json`` after every
-part, so a timeout still returns what was measured. Needs torch (CUDA), numpy, scipy, safetensors, tqdm and
+"""The GPU path in one run (issue 16), for a session lent the device: writes ``OUT/gpu_check.json`` after
+every part, so a timeout still returns what was measured. Needs torch (CUDA), numpy, scipy, safetensors, tqdm and
 MONAI (pure Python: carry its wheel); no SimpleITK.
 
 1. parity: the bundled demo model on its demo masks, seed 0, 25 steps: CUDA fp32/bf16/fp16 vs CPU fp32
@@ -94,8 +94,8 @@ def main() -> None:
     try:
         import torch
 
-        report["env"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
-                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        report["env"] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "gpu": gpu}
     except Exception:  # noqa: BLE001 - record and go on
         report["env"] = {"error": traceback.format_exc()}
     steps = 3 if args.quick else 25
