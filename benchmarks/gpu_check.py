@@ -1,6 +1,6 @@
 """The GPU path in one run (issue 16), for a session lent the device: writes ``OUT/gpu_check.json`` after
-every part, so a timeout still returns what was measured. Needs torch (CUDA), numpy, scipy, safetensors, tqdm and
-MONAI (pure Python: carry its wheel); no SimpleITK.
+every part, so a timeout still returns what was measured. Needs torch (CUDA), numpy, scipy, safetensors, tqdm
+and MONAI (pure Python: carry its wheel); no SimpleITK.
 
 1. parity: the bundled demo model on its demo masks, seed 0, 25 steps: CUDA fp32/bf16/fp16 vs CPU fp32
    (max / mean |HU difference|), exact tiled vs full decoding on CUDA, ``--device auto`` picks CUDA;
