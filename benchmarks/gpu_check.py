@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--config", default="paper", help="architecture for the generation benchmark")
     parser.add_argument("--size", type=int, default=256, help="CT side for the generation benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a dry run of the script)")
+    parser.add_argument("--parts", default="parity,generation,training", help="comma-separated parts to run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ def main() -> None:
         ("training", lambda: training(32 if args.quick else 128, 16 if args.quick else 64, args.device)),
     )
     for name, run in parts:
+        if name not in args.parts.split(","):
+            continue
         t0 = time.perf_counter()
         try:
             report[name] = run()
