@@ -472,6 +472,27 @@ def write_model_card(
     ft_losses = ", ".join(f"{k} {v}" for k, v in ft_step.get("losses", {}).items()) or "-"
     lo, hi = fidelity["held_out_seeds"]
     n_fid = hi - lo + 1
+    unet = meta.get("unet", {})
+    injection = (
+        f"the mask also injected at every level as {unet.get('cond_features', 'scalar').replace('+', ' + ')}"
+        if unet.get("cond_injection") == "every_level"
+        else "the mask at the input and as cross-attention tokens"
+    )
+    if ft_done:
+        recipe_tail = (
+            f"land train-ldm --data runs/demo/data --config {FINETUNE_CONFIG} --vae runs/demo/ldm \\\n"
+            "               --init-from runs/demo/ldm --out runs/demo/ldm-finetune\n"
+            "# then a float16 copy of runs/demo/ldm-finetune as runs/demo/land-demo-phantom "
+            "(land.demo.package_demo_model)"
+        )
+        ft_time = ft_done.get("wall_time_s", "-")
+        ft_row = f"| LDM fine-tune | {ft_done.get('step', '-')} | {ft_time} s | {ft_losses} |\n"
+    else:
+        recipe_tail = (
+            "# then a float16 copy of runs/demo/ldm as runs/demo/land-demo-phantom "
+            "(land.demo.package_demo_model)"
+        )
+        ft_row = ""
     missed = unmet_targets(fidelity)
     limitations = ""
     if missed:
@@ -511,7 +532,7 @@ textures (1-3 nodules of 3-30 mm per case). No patient data. HU window [-1000, 1
 
 ## Architecture
 U-Net `small` (channels 32-64-64-128-128, 2 residual blocks per level, additive skips, cross-attention at
-the two deepest levels, the mask injected at every level as occupancy + texture after the fine-tune),
+the two deepest levels, {injection}),
 VAE `small` (channels 16-32-32, 4 latent channels, 4x compression), mode
 `nodule+lung+texture`, v-prediction, linear beta 1e-4..0.02, T = 1000, Min-SNR-5.
 
@@ -524,9 +545,7 @@ which runs, each resumable:
 land phantoms --n {TRAIN_CASES} --size 128 --spacing 2 --seed {TRAIN_SEED} --out runs/demo/data
 land train-vae --data runs/demo/data --config {config} --out runs/demo/vae
 land train-ldm --data runs/demo/data --config {config} --vae runs/demo/vae --out runs/demo/ldm
-land train-ldm --data runs/demo/data --config {FINETUNE_CONFIG} --vae runs/demo/ldm \
-               --init-from runs/demo/ldm --out runs/demo/ldm-finetune
-# then a float16 copy of runs/demo/ldm-finetune as runs/demo/land-demo-phantom (land.demo.package_demo_model)
+{recipe_tail}
 land demo-fidelity --model runs/demo/land-demo-phantom
 ```
 on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 (computed in float32).
@@ -535,8 +554,7 @@ on a 2-core CPU (no GPU), trained in float32; the weights are stored in float16 
 |---|---|---|---|
 | VAE | {vae_done.get("step", "?")} | {vae_done.get("wall_time_s", "?")} s | {vae_losses} |
 | LDM | {ldm_done.get("step", "?")} | {ldm_done.get("wall_time_s", "?")} s | {ldm_losses} |
-| LDM fine-tune | {ft_done.get("step", "-")} | {ft_done.get("wall_time_s", "-")} s | {ft_losses} |
-
+{ft_row}
 ## Conditional fidelity (held-out phantom masks)
 `land demo-fidelity` on {n_fid} phantom mask sets with seeds {lo}-{hi} (never used in training),
 {fidelity["steps"]} {fidelity["sampler"]} steps, {fidelity["wall_time_s"]} s in all:
