@@ -576,6 +576,8 @@ is denser than lung).
 
 # --------------------------------------------------------------------------------------------- CLI
 def register(sub, command) -> None:
+    from .guidance import add_guidance_arguments
+
     """Add ``land demo-masks``, ``land demo-fidelity`` and ``land train-demo`` to the CLI."""
     p = sub.add_parser("demo-masks", help="write the default mask set (lungs + nodules of textures 1, 3, 5)")
     p.add_argument("--out", required=True, help="folder for demo_masks.seg.nrrd")
@@ -597,6 +599,7 @@ def register(sub, command) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for fidelity.json, fidelity.md and (with --save-ct) the CTs")
     p.add_argument("--save-ct", action="store_true", help="also write the generated CTs")
+    add_guidance_arguments(p)
 
     @command("demo-fidelity")
     def cmd_demo_fidelity(args: argparse.Namespace) -> int:
@@ -607,7 +610,8 @@ def register(sub, command) -> None:
         model = Path(args.model) if args.model else default_model_dir()
         out = Path(args.out) if args.out else None
         save = out / "ct" if (out and args.save_ct) else None
-        result = measure_fidelity(model, args.n, args.seed, args.steps, args.sampler, args.device, save)
+        result = measure_fidelity(model, args.n, args.seed, args.steps, args.sampler, args.device, save,
+                                  guidance=args.guidance, guidance_mode=args.guidance_mode)  # fmt: skip
         table = fidelity_table(result)
         print(table)
         if out:
