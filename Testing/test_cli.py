@@ -124,8 +124,10 @@ def test_nodule_outside_lung_warns_and_strict_fails(tiny_model_dir, tmp_path):
         "--steps",
         "1",
     ]
-    warned = run(*common, "--out", str(tmp_path / "a.nii.gz"))
+    warned = run(*common, "--out", str(tmp_path / "a.nii.gz"), "--progress", "json")
     assert warned.returncode == 0 and "outside" in warned.stderr
+    codes = [json.loads(x).get("code") for x in warned.stdout.splitlines() if "warning" in json.loads(x)]
+    assert "nodule_outside_lung" in codes and "untrained_model" in codes  # stable codes, not texts
     strict = run(*common, "--strict", "--out", str(tmp_path / "b.nii.gz"))
     assert strict.returncode == 2 and "outside" in strict.stderr
     assert not (tmp_path / "b.nii.gz").exists()

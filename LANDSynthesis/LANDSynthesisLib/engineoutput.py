@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from land.contract import WARNING_NODULE_OUTSIDE_LUNG
+
 from .jobs import GenerationJob, TeachingSetJob
 from .modelinfo import (
     formatDuration,
@@ -37,7 +39,7 @@ class EngineOutputMixin:
             return
         if "warning" in event:
             message = str(event["warning"])
-            if message.startswith("nodule voxels lie outside the lung mask") and any(
+            if event.get("code") == WARNING_NODULE_OUTSIDE_LUNG and any(
                 "outside the lungs" in w for w in job.warnings
             ):
                 logging.info("LAND engine: %s", message)  # already reported, with the segment names

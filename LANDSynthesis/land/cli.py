@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .contract import EXIT_INPUT, add_precision_argument
+from .contract import EXIT_INPUT, WARNING_OTHER, WARNING_UNTRAINED_MODEL, add_precision_argument
 from .errors import Cancelled, InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
@@ -87,9 +87,16 @@ class Reporter:
         if self.style == "json":
             print(json.dumps(obj), flush=True)
 
-    def warning(self, message: str) -> None:
+    def warning(self, message: str, code: str = WARNING_OTHER) -> None:
+        """A warning: on stderr, and with --progress json as {"warning": message, "code": code}."""
         print(f"warning: {message}", file=sys.stderr, flush=True)
-        self.emit({"warning": message})
+        self.emit({"warning": message, "code": code})
+
+    def show_warnings(self) -> None:
+        """Route Python warnings (the engine's, with their stable ``code``) through :meth:`warning`."""
+        warnings.showwarning = lambda message, category, *a, **k: self.warning(
+            str(message), getattr(category, "code", WARNING_OTHER)
+        )
 
     def __call__(self, event: dict[str, Any]) -> None:
         stage, step, total = event["stage"], event["step"], event["total"]
@@ -183,7 +190,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import LANDPipeline
 
     reporter = Reporter(args.progress)
-    warnings.showwarning = lambda message, *a, **k: reporter.warning(str(message))
+    reporter.show_warnings()
     out = Path(args.out)
     if not out.name.endswith((".nii.gz", ".nii", ".nrrd")):
         raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
@@ -200,7 +207,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     masks = _load_masks(args)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
-        reporter.warning(f"model {pipe.config.name} is UNTRAINED (random weights): the output is noise")
+        reporter.warning(
+            f"model {pipe.config.name} is UNTRAINED (random weights): the output is noise",
+            WARNING_UNTRAINED_MODEL,
+        )
 
     cancel = cancel_on_signals()
     try:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .contract import MODES  # noqa: F401 - re-exported (land.conditioning.MODES)
+from .contract import MODES, WARNING_NODULE_OUTSIDE_LUNG  # noqa: F401 - MODES re-exported
 from .errors import InputError
 from .segment_style import TEXTURE_TAG
 from .volume import Volume
@@ -43,6 +43,8 @@ TEXTURE_FIX = f"supply it with --texture LABEL=T (T in 1..5) or the segment tag 
 
 class NoduleOutsideLungWarning(UserWarning):
     """Nodule voxels lie outside the lung mask. ``counts`` maps label -> number of such voxels."""
+
+    code = WARNING_NODULE_OUTSIDE_LUNG
 
     def __init__(self, message: str, counts: dict[int, int] | None = None) -> None:
         super().__init__(message)

@@ -39,6 +39,14 @@ def exit_codes_text() -> str:
     return "\n".join(lines)
 
 
+# Stable codes of the warnings the engine reports (--progress json: {"warning": text, "code": code}); the
+# Slicer modules act on the code, never on the text
+WARNING_NODULE_OUTSIDE_LUNG = "nodule_outside_lung"
+WARNING_FIELD_OF_VIEW = "field_of_view"
+WARNING_SEGMENTATION = "segmentation"
+WARNING_UNTRAINED_MODEL = "untrained_model"
+WARNING_OTHER = "warning"
+
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
 MAX_GUIDANCE = 20.0

@@ -33,6 +33,7 @@ from .conditioning import (
     parse_texture_overrides,
     parse_texture_value,
 )
+from .contract import WARNING_FIELD_OF_VIEW, WARNING_SEGMENTATION
 from .errors import InputError
 from .image_data import check_image_data, check_image_file
 from .masks import is_lung_segment_name, restore_lung
@@ -50,9 +51,13 @@ _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(\w+)$")
 class FieldOfViewWarning(UserWarning):
     """Part of the lungs or nodules lies outside the model's field of view and is cut off."""
 
+    code = WARNING_FIELD_OF_VIEW
+
 
 class SegmentationWarning(UserWarning):
     """Something in a segmentation file was ignored or resolved (empty segment, overlapping nodules)."""
+
+    code = WARNING_SEGMENTATION
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -6,7 +6,6 @@ import argparse
 import json
 import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ def _sample_set(args: argparse.Namespace) -> int:
     from .sample_set import run_sample_set
 
     reporter = Reporter(args.progress)
-    warnings.showwarning = lambda message, *a, **k: reporter.warning(str(message))
+    reporter.show_warnings()
     cancel = cancel_on_signals()
 
     def on_sample(event: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         raise LANDError("land teaching-set writes DICOM with pydicom, which is not installed; fix: "
                         "pip install 'pydicom>=3'") from None  # fmt: skip
     progress = _Progress(args.progress)
-    warnings.showwarning = lambda message, *a, **k: progress.reporter.warning(str(message))
+    progress.reporter.show_warnings()
     settings = TeachingSettings(
         cases=args.cases,
         nodule_rate=args.nodule_rate,
