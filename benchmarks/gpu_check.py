@@ -8,7 +8,9 @@ and MONAI (pure Python: carry its wheel); no SimpleITK.
    decode, total, peak GPU memory);
 3. training: one paper-config VAE step (128^3 patch) and LDM step (4x64^3 latent) with AMP (s/step, peak GPU).
 
-    python benchmarks/gpu_check.py --out $OUT                     # on the device (about 5 minutes)
+    # here: pip download monai --no-deps -d .device_wheels  (1.7 MB; add .device_wheels/ to .git/info/exclude)
+    # device run (carry .device_wheels, timeout 480 s):
+    pip install --no-deps --no-index .device_wheels/*.whl && python benchmarks/gpu_check.py --out $OUT
     python benchmarks/gpu_check.py --out /tmp/g --device cpu --size 64 --config small --quick   # dry run
 """
 
