@@ -10,17 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
-    DEFAULT_STEPS,
-    GUIDANCE_DEFAULTS,
-    GUIDANCE_MODES,
-    MAX_GUIDANCE,
-    MODES,
-    check_guidance,
-    is_guided,
-    parse_guidance,
-)
-
 from .maskexport import LayerCopy, MaskInputs, SegmentSource
 from .modelinfo import ModelInfo, engineDirectory
 from .options import GenerationCancelled, GenerationParameters, LANDSynthesisError, TeachingSetParameters

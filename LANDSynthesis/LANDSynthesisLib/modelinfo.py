@@ -10,14 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
+from land.contract import (
     DEFAULT_STEPS,
     GUIDANCE_DEFAULTS,
-    GUIDANCE_MODES,
-    MAX_GUIDANCE,
-    MODES,
-    check_guidance,
-    is_guided,
     parse_guidance,
 )
 

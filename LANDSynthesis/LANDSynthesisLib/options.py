@@ -7,15 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
-    DEFAULT_STEPS,
-    GUIDANCE_DEFAULTS,
-    GUIDANCE_MODES,
-    MAX_GUIDANCE,
+from land.contract import (
     MODES,
     check_guidance,
-    is_guided,
-    parse_guidance,
 )
 from land.errors import InputError
 

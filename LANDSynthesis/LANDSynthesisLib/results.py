@@ -12,17 +12,6 @@ from typing import Any
 import numpy as np
 import slicer
 
-from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
-    DEFAULT_STEPS,
-    GUIDANCE_DEFAULTS,
-    GUIDANCE_MODES,
-    MAX_GUIDANCE,
-    MODES,
-    check_guidance,
-    is_guided,
-    parse_guidance,
-)
-
 from . import segments as seglib
 from .maskexport import conformToReference
 from .nrrd import read_nrrd, read_nrrd_header

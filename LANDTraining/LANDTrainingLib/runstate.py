@@ -4,7 +4,6 @@ no ``slicer``, no ``qt``; :mod:`.pipeline` runs the stages)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -17,11 +16,13 @@ from typing import Any
 from land.contract import SAMPLERS  # noqa: F401 - re-exported for the widget
 
 try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
+    from LANDSynthesisLib.modelinfo import formatDuration  # noqa: F401 - one formatter for both modules
     from LANDSynthesisLib.parameters import dataclassFrom
 except ImportError:  # repository checkout without LANDSynthesis on sys.path
     _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
     if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
         sys.path.append(str(_SYNTHESIS_DIR))
+    from LANDSynthesisLib.modelinfo import formatDuration  # noqa: F401 - one formatter for both modules
     from LANDSynthesisLib.parameters import dataclassFrom
     from LANDSynthesisLib.process import ChildProcess
 
@@ -228,19 +229,6 @@ def parseStages(text: str | Sequence[str]) -> list[str]:
     if not wanted:
         raise TrainingInputError(f"no stage given; choose all or {', '.join(STAGES)}")
     return [s for s in STAGES if s in wanted]
-
-
-def formatDuration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        m, s = divmod(int(round(seconds)), 60)
-        return f"{m} min {s:02d} s"
-    h, rem = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rem // 60:02d} min"
 
 
 # ---------------------------------------------------------------------------------------------- layout
