@@ -78,12 +78,6 @@ def _torch_save(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a partial file in the same folder, fsync, then rename (see :mod:`land.atomic`)."""
-    with atomic_path(path) as tmp:
-        _torch_save(obj, tmp)
-
-
 def hash_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
