@@ -310,10 +310,10 @@ def nodule_region(cond: torch.Tensor) -> torch.Tensor:
     """Where an encoded conditioning mask (any mode, any grid) marks a nodule: values above the lung's.
 
     Nodules encode as >= 1/5 (texture 1) and lungs as 0.1, so the threshold halfway between finds every
-    nodule in every mode; in mode ``none`` (all zeros) nothing is found. For a latent condition with a
-    nodule-fraction channel (N, 2, ...) the region comes from channel 0, shaped (N, 1, ...).
+    nodule in every mode; in mode ``none`` (all zeros) nothing is found. A batched condition (N, C, ...)
+    is read from channel 0, the encoded mask (further channels, e.g. the nodule fraction, follow it).
     """
-    if cond.dim() == 5 and cond.shape[1] == 2:
+    if cond.dim() == 5:
         cond = cond[:, :1]
     return cond > (LUNG_VALUE + 1.0) / (2 * SCALE)
 

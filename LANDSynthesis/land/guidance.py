@@ -45,10 +45,11 @@ def drop_condition(cond: Tensor, what: str, cond_mode: str) -> Tensor:
     if what != "nodules":
         raise InputError(f"cannot drop {what!r} from the conditioning; choose 'full' or 'nodules'")
     fill = LUNG_VALUE / SCALE if "lung" in cond_mode else 0.0
-    if cond.dim() == 5 and cond.shape[1] == 2:  # latent condition with a nodule-fraction channel
-        scalar = cond[:, :1]
-        return torch.cat([drop_condition(scalar, what, cond_mode), torch.zeros_like(scalar)], dim=1)
-    return torch.where(nodule_region(cond), torch.full_like(cond, fill), cond)
+    if cond.dim() != 5:
+        return torch.where(nodule_region(cond), torch.full_like(cond, fill), cond)
+    scalar = cond[:, :1]  # batched: channel 0 is the encoded mask, further ones the nodule fraction (-> 0)
+    dropped = torch.where(nodule_region(scalar), torch.full_like(scalar, fill), scalar)
+    return torch.cat([dropped, torch.zeros_like(cond[:, 1:])], dim=1)
 
 
 def guided_denoiser(
