@@ -13,6 +13,7 @@ from LANDSynthesisLib import dependencies
 from LANDSynthesisLib import segments as seglib
 from LANDSynthesisLib.logic import (
     BUNDLED_MODEL_NAME,
+    DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     GUIDANCE_MODES,
     MAX_GUIDANCE,
@@ -245,8 +246,9 @@ class LANDSynthesisWidget(
 
     def cleanup(self) -> None:
         self.removeObservers()
-        if self.pollTimer is not None:
-            self.pollTimer.stop()
+        for timer in (self.pollTimer, self.tableTimer):
+            if timer is not None:
+                timer.stop()
         if self.logic is not None:
             self.logic.cleanup()  # a running generation is stopped with its process tree
 
@@ -260,7 +262,7 @@ class LANDSynthesisWidget(
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic is not None:
-            self.logic.cleanup()
+            self.logic.cleanup(sceneClosing=True)
         self.setParameterNode(None)
         self.setObservedSegmentation(None)
 
@@ -340,7 +342,7 @@ class LANDSynthesisWidget(
             node.SetParameter("ModelSource", self.ui.modelSourceComboBox.currentData or "directory")
             node.SetParameter("ModelDirectory", self.ui.modelPathLineEdit.currentPath)
             node.SetParameter("Mode", self.ui.modeComboBox.currentData or "")
-            node.SetParameter("Sampler", self.ui.samplerComboBox.currentData or "dpmpp2m")
+            node.SetParameter("Sampler", self.ui.samplerComboBox.currentData or DEFAULT_SAMPLER)
             node.SetParameter("Steps", str(self.ui.stepsSpinBox.value))
             node.SetParameter("Seed", str(self.ui.seedSpinBox.value))
             node.SetParameter("RandomSeed", "true" if self.ui.randomSeedCheckBox.checked else "false")
@@ -375,7 +377,9 @@ class LANDSynthesisWidget(
 
     def onSamplerChanged(self, index) -> None:
         if not self._updatingGUIFromParameterNode:
-            self.ui.stepsSpinBox.value = DEFAULT_STEPS.get(self.ui.samplerComboBox.currentData, 25)
+            self.ui.stepsSpinBox.value = DEFAULT_STEPS.get(
+                self.ui.samplerComboBox.currentData, DEFAULT_STEPS[DEFAULT_SAMPLER]
+            )
         self.updateParameterNodeFromGUI()
 
     # ------------------------------------------------------------------ helpers

@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_masks
 
+from land.contract import DEFAULT_SAMPLER
 from land.io import read_provenance, write_seg_nrrd
 
 LAND = [sys.executable, "-m", "land"]
@@ -60,7 +61,8 @@ def test_generate_from_seg_nrrd_writes_synthetic_nifti(tiny_model_dir, tmp_path)
     assert image.GetPixelID() == sitk.sitkInt16
     assert "SYNTHETIC" in image.GetMetaData("descrip")
     prov = read_provenance(out)
-    assert prov["seed"] in ("5", 5) and prov["textures"] == "1=5,2=1" and prov["sampler"] == "dpmpp2m"
+    assert prov["seed"] in ("5", 5) and prov["textures"] == "1=5,2=1"
+    assert prov["sampler"] == DEFAULT_SAMPLER == "unipc"
 
 
 def test_generate_from_label_images_nrrd_with_texture_override(tiny_model_dir, tmp_path):
@@ -273,7 +275,7 @@ def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
         assert "exit codes:" in text and "130" in text, name
     generate = " ".join(run("generate", "--help").stdout.split())  # independent of line wrapping
     for needed in ("--seed SEED random seed", "same CT", "demo masks", ".nii (provenance",
-                   "(default: dpmpp2m)", "examples:", "tiled: exact"):  # fmt: skip
+                   "(default: unipc)", "unipc 12", "examples:", "tiled: exact"):  # fmt: skip
         assert needed in generate, needed
     assert (InputError.exit_code, ModelError.exit_code, TrainingDiverged.exit_code, Cancelled.exit_code) == (
         EXIT_INPUT, EXIT_MODEL, EXIT_MODEL, EXIT_CANCELLED)  # fmt: skip

@@ -88,7 +88,7 @@ def test_generate_conditional_geometry_metadata_and_determinism(tiny_model_dir):
     assert ct.spacing == (4.0, 4.0, 4.0)
     np.testing.assert_allclose(ct.direction, masks.lung.direction)
     assert "SYNTHETIC" in ct.metadata["description"]
-    assert ct.metadata["seed"] == "11" and ct.metadata["sampler"] == "dpmpp2m" and ct.metadata["steps"] == "3"
+    assert ct.metadata["seed"] == "11" and ct.metadata["sampler"] == "unipc" and ct.metadata["steps"] == "3"
     assert ct.metadata["textures"] == "1=5,2=1" and ct.metadata["mode"] == "nodule+lung+texture"
     denoise = [e for e in events if e["stage"] == "denoise"]
     assert [e["step"] for e in denoise] == [1, 2, 3] and all(e["total"] == 3 for e in denoise)
@@ -202,3 +202,19 @@ def test_non_finite_weights_and_outputs_are_refused(tiny_model_dir, tmp_path):
     assert torch.isfinite(load_file(str(model / "unet.safetensors"))["conv_in.conv.weight"]).all()
     with pytest.raises(ModelError, match="non-finite latent"):
         LANDPipeline.from_pretrained(model).generate(steps=2, seed=0, device="cpu")
+
+
+def test_generate_uses_the_schedule_in_model_json(tiny_model_dir):
+    """The sampler follows the model's own diffusion schedule (model.json), as the trainer does."""
+    from land.errors import ModelError
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    assert pipe.noise_schedule().num_train_timesteps == 1000
+    base = pipe.generate(make_masks(), steps=3, seed=2, device="cpu").array
+    pipe.config.diffusion = {**pipe.config.diffusion, "beta_end": 0.012}
+    assert float(pipe.noise_schedule().betas[-1]) == pytest.approx(0.012)
+    other = pipe.generate(make_masks(), steps=3, seed=2, device="cpu").array
+    assert not np.array_equal(base, other)
+    pipe.config.diffusion = {**pipe.config.diffusion, "prediction_type": "epsilon"}
+    with pytest.raises(ModelError, match="v_prediction"):
+        pipe.generate(make_masks(), steps=3, seed=2, device="cpu")

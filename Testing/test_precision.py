@@ -1,5 +1,6 @@
-"""--precision (issue 16): fp32 is exact and the default; bf16/fp16 autocast only the U-Net, stay close to
-fp32 and are recorded in the provenance. CUDA checks (skipped without a GPU) compare devices and decoders."""
+"""--precision (issues 16, 17): fp32 is exact; bf16/fp16 autocast only the U-Net, stay close to fp32 and are
+recorded in the provenance; the default auto is bf16 on a CPU with native bfloat16, else fp32. CUDA checks
+(skipped without a GPU) compare devices and decoders."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from conftest import make_masks
 
 from land.contract import PRECISIONS, check_precision
 from land.errors import InputError
-from land.pipeline import LANDPipeline
+from land.pipeline import LANDPipeline, native_bf16_cpu, resolve_precision
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
 
@@ -25,10 +26,23 @@ def _ct(pipe, **kw) -> np.ndarray:
     return ct.array.astype(np.float32), ct.metadata
 
 
-def test_fp32_is_the_exact_default_and_reduced_precisions_stay_close(pipe):
-    plain, meta = _ct(pipe)
-    exact, _ = _ct(pipe, precision="fp32")
-    assert np.array_equal(plain, exact) and meta["precision"] == "fp32"
+def test_auto_resolves_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16_cpu() else "fp32")
+    assert resolve_precision("auto", cuda) == "fp32"  # until measured on a GPU (issue 16)
+    for p in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(p, cpu) == resolve_precision(p, cuda) == p
+    with pytest.raises(InputError, match="unknown precision"):
+        resolve_precision("half", cpu)
+
+
+def test_default_is_auto_and_reduced_precisions_stay_close(pipe):
+    resolved = resolve_precision("auto", torch.device("cpu"))
+    default, meta = _ct(pipe)
+    assert meta["precision"] == resolved  # what ran, never "auto"
+    plain, meta = _ct(pipe, precision="fp32")
+    assert meta["precision"] == "fp32"
+    assert np.array_equal(default, plain) == (resolved == "fp32")
     for precision in ("bf16", "fp16"):
         low, low_meta = _ct(pipe, precision=precision)
         assert low_meta["precision"] == precision
@@ -37,7 +51,7 @@ def test_fp32_is_the_exact_default_and_reduced_precisions_stay_close(pipe):
         assert diff.mean() < 0.05 * (plain.max() - plain.min()), (precision, diff.mean())
     with pytest.raises(InputError, match="unknown precision 'fp8'"):
         pipe.generate(make_masks(), steps=1, device="cpu", precision="fp8")
-    assert PRECISIONS == ("fp32", "bf16", "fp16") and check_precision("bf16") == "bf16"
+    assert PRECISIONS == ("auto", "fp32", "bf16", "fp16") and check_precision("bf16") == "bf16"
 
 
 def test_teaching_set_id_changes_only_for_reduced_precision(pipe):

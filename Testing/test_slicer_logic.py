@@ -579,3 +579,19 @@ def test_dependencies_check_without_installing(mrml):
     assert dependencies.isInstalled("numpy") and not dependencies.isInstalled("no_such_package_land")
     with pytest.raises(RuntimeError, match="needs the 3D Slicer application"):
         dependencies.installInSlicer({"no_such_package_land": "no-such-package-land"})
+
+
+def test_failed_install_becomes_a_runtime_error_with_its_reason(mrml):
+    """Slicer's pip_install / installTorch raise CalledProcessError: callers show RuntimeError dialogs."""
+    import subprocess
+
+    from LANDSynthesisLib import dependencies
+
+    def failing():
+        raise subprocess.CalledProcessError(
+            1, ["pip"], stderr="ERROR: No matching distribution found for x\n"
+        )
+
+    with pytest.raises(RuntimeError, match="installing x failed .*No matching distribution found"):
+        dependencies._installing("x", failing)
+    assert dependencies._installing("y", lambda: 42) == 42

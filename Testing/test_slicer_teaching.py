@@ -135,7 +135,15 @@ def test_teaching_set_real_command(land_logic, small_model, tmp_path):
         "seed": 4,
     }
     t0 = time.monotonic()
-    folder = land_logic.runTeachingSet(params, onProgress=events.append, timeout=1200)
+
+    def on_progress(event):
+        events.append(event)
+        if "stage" in event and not any("closed" in e for e in events):
+            events.append({"closed": True})
+            land_logic.cleanup(sceneClosing=True)  # File > Close Scene: a teaching set keeps running
+
+    folder = land_logic.runTeachingSet(params, onProgress=on_progress, timeout=1200)
+    assert any("closed" in e for e in events)
     job = land_logic.job
     assert folder == out.resolve() and folder.is_dir() and any(folder.iterdir())
     assert (folder / "key" / "answers.json").is_file() and (folder / "key" / "answers.csv").is_file()

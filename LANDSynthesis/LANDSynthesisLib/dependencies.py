@@ -8,6 +8,7 @@ the right CUDA/CPU build), everything else with ``slicer.util.pip_install``.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 
 # import name -> pip requirement (the engine's dependencies, as in pyproject.toml)
 ENGINE_REQUIREMENTS = {
@@ -42,10 +43,28 @@ def missingRequirements(includeOptional: bool = True) -> dict[str, str]:
     return {name: req for name, req in wanted.items() if not isInstalled(name)}
 
 
+def _installing(what: str, install):
+    """Run ``install()``; a failed pip run (CalledProcessError, OSError) becomes a RuntimeError saying so."""
+    try:
+        return install()
+    except (subprocess.CalledProcessError, OSError) as e:
+        detail = getattr(e, "stderr", None) or getattr(e, "output", None) or e
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        tail = str(detail).strip().splitlines()[-3:]
+        raise RuntimeError(
+            f"installing {what} failed ({e.__class__.__name__}): "
+            + " / ".join(tail)
+            + "; check the internet connection (or a proxy) and the Python console, then try again"
+        ) from e
+
+
 def installInSlicer(missing: dict[str, str], askConfirmation: bool = True) -> bool:
     """Install ``missing`` inside the Slicer application. Returns False when the user declined.
 
-    Raises RuntimeError outside the Slicer application (``slicer.app`` absent) or when installation fails.
+    Raises RuntimeError outside the Slicer application (``slicer.app`` absent) or when installation fails
+    (Slicer's installers raise ``subprocess.CalledProcessError``; it is turned into RuntimeError with what
+    failed, so every caller's error dialog shows it). One confirmation: PyTorchUtils is not asked again.
     """
     import slicer
 
@@ -73,12 +92,12 @@ def installInSlicer(missing: dict[str, str], askConfirmation: bool = True) -> bo
             ) from e
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=askConfirmation)
+            torch = _installing("PyTorch", lambda: torchLogic.installTorch(askConfirmation=False))
             if torch is None:
                 raise RuntimeError("PyTorch was not installed; LAND cannot run without it")
     rest = [req for name, req in missing.items() if name != "torch"]
     if rest:
-        slicer.util.pip_install(rest)
+        _installing(", ".join(rest), lambda: slicer.util.pip_install(rest))
     importlib.invalidate_caches()
     still = [name for name in missing if not isInstalled(name)]
     if still:

@@ -30,6 +30,7 @@ class GenerationJob:
         "cancelled",
     )
     kind = "generate"
+    usesScene = True  # its result is loaded into the scene (scene closing cancels it)
 
     def __init__(self, parameters: GenerationParameters, modelInfo: ModelInfo, seed: int) -> None:
         self.parameters = parameters
@@ -102,6 +103,7 @@ class TeachingSetJob(GenerationJob):
     """One ``land teaching-set`` run; ``outputDirectory`` is the folder it writes (no scene node)."""
 
     kind = "teaching-set"
+    usesScene = False
 
     def __init__(self, parameters: TeachingSetParameters, modelInfo: ModelInfo | None) -> None:
         super().__init__(parameters, modelInfo, parameters.seed or 0)  # type: ignore[arg-type]

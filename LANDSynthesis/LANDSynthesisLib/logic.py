@@ -35,6 +35,7 @@ import numpy as np
 import slicer
 
 from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
+    DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     GUIDANCE_DEFAULTS,
     GUIDANCE_MODES,
@@ -135,8 +136,8 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             "ModelSource": "bundled" if bundledModelDirectory() else "directory",
             "ModelDirectory": "",
             "Mode": "",
-            "Sampler": "dpmpp2m",
-            "Steps": str(DEFAULT_STEPS["dpmpp2m"]),
+            "Sampler": DEFAULT_SAMPLER,
+            "Steps": str(DEFAULT_STEPS[DEFAULT_SAMPLER]),
             "Seed": "0",
             "RandomSeed": "true",
             "Device": "auto",
@@ -558,9 +559,11 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             except Exception:  # noqa: BLE001
                 logging.exception("LANDSynthesis: completion callback failed")
 
-    def cleanup(self) -> None:
-        """Stop a running generation at once (module closing, scene closing)."""
+    def cleanup(self, sceneClosing: bool = False) -> None:
+        """Stop a running job at once (module closing; on scene closing only a job that uses the scene)."""
         job = self.job
+        if sceneClosing and job is not None and not job.usesScene:
+            return  # a teaching set writes a folder, not nodes: File > Close Scene leaves it running
         if job is not None and not job.done:
             job.cancelRequested = True
             if job.child is not None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from land.contract import (
+    DEFAULT_SAMPLER,
     MODES,
+    SAMPLER_TITLES,
     check_guidance,
 )
 from land.errors import InputError
@@ -17,12 +19,7 @@ from .parameters import dataclassFrom
 
 MODULE_NAME = "LANDSynthesis"
 BUNDLED_MODEL_NAME = "land-demo-phantom"
-SAMPLER_TITLES = {  # the panel's order and titles of land.contract.SAMPLERS
-    "dpmpp2m": "DPM-Solver++ (2M), fast",
-    "ddim": "DDIM (deterministic)",
-    "ddpm": "DDPM (ancestral, as in training)",
-}
-SAMPLERS = tuple(SAMPLER_TITLES)
+SAMPLERS = tuple(SAMPLER_TITLES)  # the panel's order (land.contract)
 DEVICES = ("auto", "cuda", "cpu")
 LUNG_WINDOW, LUNG_LEVEL = 1500.0, -600.0
 DENOISE_SHARE = 0.9  # share of the progress bar for denoising; decoding gets the rest
@@ -66,7 +63,7 @@ class GenerationParameters:
 
     modelDirectory: str | None = None  # None: the bundled demo model
     mode: str | None = None
-    sampler: str = "dpmpp2m"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None
     seed: int | None = 0
     device: str = "auto"

@@ -176,13 +176,19 @@ class MaskActionsMixin:
 
     def _pointRas(self):
         markups = self.ui.markupsSelector.currentNode()
-        if markups is None or markups.GetNumberOfControlPoints() == 0:
+        if markups is None or markups.GetNumberOfDefinedControlPoints() == 0:  # placed, not being placed
             raise LANDInputError(
                 "Place a point first: choose or create a point list, click the place button and then click "
                 "in a slice view at the nodule's centre."
             )
+        defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+        last = max(
+            i
+            for i in range(markups.GetNumberOfControlPoints())
+            if markups.GetNthControlPointPositionStatus(i) == defined
+        )  # the newest placed point (a point being placed comes after it)
         world = [0.0, 0.0, 0.0]
-        markups.GetNthControlPointPositionWorld(markups.GetNumberOfControlPoints() - 1, world)
+        markups.GetNthControlPointPositionWorld(last, world)
         ref = self.referenceNode()
         if ref is not None and ref.GetParentTransformNode() is not None:  # into the reference's coordinates
             toRef = vtk.vtkGeneralTransform()

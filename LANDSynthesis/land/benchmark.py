@@ -22,21 +22,24 @@ def peak_rss_bytes() -> int:
 def run_benchmark(
     model_dir: str | None,
     config: str | None,
-    steps: int,
+    steps: int | None,
     sampler: str,
     device: str,
     seed: int = 0,
     max_memory: int | None = None,
     decode: str = "tiled",
     size: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Generate one unconditional volume and report timings and peak memory.
 
     ``size`` overrides the model's grid (``size``^3 voxels at the model's spacing), e.g. to time 128^3 on a
     256^3 model; it must be divisible by the networks' total down-sampling.
     """
-    from .pipeline import LANDPipeline, resolve_device
+    from .diffusion import default_steps
+    from .pipeline import LANDPipeline, resolve_device, resolve_precision
+
+    steps = default_steps(sampler) if steps is None else steps
 
     pipe = (
         LANDPipeline.from_pretrained(model_dir) if model_dir else LANDPipeline.from_config(config or "small")
@@ -49,6 +52,7 @@ def run_benchmark(
             raise InputError(f"--size {size} must be a positive multiple of {c} for this model")
         pipe.config.grid_size = (int(size),) * 3
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     marks: dict[str, float] = {}
@@ -90,7 +94,7 @@ def run_benchmark(
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     from .cli import parse_memory
-    from .contract import add_precision_argument
+    from .contract import DEFAULT_SAMPLER, add_precision_argument, sampler_help, steps_help
     from .diffusion import SAMPLERS
 
     p = sub.add_parser("benchmark", help="time and peak memory of generating one volume on this machine")
@@ -98,8 +102,8 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     src.add_argument("--model", help="model directory (default: a random-weights --config model)")
     src.add_argument("--config", choices=["paper", "small"], default=None, help="untrained architecture")
     p.add_argument("--size", type=int, help="grid size S (S^3 voxels; default: the model's grid)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
+    p.add_argument("--steps", type=int, help=steps_help())
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--device", default="auto")
     p.add_argument("--decode", choices=["tiled", "full"], default="tiled")
     p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")

@@ -19,7 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .contract import EXIT_INPUT, WARNING_OTHER, WARNING_UNTRAINED_MODEL, add_precision_argument
+from .contract import (
+    DEFAULT_SAMPLER,
+    EXIT_INPUT,
+    WARNING_OTHER,
+    WARNING_UNTRAINED_MODEL,
+    add_precision_argument,
+    sampler_help,
+    steps_help,
+)
 from .errors import Cancelled, InputError, LANDError, ModelError
 
 Command = Callable[[argparse.Namespace], int]
@@ -323,8 +331,8 @@ _ARGV: list[str] | None = None  # the argv main() parses (None: sys.argv)
 
 
 COMMON_HELP = {  # options several commands share, for those that declare them without a help text
-    "sampler": "ddpm: ancestral, 1000 steps; ddim: deterministic; dpmpp2m: DPM-Solver++(2M), few steps",
-    "steps": "sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)",
+    "sampler": sampler_help(),
+    "steps": steps_help(),
     "device": "auto (CUDA if available, else CPU), cpu, cuda or cuda:N",
     "progress": "bar: a progress bar on stderr; json: one JSON object per line on stdout; none",
     "decode": "tiled: exact, in bounded memory; full: the plain decoder in one piece",
@@ -367,14 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides the .seg.nrrd tags",
     )
     p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: ddpm 1000, ddim 50, dpmpp2m 25)")
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="dpmpp2m",
-        help="ddpm: ancestral, 1000 steps; ddim: deterministic, any step count; dpmpp2m: DPM-Solver++(2M), "
-        "best at few steps",
-    )
+    p.add_argument("--steps", type=int, help=steps_help())
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--seed", type=int, default=0, help="random seed 0..2**64-1: the same seed, masks and "
                    "model give the same CT")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")

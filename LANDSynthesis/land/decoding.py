@@ -34,6 +34,7 @@ __all__ = [
     "DecodePlan",
     "StagePlan",
     "decode_full",
+    "choose_method",
     "decode_tiled",
     "plan_tiles",
 ]
@@ -789,6 +790,28 @@ def plan_tiles(
     return _make_plan(vae, stages, shape, max_memory, dev, tile_size)
 
 
+def choose_method(
+    vae: nn.Module,
+    latent_shape: Sequence[int],
+    max_memory: int | None,
+    device: torch.device,
+    method: str = "auto",
+    tile_size: int | Sequence[int] | None = None,
+    cache_memory: int | None = None,
+) -> str:
+    """The method :func:`decode_tiled` uses: ``"stream"`` or ``"passes"`` (see there)."""
+    if method != "auto":
+        return method
+    if tile_size is not None or cache_memory is not None or device.type != "cpu":
+        return "passes"
+    from .decode_stream import streamable
+
+    if not streamable(vae):
+        return "passes"
+    plan = plan_tiles(vae, latent_shape, max_memory, device)
+    return "passes" if all(s.num_tiles == 1 for s in plan.stages) else "stream"
+
+
 def decode_tiled(
     vae: nn.Module,
     z: torch.Tensor,
@@ -798,8 +821,16 @@ def decode_tiled(
     *,
     tile_size: int | Sequence[int] | None = None,
     cache_memory: int | None = None,
+    method: str = "auto",
+    spill_dir: str | None = None,
 ) -> torch.Tensor:
     """Decode ``z`` (N, C, *spatial) exactly like ``vae.decode`` but within ``max_memory`` bytes.
+
+    Two exact methods: ``"stream"`` (:mod:`land.decode_stream`: every convolution once, slab by slab,
+    layer outputs that do not fit spilled to disk) and ``"passes"`` (this module: tiles in memory, each
+    stage recomputed once per GroupNorm to gather its statistics; any supported decoder, also MAISI's).
+    ``"auto"`` decodes whole when the volume fits ``max_memory``, else streams on CPU when the decoder
+    allows it, else uses passes.
 
     Args:
         vae: MONAI ``AutoencoderKL`` or ``AutoencoderKlMaisi`` (not modified; restored also on errors).
@@ -811,13 +842,22 @@ def decode_tiled(
         tile_size: override the budget: tile core edge in latent voxels (int or one per axis).
         cache_memory: host bytes for caching a block input between passes (skips recomputing the stage
             prefix). Default: on CPU what ``max_memory`` leaves after the planned tiles, on CUDA 0.
+        method: ``"auto"``, ``"stream"`` or ``"passes"`` (see above); ``tile_size`` and ``cache_memory``
+            are options of ``"passes"`` and select it under ``"auto"``.
+        spill_dir: folder for the streaming method's spill files (default: the system temporary folder).
 
     Returns:
         float32 CPU tensor (N, out_channels, *spatial * compression).
     """
     if z.ndim < 3:
         raise ValueError(f"expected a latent of shape (N, C, *spatial), got {tuple(z.shape)}")
+    if method not in ("auto", "stream", "passes"):
+        raise ValueError(f"method must be 'auto', 'stream' or 'passes', not {method!r}")
     dev = _resolve_device(vae, device)
+    if choose_method(vae, z.shape, max_memory, dev, method, tile_size, cache_memory) == "stream":
+        from .decode_stream import decode_stream
+
+        return decode_stream(vae, z, max_memory, dev, progress, spill_dir=spill_dir)
     with _on_device(vae, dev), _maisi_unsplit(vae.decoder), torch.no_grad():
         stages = _analyze(vae, z.shape[1:])
         plan = _make_plan(vae, stages, z.shape, max_memory, dev, tile_size)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .conditioning import MaskSet
-from .contract import GUIDANCE_DEFAULTS, guidance_text
+from .contract import DEFAULT_SAMPLER, GUIDANCE_DEFAULTS, SAMPLERS, guidance_text, sampler_help, steps_help
 from .errors import InputError
 from .volume import Volume
 
@@ -133,8 +133,8 @@ def measure_fidelity(
     model_dir: Path,
     n: int = FIDELITY_CASES,
     seed: int = FIDELITY_SEED,
-    steps: int = 25,
-    sampler: str = "dpmpp2m",
+    steps: int | None = None,
+    sampler: str = DEFAULT_SAMPLER,
     device: str = "auto",
     save_dir: Path | None = None,
     log=print,
@@ -594,8 +594,8 @@ def register(sub, command) -> None:
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
     p.add_argument("--n", type=int, default=FIDELITY_CASES, help="number of held-out cases")
     p.add_argument("--seed", type=int, default=FIDELITY_SEED, help="first held-out phantom seed")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps")
-    p.add_argument("--sampler", default="dpmpp2m", help="sampler")
+    p.add_argument("--steps", type=int, help=steps_help())
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for fidelity.json, fidelity.md and (with --save-ct) the CTs")
     p.add_argument("--save-ct", action="store_true", help="also write the generated CTs")

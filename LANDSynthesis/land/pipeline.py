@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import threading
 import warnings
@@ -15,9 +16,9 @@ import torch
 
 from . import __version__
 from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
-from .contract import DEFAULT_PRECISION, check_precision, check_seed, guidance_text
+from .contract import DEFAULT_PRECISION, DEFAULT_SAMPLER, check_precision, check_seed, guidance_text
 from .decoding import decode_full, decode_tiled
-from .diffusion import SAMPLERS, default_steps, sample
+from .diffusion import SAMPLERS, NoiseSchedule, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
 from .guidance import check_guidance, guided_denoiser
 from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
@@ -44,6 +45,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no claim
+        return False
+    flags = set(text.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``precision`` means on ``device``: ``auto`` is bf16 on a CPU with native bfloat16."""
+    precision = check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
 
 
 def with_precision(
@@ -75,7 +95,7 @@ class LANDPipeline:
     """A VAE + denoiser pair with its ``model.json`` configuration.
 
     >>> pipe = LANDPipeline.from_pretrained("Resources/Models/land-demo-phantom")  # doctest: +SKIP
-    >>> ct = pipe.generate(masks, steps=25, sampler="dpmpp2m", seed=0)  # doctest: +SKIP
+    >>> ct = pipe.generate(masks, steps=12, sampler="unipc", seed=0)  # doctest: +SKIP
     """
 
     def __init__(
@@ -121,6 +141,16 @@ class LANDPipeline:
         )
         self.weights_sha256 = dict(read_model_json(out)["weights"])
         return out
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The diffusion schedule the model was trained with (``model.json`` ``diffusion``)."""
+        d = self.config.diffusion
+        if d.get("schedule", "linear_beta") != "linear_beta" or d.get("prediction_type") != "v_prediction":
+            raise ModelError(
+                f"model {self.config.name} uses {d.get('schedule')} with {d.get('prediction_type')}; LAND "
+                "samples linear_beta schedules with v_prediction only"
+            )
+        return NoiseSchedule(int(d["num_train_timesteps"]), float(d["beta_start"]), float(d["beta_end"]))
 
     @property
     def model_id(self) -> str:
@@ -173,7 +203,7 @@ class LANDPipeline:
         *,
         mode: str | None = None,
         steps: int | None = None,
-        sampler: str = "dpmpp2m",
+        sampler: str = DEFAULT_SAMPLER,
         seed: int = 0,
         device: str | torch.device = "auto",
         progress: ProgressFn | None = None,
@@ -194,7 +224,7 @@ class LANDPipeline:
         stops at the next step with :class:`land.Cancelled`. ``guidance`` / ``guidance_mode``: classifier-free
         guidance (:mod:`land.guidance`); default the model's recommended ``guidance`` from model.json.
         ``precision`` ``bf16``/``fp16`` runs the U-Net under autocast (the sampler's state and the VAE decoder
-        stay float32); ``fp32`` (default) is exact.
+        stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`.
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         if mode not in MODES:
@@ -210,11 +240,12 @@ class LANDPipeline:
             )
         steps = default_steps(sampler) if steps is None else steps
         seed = check_seed(seed)
-        precision = check_precision(precision)
+        check_precision(precision)
         scale, gmode = self.resolve_guidance(guidance, guidance_mode)
         if mode == "none":
             scale, gmode = 1.0, "none"  # nothing to guide towards
         dev = resolve_device(device)
+        precision = resolve_precision(precision, dev)
         cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
         cond = cond.to(dev)
 
@@ -239,6 +270,7 @@ class LANDPipeline:
             device=dev,
             progress=report("denoise"),
             cancel=cancel,
+            schedule=self.noise_schedule(),
         )
         self.unet.to("cpu")
         _check_finite(z, "latent")

@@ -226,10 +226,11 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         """(table node, chart node) of a stage's loss curves, created on first use."""
         scene = slicer.mrmlScene
         table = chart = None
-        for node in scene.GetNodesByClass("vtkMRMLTableNode"):
+        # slicer.util.getNodesByClass releases the vtkCollection that scene.GetNodesByClass hands over
+        for node in slicer.util.getNodesByClass("vtkMRMLTableNode", scene):
             if node.GetAttribute(LOSS_ATTRIBUTE) == stage:
                 table = node
-        for node in scene.GetNodesByClass("vtkMRMLPlotChartNode"):
+        for node in slicer.util.getNodesByClass("vtkMRMLPlotChartNode", scene):
             if node.GetAttribute(LOSS_ATTRIBUTE) == stage:
                 chart = node
         title = {"vae": "VAE", "ldm": "LDM"}.get(stage, stage)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from land.contract import SAMPLERS  # noqa: F401 - re-exported for the widget
+from land.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS  # noqa: F401 - SAMPLERS: for the widget
 
 try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
     from LANDSynthesisLib.modelinfo import formatDuration  # noqa: F401 - one formatter for both modules
@@ -81,8 +81,8 @@ class TrainingParameters:
     vaeSteps: int | None = None
     ldmSteps: int | None = None
     samples: int = 8
-    sampleSteps: int = 25
-    sampler: str = "dpmpp2m"
+    sampleSteps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
+    sampler: str = DEFAULT_SAMPLER
     seed: int = 0
     unconditional: bool = False
     featureWeights: str | None = None

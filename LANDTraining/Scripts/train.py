@@ -27,6 +27,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from land.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, sampler_help, steps_help
+
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Run LAND's training stages (prepare, vae, ldm, sample, evaluate) as in the LANDTraining "
@@ -45,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, help="vae: train up to this step (default: the config's)")
     p.add_argument("--ldm-steps", type=int, help="ldm: train up to this step (default: the config's)")
     p.add_argument("--samples", type=int, default=8, help="sample: number of CTs to generate")
-    p.add_argument("--sample-steps", type=int, default=25, help="sample: sampling steps")
-    p.add_argument("--sampler", default="dpmpp2m", help="sample: dpmpp2m, ddim or ddpm")
+    p.add_argument(
+        "--sample-steps", type=int, default=DEFAULT_STEPS[DEFAULT_SAMPLER], help="sample: " + steps_help()
+    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="sample: " + sampler_help())
     p.add_argument("--seed", type=int, default=0, help="sample: first seed")
     p.add_argument("--unconditional", action="store_true", help="sample: without masks")
     p.add_argument("--feature-weights", help="evaluate: MedicalNet weights file for FID features")

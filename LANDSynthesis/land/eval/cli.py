@@ -136,6 +136,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land sample-set`` and ``land evaluate``."""
     from ..cli import parse_memory
     from ..conditioning import MODES
+    from ..contract import DEFAULT_SAMPLER, sampler_help
     from ..diffusion import SAMPLERS
     from ..guidance import add_guidance_arguments
     from .sets import INTENSITY_PROTOCOLS
@@ -152,7 +153,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--n", type=int, required=True, help="number of samples (mask cases are reused in turn)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
 from ..errors import Cancelled, InputError
 from ..io import sidecar_path
 
@@ -58,7 +59,7 @@ def run_sample_set(
     masks_dir: str | Path | None = None,
     *,
     steps: int | None = None,
-    sampler: str = "dpmpp2m",
+    sampler: str = DEFAULT_SAMPLER,
     seed: int = 0,
     device: str = "auto",
     mode: str | None = None,
@@ -70,7 +71,7 @@ def run_sample_set(
     world: int | None = None,
     guidance: float | None = None,
     guidance_mode: str | None = None,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> dict[str, Any]:
     """Generate this rank's share of the set; returns ``{"written", "skipped", "jobs", "rank", "world"}``.
 

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
 from ..errors import InputError
 from ..guidance import is_guided
 from ..io import write_seg_nrrd
-from ..pipeline import LANDPipeline
+from ..pipeline import LANDPipeline, resolve_device, resolve_precision
 from ..sharding import rank_and_world, rank_share
 from ..volume import Volume
 from .answers import write_answers
@@ -46,7 +47,7 @@ from .plan import (
 )
 from .sheet import thumbnail_slice, write_index, write_thumbnail
 
-SAMPLER = "dpmpp2m"
+SAMPLER = DEFAULT_SAMPLER
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -149,7 +150,7 @@ def make_teaching_set(
     world: int | None = None,
     guidance: float | None = None,
     guidance_mode: str | None = None,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> BuildResult:
     """Generate (this rank's share of) a teaching set into ``out``; see the module docstring.
 
@@ -162,6 +163,7 @@ def make_teaching_set(
     lung_files = lung_mask_files(settings.lung_masks) if settings.lung_masks else None
     out = Path(out)
     scale, gmode = pipe.resolve_guidance(guidance, guidance_mode)
+    precision = resolve_precision(precision, resolve_device(device))  # the set's id names what ran
     full = full_settings(settings, pipe, steps, burn_in, (scale, gmode), precision)
     set_id = _check_folder(out, full)
     if rank is None or world is None:

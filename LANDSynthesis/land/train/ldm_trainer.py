@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..conditioning import nodule_region
+from ..contract import DEFAULT_SAMPLER
 from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
@@ -117,7 +118,7 @@ def make_preview(
     z = sample(
         lambda x, t: unet(x, t, cond),
         (1, mc.unet.latent_channels, *cond.shape[2:]),
-        sampler="dpmpp2m",
+        sampler=DEFAULT_SAMPLER,
         steps=steps,
         generator=torch.Generator().manual_seed(seed),
         device=device,

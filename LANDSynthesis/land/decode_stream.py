@@ -1,0 +1,575 @@
+"""Exact, bounded-memory decoding of MONAI ``AutoencoderKL`` decoders in which every convolution runs once.
+
+A decoder is a chain of local ops (convolutions, SiLU, nearest upsampling, residual sums) broken by
+``GroupNorm`` layers, whose statistics are global. Here the decoder is compiled into *segments*: each segment
+starts at a stored tensor (the latent, or the input of a GroupNorm), applies the GroupNorm with statistics
+already known, then the local ops up to the next GroupNorm, and writes that GroupNorm's input as the next
+stored tensor while summing its per-channel statistics (float64) on the way. A segment runs slab by slab
+along the first spatial axis, each slab read with the halo its convolutions need (one voxel per 3x3x3
+convolution) and convolved without padding along that axis, so no voxel of any layer is computed twice.
+The result equals ``vae.decode`` up to float rounding.
+
+Stored tensors stay in memory while they fit the budget; larger ones go to float32 files in a temporary
+spill folder (``spill_dir``, default the system temporary folder), read and written with ``pread``/``pwrite``
+so they do not count toward the process's resident memory. The folder is removed at the end, also when a
+``progress`` callback cancels by raising. :func:`plan_stream` reports the slabs and the disk space needed
+(paper VAE, 4x64^3 -> 256^3: 8 GiB at the peak).
+
+Public API: :func:`plan_stream`, :func:`decode_stream`, :func:`streamable`, :class:`StreamPlan`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoding import _release_host_memory
+from .errors import InputError
+
+__all__ = ["StreamPlan", "StreamSegment", "decode_stream", "plan_stream", "streamable"]
+
+ProgressFn = Callable[[int, int], None]
+_OVERHEAD_BYTES = 512 * 1024**2  # interpreter, libtorch/MONAI, allocator slack (as land.decoding on CPU)
+_LIVE = 3  # activation tensors of the widest op alive at once per slab (input, result, workspace)
+_TRIM_MIN_BYTES = 32 * 1024**2  # return freed heap memory to the OS after slabs at least this large
+
+# ops: ("gn", GroupNorm) first in a branch only, ("silu", None), ("conv", Conv3d), ("up", 2)
+Op = tuple[str, object]
+
+
+@dataclass(frozen=True)
+class _Branch:
+    source: int  # index of the stored tensor read
+    ops: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    branches: tuple[_Branch, ...]  # summed; all give the same shape
+
+
+class UnsupportedDecoder(NotImplementedError):
+    """The decoder has a layer the streaming decoder does not handle (use the pass-based tiled decoder)."""
+
+
+# ------------------------------------------------------------------------------------------ compilation
+def _conv_of(m: nn.Module) -> nn.Conv3d:
+    """The Conv3d inside a MONAI ``Convolution`` (conv only), checked to be streamable."""
+    conv = m
+    if not isinstance(m, nn.Conv3d):
+        kids = list(m.children())
+        if len(kids) != 1 or type(kids[0]) is not nn.Conv3d:
+            raise UnsupportedDecoder(f"{type(m).__name__} is not a plain 3D convolution")
+        conv = kids[0]
+    k, pad = conv.kernel_size, conv.padding
+    if (
+        isinstance(pad, str)
+        or conv.stride != (1, 1, 1)
+        or conv.dilation != (1, 1, 1)
+        or conv.padding_mode != "zeros"
+        or any(p != (q - 1) // 2 or q % 2 == 0 for p, q in zip(pad, k, strict=True))
+    ):
+        raise UnsupportedDecoder(f"convolution {conv} is not stride-1 'same' with zero padding")
+    return conv
+
+
+def _local_ops(m: nn.Module) -> list[Op]:
+    """Ops of a block made only of local layers (a convolution, or nearest upsampling + convolution)."""
+    name = type(m).__name__
+    if name == "Convolution" or isinstance(m, nn.Conv3d):
+        return [("conv", _conv_of(m))]
+    if name == "UpSample" and isinstance(m, nn.Sequential):
+        ops: list[Op] = []
+        for kid in m.children():
+            if isinstance(kid, nn.Upsample):
+                sf = kid.scale_factor
+                factors = set(sf) if isinstance(sf, tuple) else {sf}
+                if kid.mode != "nearest" or factors != {2.0} or kid.size is not None:
+                    raise UnsupportedDecoder(f"upsampling {kid} is not nearest x2")
+                ops.append(("up", 2))
+            else:
+                ops.append(("conv", _conv_of(kid)))
+        return ops
+    raise UnsupportedDecoder(f"decoder block {name} is not supported by the streaming decoder")
+
+
+def _compile(vae: nn.Module) -> list[_Segment]:
+    """Segments computing ``post_quant_conv`` + ``decoder.blocks``; stored tensor 0 is the latent."""
+    from monai.networks.nets.autoencoderkl import AEKLResBlock, AutoencoderKL, Decoder
+
+    if not isinstance(vae, AutoencoderKL) or type(vae).decode is not AutoencoderKL.decode:
+        raise UnsupportedDecoder(f"{type(vae).__name__} is not a MONAI AutoencoderKL")
+    if type(vae.decoder) is not Decoder:
+        raise UnsupportedDecoder(f"decoder class {type(vae.decoder).__name__} is not MONAI's Decoder")
+    segments: list[_Segment] = []
+
+    def emit(*branches: _Branch) -> int:
+        segments.append(_Segment(tuple(branches)))
+        return len(segments)  # index of the stored tensor it writes
+
+    src, pending = 0, _local_ops(vae.post_quant_conv)
+    for block in vae.decoder.blocks:
+        if type(block) is nn.GroupNorm:
+            if pending:
+                src = emit(_Branch(src, tuple(pending)))
+            pending = [("gn", block)]
+        elif type(block) is AEKLResBlock:
+            if pending:
+                src = emit(_Branch(src, tuple(pending)))
+                pending = []
+            if type(block.norm1) is not nn.GroupNorm or type(block.norm2) is not nn.GroupNorm:
+                raise UnsupportedDecoder("a residual block's norms are not GroupNorm")
+            h = emit(_Branch(src, (("gn", block.norm1), ("silu", None), ("conv", _conv_of(block.conv1)))))
+            short = (
+                []
+                if isinstance(block.nin_shortcut, nn.Identity)
+                else [("conv", _conv_of(block.nin_shortcut))]
+            )
+            main = _Branch(h, (("gn", block.norm2), ("silu", None), ("conv", _conv_of(block.conv2))))
+            src = emit(_Branch(src, tuple(short)), main)
+        else:
+            pending.extend(_local_ops(block))
+    if pending:
+        emit(_Branch(src, tuple(pending)))
+    return segments
+
+
+def _out_shape(branch: _Branch, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    ch, sp = in_shape[0], list(in_shape[1:])
+    for kind, op in branch.ops:
+        if kind == "conv":
+            ch = int(op.out_channels)  # type: ignore[attr-defined]
+        elif kind == "up":
+            sp = [s * int(op) for s in sp]  # type: ignore[call-overload]
+    return (ch, *sp)
+
+
+def streamable(vae: nn.Module) -> bool:
+    """Whether :func:`decode_stream` can decode this VAE (MONAI AutoencoderKL without attention)."""
+    try:
+        _compile(vae)
+    except UnsupportedDecoder:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------- rows
+def _rows_needed(ops: Sequence[Op], lo: int, hi: int, rows_in: int) -> tuple[int, int]:
+    """Input rows ``[a, b)`` (clipped to the tensor) that output rows ``[lo, hi)`` of ``ops`` depend on."""
+    for kind, op in reversed(ops):
+        if kind == "conv":
+            r = op.padding[0]  # type: ignore[attr-defined]
+            lo, hi = lo - r, hi + r
+        elif kind == "up":
+            lo, hi = math.floor(lo / op), math.ceil(hi / op)  # type: ignore[operator]
+    return max(0, lo), min(rows_in, hi)
+
+
+# ---------------------------------------------------------------------------------------------- storage
+class _Stored:
+    """A (C, D, H, W) float32 tensor in memory or in a spill file, written and read in row slabs."""
+
+    def __init__(self, shape: tuple[int, ...], path: str | None, want_stats: bool) -> None:
+        self.shape = shape
+        self.path = path
+        self.data = torch.empty(shape, dtype=torch.float32) if path is None else None
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path is not None else -1
+        self.plane = math.prod(shape[2:])
+        self.want_stats = want_stats
+        self.count = 0  # voxels per channel summed so far
+        self.mean = torch.zeros(shape[0], dtype=torch.float64)  # per channel, running (Chan et al.)
+        self.m2 = torch.zeros(shape[0], dtype=torch.float64)  # per channel sum of squared deviations
+        self._affine: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * 4
+
+    def write(self, row: int, x: torch.Tensor) -> None:
+        """Store ``x`` (C, rows, H, W) at rows ``row..``; add its statistics."""
+        if self.want_stats:
+            self._add_stats(x)
+        x = x.to("cpu", torch.float32)
+        if self.data is not None:
+            self.data[:, row : row + x.shape[1]] = x
+            return
+        arr = x.numpy()  # each channel's rows are contiguous even in a row slice of a larger tensor
+        for c in range(self.shape[0]):
+            chunk = np.ascontiguousarray(arr[c])
+            os.pwrite(self.fd, memoryview(chunk).cast("B"), (c * self.shape[1] + row) * self.plane * 4)
+
+    def _add_stats(self, x: torch.Tensor) -> None:
+        """Merge the slab's per-channel mean and variance (one float32 pass) into the float64 totals."""
+        var, mean = torch.var_mean(x.float(), dim=(1, 2, 3), correction=0)
+        n = x[0].numel()
+        mean, m2 = mean.double().cpu(), var.double().cpu() * n
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows ``[lo, hi)`` as a new contiguous (C, rows, H, W) tensor."""
+        if self.data is not None:
+            return self.data[:, lo:hi]
+        out = np.empty((self.shape[0], hi - lo, *self.shape[2:]), dtype=np.float32)
+        for c in range(self.shape[0]):
+            buf = memoryview(out[c]).cast("B")
+            got = os.preadv(self.fd, [buf], (c * self.shape[1] + lo) * self.plane * 4)
+            if got != len(buf):
+                raise OSError(f"short read from the spill file {self.path}")
+        return torch.from_numpy(out)
+
+    def norm_affine(self, gn: nn.GroupNorm, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) that apply ``gn`` with this tensor's global statistics."""
+        key = (id(gn), str(device))
+        if key not in self._affine:
+            self._affine[key] = self._norm_affine(gn, device)
+        return self._affine[key]
+
+    def _norm_affine(self, gn: nn.GroupNorm, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.want_stats and self.count > 0
+        g = gn.num_groups
+        mean_c, var_c = self.mean.view(g, -1), (self.m2 / self.count).view(g, -1)
+        per = mean_c.shape[1]
+        mean_g = mean_c.mean(1, keepdim=True)  # channels of a group have equal counts
+        var_g = (var_c + (mean_c - mean_g).square()).mean(1)
+        rstd = (var_g + gn.eps).rsqrt().repeat_interleave(per)
+        mean = mean_g[:, 0].repeat_interleave(per)
+        w = gn.weight.detach().double().cpu() if gn.weight is not None else torch.ones_like(mean)
+        b = gn.bias.detach().double().cpu() if gn.bias is not None else torch.zeros_like(mean)
+        scale = w * rstd
+        return scale.float().to(device), (b - mean * scale).float().to(device)
+
+    def close(self) -> None:
+        self.data = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if self.path is not None:
+                os.unlink(self.path)
+
+
+# ------------------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class StreamSegment:
+    """One segment: which stored tensors it reads, what it writes, and its slabs."""
+
+    index: int
+    reads: tuple[int, ...]
+    out_shape: tuple[int, ...]  # (C, *spatial)
+    slab_rows: int  # output rows per slab
+    num_slabs: int
+    slab_bytes: int  # estimated working memory of one slab
+    on_disk: bool  # its output goes to a spill file
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How :func:`decode_stream` decodes a latent of ``latent_shape`` (``N, C, *spatial``)."""
+
+    latent_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    device: str
+    max_memory: int
+    weight_bytes: int
+    peak_memory_bytes: int  # estimate: overhead + weights + stored in memory + largest slab
+    peak_disk_bytes: int  # spill files alive at once
+    segments: tuple[StreamSegment, ...] = field(default_factory=tuple)
+
+    @property
+    def total_slabs(self) -> int:
+        """Slabs over the whole batch (the ``total`` given to ``progress``)."""
+        return self.latent_shape[0] * sum(s.num_slabs for s in self.segments)
+
+    def describe(self) -> str:
+        mib = 1024**2
+        lines = [
+            f"streamed decode {self.latent_shape} -> {self.output_shape} on {self.device}: "
+            f"max_memory {self.max_memory / mib:.0f} MiB, est. peak {self.peak_memory_bytes / mib:.0f} MiB, "
+            f"spill disk {self.peak_disk_bytes / mib:.0f} MiB"
+        ]
+        for s in self.segments:
+            where = "disk" if s.on_disk else "memory"
+            lines.append(
+                f"  segment {s.index}: reads {list(s.reads)} -> {s.out_shape} in {s.num_slabs} slab(s) of "
+                f"{s.slab_rows} row(s) (~{s.slab_bytes / mib:.0f} MiB), stored in {where}"
+            )
+        return "\n".join(lines)
+
+
+def _shapes(segments: list[_Segment], latent: tuple[int, ...]) -> list[tuple[int, ...]]:
+    shapes = [latent]
+    for seg in segments:
+        outs = {_out_shape(b, shapes[b.source]) for b in seg.branches}
+        if len(outs) != 1:
+            raise UnsupportedDecoder(f"residual branches give different shapes {sorted(outs)}")
+        shapes.append(outs.pop())
+    return shapes
+
+
+def _last_use(segments: list[_Segment]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for i, seg in enumerate(segments):
+        for b in seg.branches:
+            last[b.source] = i
+    return last
+
+
+def _bytes_per_row(seg: _Segment, shapes: list[tuple[int, ...]], out_rows: int, itemsize: int) -> float:
+    """Working bytes per output row of a slab: its inputs plus the widest op's live activations."""
+    total = 0.0
+    for b in seg.branches:
+        c_in, rows_in, *plane = shapes[b.source]
+        f = out_rows // rows_in  # output rows per input row
+        per_in_row = c_in * math.prod(plane)
+        total += 4 * per_in_row / f  # the slab read (float32)
+        widest, ch, up = per_in_row, c_in, 1
+        for kind, op in b.ops:
+            if kind == "up":
+                up *= int(op)  # type: ignore[call-overload]
+            elif kind == "conv":
+                ch = int(op.out_channels)  # type: ignore[attr-defined]
+            widest = max(widest, ch * math.prod(plane) * up**3)  # per input row, at this op's size
+        total += _LIVE * itemsize * widest / f
+    return total
+
+
+def _plan(
+    vae: nn.Module,
+    segments: list[_Segment],
+    latent_shape: Sequence[int],
+    max_memory: int | None,
+    device: torch.device,
+    slab_rows: int | None,
+) -> StreamPlan:
+    n, *lat = (int(s) for s in latent_shape)
+    shapes = _shapes(segments, tuple(lat))
+    params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    itemsize = params[0].element_size()
+    max_memory = int(max_memory if max_memory is not None else 2 * 1024**3)
+    result_bytes = n * math.prod(shapes[-1]) * 4
+    last = _last_use(segments)
+    in_memory: dict[int, int] = {0: math.prod(shapes[0]) * 4}
+    on_disk: dict[int, int] = {}
+    planned: list[StreamSegment] = []
+    peak_mem = peak_disk = 0
+    for i, seg in enumerate(segments):
+        final = i == len(segments) - 1
+        rows = shapes[i + 1][1]
+        per_row = _bytes_per_row(seg, shapes, rows, itemsize)
+        out_bytes = math.prod(shapes[i + 1]) * 4
+        fixed = _OVERHEAD_BYTES + weights + result_bytes + sum(in_memory.values())
+        # smallest useful slab: the one-row working set; keep it, store the output where it fits
+        min_slab = per_row * min(rows, 4)
+        to_disk = not final and fixed + out_bytes + min_slab > max_memory
+        if not to_disk and not final:
+            in_memory[i + 1] = out_bytes
+            fixed += out_bytes
+        elif to_disk:
+            on_disk[i + 1] = out_bytes
+        t = slab_rows if slab_rows is not None else int((max_memory - fixed) // max(per_row, 1))
+        t = max(1, min(rows, t))
+        ns = -(-rows // t)
+        t = -(-rows // ns)  # even slabs
+        planned.append(
+            StreamSegment(
+                i, tuple(b.source for b in seg.branches), shapes[i + 1], t, ns, int(per_row * t), to_disk
+            )
+        )
+        peak_mem = max(peak_mem, int(fixed + per_row * t))
+        peak_disk = max(peak_disk, sum(on_disk.values()))
+        for s in [s for s, u in last.items() if u == i]:  # inputs read for the last time
+            in_memory.pop(s, None)
+            on_disk.pop(s, None)
+    return StreamPlan(
+        latent_shape=(n, *lat),
+        output_shape=(n, *shapes[-1]),
+        device=str(device),
+        max_memory=max_memory,
+        weight_bytes=weights,
+        peak_memory_bytes=peak_mem,
+        peak_disk_bytes=peak_disk,
+        segments=tuple(planned),
+    )
+
+
+def plan_stream(
+    vae: nn.Module,
+    latent_shape: Sequence[int] | torch.Size | torch.Tensor,
+    max_memory: int | None = None,
+    device: torch.device | str | None = None,
+    *,
+    slab_rows: int | None = None,
+) -> StreamPlan:
+    """The plan :func:`decode_stream` would follow (raises :class:`UnsupportedDecoder` if it cannot)."""
+    if isinstance(latent_shape, torch.Tensor):
+        latent_shape = latent_shape.shape
+    segments = _compile(vae)
+    dev = torch.device(device) if device is not None else next(vae.decoder.parameters()).device
+    return _plan(vae, segments, tuple(int(s) for s in latent_shape), max_memory, dev, slab_rows)
+
+
+# ---------------------------------------------------------------------------------------------- execute
+def _run_branch(
+    branch: _Branch,
+    x: torch.Tensor,
+    lo: int,
+    rows_in: int,
+    stored: _Stored,
+    device: torch.device,
+    owned: bool,
+) -> tuple[torch.Tensor, int]:
+    """Apply ``branch.ops`` to rows ``[lo, lo + x.shape[1])`` of a tensor with ``rows_in`` rows.
+
+    Returns the result and the index of its first row; convolutions are zero-padded along the row axis
+    only at the tensor's ends (elsewhere the halo rows are real data and are consumed).
+    """
+    fresh = owned and x.device == device  # x is ours (not a view of a stored tensor): in-place is safe
+    x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
+    total = rows_in
+    for kind, op in branch.ops:
+        if kind == "gn":
+            scale, shift = stored.norm_affine(op, device)  # type: ignore[arg-type]
+            view = (1, -1, 1, 1, 1)
+            if fresh:  # in place: a new tensor of this size costs more (page faults) than the arithmetic
+                x = x.mul_(scale.view(view)).add_(shift.view(view))
+            else:
+                x = torch.addcmul(shift.view(view), x, scale.view(view))
+        elif kind == "silu":
+            x = F.silu(x, inplace=fresh)
+        elif kind == "up":
+            f = int(op)  # type: ignore[call-overload]
+            x = F.interpolate(x, scale_factor=float(f), mode="nearest")  # a copy: exact on any slab
+            lo, total = lo * f, total * f
+        else:
+            conv: nn.Conv3d = op  # type: ignore[assignment]
+            r = conv.padding[0]
+            hi = lo + x.shape[2]
+            pad_lo = r if lo == 0 else 0
+            pad_hi = r if hi == total else 0
+            if pad_lo or pad_hi:
+                x = F.pad(x, (0, 0, 0, 0, pad_lo, pad_hi))
+            w = conv.weight
+            x = F.conv3d(x, w, conv.bias, 1, (0, *conv.padding[1:]), 1, conv.groups)
+            lo = lo + r - pad_lo
+        fresh = True
+    return x[0], lo
+
+
+def decode_stream(
+    vae: nn.Module,
+    z: torch.Tensor,
+    max_memory: int | None = None,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    slab_rows: int | None = None,
+    spill_dir: str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """Decode ``z`` (N, C, D, H, W) exactly like ``vae.decode``, each convolution once, within ``max_memory``.
+
+    Args:
+        vae: MONAI ``AutoencoderKL`` without attention (see :func:`streamable`); not modified.
+        z: latent batch; items are decoded one after another.
+        max_memory: bytes for the whole decode (default 2 GiB); stored layer outputs that do not fit go to
+            spill files (see :func:`plan_stream` for the disk space).
+        device: where the layers run (default: where the decoder's weights are); stored tensors stay on
+            the host.
+        progress: ``progress(done, total)`` after every slab; raising from it cancels (files removed).
+        slab_rows: override the budget: output rows per slab.
+        spill_dir: folder for the spill files (default: the system temporary folder).
+
+    Returns:
+        float32 CPU tensor (N, out_channels, *spatial * compression).
+    """
+    if z.ndim != 5:
+        raise ValueError(f"expected a latent of shape (N, C, D, H, W), got {tuple(z.shape)}")
+    segments = _compile(vae)
+    dev = torch.device(device) if device is not None else next(vae.decoder.parameters()).device
+    plan = _plan(vae, segments, tuple(z.shape), max_memory, dev, slab_rows)
+    want_stats = {b.source for s in segments for b in s.branches if b.ops and b.ops[0][0] == "gn"}
+    last = _last_use(segments)
+    result = torch.empty(plan.output_shape, dtype=torch.float32)
+    done, total = 0, plan.total_slabs
+    moved = [(m, next(m.parameters()).device) for m in (vae.post_quant_conv, vae.decoder)]
+    stores: dict[int, _Stored] = {}
+    folder = None
+    try:
+        if any(s.on_disk for s in plan.segments):
+            folder = tempfile.mkdtemp(prefix="land-decode-", dir=spill_dir)
+        for m, _ in moved:
+            m.to(dev)
+        with torch.no_grad():
+            for item in range(z.shape[0]):
+                latent = _Stored(tuple(z.shape[1:]), None, 0 in want_stats)
+                latent.write(0, z[item].detach().float().cpu())
+                stores = {0: latent}
+                for seg, sp in zip(segments, plan.segments, strict=True):
+                    final = sp is plan.segments[-1]
+                    out = (
+                        None
+                        if final
+                        else _Stored(
+                            sp.out_shape,
+                            os.path.join(folder, f"t{sp.index + 1}.f32") if sp.on_disk and folder else None,
+                            sp.index + 1 in want_stats,
+                        )
+                    )
+                    if out is not None:
+                        stores[sp.index + 1] = out  # registered first: closed also on errors
+                    rows = sp.out_shape[1]
+                    for lo in range(0, rows, sp.slab_rows):
+                        hi = min(rows, lo + sp.slab_rows)
+                        acc: torch.Tensor | None = None
+                        for b in sorted(seg.branches, key=lambda b: not b.ops):  # an own tensor first
+                            src = stores[b.source]
+                            a, e = _rows_needed(b.ops, lo, hi, src.shape[1])
+                            y, y0 = _run_branch(
+                                b, src.read(a, e), a, src.shape[1], src, dev, src.data is None
+                            )
+                            y = y[:, lo - y0 : hi - y0]
+                            acc = y if acc is None else acc.add_(y)
+                            del y
+                        assert acc is not None
+                        if out is None:
+                            result[item, :, lo:hi] = acc.cpu()
+                        else:
+                            out.write(lo, acc)
+                        del acc
+                        if sp.slab_bytes >= _TRIM_MIN_BYTES:
+                            _release_host_memory()  # freed slabs back to the OS: they differ in size
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+                    for s in [s for s, u in last.items() if u == sp.index]:
+                        stores.pop(s).close()
+                for s in stores.values():
+                    s.close()
+                stores = {}
+    except OSError as e:  # only the spill files do I/O here
+        where = folder or spill_dir or tempfile.gettempdir()
+        raise InputError(
+            f"decoding could not write its temporary files in {where} ({e.strerror or e}); it needs "
+            f"{plan.peak_disk_bytes / 2**30:.1f} GiB free there; fix: free disk space, point TMPDIR at a "
+            "disk with room, or give decoding more memory (--max-memory)"
+        ) from e
+    finally:
+        for s in stores.values():
+            s.close()
+        for m, d in moved:
+            m.to(d)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return result

@@ -1,0 +1,142 @@
+"""Streaming decoding (land.decode_stream): equals full decoding, each layer once, spill files removed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_decoding import make_vae, structured_latent
+
+from land import decode_stream as ds
+from land.decode_stream import decode_stream, plan_stream, streamable
+from land.decoding import choose_method, decode_full, decode_tiled
+
+EXACT_ABS = 1e-5  # the issue's bar: max |stream - full|
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    vae = make_vae((16, 32, 32), groups=8)
+    z = structured_latent((1, 4, 9, 10, 7), seed=2)
+    return vae, z, decode_full(vae, z)
+
+
+def _budget_spilling(vae: torch.nn.Module, z: torch.Tensor) -> int:
+    """A max_memory that keeps the small tensors in memory but spills the full-resolution ones."""
+    plan = plan_stream(vae, z.shape, max_memory=2**40)
+    return ds._OVERHEAD_BYTES + plan.weight_bytes + 3 * 2**20
+
+
+@pytest.mark.parametrize("slab_rows", [None, 1, 3, 8])
+def test_equals_full_decode(case, slab_rows: int | None) -> None:
+    vae, z, ref = case
+    out = decode_stream(vae, z, slab_rows=slab_rows)
+    assert out.shape == ref.shape == (1, 1, 36, 40, 28) and out.dtype == torch.float32
+    assert float((out - ref).abs().max()) <= EXACT_ABS
+
+
+def test_spills_to_disk_within_budget_and_cleans_up(case, tmp_path: Path) -> None:
+    vae, z, ref = case
+    budget = _budget_spilling(vae, z)
+    plan = plan_stream(vae, z.shape, max_memory=budget)
+    assert any(s.on_disk for s in plan.segments) and not all(s.on_disk for s in plan.segments)
+    assert plan.peak_disk_bytes > 0 and "disk" in plan.describe()
+    assert max(s.num_slabs for s in plan.segments) > 1
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(sum(len(files) for _, _, files in os.walk(tmp_path)))
+
+    out = decode_stream(vae, z, max_memory=budget, progress=progress, spill_dir=tmp_path)
+    assert max(seen) >= 1  # spill files existed while decoding
+    assert list(tmp_path.iterdir()) == []  # and are gone
+    assert len(seen) == plan.total_slabs
+    assert float((out - ref).abs().max()) <= EXACT_ABS
+
+
+def test_batch_and_residual_blocks() -> None:
+    vae = make_vae((8, 16, 16), groups=4, num_res_blocks=2)
+    z = torch.cat([structured_latent((1, 4, 7, 6, 9), seed=s) for s in (0, 1)])
+    ref = decode_full(vae, z)
+    out = decode_stream(vae, z, slab_rows=2)
+    assert float((out - ref).abs().max()) <= EXACT_ABS
+    assert float((out[0] - out[1]).abs().max()) > 1e-2
+
+
+def test_cancel_removes_files_and_leaves_the_model(case, tmp_path: Path) -> None:
+    vae, z, ref = case
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    class Stop(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done == total // 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        decode_stream(vae, z, max_memory=_budget_spilling(vae, z), progress=progress, spill_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert float((decode_stream(vae, z) - ref).abs().max()) <= EXACT_ABS
+
+
+def test_tests_can_fail(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupNorm statistics that miss one slab (as a tiling bug would) are far outside EXACT_ABS."""
+    vae, z, ref = case
+    write = ds._Stored.write
+
+    def forgetful(self: ds._Stored, row: int, x: torch.Tensor) -> None:
+        keep = self.want_stats
+        self.want_stats = keep and row > 0
+        write(self, row, x)
+        self.want_stats = keep
+
+    monkeypatch.setattr(ds._Stored, "write", forgetful)
+    out = decode_stream(vae, z, slab_rows=4)
+    assert float((out - ref).abs().max()) > 100 * EXACT_ABS
+
+
+def test_auto_chooses_stream_only_when_it_must() -> None:
+    vae = make_vae((16, 32, 32), groups=8)
+    shape = (1, 4, 9, 10, 7)
+    cpu = torch.device("cpu")
+    assert choose_method(vae, shape, None, cpu) == "passes"  # fits: decoded whole
+    assert choose_method(vae, shape, ds._OVERHEAD_BYTES + 2**20, cpu) == "stream"
+    assert choose_method(vae, shape, ds._OVERHEAD_BYTES + 2**20, cpu, tile_size=3) == "passes"
+    attn = make_vae(
+        (8, 16, 16), groups=4, attention_levels=(False, False, True), with_decoder_nonlocal_attn=True
+    )
+    assert not streamable(attn)
+    assert choose_method(attn, shape, ds._OVERHEAD_BYTES + 2**20, cpu) == "passes"
+    z = structured_latent(shape, seed=4)
+    out = decode_tiled(attn, z, max_memory=ds._OVERHEAD_BYTES + 2**20)  # falls back and stays exact
+    assert float((out - decode_full(attn, z)).abs().max()) <= 1e-4
+
+
+def test_unsupported_layers_are_named() -> None:
+    with pytest.raises(ds.UnsupportedDecoder, match="AutoencoderKL"):
+        plan_stream(torch.nn.Conv3d(4, 4, 1), (1, 4, 4, 4, 4))
+    tconv = make_vae((8, 16, 16), groups=4, use_convtranspose=True)
+    assert not streamable(tconv)
+
+
+def test_unusable_spill_folder_is_a_clear_input_error(case, tmp_path: Path) -> None:
+    from land.errors import InputError
+
+    vae, z, _ = case
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x", encoding="utf-8")
+    with pytest.raises(InputError, match=r"temporary files .* GiB free there; fix: free disk space"):
+        decode_stream(vae, z, max_memory=_budget_spilling(vae, z), spill_dir=not_a_folder)
