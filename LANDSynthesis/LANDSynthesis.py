@@ -510,12 +510,7 @@ class LANDSynthesisWidget(
         missing = dependencies.missingRequirements(includeOptional=False)
         if not missing:
             return True
-        missing = dependencies.missingRequirements(includeOptional=True)
-        try:
-            return dependencies.installInSlicer(missing, askConfirmation=True)
-        except RuntimeError as e:
-            slicer.util.errorDisplay(f"LAND cannot run yet: {e}", windowTitle="LAND: dependencies")
-            return False
+        return dependencies.ensureInSlicer(dependencies.missingRequirements(includeOptional=True))
 
     def onGenerate(self) -> None:
         if self.logic.isRunning() or not self.ensureDependencies():

@@ -353,11 +353,7 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from LANDSynthesisLib import dependencies
 
         missing = dependencies.missingRequirements(includeOptional=True)
-        try:
-            if missing and not dependencies.installInSlicer(missing, askConfirmation=True):
-                return
-        except RuntimeError as e:
-            slicer.util.errorDisplay(str(e), windowTitle="LAND: dependencies")
+        if not dependencies.ensureInSlicer(missing, "LAND Training"):
             return
         self.updateParameterNodeFromGUI()
         node = self._parameterNode

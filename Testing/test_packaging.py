@@ -390,7 +390,7 @@ def test_screenshot_urls_point_into_the_repository():
 
 
 def test_license_file_at_the_root_matches_pyproject() -> None:
-    """The ExtensionsIndex check requires a LICENSE file at the repository root; pyproject names Apache-2.0."""
+    """The ExtensionsIndex check wants a LICENSE file at the repository root; pyproject names Apache-2.0."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text

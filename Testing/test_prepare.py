@@ -287,8 +287,14 @@ def test_prepare_lidc_run_resume_and_failures(fake_lidc, tmp_path):
     broken = StubScan("LIDC-IDRI-0002", scan2.series_instance_uid, scan2.slice_zvals + 2.2, 2.5,
                       scan2._clusters, ident=7)  # fmt: skip
     out = tmp_path / "ds"
-    summary = prepare_lidc(root, out, scans=[scan1, missing, broken], size=96, spacing=2.0, progress=False)
+    events: list[dict] = []
+    summary = prepare_lidc(
+        root, out, scans=[scan1, missing, broken], size=96, spacing=2.0, on_progress=events.append
+    )
     assert (summary.done, summary.failed, summary.missing, summary.skipped) == (1, 1, 1, 0)
+    # progress as engine events (land prepare-lidc --progress json; LAND Training reads them): one per case
+    assert [e["stage"] for e in events] == ["prepare"] * 2 and [e["step"] for e in events] == [1, 2]
+    assert {e["total"] for e in events} == {2}
     failures = list(csv.DictReader((out / "failures.csv").open(encoding="utf-8")))
     assert [f["case"] for f in failures] == ["LIDC-IDRI-0002"] and "no DICOM slice" in failures[0]["error"]
     rows = list(csv.DictReader((out / "manifest.csv").open(encoding="utf-8")))

@@ -1,4 +1,4 @@
-"""Seconds per denoising step and peak RSS: LAND's U-Net vs MONAI's stock DiffusionModelUNet, same channels.
+"""Seconds per denoising step and peak RSS: LAND's U-Net (fp32, bf16 autocast) vs MONAI's DiffusionModelUNet.
 
 Each network runs in its own child process (so peak RSS is its own). Prints a table; not a test.
 
@@ -23,7 +23,7 @@ def build(kind: str, config: str):
     from land.models import UNET_CONFIGS, LANDUNet
 
     cfg = UNET_CONFIGS[config]
-    if kind == "land":
+    if kind.startswith("land"):
         return LANDUNet(cfg), cfg
     from monai.networks.nets import DiffusionModelUNet
 
@@ -56,10 +56,11 @@ def child(kind: str, config: str, size: int, repeats: int) -> dict:
     tokens = (size // cfg.mask_patch) ** 3
     ctx = torch.randn(1, tokens, cfg.cross_attention_dim)
     times = []
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind.endswith("bf16"))
+    with torch.inference_mode(), autocast:
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            if kind == "land":
+            if kind.startswith("land"):
                 net(x, t, cond)
             else:
                 net(torch.cat([x, cond], 1), t, context=ctx)
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="latent grid side (64 = 256^3 CT)")
     parser.add_argument("--config", default="paper", choices=["paper", "small"])
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after one warm-up")
-    parser.add_argument("--kinds", default="land,stock")
+    parser.add_argument("--kinds", default="land,land-bf16,stock", help="land, land-bf16, stock")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -90,16 +91,18 @@ def main() -> None:
         cmd += ["--repeats", str(args.repeats)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    names = {"land": "LAND U-Net (additive skips)", "stock": "MONAI DiffusionModelUNet (concat skips)"}
-    print(f"{'network':42s} {'params':>10s} {'s/step':>8s} {'peak RSS':>9s}")
+    names = {
+        "land": "LAND U-Net (additive skips)",
+        "land-bf16": "LAND U-Net, bfloat16 autocast (precision auto)",
+        "stock": "MONAI DiffusionModelUNet (concat skips)",
+    }
+    first = rows[0]
+    print(f"{'network':48s} {'params':>10s} {'s/step':>8s} {'peak RSS':>9s}  ratio to {first['kind']}")
     for r in rows:
         rss = r["peak_rss"] / 2**30
-        print(f"{names[r['kind']]:42s} {r['params'] / 1e6:9.1f}M {r['s_per_step']:8.2f} {rss:8.2f}G")
-    if len(rows) == 2:
-        print(
-            f"ratio LAND/stock: time {rows[0]['s_per_step'] / rows[1]['s_per_step']:.2f}, "
-            f"RSS {rows[0]['peak_rss'] / rows[1]['peak_rss']:.2f}"
-        )
+        time_ratio, rss_ratio = r["s_per_step"] / first["s_per_step"], r["peak_rss"] / first["peak_rss"]
+        ratio = f"time {time_ratio:.2f}, RSS {rss_ratio:.2f}"
+        print(f"{names[r['kind']]:48s} {r['params'] / 1e6:9.1f}M {r['s_per_step']:8.2f} {rss:8.2f}G  {ratio}")
 
 
 if __name__ == "__main__":

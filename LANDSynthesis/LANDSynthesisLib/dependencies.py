@@ -59,6 +59,20 @@ def _installing(what: str, install):
         ) from e
 
 
+def ensureInSlicer(missing: dict[str, str], what: str = "LAND") -> bool:
+    """Install ``missing`` after the user confirms; on failure show the reason in a dialog. True when all is
+    installed (nothing was missing, or it installed), False when the user declined or it failed."""
+    if not missing:
+        return True
+    import slicer
+
+    try:
+        return installInSlicer(missing, askConfirmation=True)
+    except RuntimeError as e:
+        slicer.util.errorDisplay(f"{what} cannot run yet: {e}", windowTitle="LAND: dependencies")
+        return False
+
+
 def installInSlicer(missing: dict[str, str], askConfirmation: bool = True) -> bool:
     """Install ``missing`` inside the Slicer application. Returns False when the user declined.
 

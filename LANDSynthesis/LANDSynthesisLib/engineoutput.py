@@ -10,7 +10,7 @@ from typing import Any
 
 from land.contract import WARNING_NODULE_OUTSIDE_LUNG
 
-from .jobs import GenerationJob, TeachingSetJob
+from .jobs import EngineJob, GenerationJob, TeachingSetJob
 from .modelinfo import (
     formatDuration,
 )
@@ -22,7 +22,7 @@ from .options import (
 class EngineOutputMixin:
     """LANDSynthesisLogic's handling of the engine's output lines."""
 
-    def _handleLine(self, job: GenerationJob, stream: str, line: str) -> None:
+    def _handleLine(self, job: EngineJob, stream: str, line: str) -> None:
         text = line.strip()
         if not text:
             return
@@ -58,7 +58,7 @@ class EngineOutputMixin:
             else:
                 self._emit({"state": job.state, "fraction": 1.0, "text": "Loading the result…"})
 
-    def _progressEvent(self, job: GenerationJob, event: dict[str, Any]) -> None:
+    def _progressEvent(self, job: EngineJob, event: dict[str, Any]) -> None:
         stage = str(event.get("stage"))
         step, total = int(event.get("step", 0)), max(int(event.get("total", 1)), 1)
         eta = event.get("eta_s")
@@ -89,10 +89,10 @@ class EngineOutputMixin:
             fraction = job.progress.get("fraction", 0.0)
             label = f"{stage}: {step}/{total}"
         if not generating and stage in ("denoise", "decode") and getattr(job, "casesTotal", 0):
-            done, cases = job.casesDone, job.casesTotal  # type: ignore[attr-defined]
+            done, cases = job.casesDone, job.casesTotal
             fraction = min((done + fraction) / cases, 1.0)
             label = f"Case {min(done + 1, cases)}/{cases}: {label}"
-        if job.state == GenerationJob.CANCELLING:
+        if job.state == EngineJob.CANCELLING:
             label = "Cancelling… (" + label + ")"
         elif eta is not None and step < total:
             label += f", about {formatDuration(float(eta))} left"
@@ -108,7 +108,7 @@ class EngineOutputMixin:
             }
         )
 
-    def _failureMessage(self, job: GenerationJob, code: int | None) -> str:
+    def _failureMessage(self, job: EngineJob, code: int | None) -> str:
         if job.error:
             return job.error
         if job.outputPath is not None and code == 0:

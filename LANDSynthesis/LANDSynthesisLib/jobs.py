@@ -17,8 +17,8 @@ from .process import ChildProcess
 from .results import LoadedVolume
 
 
-class GenerationJob:
-    """One generation: state, progress, messages and (when it succeeded) the result volume node."""
+class EngineJob:
+    """One ``land`` child process: state, progress, messages and the exit code (shared by every job kind)."""
 
     PREPARING, RUNNING, CANCELLING, LOADING, SUCCEEDED, FAILED, CANCELLED = (
         "preparing",
@@ -29,33 +29,77 @@ class GenerationJob:
         "failed",
         "cancelled",
     )
-    kind = "generate"
-    usesScene = True  # its result is loaded into the scene (scene closing cancels it)
+    kind = "engine"
+    title = "Job"
+    usesScene = False  # True: its result goes into the scene, so closing the scene cancels it
 
-    def __init__(self, parameters: GenerationParameters, modelInfo: ModelInfo, seed: int) -> None:
+    def __init__(self, parameters: Any, modelInfo: ModelInfo | None, seed: int) -> None:
         self.parameters = parameters
         self.modelInfo = modelInfo
         self.seed = seed
         self.state = self.PREPARING
         self.tempDir: Path | None = None
-        self.outputPath: Path | None = None
         self.command: list[str] = []
         self.child: ChildProcess | None = None
-        self.inputs: MaskInputs | None = None
         self.warnings: list[str] = []
         self.log: list[str] = []
         self.error: str | None = None
         self.exitCode: int | None = None
-        self.resultNode = None
         self.progress: dict[str, Any] = {"fraction": 0.0, "text": "Preparing inputs…"}
         self.startTime = time.monotonic()
         self.endTime: float | None = None
         self.stageStart: dict[str, float] = {}
         self.maxPollSeconds = 0.0  # longest poll() on the calling (GUI) thread, everything included
-        self.loadSeconds = 0.0  # the result's hand-over into the scene on the calling thread
-        self.readSeconds = 0.0  # reading the result file (worker thread)
         self.cancelRequested = False
         self.cancelDeadline: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (self.SUCCEEDED, self.FAILED, self.CANCELLED)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.endTime or time.monotonic()) - self.startTime
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
+
+    def release(self) -> None:
+        """Free what the job holds besides its process and temporary folder (when it finishes)."""
+
+    def resultText(self) -> str:
+        """What a finished job produced, for the status line."""
+        return ""
+
+    def result(self):
+        """The job's product once it succeeded."""
+        return None
+
+    def resultOrRaise(self):
+        if self.state == self.SUCCEEDED:
+            return self.result()
+        if self.state == self.CANCELLED:
+            raise GenerationCancelled(f"{self.title} cancelled.", self.exitCode)
+        if self.state == self.FAILED:
+            raise LANDSynthesisError(self.error or f"{self.title.lower()} failed", self.exitCode)
+        raise LANDSynthesisError(f"{self.title.lower()} is still {self.state}")
+
+
+class GenerationJob(EngineJob):
+    """One generation: mask export, ``land generate``, and (when it succeeded) the result volume node."""
+
+    kind = "generate"
+    usesScene = True
+    title = "Generation"
+
+    def __init__(self, parameters: GenerationParameters, modelInfo: ModelInfo, seed: int) -> None:
+        super().__init__(parameters, modelInfo, seed)
+        self.outputPath: Path | None = None
+        self.inputs: MaskInputs | None = None
+        self.resultNode = None
+        self.loadSeconds = 0.0  # the result's hand-over into the scene on the calling thread
+        self.readSeconds = 0.0  # reading the result file (worker thread)
         # preparation
         self._sources: list[SegmentSource] = []
         self._layers: dict[str, LayerCopy] = {}
@@ -76,46 +120,44 @@ class GenerationJob:
         self._loader: threading.Thread | None = None
         self._loaded: tuple[LoadedVolume | None, BaseException | None] | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.state in (self.SUCCEEDED, self.FAILED, self.CANCELLED)
+    def release(self) -> None:
+        for thread in (self._worker, self._loader):
+            if thread is not None:
+                thread.join(5.0)
+        if self._referenceCleanup is not None:
+            try:
+                self._referenceCleanup()
+            finally:
+                self._referenceCleanup = None
+        self._sources, self._layers, self._exportQueue = [], {}, []
 
-    @property
-    def elapsed(self) -> float:
-        return (self.endTime or time.monotonic()) - self.startTime
+    def resultText(self) -> str:
+        return self.resultNode.GetName() if self.resultNode is not None else ""
 
-    @property
-    def pid(self) -> int | None:
-        return self.child.pid if self.child else None
-
-    def resultOrRaise(self):
-        if self.state == self.SUCCEEDED:
-            return self.resultNode
-        if self.state == self.CANCELLED:
-            raise GenerationCancelled("Generation cancelled.", self.exitCode)
-        if self.state == self.FAILED:
-            raise LANDSynthesisError(self.error or "generation failed", self.exitCode)
-        raise LANDSynthesisError(f"generation is still {self.state}")
+    def result(self):
+        return self.resultNode
 
 
 # ---------------------------------------------------------------------------------------------- teaching sets
-class TeachingSetJob(GenerationJob):
+class TeachingSetJob(EngineJob):
     """One ``land teaching-set`` run; ``outputDirectory`` is the folder it writes (no scene node)."""
 
     kind = "teaching-set"
-    usesScene = False
+    title = "Teaching set"
 
     def __init__(self, parameters: TeachingSetParameters, modelInfo: ModelInfo | None) -> None:
-        super().__init__(parameters, modelInfo, parameters.seed or 0)  # type: ignore[arg-type]
+        super().__init__(parameters, modelInfo, parameters.seed or 0)
         self.outputDirectory = Path(parameters.outputDirectory).expanduser().resolve()
+        self.outputPath: Path | None = None  # a teaching set writes a folder, not one file
         self.progress = {"fraction": 0.0, "text": "Starting the teaching set…"}
         self.casesDone = 0
         self.casesTotal = 0
 
-    def resultOrRaise(self):
-        if self.state == self.SUCCEEDED:
-            return self.outputDirectory
-        return super().resultOrRaise()
+    def resultText(self) -> str:
+        return str(self.outputDirectory)
+
+    def result(self):
+        return self.outputDirectory
 
 
 def teachingSetAvailability() -> tuple[bool, str]:

@@ -41,14 +41,16 @@ from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: 
     GUIDANCE_MODES,
     MAX_GUIDANCE,
     MODES,
+    GenerateOptions,
     check_guidance,
     is_guided,
     parse_guidance,
 )
+from land.errors import InputError
 
 from . import segments as seglib
 from .engineoutput import EngineOutputMixin
-from .jobs import GenerationJob, TeachingSetJob, teachingSetAvailability  # noqa: F401 - re-exported
+from .jobs import EngineJob, GenerationJob, TeachingSetJob, teachingSetAvailability  # noqa: F401 - re-exported
 from .maskexport import (  # noqa: F401 - re-exported
     LayerCopy,
     MaskExportMixin,
@@ -341,7 +343,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - a broken callback must not kill the job
                 logging.exception("LANDSynthesis: progress callback failed")
 
-    def _warn(self, job: GenerationJob, message: str) -> None:
+    def _warn(self, job: EngineJob, message: str) -> None:
         job.warnings.append(message)
         logging.warning("LANDSynthesis: %s", message)
         self._emit({"warning": message, "text": message})
@@ -417,38 +419,28 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             job._workerResult = (None, e)
 
     def _command(self, job: GenerationJob) -> list[str]:
+        """``PythonSlicer -m land generate ...``: the engine's own option contract builds the arguments."""
         p = job.parameters
-        device = (p.device or "auto").lower()
-        cmd = [
-            self.defaultPythonExecutable(),
-            "-m",
-            "land",
-            "generate",
-            "--model",
-            str(job.modelInfo.path),
-            "--sampler",
-            p.sampler,
-            "--seed",
-            str(job.seed),
-            "--device",
-            device,
-            "--progress",
-            "json",
-            "--no-compress",  # a raw NRRD loads several times faster on the GUI thread
-            "--out",
-            str(job.outputPath),
-        ]
-        if p.steps:
-            cmd += ["--steps", str(p.steps)]
-        cmd += guidanceArguments(p.guidanceFromModel, p.guidanceScale, p.guidanceMode)
-        if p.mode:
-            cmd += ["--mode", p.mode]
-        if p.strict:
-            cmd.append("--strict")
-        if job.inputs is not None:
-            cmd += engineMaskArguments(job.inputs, job._inputPaths)
-        cmd += [str(a) for a in p.extraArguments]
-        return cmd
+        options = GenerateOptions(
+            out=str(job.outputPath),
+            model=str(job.modelInfo.path),
+            inputs=engineMaskArguments(job.inputs, job._inputPaths) if job.inputs is not None else [],
+            sampler=p.sampler,
+            steps=p.steps or None,
+            seed=job.seed,
+            device=(p.device or "auto").lower(),
+            mode=p.mode or None,
+            guidance=None if p.guidanceFromModel else p.guidanceScale,
+            guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
+            strict=p.strict,
+            compress=False,  # a raw NRRD loads several times faster on the GUI thread
+            extra=[str(a) for a in p.extraArguments],
+        )
+        try:
+            argv = options.to_argv()
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
+        return [self.defaultPythonExecutable(), "-m", "land", *argv]
 
     def _pollRunning(self, job: GenerationJob) -> None:
         child = job.child
@@ -523,30 +515,21 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         job.loadSeconds = time.monotonic() - t0
         self._finish(job, GenerationJob.SUCCEEDED)
 
-    def _removeTemp(self, job: GenerationJob) -> None:
+    def _removeTemp(self, job: EngineJob) -> None:
         if job.tempDir is not None and job.tempDir.exists():
             shutil.rmtree(job.tempDir, ignore_errors=True)
 
-    def _finish(self, job: GenerationJob, state: str, error: str | None = None) -> None:
+    def _finish(self, job: EngineJob, state: str, error: str | None = None) -> None:
         if job.child is not None:
             job.child.close()
-        for thread in (job._worker, job._loader):
-            if thread is not None:
-                thread.join(5.0)
-        if job._referenceCleanup is not None:
-            try:
-                job._referenceCleanup()
-            finally:
-                job._referenceCleanup = None
+        job.release()
         self._removeTemp(job)
-        job._sources, job._layers, job._exportQueue = [], {}, []
         job.state = state
         job.endTime = time.monotonic()
         if error:
             job.error = error
         if state == GenerationJob.SUCCEEDED:
-            what = job.resultNode.GetName() if job.resultNode is not None else str(job.outputDirectory)
-            text = f"Done in {formatDuration(job.elapsed)}: {what}"
+            text = f"Done in {formatDuration(job.elapsed)}: {job.resultText()}"
             fraction = 1.0
         elif state == GenerationJob.CANCELLED:
             text, fraction = "Cancelled.", 0.0

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .jobs import GenerationJob, TeachingSetJob, teachingSetAvailability
+from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
 from .options import (
     LANDSynthesisError,
     TeachingSetParameters,
@@ -49,7 +49,7 @@ class TeachingSetMixin:
         self,
         parameters: TeachingSetParameters | Mapping[str, Any],
         onProgress: Callable[[dict[str, Any]], None] | None = None,
-        onFinished: Callable[[GenerationJob], None] | None = None,
+        onFinished: Callable[[EngineJob], None] | None = None,
     ) -> TeachingSetJob:
         """Start ``land teaching-set ... --progress json`` in the background; then :meth:`poll` until False
         (:meth:`cancel` stops it). The job's ``outputDirectory`` is the folder written."""
@@ -74,7 +74,7 @@ class TeachingSetMixin:
             self._removeTemp(job)
             self.job = None
             raise
-        job.state = GenerationJob.RUNNING
+        job.state = EngineJob.RUNNING
         text = "Starting the teaching set (loading the model)…"
         self._emit({"state": job.state, "fraction": 0.0, "text": text})
         return job
@@ -95,6 +95,6 @@ class TeachingSetMixin:
             if timeout is not None and job.elapsed > timeout and not job.cancelRequested:
                 self.cancel()
                 job.error = f"the teaching set took longer than {timeout:g} s and was stopped"
-        if job.state == GenerationJob.CANCELLED and timeout is not None and job.error:
+        if job.state == EngineJob.CANCELLED and timeout is not None and job.error:
             raise LANDSynthesisError(job.error)
         return job.resultOrRaise()

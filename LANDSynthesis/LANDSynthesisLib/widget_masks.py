@@ -156,11 +156,7 @@ class MaskActionsMixin:
             for name, req in dependencies.missingRequirements().items()
             if name in ("scipy", "SimpleITK", "numpy")
         }
-        try:
-            if missing and not dependencies.installInSlicer(missing, askConfirmation=True):
-                return
-        except RuntimeError as e:
-            slicer.util.errorDisplay(str(e), windowTitle="LAND: dependencies")
+        if not dependencies.ensureInSlicer(missing, "Lungs from CT"):
             return
         seg = self.ensureSegmentation()
         result = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass, field
 
 from .errors import InputError
 
@@ -142,3 +143,77 @@ def check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
         raise InputError(f"seed {seed!r} is out of range; use a whole number from 0 to {MAX_SEED} (2**64-1)")
     return int(seed)
+
+
+def check_steps(steps: object) -> int | None:
+    """``None`` (the sampler's default) or a whole number of steps 1..1000, else :class:`InputError`."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= int(steps) <= 1000:
+        raise InputError(f"invalid step count {steps!r}: use a whole number from 1 to 1000 (or the default)")
+    return int(steps)
+
+
+@dataclass
+class GenerateOptions:
+    """The options of ``land generate`` a client sets, checked by :meth:`validate`; :meth:`to_argv` is the
+    command line after ``land`` (the Slicer module starts ``PythonSlicer -m land`` with it). ``None`` leaves
+    an option to the engine's default (the model's mode and guidance, the sampler's steps)."""
+
+    out: str
+    model: str | None = None
+    inputs: list[str] = field(default_factory=list)  # --mask / --lung / --nodules / --texture arguments
+    sampler: str = DEFAULT_SAMPLER
+    steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    mode: str | None = None
+    guidance: float | None = None
+    guidance_mode: str | None = None
+    precision: str = DEFAULT_PRECISION
+    strict: bool = False
+    compress: bool = True
+    progress: str = "json"
+    extra: list[str] = field(default_factory=list)  # passed through as given (expert use)
+
+    def validate(self) -> GenerateOptions:
+        """Raise :class:`InputError` naming the first bad option; returns ``self``."""
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_steps(self.steps)
+        check_seed(self.seed)
+        check_precision(self.precision)
+        if self.mode is not None and self.mode not in MODES:
+            raise InputError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if (self.guidance is None) != (self.guidance_mode is None):
+            raise InputError(
+                "give both the guidance scale and its mode, or neither (the model's recommendation)"
+            )
+        if self.guidance is not None:
+            check_guidance(self.guidance, self.guidance_mode)
+        if self.progress not in ("bar", "json", "none"):
+            raise InputError(f"unknown progress style {self.progress!r}; choose bar, json or none")
+        return self
+
+    def to_argv(self) -> list[str]:
+        """``generate ... --out OUT``, checked by :meth:`validate` first."""
+        self.validate()
+        argv = ["generate"]
+        if self.model:
+            argv += ["--model", str(self.model)]
+        argv += [str(a) for a in self.inputs]
+        argv += ["--sampler", self.sampler, "--seed", str(int(self.seed)), "--device", self.device]
+        if self.steps is not None:
+            argv += ["--steps", str(int(self.steps))]
+        if self.mode is not None:
+            argv += ["--mode", self.mode]
+        if self.guidance is not None:
+            argv += ["--guidance", f"{float(self.guidance):g}", "--guidance-mode", str(self.guidance_mode)]
+        if self.precision != DEFAULT_PRECISION:
+            argv += ["--precision", self.precision]
+        if self.strict:
+            argv.append("--strict")
+        if not self.compress:
+            argv.append("--no-compress")
+        argv += ["--progress", self.progress, "--out", str(self.out)]
+        return argv + [str(a) for a in self.extra]

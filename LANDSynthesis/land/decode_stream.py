@@ -4,7 +4,8 @@ A decoder is a chain of local ops (convolutions, SiLU, nearest upsampling, resid
 ``GroupNorm`` layers, whose statistics are global. Here the decoder is compiled into *segments*: each segment
 starts at a stored tensor (the latent, or the input of a GroupNorm), applies the GroupNorm with statistics
 already known, then the local ops up to the next GroupNorm, and writes that GroupNorm's input as the next
-stored tensor while summing its per-channel statistics (float64) on the way. A segment runs slab by slab
+stored tensor while gathering its per-channel statistics on the way (each slab's mean and variance in one
+float32 pass, merged in float64 with Chan's formula). A segment runs slab by slab
 along the first spatial axis, each slab read with the halo its convolutions need (one voxel per 3x3x3
 convolution) and convolved without padding along that axis, so no voxel of any layer is computed twice.
 The result equals ``vae.decode`` up to float rounding.

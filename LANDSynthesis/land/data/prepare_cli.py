@@ -35,13 +35,24 @@ def register(sub: Any, command: Callable) -> None:
     )
     p.add_argument("--patients", help="comma-separated patient ids (e.g. LIDC-IDRI-0001,LIDC-IDRI-0002)")
     p.add_argument("--min-annotations", type=int, default=1, help="leave out nodules with fewer readers")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--progress",
+        choices=["bar", "json", "none"],
+        default="bar",
+        help="bar: a progress bar on stderr; json: one JSON object per line on stdout (as land generate)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --progress none)")
 
     @command("prepare-lidc")
     def cmd_prepare_lidc(args: argparse.Namespace) -> int:
+        from ..cli import Reporter
         from .prepare import prepare_lidc
 
         patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
+        style = "none" if args.no_progress else args.progress
+        reporter = Reporter(style)
+        if style == "json":
+            reporter.show_warnings()
         summary = prepare_lidc(
             args.dicom_root,
             args.out,
@@ -51,8 +62,12 @@ def register(sub: Any, command: Callable) -> None:
             limit=args.limit,
             patients=patients,
             min_annotations=args.min_annotations,
-            progress=not args.no_progress,
+            progress=style == "bar",
+            on_progress=reporter if style == "json" else None,
         )
+        if style == "json":
+            reporter.emit({"done": not summary.failed, "out": str(args.out), "failed": summary.failed})
+            return 1 if summary.failed else 0
         print(summary.text())
         if summary.failed:
             print(f"failed cases are listed in {summary.manifest.parent / 'failures.csv'}")  # type: ignore[union-attr]
