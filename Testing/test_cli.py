@@ -314,3 +314,23 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             GenerateOptions(out="x", **bad).to_argv()
+
+
+def test_teaching_set_options_round_trip_through_the_parser():
+    from land.cli import build_parser
+    from land.contract import TeachingSetOptions
+    from land.errors import InputError
+
+    opts = TeachingSetOptions(out="set", cases=4, model="m", nodule_rate=0.5, textures="1,5",
+                              diameters="6-20", steps=9, seed=2, guidance=2.0,
+                              guidance_mode="nodules")  # fmt: skip
+    a = build_parser().parse_args(opts.to_argv())
+    got = (a.command, a.out, a.cases, a.model, a.nodule_rate, a.textures, a.diameters, a.steps, a.seed)
+    assert got == ("teaching-set", "set", 4, "m", 0.5, "1,5", "6-20", 9, 2)
+    assert (a.guidance, a.guidance_mode, a.progress) == (2.0, "nodules", "json")
+    bads = ((dict(cases=0), "cases"), (dict(textures="1,6"), "textures"), (dict(diameters="25-4"), "diam"),
+            (dict(nodule_rate=1.5), "nodule rate"), (dict(steps=0), "step"),
+            (dict(seed=-1), "seed"))  # fmt: skip
+    for bad, match in bads:
+        with pytest.raises(InputError, match=match):
+            TeachingSetOptions(**{"out": "set", "cases": 2, **bad}).to_argv()

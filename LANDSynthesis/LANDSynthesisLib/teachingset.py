@@ -9,11 +9,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from land.contract import TeachingSetOptions
+from land.errors import InputError
+
 from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
 from .options import (
+    LANDInputError,
     LANDSynthesisError,
     TeachingSetParameters,
-    guidanceArguments,
 )
 from .process import ChildProcess
 
@@ -26,24 +29,24 @@ class TeachingSetMixin:
         """The ``land teaching-set`` command line for ``parameters`` (checked: LANDInputError says why)."""
         p = TeachingSetParameters.fromAny(parameters)
         p.check()
-        cmd = [self.defaultPythonExecutable(), "-m", "land", "teaching-set"]
-        if p.modelDirectory:
-            cmd += ["--model", str(p.modelDirectory)]
-        cmd += ["--cases", str(p.cases), "--out", str(Path(p.outputDirectory).expanduser().resolve())]
-        if p.noduleRate is not None:
-            cmd += ["--nodule-rate", f"{float(p.noduleRate):g}"]
-        textures, diameters = p.texturesText(), p.diametersText()
-        if textures:
-            cmd += ["--textures", textures]
-        if diameters:
-            cmd += ["--diameters", diameters]
-        if p.steps is not None:
-            cmd += ["--steps", str(p.steps)]
-        if p.seed is not None:
-            cmd += ["--seed", str(p.seed)]
-        cmd += guidanceArguments(p.guidanceFromModel, p.guidanceScale, p.guidanceMode)
-        cmd += ["--progress", "json"]
-        return cmd + [str(a) for a in p.extraArguments]
+        options = TeachingSetOptions(
+            out=str(Path(p.outputDirectory).expanduser().resolve()),
+            cases=p.cases,
+            model=str(p.modelDirectory) if p.modelDirectory else None,
+            nodule_rate=p.noduleRate,
+            textures=p.texturesText(),
+            diameters=p.diametersText(),
+            steps=p.steps,
+            seed=p.seed,
+            guidance=None if p.guidanceFromModel else p.guidanceScale,
+            guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
+            extra=[str(a) for a in p.extraArguments],
+        )
+        try:
+            argv = options.to_argv()
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
+        return [self.defaultPythonExecutable(), "-m", "land", *argv]
 
     def startTeachingSet(
         self,

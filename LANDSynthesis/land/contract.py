@@ -217,3 +217,75 @@ class GenerateOptions:
             argv.append("--no-compress")
         argv += ["--progress", self.progress, "--out", str(self.out)]
         return argv + [str(a) for a in self.extra]
+
+
+@dataclass
+class TeachingSetOptions:
+    """The options of ``land teaching-set`` a client sets (see :class:`GenerateOptions`): ``textures`` like
+    ``"1,3,5"``, ``diameters`` like ``"4-25"`` (mm); ``None`` leaves an option to the engine's default."""
+
+    out: str
+    cases: int
+    model: str | None = None
+    nodule_rate: float | None = None
+    textures: str | None = None
+    diameters: str | None = None
+    steps: int | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    guidance_mode: str | None = None
+    progress: str = "json"
+    extra: list[str] = field(default_factory=list)
+
+    def validate(self) -> TeachingSetOptions:
+        """Raise :class:`InputError` naming the first bad option; returns ``self``."""
+        if (
+            isinstance(self.cases, bool)
+            or not isinstance(self.cases, numbers.Integral)
+            or not 1 <= self.cases
+        ):
+            raise InputError(f"the number of cases must be a whole number >= 1, got {self.cases!r}")
+        if self.nodule_rate is not None and not 0.0 <= float(self.nodule_rate) <= 1.0:
+            raise InputError(f"the nodule rate is a share of cases, 0..1, got {self.nodule_rate!r}")
+        if self.textures is not None and not all(t in "12345" and t for t in self.textures.split(",")):
+            raise InputError(f"textures are whole numbers 1..5 separated by commas, got {self.textures!r}")
+        if self.diameters is not None:
+            lo, _, hi = self.diameters.partition("-")
+            try:
+                ok = 0.0 < float(lo) <= float(hi or lo) <= 100.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InputError(
+                    f"diameters are a range in mm like 4-25 (0 < min <= max), got {self.diameters!r}"
+                )
+        check_steps(self.steps)
+        if self.seed is not None:
+            check_seed(self.seed)
+        if (self.guidance is None) != (self.guidance_mode is None):
+            raise InputError("give both the guidance scale and its mode, or neither (the model's own)")
+        if self.guidance is not None:
+            check_guidance(self.guidance, self.guidance_mode)
+        if self.progress not in ("bar", "json", "none"):
+            raise InputError(f"unknown progress style {self.progress!r}; choose bar, json or none")
+        return self
+
+    def to_argv(self) -> list[str]:
+        """``teaching-set ... --progress STYLE``, checked by :meth:`validate` first."""
+        self.validate()
+        argv = ["teaching-set"]
+        if self.model:
+            argv += ["--model", str(self.model)]
+        argv += ["--cases", str(int(self.cases)), "--out", str(self.out)]
+        if self.nodule_rate is not None:
+            argv += ["--nodule-rate", f"{float(self.nodule_rate):g}"]
+        for flag, value in (("--textures", self.textures), ("--diameters", self.diameters)):
+            if value is not None:
+                argv += [flag, value]
+        for flag, number in (("--steps", self.steps), ("--seed", self.seed)):
+            if number is not None:
+                argv += [flag, str(int(number))]
+        if self.guidance is not None:
+            argv += ["--guidance", f"{float(self.guidance):g}", "--guidance-mode", str(self.guidance_mode)]
+        argv += ["--progress", self.progress]
+        return argv + [str(a) for a in self.extra]

@@ -135,7 +135,7 @@ def cmd_teaching_score(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land teaching-set`` and ``land teaching-score`` to the CLI."""
-    from ..contract import add_precision_argument
+    from ..contract import DEFAULT_SAMPLER, DEFAULT_STEPS, add_precision_argument
     from ..guidance import add_guidance_arguments
     from .score import DEFAULT_MARGIN_MM
 
@@ -148,7 +148,8 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p.add_argument("--nodule-rate", type=float, default=0.7, help="share of cases with nodules (default 0.7)")
     p.add_argument("--textures", default="1,3,5", help="nodule textures to draw from, 1..5 (default 1,3,5)")
     p.add_argument("--diameters", default="4-25", help="nodule diameter range in mm (default 4-25)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: dpmpp2m's 25)")
+    p.add_argument("--steps", type=int, help=f"sampling steps of the {DEFAULT_SAMPLER} sampler "
+                   f"(default {DEFAULT_STEPS[DEFAULT_SAMPLER]})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the whole set (plan and generation)")
     p.add_argument("--lung-masks", help="folder of lung masks to use instead of phantom lungs")
     p.add_argument("--no-burn-in", action="store_true", help="do not burn 'SYNTHETIC' into the pixels")
