@@ -11,8 +11,8 @@ convolution) and convolved without padding along that axis, so no voxel of any l
 The result equals ``vae.decode`` up to float rounding.
 
 Stored tensors stay in memory while they fit the budget; larger ones go to float32 files in a temporary
-spill folder (``spill_dir``, default the system temporary folder), read and written with ``pread``/``pwrite``
-so they do not count toward the process's resident memory. The folder is removed at the end, also when a
+spill folder (``spill_dir``, default the system temporary folder), read and written unbuffered at offsets, so
+they do not count toward the process's resident memory. The folder is removed at the end, also when a
 ``progress`` callback cancels by raising. :func:`plan_stream` reports the slabs and the disk space needed
 (paper VAE, 4x64^3 -> 256^3: 8 GiB at the peak).
 
@@ -183,7 +183,8 @@ class _Stored:
         self.shape = shape
         self.path = path
         self.data = torch.empty(shape, dtype=torch.float32) if path is None else None
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path is not None else -1
+        # unbuffered file I/O at offsets (portable: os.pwrite/os.preadv do not exist on Windows)
+        self.file = open(path, "w+b", buffering=0) if path is not None else None  # noqa: SIM115 - see close()
         self.plane = math.prod(shape[2:])
         self.want_stats = want_stats
         self.count = 0  # voxels per channel summed so far
@@ -205,8 +206,10 @@ class _Stored:
             return
         arr = x.numpy()  # each channel's rows are contiguous even in a row slice of a larger tensor
         for c in range(self.shape[0]):
-            chunk = np.ascontiguousarray(arr[c])
-            os.pwrite(self.fd, memoryview(chunk).cast("B"), (c * self.shape[1] + row) * self.plane * 4)
+            view = memoryview(np.ascontiguousarray(arr[c])).cast("B")
+            self.file.seek((c * self.shape[1] + row) * self.plane * 4)
+            while view:
+                view = view[self.file.write(view) :]
 
     def _add_stats(self, x: torch.Tensor) -> None:
         """Merge the slab's per-channel mean and variance (one float32 pass) into the float64 totals."""
@@ -225,10 +228,13 @@ class _Stored:
             return self.data[:, lo:hi]
         out = np.empty((self.shape[0], hi - lo, *self.shape[2:]), dtype=np.float32)
         for c in range(self.shape[0]):
-            buf = memoryview(out[c]).cast("B")
-            got = os.preadv(self.fd, [buf], (c * self.shape[1] + lo) * self.plane * 4)
-            if got != len(buf):
-                raise OSError(f"short read from the spill file {self.path}")
+            view = memoryview(out[c]).cast("B")
+            self.file.seek((c * self.shape[1] + lo) * self.plane * 4)
+            while view:
+                got = self.file.readinto(view)
+                if not got:
+                    raise OSError(f"short read from the spill file {self.path}")
+                view = view[got:]
         return torch.from_numpy(out)
 
     def norm_affine(self, gn: nn.GroupNorm, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,9 +260,9 @@ class _Stored:
 
     def close(self) -> None:
         self.data = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.file is not None:
+            self.file.close()
+            self.file = None
             if self.path is not None:
                 os.unlink(self.path)
 
