@@ -595,3 +595,14 @@ def test_failed_install_becomes_a_runtime_error_with_its_reason(mrml):
     with pytest.raises(RuntimeError, match="installing x failed .*No matching distribution found"):
         dependencies._installing("x", failing)
     assert dependencies._installing("y", lambda: 42) == 42
+
+
+def test_minimum_versions(mrml):
+    """torch and MONAI older than LAND needs count as missing, with the version to install."""
+    from LANDSynthesisLib import dependencies
+
+    v = dependencies.versionTuple
+    assert v("2.13.0+cpu") == (2, 13, 0) and v("1.4.0rc1") == (1, 4, 0) and v("2.0") == (2, 0)
+    assert v("1.13.1") < dependencies.MINIMUM_VERSIONS["torch"][1] <= v("2.0.0")
+    assert dependencies.tooOld("torch") is None and dependencies.tooOld("numpy") is None  # this environment
+    assert "torch" not in dependencies.missingRequirements()

@@ -7,7 +7,9 @@ the right CUDA/CPU build), everything else with ``slicer.util.pip_install``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import re
 import subprocess
 
 # import name -> pip requirement (the engine's dependencies, as in pyproject.toml)
@@ -28,6 +30,35 @@ OPTIONAL_REQUIREMENTS = {
 }
 
 
+# import name -> (distribution, oldest version LAND runs with; torch 2.0: scaled_dot_product_attention)
+MINIMUM_VERSIONS = {"torch": ("torch", (2, 0)), "monai": ("monai", (1, 4))}
+
+
+def versionTuple(version: str) -> tuple[int, ...]:
+    """``"2.13.0+cpu"`` -> ``(2, 13, 0)`` (the leading numeric parts; pre-release tags are dropped)."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = re.match(r"\d*", piece).group()
+        if not digits:
+            break
+        parts.append(int(digits))
+        if digits != piece:  # "0rc1": the release part ends here
+            break
+    return tuple(parts)
+
+
+def tooOld(importName: str) -> str | None:
+    """The installed version of ``importName`` when it is older than LAND needs, else None."""
+    if importName not in MINIMUM_VERSIONS:
+        return None
+    dist, minimum = MINIMUM_VERSIONS[importName]
+    try:
+        installed = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return installed if versionTuple(installed) < minimum else None
+
+
 def isInstalled(importName: str) -> bool:
     try:
         return importlib.util.find_spec(importName) is not None
@@ -36,11 +67,18 @@ def isInstalled(importName: str) -> bool:
 
 
 def missingRequirements(includeOptional: bool = True) -> dict[str, str]:
-    """{import name: pip requirement} of every engine dependency that is not installed."""
+    """{import name: pip requirement} of every engine dependency that is not installed (or too old)."""
     wanted = dict(ENGINE_REQUIREMENTS)
     if includeOptional:
         wanted.update(OPTIONAL_REQUIREMENTS)
-    return {name: req for name, req in wanted.items() if not isInstalled(name)}
+    missing = {}
+    for name, req in wanted.items():
+        if not isInstalled(name):
+            missing[name] = req
+        elif tooOld(name):
+            minimum = ".".join(map(str, MINIMUM_VERSIONS[name][1]))
+            missing[name] = f"{MINIMUM_VERSIONS[name][0]}>={minimum}"
+    return missing
 
 
 def _installing(what: str, install):
@@ -105,6 +143,13 @@ def installInSlicer(missing: dict[str, str], askConfirmation: bool = True) -> bo
                 "Slicer and try again"
             ) from e
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        old = tooOld("torch")
+        if old:
+            minimum = ".".join(map(str, MINIMUM_VERSIONS["torch"][1]))
+            raise RuntimeError(
+                f"PyTorch {old} is too old for LAND (it needs {minimum} or newer); fix: in the PyTorch Utils "
+                "module uninstall PyTorch and install it again, restart Slicer and try again"
+            )
         if not torchLogic.torchInstalled():
             torch = _installing("PyTorch", lambda: torchLogic.installTorch(askConfirmation=False))
             if torch is None:
