@@ -352,3 +352,23 @@ def test_sample_stage_progress_counts_samples_not_denoising_steps(tiny_model_dir
     assert seen[-1] == (3, 3)
     first_done = next(i for i, line in enumerate(lines) if json.loads(line).get("stage") == "sample")
     assert all(step <= 1 for step, _ in seen[: first_done + 1])  # never 100 % before the last sample
+
+
+def test_loss_table_grows_by_appending_rows(training_logic, mrml):
+    """New log lines add rows to the loss table (the columns stay the same arrays) instead of a rewrite."""
+    losses = {"l1": [(10, 0.5), (20, 0.4)], "kl": [(10, 2.0)]}
+    training_logic.writeLossCurves("append-test", losses)
+    table, chart = training_logic.lossNodes("append-test")
+    step_column = table.GetTable().GetColumnByName("step")
+    losses = {"l1": [(10, 0.5), (20, 0.4), (30, 0.3), (40, 0.2)], "kl": [(10, 2.0), (20, 1.5), (40, 1.0)]}
+    training_logic.writeLossCurves("append-test", losses)
+    assert table.GetTable().GetColumnByName("step") is step_column  # appended, not rebuilt
+    util = mrml.slicer.util
+    assert np.array_equal(util.arrayFromTableColumn(table, "step"), [10, 20, 30, 40])
+    assert np.array_equal(util.arrayFromTableColumn(table, "l1"), [0.5, 0.4, 0.3, 0.2])
+    kl = util.arrayFromTableColumn(table, "kl")  # the late kl of step 20 reached the row written before
+    assert kl[0] == 2.0 and kl[1] == 1.5 and np.isnan(kl[2]) and kl[3] == 1.0
+    losses["val"] = [(40, 0.7)]  # a new loss: the table is rebuilt with its column
+    training_logic.writeLossCurves("append-test", losses)
+    assert table.GetTable().GetColumnByName("step") is not step_column
+    assert util.arrayFromTableColumn(table, "val")[3] == 0.7 and chart.GetNumberOfPlotSeriesNodes() == 3

@@ -77,6 +77,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         self._onLog: Callable[[str, str, str], None] | None = None
         self._onUpdate: Callable[[TrainingRun], None] | None = None
         self._plottedVersions: dict[str, int] = {}
+        self._lossRows: dict[str, tuple[list[str] | None, int, float | None]] = {}  # names, rows, last step
 
     # ------------------------------------------------------------------ parameter node
     def getParameterNode(self):
@@ -162,6 +163,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             raise TrainingError("a training run is already in progress; stop it first")
         self._onLog, self._onUpdate = onLog, onUpdate
         self._plottedVersions = {}
+        self._lossRows = {}
         self.runner = PipelineRunner(
             self.defaultPythonExecutable(), self.childEnvironment(), onLog=self._log, onUpdate=None
         )
@@ -258,6 +260,29 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             charts[stage] = self.writeLossCurves(stage, status.losses)
         return charts
 
+    def _appendLossRows(self, stage: str, table, names: list[str], columns: list[np.ndarray]) -> bool:
+        """Write only the rows after the last one written before (that one again: a loss of its step may
+        have arrived since). False when the table must be rewritten (other losses, or steps that went back
+        after a resume)."""
+        names0, rows0, last0 = self._lossRows.get(stage, (None, 0, None))
+        vtable = table.GetTable()
+        n = len(columns[0])
+        if names0 != names or rows0 == 0 or vtable.GetNumberOfRows() != rows0 or n < rows0:
+            return False
+        if columns[0][rows0 - 1] != last0:
+            return False
+        arrays = [vtable.GetColumnByName(name) for name in ("step", *names)]
+        if any(a is None for a in arrays):
+            return False
+        vtable.SetNumberOfRows(n)
+        for array, values in zip(arrays, columns, strict=True):
+            for i in range(rows0 - 1, n):
+                array.SetValue(i, float(values[i]))
+            array.Modified()
+        vtable.Modified()
+        table.Modified()
+        return True
+
     def writeLossCurves(self, stage: str, losses: Mapping[str, Sequence[tuple[int, float]]]):
         """Table columns ``step`` + one per loss (NaN where a loss was not logged) and one series per loss."""
         table, chart = self.lossNodes(stage)
@@ -270,7 +295,9 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             for s, v in losses[name]:
                 column[index[s]] = v
             columns.append(column)
-        slicer.util.updateTableFromArray(table, columns, ["step", *names])
+        if not self._appendLossRows(stage, table, names, columns):
+            slicer.util.updateTableFromArray(table, columns, ["step", *names])
+        self._lossRows[stage] = (names, len(steps), steps[-1] if steps else None)
         existing = {}
         for i in range(chart.GetNumberOfPlotSeriesNodes()):
             series = chart.GetNthPlotSeriesNode(i)
