@@ -502,6 +502,16 @@ def test_lungs_from_ct(land_logic, mrml):
     assert segments.lungSegmentIds(seg) == [sid]
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, ct) != 0, got)  # unchanged
 
+    # the panel's way: the segmentation on a worker thread, the hand-over on this one; same result
+    task = land_logic.startLungsFromCT(ct)
+    assert task.thread.name == "LAND lungs"
+    task.thread.join(60)
+    assert task.done and task.error is None
+    seg2 = _segmentation(mrml, ct)
+    sid2, summary2 = land_logic.finishLungsFromCT(task, seg2)
+    assert summary2 == summary
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg2, sid2, ct) != 0, got)
+
 
 def test_load_result_volume_replace_previous(land_logic, mrml, tmp_path):
     """Results keep earlier ones unless 'replace previous' is on; provenance lands on the node."""

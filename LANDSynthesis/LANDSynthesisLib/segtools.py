@@ -3,6 +3,8 @@ from a CT."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,28 @@ from land.masks import restore_lung
 from . import segments as seglib
 from .maskexport import _ijkToRasFromLps, _lpsGeometry, outsideLungMessage
 from .options import LUNG_LEVEL, LUNG_WINDOW, LANDInputError, LANDSynthesisError
+
+
+class LungsTask:
+    """``land.lungseg.segment_lungs`` of one CT on a worker thread: ``done``, then ``result`` or ``error``."""
+
+    def __init__(self, volumeNode, volume, segment) -> None:
+        self.volumeNode, self.volume = volumeNode, volume
+        self.result = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, args=(segment,), name="LAND lungs", daemon=True)
+        self.thread.start()
+
+    def _run(self, segment) -> None:
+        try:
+            self.result = segment(self.volume)
+        except BaseException as e:  # noqa: BLE001 - handed to the scene's thread by finishLungsFromCT
+            self.error = e
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
 
 
 class SegmentationToolsMixin:
@@ -226,8 +250,15 @@ class SegmentationToolsMixin:
         """Fill the 'Lungs' segment from a CT with the engine's lung segmentation (``land.lungseg``).
 
         Returns (segment ID, a one-line summary). When nothing is found the segment is left unchanged and
-        LANDSynthesisError says why. Runs in this process (a few seconds for a typical chest CT).
+        LANDSynthesisError says why. Blocking: the panel uses :meth:`startLungsFromCT` (a worker thread,
+        seconds for a thin-slice chest CT) and :meth:`finishLungsFromCT` instead.
         """
+        task = self.startLungsFromCT(volumeNode)
+        task.thread.join()
+        return self.finishLungsFromCT(task, segmentationNode)
+
+    def startLungsFromCT(self, volumeNode) -> LungsTask:
+        """Copy the CT out of the scene (this thread) and segment it on a worker thread."""
         try:
             from land.lungseg import segment_lungs
         except ModuleNotFoundError as e:
@@ -242,17 +273,25 @@ class SegmentationToolsMixin:
                 f"Lungs from CT needs the Python package '{e.name}', which is not installed "
                 f"(in Slicer: slicer.util.pip_install('{e.name}'))."
             ) from e
-        from land.errors import LANDError
         from land.volume import Volume
 
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise LANDInputError("Select the CT volume to segment (the reference volume).")
         spacing, origin, direction = _lpsGeometry(seglib.ijkToRasArray(volumeNode))
         volume = Volume(np.array(slicer.util.arrayFromVolume(volumeNode)), spacing, origin, direction)
-        try:
-            mask = segment_lungs(volume)
-        except LANDError as e:
-            raise LANDSynthesisError(str(e)) from e
+        return LungsTask(volumeNode, volume, segment_lungs)
+
+    def finishLungsFromCT(self, task: LungsTask, segmentationNode) -> tuple[str, str]:
+        """Put a finished :class:`LungsTask`'s lungs into the 'Lungs' segment (on the scene's thread)."""
+        from land.errors import LANDError
+        from land.volume import Volume
+
+        if task.error is not None:
+            if isinstance(task.error, LANDError):
+                raise LANDSynthesisError(str(task.error)) from task.error
+            raise task.error
+        volumeNode, volume, mask = task.volumeNode, task.volume, task.result
+        spacing = volume.spacing
         array = (np.asarray(getattr(mask, "array", mask)) != 0).astype(np.uint8)
         meta = dict(getattr(mask, "metadata", {}) or {})
         notes = meta.get("LAND.LungSeg.Notes", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import qt
 import slicer
 import vtk
 
@@ -159,12 +160,27 @@ class MaskActionsMixin:
         if not dependencies.ensureInSlicer(missing, "Lungs from CT"):
             return
         seg = self.ensureSegmentation()
+        task = []
+        if not self.runWithErrorDisplay(
+            "Lungs from CT", lambda: task.append(self.logic.startLungsFromCT(ref))
+        ):
+            return
+        # the segmentation runs on a worker thread (seconds for a thin-slice CT); the panel stays usable
+        self.ui.lungsFromCTButton.enabled = False
+        self.showMessage(f"Segmenting the lungs in '{ref.GetName()}'…")
+        self._pollLungs(task[0], seg)
+
+    def _pollLungs(self, task, seg) -> None:
+        if not task.done:
+            qt.QTimer.singleShot(100, lambda: self._pollLungs(task, seg))
+            return
         result = {}
 
-        def run():
-            result["segmentId"], result["summary"] = self.logic.lungsFromCT(ref, seg)
+        def finish():
+            result["segmentId"], result["summary"] = self.logic.finishLungsFromCT(task, seg)
 
-        if self.runWithErrorDisplay("Lungs from CT", run):
+        self.ui.lungsFromCTButton.enabled = self.referenceNode() is not None
+        if self.runWithErrorDisplay("Lungs from CT", finish):
             self.ui.segmentEditorWidget.setCurrentSegmentID(result["segmentId"])
             self.showMessage(
                 result["summary"] + ". Check the lungs and correct them with the Segment Editor."
