@@ -140,3 +140,16 @@ def test_unusable_spill_folder_is_a_clear_input_error(case, tmp_path: Path) -> N
     not_a_folder.write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match=r"temporary files .* GiB free there; fix: free disk space"):
         decode_stream(vae, z, max_memory=_budget_spilling(vae, z), spill_dir=not_a_folder)
+
+
+def test_disk_space_is_checked_before_any_work(case, tmp_path: Path) -> None:
+    """A spill folder without room for the plan's files is refused up front (the pipeline does this before
+    denoising), with the space needed and the fix."""
+    from land.errors import InputError
+
+    vae, z, _ = case
+    plan = plan_stream(vae, z.shape, max_memory=_budget_spilling(vae, z))
+    ds.check_disk_space(plan, tmp_path)  # this disk has room
+    with pytest.raises(InputError, match=r"needs .* GiB of temporary disk space .* fix: free disk space"):
+        ds.check_disk_space(plan, tmp_path, free=plan.peak_disk_bytes // 2)
+    ds.check_disk_space(plan_stream(vae, z.shape, max_memory=2**40), tmp_path, free=0)  # nothing spilled

@@ -111,7 +111,11 @@ def test_generate_match_input_returns_the_mask_geometry(tiny_model_dir):
 
 
 def test_unconditional_and_full_decode_agree_with_tiled(tiny_model_dir):
+    from land.decoding import choose_method
+
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    latent = (1, pipe.config.vae.latent_channels, *pipe.config.latent_size)
+    assert choose_method(pipe.vae, latent, 64 << 20, torch.device("cpu")) == "stream"  # 64 MiB: streamed
     tiled = pipe.generate(None, steps=2, seed=3, device="cpu", max_memory=64 << 20)
     full = pipe.generate(None, steps=2, seed=3, device="cpu", decode="full")
     assert tiled.metadata["mode"] == "none"

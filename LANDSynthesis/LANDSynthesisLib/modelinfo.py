@@ -137,9 +137,11 @@ def timeNote(device: str, steps: int | None, sampler: str, modelInfo: ModelInfo 
     voxels = int(np.prod(modelInfo.gridSize)) if modelInfo else 256**3
     size = f"{round(voxels ** (1 / 3))}³"
     gpu = f"GPU: usually 1–3 min for a {size} CT at {steps} steps (about 8 GB of GPU memory at 256³)."
+    share = voxels / 256**3  # measured at 256³ (README): 15 s/step with bfloat16, 27 s without; decode ~2 min
+    fast, slow = (formatDuration((per_step * steps + 120) * share + 10) for per_step in (15, 27))
     cpu = (
-        f"CPU: slow — about 20 s per step for the full-size (256³) model, so {steps} steps take "
-        f"~{formatDuration(20 * steps * voxels / 256**3 + 60)}; smaller models are faster."
+        f"CPU: slow — 15–27 s per step for the full-size (256³) model (the lower on CPUs with bfloat16) "
+        f"plus ~2 min of decoding, so {steps} steps take ~{fast}–{slow}; smaller models are faster."
     )
     if device == "cpu":
         return cpu

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from .decoding import _release_host_memory
 from .errors import InputError
 
-__all__ = ["StreamPlan", "StreamSegment", "decode_stream", "plan_stream", "streamable"]
+__all__ = ["StreamPlan", "StreamSegment", "check_disk_space", "decode_stream", "plan_stream", "streamable"]
 
 ProgressFn = Callable[[int, int], None]
 _OVERHEAD_BYTES = 512 * 1024**2  # interpreter, libtorch/MONAI, allocator slack (as land.decoding on CPU)
@@ -410,6 +411,28 @@ def _plan(
         peak_disk_bytes=peak_disk,
         segments=tuple(planned),
     )
+
+
+def check_disk_space(
+    plan: StreamPlan, spill_dir: str | os.PathLike | None = None, free: int | None = None
+) -> None:
+    """InputError unless the spill folder has room for ``plan``'s spill files (``free``: bytes free there,
+    default measured), so a run can be refused before minutes of denoising instead of at decoding."""
+    if plan.peak_disk_bytes == 0:
+        return
+    folder = Path(spill_dir or tempfile.gettempdir())
+    if free is None:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return  # no such folder: decoding reports it with the same fix
+    need = int(plan.peak_disk_bytes * 1.02) + 64 * 1024**2
+    if free < need:
+        raise InputError(
+            f"decoding needs {need / 2**30:.1f} GiB of temporary disk space in {folder} but only "
+            f"{free / 2**30:.1f} GiB is free; fix: free disk space, point TMPDIR at a disk with room, or "
+            "give decoding more memory (--max-memory)"
+        )
 
 
 def plan_stream(

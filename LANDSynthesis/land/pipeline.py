@@ -142,6 +142,17 @@ class LANDPipeline:
         self.weights_sha256 = dict(read_model_json(out)["weights"])
         return out
 
+    def _check_decode_space(
+        self, latent_shape: tuple[int, ...], max_memory: int | None, dev: torch.device
+    ) -> None:
+        """Refuse before denoising when streamed decoding would not find its temporary disk space."""
+        from .decode_stream import check_disk_space, plan_stream
+        from .decoding import choose_method
+
+        vae_shape = (latent_shape[0], self.config.vae.latent_channels, *latent_shape[2:])
+        if choose_method(self.vae, vae_shape, max_memory, dev) == "stream":
+            check_disk_space(plan_stream(self.vae, vae_shape, max_memory, dev))
+
     def noise_schedule(self) -> NoiseSchedule:
         """The diffusion schedule the model was trained with (``model.json`` ``diffusion``)."""
         d = self.config.diffusion
@@ -260,6 +271,8 @@ class LANDPipeline:
 
         self.unet.to(dev)
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
+        if decode == "tiled":
+            self._check_decode_space(latent_shape, max_memory, dev)
         generator = torch.Generator().manual_seed(int(seed))
         z = sample(
             with_precision(guided_denoiser(self.unet, cond, scale, gmode, mode), dev, precision),
