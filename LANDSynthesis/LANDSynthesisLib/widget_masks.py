@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import qt
 import slicer
 import vtk
 
@@ -171,6 +170,8 @@ class MaskActionsMixin:
         self._pollLungs(task[0], seg)
 
     def _pollLungs(self, task, seg) -> None:
+        import qt  # the GUI only (the module's logic imports without Qt)
+
         if not task.done:
             qt.QTimer.singleShot(100, lambda: self._pollLungs(task, seg))
             return
