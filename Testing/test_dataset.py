@@ -193,3 +193,23 @@ def test_check_dataset_cli_exit_codes(tmp_path, capsys):
     (root / "manifest.csv").unlink()
     assert main(["check-dataset", str(root)]) == 2
     assert "manifest.csv is missing" in capsys.readouterr().out
+
+
+def test_case_metadata_lives_in_case_json_and_old_folders_still_read(tmp_path):
+    """textures.json holds label -> texture only (the documented format); other metadata goes to case.json;
+    a case folder written before case.json (metadata mixed into textures.json) reads the same."""
+    from land.data.folder import read_case_meta, read_textures, write_case
+    from land.phantom import make_phantom
+
+    case = make_phantom(4, size=(24, 24, 24), spacing=(6.0, 6.0, 6.0), n_nodules=1)
+    folder = write_case(tmp_path / "new", case.image, case.lung, case.nodules, case.textures, {"source": "x"})
+    assert json.loads((folder / "textures.json").read_text(encoding="utf-8")) == {
+        str(k): v for k, v in case.textures.items()
+    }
+    assert read_case_meta(folder) == {"source": "x"}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "textures.json").write_text(json.dumps({"1": 5, "source": "y", "diameters_mm": {"1": 8.0}}))
+    assert read_textures(old / "textures.json") == ({1: 5}, [])
+    assert read_case_meta(old) == {"source": "y", "diameters_mm": {"1": 8.0}}
+    assert read_case_meta(tmp_path / "missing") == {}

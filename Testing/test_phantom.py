@@ -198,8 +198,10 @@ def test_write_case_roundtrip(case: PhantomCase, tmp_path) -> None:
     assert np.array_equal(back.lung.array, case.lung.array)
     assert np.array_equal(back.nodules.array, case.nodules.array)
     assert back.textures == case.textures and back.diameters_mm == case.diameters_mm
-    meta = json.loads((tmp_path / "c" / "textures.json").read_text(encoding="utf-8"))
-    assert {k: v for k, v in meta.items() if k.isdigit()} == {str(k): v for k, v in case.textures.items()}
+    textures = json.loads((tmp_path / "c" / "textures.json").read_text(encoding="utf-8"))
+    assert textures == {str(k): v for k, v in case.textures.items()}  # label -> texture, nothing else
+    meta = json.loads((tmp_path / "c" / "case.json").read_text(encoding="utf-8"))
+    assert set(meta) == {"diameters_mm", "centres_mm"} and len(meta["centres_mm"]) == len(case.textures)
 
 
 def test_dataset_writer_resumable(tmp_path) -> None:

@@ -251,7 +251,7 @@ def test_prepare_case_without_pylidc(fake_lidc, tmp_path):
     case = load_case(read_manifest_like(folder, row))
     assert case.image.array.shape == (112, 112, 112) and case.image.array.dtype == np.int16
     assert case.image.spacing == pytest.approx((2.0, 2.0, 2.0))
-    meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
+    meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
     k = int(labels.max())
     assert row["nodule_count"] == str(k) and case.masks.textures == dict.fromkeys(range(1, k + 1), 3)
     assert meta["annotations"]["1"] == 2 and meta["malignancy"]["1"] == 4.5
@@ -302,8 +302,10 @@ def test_prepare_lidc_run_resume_and_failures(fake_lidc, tmp_path):
     assert rows[0]["size"] == "96x96x96" and rows[0]["spacing"] == "2x2x2"
     assert rows[0]["textures"] == "1:4;2:4" and rows[0]["nodule_count"] == "2"
     assert rows[0]["crop_box"].count(":") == 3
-    meta = json.loads((out / "LIDC-IDRI-0001" / "textures.json").read_text(encoding="utf-8"))
-    assert meta["1"] == 4 and meta["reader_textures"]["1"] == [5, 4, 4] and meta["annotations"]["2"] == 2
+    meta = json.loads((out / "LIDC-IDRI-0001" / "case.json").read_text(encoding="utf-8"))
+    textures = json.loads((out / "LIDC-IDRI-0001" / "textures.json").read_text(encoding="utf-8"))
+    assert textures == {"1": 4, "2": 4}  # label -> texture only; the rest is in case.json
+    assert meta["reader_textures"]["1"] == [5, 4, 4] and meta["annotations"]["2"] == 2
     assert [c.name for c in read_manifest(out)] == ["LIDC-IDRI-0001"]
 
     # resume with 2 worker processes: the finished case is skipped (files untouched), the fixed scan and

@@ -45,7 +45,8 @@ trachea and main bronchi). Every nodule lies fully inside the lung mask.
 
 API: ``make_phantom`` -> ``PhantomCase``; ``lung_mask_phantom`` (the same lung mask, fast);
 ``place_nodule`` (add a nodule to image/label volumes); ``write_case`` / ``read_case`` (folder with
-``image.nii.gz``, ``lung.nii.gz``, ``nodules.nii.gz``, ``textures.json``); ``write_phantom_dataset``
+``image.nii.gz``, ``lung.nii.gz``, ``nodules.nii.gz``, ``case.json``, ``textures.json``, written by
+``land.data.folder.write_case``); ``write_phantom_dataset``
 (``case_0000/...`` folders plus ``manifest.csv``, resumable).
 """
 
@@ -61,7 +62,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
 from .errors import InputError
 from .volume import Volume
 
@@ -941,43 +941,29 @@ def make_phantom(
 _FILES = ("image.nii.gz", "lung.nii.gz", "nodules.nii.gz", "textures.json")
 
 
-def _write_image(vol: Volume, path: Path) -> None:
-    with atomic_path(path, ".nii.gz") as tmp:
-        import SimpleITK as sitk
-
-        sitk.WriteImage(vol.to_sitk(), str(tmp), True)
-
-
 def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Path:
-    """Write ``image.nii.gz`` (int16 HU), ``lung.nii.gz``, ``nodules.nii.gz`` and ``textures.json``.
+    """Write a phantom as a dataset case (:func:`land.data.folder.write_case`, the format's owner):
+    ``case.json`` holds ``diameters_mm``, ``centres_mm`` (physical LPS) and ``extra``."""
+    from .data.folder import write_case as write_case_folder
 
-    ``textures.json`` maps label -> texture (``{"1": 5, ...}``) plus ``diameters_mm``, ``centres_mm``
-    (physical LPS) and anything in ``extra`` under their own keys. It is written last (completion marker).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    image = case.image.with_array(np.clip(np.round(case.image.array), -32768, 32767).astype(np.int16))
-    _write_image(image, folder / "image.nii.gz")
-    _write_image(case.lung.with_array(case.lung.array.astype(np.uint8)), folder / "lung.nii.gz")
-    labels = case.nodules.array
-    dtype = np.uint8 if labels.size == 0 or labels.max() < 256 else np.uint16
-    _write_image(case.nodules.with_array(labels.astype(dtype)), folder / "nodules.nii.gz")
-    meta: dict = {str(k): int(v) for k, v in sorted(case.textures.items())}
-    meta["diameters_mm"] = {str(k): float(v) for k, v in sorted(case.diameters_mm.items())}
-    meta["centres_mm"] = {str(k): [float(c) for c in v] for k, v in sorted(case.centres_mm.items())}
-    meta.update(extra or {})
-    tmp = folder / "tmp_textures.json"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / "textures.json")
-    return folder
+    meta = {
+        "diameters_mm": {str(k): float(v) for k, v in sorted(case.diameters_mm.items())},
+        "centres_mm": {str(k): [float(c) for c in v] for k, v in sorted(case.centres_mm.items())},
+        **(extra or {}),
+    }
+    return write_case_folder(folder, case.image, case.lung, case.nodules, case.textures, meta)
 
 
 def read_case(folder: Path) -> PhantomCase:
-    """Read a case folder written by ``write_case``."""
+    """Read a case folder written by ``write_case`` (or any dataset case: metadata may be absent)."""
+    from .data.folder import read_case_meta, read_textures
     from .image_data import check_image_data
 
     folder = Path(folder)
-    meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
+    meta = read_case_meta(folder)
+    textures, problems = read_textures(folder / "textures.json")
+    if problems:
+        raise InputError(f"{folder}: " + "; ".join(problems))
 
     def read(name: str) -> Volume:
         check_image_data(folder / name)
@@ -989,20 +975,19 @@ def read_case(folder: Path) -> PhantomCase:
         image=read("image.nii.gz"),
         lung=read("lung.nii.gz"),
         nodules=read("nodules.nii.gz"),
-        textures={int(k): int(v) for k, v in meta.items() if k.isdigit()},
+        textures=textures,
         diameters_mm={int(k): float(v) for k, v in meta.get("diameters_mm", {}).items()},
         centres_mm={int(k): tuple(v) for k, v in meta.get("centres_mm", {}).items()},
     )
 
 
 def _complete(folder: Path, expect: dict) -> dict | None:
-    """The case's textures.json if all files exist and it was made with the same parameters."""
+    """The case's metadata if all files exist and it was made with the same parameters."""
+    from .data.folder import read_case_meta
+
     if not all((folder / f).is_file() for f in _FILES):
         return None
-    try:
-        meta = json.loads((folder / "textures.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    meta = read_case_meta(folder)
     return meta if meta.get("phantom") == expect else None
 
 
@@ -1039,7 +1024,9 @@ def write_phantom_dataset(
             write_case(case, folder, extra={"phantom": expect})
             textures = case.textures
         else:
-            textures = {int(k): int(v) for k, v in meta.items() if k.isdigit()}
+            from .data.folder import read_textures
+
+            textures = read_textures(folder / "textures.json")[0]
         rows.append(
             {
                 "case": folder.name,

@@ -7,8 +7,12 @@ Layout::
     DATA/<case>/image.nii.gz       CT in HU
     DATA/<case>/lung.nii.gz        lung mask (nonzero = lung), same geometry as the image
     DATA/<case>/nodules.nii.gz     nodule labels 0..K, same geometry
-    DATA/<case>/textures.json      {"1": 5, "2": 3, ...}: texture 1..5 per nodule label; non-integer keys
-                                   (e.g. "source") are ignored
+    DATA/<case>/textures.json      {"1": 5, "2": 3, ...}: texture 1..5 per nodule label, nothing else
+                                   (older datasets kept metadata here: non-integer keys are ignored)
+    DATA/<case>/case.json          optional metadata: diameters_mm, centres_mm (LPS), source, ...
+
+This module owns the format: :func:`write_case` writes a case folder (``land phantoms``, ``land
+prepare-lidc``), :func:`load_case` / :func:`read_textures` / :func:`read_case_meta` read it.
 
 Images are fed to the VAE in [0, 1]: HU clipped to [hu_min, hu_max] (default [-1000, 1000]) and scaled
 linearly, the mapping stored in ``model.json``.
@@ -39,6 +43,7 @@ IMAGE_FILE = "image.nii.gz"
 LUNG_FILE = "lung.nii.gz"
 NODULES_FILE = "nodules.nii.gz"
 TEXTURES_FILE = "textures.json"
+CASE_META_FILE = "case.json"
 CASE_FILES = (IMAGE_FILE, LUNG_FILE, NODULES_FILE, TEXTURES_FILE)
 CASE_COLUMNS = ("case", "case_id", "id", "folder", "name")
 _INT_KEY = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -151,6 +156,55 @@ def read_textures(path: str | Path) -> tuple[dict[int, int], list[str]]:
     except json.JSONDecodeError as e:
         return {}, [f"{TEXTURES_FILE} is not valid JSON: {e}"]
     return parse_textures(obj)
+
+
+def write_case(
+    folder: str | Path,
+    image: Volume,
+    lung: Volume,
+    nodules: Volume,
+    textures: dict[int, int],
+    meta: dict | None = None,
+) -> Path:
+    """Write one case folder: CT (int16 HU), lung mask (uint8), nodule labels, ``case.json`` (``meta``),
+    and last ``textures.json`` (label -> texture only), whose presence marks the case complete."""
+    from ..atomic import atomic_path, atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = nodules.array
+    label_type = np.uint8 if labels.size == 0 or labels.max() < 256 else np.uint16
+    arrays = (
+        (IMAGE_FILE, image.with_array(np.clip(np.round(image.array), -32768, 32767).astype(np.int16))),
+        (LUNG_FILE, lung.with_array((lung.array != 0).astype(np.uint8))),
+        (NODULES_FILE, nodules.with_array(labels.astype(label_type))),
+    )
+    import SimpleITK as sitk
+
+    for name, volume in arrays:
+        with atomic_path(folder / name, ".nii.gz") as tmp:
+            sitk.WriteImage(volume.to_sitk(), str(tmp), True)
+    atomic_write_text(folder / CASE_META_FILE, json.dumps(meta or {}, indent=1))
+    atomic_write_text(
+        folder / TEXTURES_FILE, json.dumps({str(k): int(v) for k, v in sorted(textures.items())})
+    )
+    return folder
+
+
+def read_case_meta(folder: str | Path) -> dict:
+    """A case's metadata: ``case.json``, or (datasets written before it) the non-label keys of
+    ``textures.json``; ``{}`` when there is none or it cannot be read."""
+    folder = Path(folder)
+    for name in (CASE_META_FILE, TEXTURES_FILE):
+        try:
+            obj = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(obj, dict):
+            meta = {k: v for k, v in obj.items() if not _INT_KEY.match(str(k))}
+            if meta or name == CASE_META_FILE:
+                return meta
+    return {}
 
 
 def hu_to_unit(array: np.ndarray, hu_min: float = -1000.0, hu_max: float = 1000.0) -> np.ndarray:

@@ -22,13 +22,14 @@ Output (``land.data.folder`` format)::
                           textures, patient_id, series_uid, lung_volume_l, lung_kept (fraction of the
                           lung volume inside the crop)
     OUT/failures.csv      case, patient_id, series_uid, error (this run's failed cases)
-    OUT/LIDC-IDRI-XXXX/   image.nii.gz, lung.nii.gz, nodules.nii.gz (labels 1..K), textures.json
+    OUT/LIDC-IDRI-XXXX/   image.nii.gz, lung.nii.gz, nodules.nii.gz (labels 1..K), case.json, textures.json
 
-``textures.json``: ``{"1": 5, ...}`` plus ``annotations`` (readers per nodule), ``malignancy`` (median),
-``diameters_mm`` (median of the readers' diameters), ``centres_mm`` (LPS), ``volumes_mm3`` (consensus, in
-the output), ``reader_textures`` / ``reader_diameters_mm`` / ``reader_volumes_mm3``, ``source`` and the
-case's ``manifest`` row. It is written last: a case folder with it is complete and is skipped when the
-command runs again (resumable). A failing case is logged in ``failures.csv`` and skipped; it never stops
+(written by :func:`land.data.folder.write_case`, the format's owner). ``textures.json``: ``{"1": 5, ...}``
+(median reader texture per label). ``case.json``: ``annotations`` (readers per nodule), ``malignancy``
+(median), ``diameters_mm`` (median of the readers' diameters), ``centres_mm`` (LPS), ``volumes_mm3``
+(consensus, in the output), ``reader_textures`` / ``reader_diameters_mm`` / ``reader_volumes_mm3``,
+``source`` and the case's ``manifest`` row. ``textures.json`` is written last: a case folder with it is
+complete and is skipped when the command runs again (resumable). A failing case is logged in ``failures.csv`` and skipped; it never stops
 the run. Patients with several CT scans get folders ``LIDC-IDRI-XXXX``, ``LIDC-IDRI-XXXX_2``, ...
 """
 
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import os
 import sys
 import traceback
@@ -314,7 +314,7 @@ def prepare_case(
 ) -> dict[str, str]:
     """Process one scan into ``out_dir`` (a case folder); returns its manifest row."""
     from ..lungseg import segment_lungs
-    from ..phantom import PhantomCase, write_case
+    from .folder import write_case
 
     stack = read_dicom_series(series_dir, record.series_uid)
     ct = stack.volume
@@ -410,15 +410,14 @@ def prepare_case(
         "crop_box_xyz": crop_box,
         "notes": notes,
     }
-    case = PhantomCase(
-        image=image_out,
-        lung=lung_out,
-        nodules=Volume.like(grid, label_array),
-        textures=textures,
-        diameters_mm=diameters,
-        centres_mm=centres,
-    )
-    write_case(case, Path(out_dir), extra={**extra, "source": source, "manifest": row})
+    meta = {
+        "diameters_mm": {str(k): float(v) for k, v in sorted(diameters.items())},
+        "centres_mm": {str(k): [float(c) for c in v] for k, v in sorted(centres.items())},
+        **extra,
+        "source": source,
+        "manifest": row,
+    }
+    write_case(Path(out_dir), image_out, lung_out, Volume.like(grid, label_array), textures, meta)
     return row
 
 
@@ -455,14 +454,11 @@ class PrepareSummary:
 
 def _completed_row(folder: Path) -> dict[str, str] | None:
     """The manifest row stored in a finished case folder (None when the case is not complete)."""
-    from .folder import CASE_FILES, TEXTURES_FILE
+    from .folder import CASE_FILES, read_case_meta
 
     if not all((folder / f).is_file() for f in CASE_FILES):
         return None
-    try:
-        row = json.loads((folder / TEXTURES_FILE).read_text(encoding="utf-8")).get("manifest")
-    except (OSError, ValueError, AttributeError):
-        return None
+    row = read_case_meta(folder).get("manifest")
     return {k: str(v) for k, v in row.items()} if isinstance(row, dict) else None
 
 
