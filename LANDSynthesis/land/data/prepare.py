@@ -29,8 +29,9 @@ Output (``land.data.folder`` format)::
 (median), ``diameters_mm`` (median of the readers' diameters), ``centres_mm`` (LPS), ``volumes_mm3``
 (consensus, in the output), ``reader_textures`` / ``reader_diameters_mm`` / ``reader_volumes_mm3``,
 ``source`` and the case's ``manifest`` row. ``textures.json`` is written last: a case folder with it is
-complete and is skipped when the command runs again (resumable). A failing case is logged in ``failures.csv`` and skipped; it never stops
-the run. Patients with several CT scans get folders ``LIDC-IDRI-XXXX``, ``LIDC-IDRI-XXXX_2``, ...
+complete and is skipped when the command runs again (resumable). A failing case is logged in
+``failures.csv`` and skipped; it never stops the run. Patients with several CT scans get folders
+``LIDC-IDRI-XXXX``, ``LIDC-IDRI-XXXX_2``, ...
 """
 
 from __future__ import annotations
