@@ -52,10 +52,8 @@ API: ``make_phantom`` -> ``PhantomCase``; ``lung_mask_phantom`` (the same lung m
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1036,14 +1034,9 @@ def write_phantom_dataset(
                 "textures": ";".join(f"{k}:{v}" for k, v in sorted(textures.items())),
             }
         )
-    manifest = out / "manifest.csv"
-    tmp = out / "tmp_manifest.csv"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["case", "size", "spacing", "nodule_count", "textures"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
-    return manifest
+    from .data.folder import write_manifest
+
+    return write_manifest(out, ["case", "size", "spacing", "nodule_count", "textures"], rows)
 
 
 def register(sub, command) -> None:

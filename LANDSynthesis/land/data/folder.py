@@ -25,7 +25,7 @@ import json
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +189,18 @@ def write_case(
         folder / TEXTURES_FILE, json.dumps({str(k): int(v) for k, v in sorted(textures.items())})
     )
     return folder
+
+
+def write_manifest(root: str | Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """Write ``root/manifest.csv`` (first column ``case``) atomically; returns its path."""
+    from ..atomic import atomic_path
+
+    path = Path(root) / MANIFEST_FILE
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def read_case_meta(folder: str | Path) -> dict:

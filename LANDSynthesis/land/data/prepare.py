@@ -632,6 +632,8 @@ def prepare_lidc(
         "spacing": float(spacing),
     }
     by_case = {t.case: t for t in todo}
+    from .folder import write_manifest
+
     manifest = out / "manifest.csv"
 
     def record(result: dict) -> None:
@@ -639,7 +641,7 @@ def prepare_lidc(
         if "row" in result:
             rows[task.case] = result["row"]
             summary.done += 1
-            _write_csv(manifest, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
+            write_manifest(out, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
         else:
             summary.failed += 1
             failure = {"case": task.case, "patient_id": task.patient_id, "series_uid": task.series_uid}
@@ -669,7 +671,7 @@ def prepare_lidc(
             _run_pool(todo, str(out), options, workers, record)
     finally:
         bar.close()
-    _write_csv(manifest, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
+    write_manifest(out, MANIFEST_COLUMNS, (rows[k] for k in sorted(rows)))
     failures_path = out / "failures.csv"
     if summary.failures:
         _write_csv(failures_path, FAILURE_COLUMNS, summary.failures)
