@@ -209,7 +209,8 @@ def test_case_metadata_lives_in_case_json_and_old_folders_still_read(tmp_path):
     assert read_case_meta(folder) == {"source": "x"}
     old = tmp_path / "old"
     old.mkdir()
-    (old / "textures.json").write_text(json.dumps({"1": 5, "source": "y", "diameters_mm": {"1": 8.0}}))
+    legacy = {"1": 5, "source": "y", "diameters_mm": {"1": 8.0}}
+    (old / "textures.json").write_text(json.dumps(legacy), encoding="utf-8")
     assert read_textures(old / "textures.json") == ({1: 5}, [])
     assert read_case_meta(old) == {"source": "y", "diameters_mm": {"1": 8.0}}
     assert read_case_meta(tmp_path / "missing") == {}

@@ -40,7 +40,7 @@ def parity(device: str, steps: int) -> dict:
     masks = make_demo_masks()
     out: dict = {"auto_device": resolve_device("auto").type, "steps": steps}
     t0 = time.perf_counter()
-    ref = pipe.generate(masks, steps=steps, seed=0, device="cpu").array.astype(np.float32)
+    ref = pipe.generate(masks, steps=steps, seed=0, device="cpu", precision="fp32").array.astype(np.float32)
     out["cpu_fp32_s"] = round(time.perf_counter() - t0, 2)
     for precision in ("fp32", "bf16", "fp16"):
         t0 = time.perf_counter()

@@ -808,7 +808,9 @@ def choose_method(
 
     if not streamable(vae):
         return "passes"
-    plan = plan_tiles(vae, latent_shape, max_memory, device)
+    with warnings.catch_warnings():  # "smallest tiles" warnings of a plan that will not be used
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plan = plan_tiles(vae, latent_shape, max_memory, device)
     return "passes" if all(s.num_tiles == 1 for s in plan.stages) else "stream"
 
 
