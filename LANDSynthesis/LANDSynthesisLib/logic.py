@@ -46,7 +46,6 @@ from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: 
     is_guided,
     parse_guidance,
 )
-from land.errors import InputError
 
 from . import segments as seglib
 from .engineoutput import EngineOutputMixin
@@ -90,6 +89,7 @@ from .options import (  # noqa: F401 - constants, errors and parameter classes r
     LANDInputError,
     LANDSynthesisError,
     TeachingSetParameters,
+    engineCommand,
     guidanceArguments,
 )
 from .process import ChildProcess, pythonExecutable
@@ -436,11 +436,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             compress=False,  # a raw NRRD loads several times faster on the GUI thread
             extra=[str(a) for a in p.extraArguments],
         )
-        try:
-            argv = options.to_argv()
-        except InputError as e:
-            raise LANDInputError(str(e)) from None
-        return [self.defaultPythonExecutable(), "-m", "land", *argv]
+        return engineCommand(self.defaultPythonExecutable(), options)
 
     def _pollRunning(self, job: GenerationJob) -> None:
         child = job.child

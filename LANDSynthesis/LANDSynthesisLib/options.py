@@ -43,6 +43,16 @@ class GenerationCancelled(LANDSynthesisError):
     """The user cancelled the generation."""
 
 
+def engineCommand(python: str, options) -> list[str]:
+    """``python -m land ...`` from an engine option object (``land.contract``'s ``to_argv``); its refusal
+    becomes LANDInputError, shown to the user before any process starts."""
+    try:
+        argv = options.to_argv()
+    except InputError as e:
+        raise LANDInputError(str(e)) from None
+    return [python, "-m", "land", *argv]
+
+
 def guidanceArguments(fromModel: bool, scale: Any, mode: Any) -> list[str]:
     """``--guidance W --guidance-mode M`` checked by the engine's rules (LANDInputError says why), or none
     when ``fromModel`` (the engine then uses the model's recommended guidance from its model.json)."""

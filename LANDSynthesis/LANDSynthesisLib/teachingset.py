@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from land.contract import TeachingSetOptions
-from land.errors import InputError
 
 from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
 from .options import (
-    LANDInputError,
     LANDSynthesisError,
     TeachingSetParameters,
+    engineCommand,
 )
 from .process import ChildProcess
 
@@ -42,11 +41,7 @@ class TeachingSetMixin:
             guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
             extra=[str(a) for a in p.extraArguments],
         )
-        try:
-            argv = options.to_argv()
-        except InputError as e:
-            raise LANDInputError(str(e)) from None
-        return [self.defaultPythonExecutable(), "-m", "land", *argv]
+        return engineCommand(self.defaultPythonExecutable(), options)
 
     def startTeachingSet(
         self,

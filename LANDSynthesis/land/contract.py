@@ -154,6 +154,16 @@ def check_steps(steps: object) -> int | None:
     return int(steps)
 
 
+def _check_guidance_and_progress(scale: float | None, mode: str | None, progress: str) -> None:
+    """The option classes' shared rules: guidance scale and mode both or neither; a known progress style."""
+    if (scale is None) != (mode is None):
+        raise InputError("give both the guidance scale and its mode, or neither (the model's recommendation)")
+    if scale is not None:
+        check_guidance(scale, mode)
+    if progress not in ("bar", "json", "none"):
+        raise InputError(f"unknown progress style {progress!r}; choose bar, json or none")
+
+
 @dataclass
 class GenerateOptions:
     """The options of ``land generate`` a client sets, checked by :meth:`validate`; :meth:`to_argv` is the
@@ -185,14 +195,7 @@ class GenerateOptions:
         check_precision(self.precision)
         if self.mode is not None and self.mode not in MODES:
             raise InputError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        if (self.guidance is None) != (self.guidance_mode is None):
-            raise InputError(
-                "give both the guidance scale and its mode, or neither (the model's recommendation)"
-            )
-        if self.guidance is not None:
-            check_guidance(self.guidance, self.guidance_mode)
-        if self.progress not in ("bar", "json", "none"):
-            raise InputError(f"unknown progress style {self.progress!r}; choose bar, json or none")
+        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
@@ -262,12 +265,7 @@ class TeachingSetOptions:
         check_steps(self.steps)
         if self.seed is not None:
             check_seed(self.seed)
-        if (self.guidance is None) != (self.guidance_mode is None):
-            raise InputError("give both the guidance scale and its mode, or neither (the model's own)")
-        if self.guidance is not None:
-            check_guidance(self.guidance, self.guidance_mode)
-        if self.progress not in ("bar", "json", "none"):
-            raise InputError(f"unknown progress style {self.progress!r}; choose bar, json or none")
+        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
