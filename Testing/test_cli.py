@@ -334,3 +334,20 @@ def test_teaching_set_options_round_trip_through_the_parser():
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             TeachingSetOptions(**{"out": "set", "cases": 2, **bad}).to_argv()
+
+
+def test_sample_set_options_round_trip_through_the_parser():
+    from land.cli import build_parser
+    from land.contract import SampleSetOptions
+    from land.errors import InputError
+
+    opts = SampleSetOptions(model="m", out="s", n=8, masks="d", steps=12, seed=4)
+    a = build_parser().parse_args(opts.to_argv())
+    got = (a.command, a.model, a.out, a.n, a.masks, a.steps, a.seed)
+    assert got == ("sample-set", "m", "s", 8, "d", 12, 4)
+    assert a.progress == "json" and not a.unconditional
+    u = build_parser().parse_args(SampleSetOptions(model="m", out="s", n=2).to_argv())
+    assert u.unconditional and u.masks is None and u.steps is None
+    for bad, match in ((dict(n=0), "samples"), (dict(sampler="x"), "sampler"), (dict(steps=2000), "step")):
+        with pytest.raises(InputError, match=match):
+            SampleSetOptions(**{"model": "m", "out": "s", "n": 2, **bad}).to_argv()

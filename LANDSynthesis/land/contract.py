@@ -287,3 +287,42 @@ class TeachingSetOptions:
             argv += ["--guidance", f"{float(self.guidance):g}", "--guidance-mode", str(self.guidance_mode)]
         argv += ["--progress", self.progress]
         return argv + [str(a) for a in self.extra]
+
+
+@dataclass
+class SampleSetOptions:
+    """The options of ``land sample-set`` a client sets (see :class:`GenerateOptions`): ``masks`` a mask
+    dataset whose cases are reused in turn, or ``None`` for unconditional samples."""
+
+    model: str
+    out: str
+    n: int
+    masks: str | None = None
+    steps: int | None = None
+    sampler: str = DEFAULT_SAMPLER
+    seed: int = 0
+    device: str = "auto"
+    progress: str = "json"
+
+    def validate(self) -> SampleSetOptions:
+        """Raise :class:`InputError` naming the first bad option; returns ``self``."""
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n:
+            raise InputError(f"the number of samples must be a whole number >= 1, got {n!r}")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_steps(self.steps)
+        check_seed(self.seed)
+        _check_guidance_and_progress(None, None, self.progress)
+        return self
+
+    def to_argv(self) -> list[str]:
+        """``sample-set --model M ... --progress STYLE``, checked by :meth:`validate` first."""
+        self.validate()
+        argv = ["sample-set", "--model", str(self.model)]
+        argv += ["--unconditional"] if self.masks is None else ["--masks", str(self.masks)]
+        argv += ["--n", str(int(self.n)), "--out", str(self.out)]
+        if self.steps is not None:
+            argv += ["--steps", str(int(self.steps))]
+        argv += ["--sampler", self.sampler, "--seed", str(int(self.seed)), "--device", self.device]
+        return argv + ["--progress", self.progress]

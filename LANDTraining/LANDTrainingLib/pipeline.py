@@ -38,6 +38,9 @@ except ImportError:  # repository checkout without LANDSynthesis on sys.path
         sys.path.append(str(_SYNTHESIS_DIR))
     from LANDSynthesisLib.process import ChildProcess
 
+from land.contract import SampleSetOptions
+from land.errors import InputError
+
 from .runstate import (  # noqa: F401 - the run's parameters, layout and state, re-exported
     CHECKPOINT_FILE,
     DEVICES,
@@ -132,13 +135,21 @@ class PipelineRunner:
             if (out / CHECKPOINT_FILE).is_file():
                 args.append("--resume")
             return args
-        if stage == "sample":
-            args = ["sample-set", "--model", str(layout.model)]
-            args += ["--unconditional"] if p.unconditional else ["--masks", str(layout.dataset)]
-            args += ["--n", str(p.samples), "--out", str(layout.samples), "--steps", str(p.sampleSteps)]
-            args += ["--sampler", p.sampler, "--seed", str(p.seed), "--device", p.device]
-            args += ["--progress", "json"]
-            return args
+        if stage == "sample":  # the engine's option contract builds it (land.contract.SampleSetOptions)
+            options = SampleSetOptions(
+                model=str(layout.model),
+                out=str(layout.samples),
+                n=p.samples,
+                masks=None if p.unconditional else str(layout.dataset),
+                steps=p.sampleSteps,
+                sampler=p.sampler,
+                seed=p.seed,
+                device=p.device,
+            )
+            try:
+                return options.to_argv()
+            except InputError as e:
+                raise TrainingInputError(str(e)) from None
         if stage == "evaluate":
             args = ["evaluate", "--real", str(layout.dataset), "--generated", str(layout.samples)]
             if not p.unconditional:
