@@ -11,7 +11,7 @@ from test_decoding import make_vae, structured_latent
 
 from land import decode_stream as ds
 from land.decode_stream import decode_stream, plan_stream, streamable
-from land.decoding import choose_method, decode_full, decode_tiled
+from land.decoding import CPU_OVERHEAD_BYTES, choose_method, decode_full, decode_tiled
 
 EXACT_ABS = 1e-5  # the issue's bar: max |stream - full|
 
@@ -34,7 +34,7 @@ def case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 def _budget_spilling(vae: torch.nn.Module, z: torch.Tensor) -> int:
     """A max_memory that keeps the small tensors in memory but spills the full-resolution ones."""
     plan = plan_stream(vae, z.shape, max_memory=2**40)
-    return ds._OVERHEAD_BYTES + plan.weight_bytes + 3 * 2**20
+    return CPU_OVERHEAD_BYTES + plan.weight_bytes + 3 * 2**20
 
 
 @pytest.mark.parametrize("slab_rows", [None, 1, 3, 8])
@@ -113,15 +113,15 @@ def test_auto_chooses_stream_only_when_it_must() -> None:
     shape = (1, 4, 9, 10, 7)
     cpu = torch.device("cpu")
     assert choose_method(vae, shape, None, cpu) == "passes"  # fits: decoded whole
-    assert choose_method(vae, shape, ds._OVERHEAD_BYTES + 2**20, cpu) == "stream"
-    assert choose_method(vae, shape, ds._OVERHEAD_BYTES + 2**20, cpu, tile_size=3) == "passes"
+    assert choose_method(vae, shape, CPU_OVERHEAD_BYTES + 2**20, cpu) == "stream"
+    assert choose_method(vae, shape, CPU_OVERHEAD_BYTES + 2**20, cpu, tile_size=3) == "passes"
     attn = make_vae(
         (8, 16, 16), groups=4, attention_levels=(False, False, True), with_decoder_nonlocal_attn=True
     )
     assert not streamable(attn)
-    assert choose_method(attn, shape, ds._OVERHEAD_BYTES + 2**20, cpu) == "passes"
+    assert choose_method(attn, shape, CPU_OVERHEAD_BYTES + 2**20, cpu) == "passes"
     z = structured_latent(shape, seed=4)
-    out = decode_tiled(attn, z, max_memory=ds._OVERHEAD_BYTES + 2**20)  # falls back and stays exact
+    out = decode_tiled(attn, z, max_memory=CPU_OVERHEAD_BYTES + 2**20)  # falls back and stays exact
     assert float((out - decode_full(attn, z)).abs().max()) <= 1e-4
 
 

@@ -34,15 +34,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoding import _release_host_memory
+from .decoding import _TRIM_MIN_BYTES, CPU_OVERHEAD_BYTES, DEFAULT_CPU_MAX_MEMORY, _release_host_memory
 from .errors import InputError
 
 __all__ = ["StreamPlan", "StreamSegment", "check_disk_space", "decode_stream", "plan_stream", "streamable"]
 
 ProgressFn = Callable[[int, int], None]
-_OVERHEAD_BYTES = 512 * 1024**2  # interpreter, libtorch/MONAI, allocator slack (as land.decoding on CPU)
 _LIVE = 3  # activation tensors of the widest op alive at once per slab (input, result, workspace)
-_TRIM_MIN_BYTES = 32 * 1024**2  # return freed heap memory to the OS after slabs at least this large
 
 # ops: ("gn", GroupNorm) first in a branch only, ("silu", None), ("conv", Conv3d), ("up", 2)
 Op = tuple[str, object]
@@ -192,10 +190,6 @@ class _Stored:
         self.mean = torch.zeros(shape[0], dtype=torch.float64)  # per channel, running (Chan et al.)
         self.m2 = torch.zeros(shape[0], dtype=torch.float64)  # per channel sum of squared deviations
         self._affine: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * 4
 
     def write(self, row: int, x: torch.Tensor) -> None:
         """Store ``x`` (C, rows, H, W) at rows ``row..``; add its statistics."""
@@ -366,7 +360,7 @@ def _plan(
     params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     weights = sum(p.numel() * p.element_size() for p in params)
     itemsize = params[0].element_size()
-    max_memory = int(max_memory if max_memory is not None else 2 * 1024**3)
+    max_memory = int(max_memory if max_memory is not None else DEFAULT_CPU_MAX_MEMORY)
     result_bytes = n * math.prod(shapes[-1]) * 4
     last = _last_use(segments)
     in_memory: dict[int, int] = {0: math.prod(shapes[0]) * 4}
@@ -378,7 +372,7 @@ def _plan(
         rows = shapes[i + 1][1]
         per_row = _bytes_per_row(seg, shapes, rows, itemsize)
         out_bytes = math.prod(shapes[i + 1]) * 4
-        fixed = _OVERHEAD_BYTES + weights + result_bytes + sum(in_memory.values())
+        fixed = CPU_OVERHEAD_BYTES + weights + result_bytes + sum(in_memory.values())
         # smallest useful slab: the one-row working set; keep it, store the output where it fits
         min_slab = per_row * min(rows, 4)
         to_disk = not final and fixed + out_bytes + min_slab > max_memory

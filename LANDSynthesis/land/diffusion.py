@@ -325,9 +325,9 @@ def sample(
     - ``sampler``: ``"ddpm"`` ancestral (posterior mean + ``sqrt(posterior variance)`` noise, none on the last
       step; strided posterior when ``steps < 1000``), ``"ddim"`` (``eta`` in [0, 1]; 0 = deterministic,
       1 = DDPM; ``eta`` is ignored by the other samplers), ``"dpmpp2m"`` (DPM-Solver++(2M), data
-      prediction, log-SNR time; first-order first step) or ``"dpmpp3m"`` (DPM-Solver++(3M); first and
-      second steps of order 1 and 2). Every sampler's last step goes to clean data and returns the model's
-      x0 prediction.
+      prediction, log-SNR time; first-order first step) or ``"unipc"`` (UniPC-bh2 predictor + corrector,
+      order 3 after two warm-up steps, lower near the end). Every sampler's last step goes to clean data
+      and returns the model's x0 prediction.
     - ``steps``: 1..1000, ``None`` -> :func:`default_steps`. Timesteps: :func:`timesteps_for`, or
       ``timesteps`` (strictly decreasing, from T-1) to override the spacing (``steps`` is then ignored).
     - Start noise ``x_T`` (unless given) and ddpm/ddim-eta step noise are drawn from ``generator`` on the CPU
