@@ -9,9 +9,11 @@ from typing import Any
 
 from land.contract import (
     DEFAULT_SAMPLER,
-    MODES,
     SAMPLER_TITLES,
     check_guidance,
+    check_mode,
+    check_sampler,
+    check_steps,
 )
 from land.errors import InputError
 
@@ -90,12 +92,12 @@ class GenerationParameters:
         return dataclassFrom(cls, parameters, "generation", LANDInputError)
 
     def check(self) -> None:
-        if self.mode is not None and self.mode not in MODES:
-            raise LANDInputError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        if self.sampler not in SAMPLERS:
-            raise LANDInputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise LANDInputError(f"steps must be a whole number 1..1000, got {self.steps!r}")
+        try:  # the engine's own rules (land.contract), before any process starts
+            check_mode(self.mode)
+            check_sampler(self.sampler)
+            check_steps(self.steps)
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
             raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
         device = (self.device or "auto").lower()
@@ -170,8 +172,10 @@ class TeachingSetParameters:
             raise LANDInputError(f"the number of cases must be a whole number 1..10000, got {self.cases!r}")
         if self.noduleRate is not None and not 0.0 <= float(self.noduleRate) <= 1.0:
             raise LANDInputError(f"the nodule rate is a share of cases, 0..1, got {self.noduleRate!r}")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= 1000):
-            raise LANDInputError(f"steps must be a whole number 1..1000, got {self.steps!r}")
+        try:
+            check_steps(self.steps)
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
             raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
         self.texturesText()

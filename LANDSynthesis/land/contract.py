@@ -145,6 +145,20 @@ def check_seed(seed: object) -> int:
     return int(seed)
 
 
+def check_sampler(sampler: object) -> str:
+    """A sampler name from :data:`SAMPLERS`, or :class:`InputError` listing them."""
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    return str(sampler)
+
+
+def check_mode(mode: object) -> str | None:
+    """``None`` (the model's mode) or a conditioning mode from :data:`MODES`, else :class:`InputError`."""
+    if mode is not None and mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return mode
+
+
 def check_steps(steps: object) -> int | None:
     """``None`` (the sampler's default) or a whole number of steps 1..1000, else :class:`InputError`."""
     if steps is None:
@@ -188,13 +202,11 @@ class GenerateOptions:
 
     def validate(self) -> GenerateOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)
         check_precision(self.precision)
-        if self.mode is not None and self.mode not in MODES:
-            raise InputError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        check_mode(self.mode)
         _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
@@ -309,8 +321,7 @@ class SampleSetOptions:
         n = self.n
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n:
             raise InputError(f"the number of samples must be a whole number >= 1, got {n!r}")
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)
         _check_guidance_and_progress(None, None, self.progress)

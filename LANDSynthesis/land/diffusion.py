@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS  # noqa: F401 - SAMPLERS re-exported
+from .contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, check_sampler  # noqa: F401 - SAMPLERS re-exported
 from .errors import Cancelled, InputError, ModelError
 
 __all__ = [
@@ -155,9 +155,7 @@ def min_snr_weight(t: Tensor, schedule: NoiseSchedule, gamma: float = 5.0) -> Te
 
 
 def _check_sampler(sampler: str) -> str:
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    return sampler
+    return check_sampler(sampler)
 
 
 def default_steps(sampler: str) -> int:

@@ -15,10 +15,18 @@ import numpy as np
 import torch
 
 from . import __version__
-from .conditioning import MODES, MaskSet, encode_conditioning, pool_to_latent
-from .contract import DEFAULT_PRECISION, DEFAULT_SAMPLER, check_precision, check_seed, guidance_text
+from .conditioning import MaskSet, encode_conditioning, pool_to_latent
+from .contract import (
+    DEFAULT_PRECISION,
+    DEFAULT_SAMPLER,
+    check_mode,
+    check_precision,
+    check_sampler,
+    check_seed,
+    guidance_text,
+)
 from .decoding import decode_full, decode_tiled
-from .diffusion import SAMPLERS, NoiseSchedule, default_steps, sample
+from .diffusion import NoiseSchedule, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
 from .guidance import check_guidance, guided_denoiser
 from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
@@ -238,10 +246,8 @@ class LANDPipeline:
         stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`.
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_mode(mode)
+        check_sampler(sampler)
         if decode not in ("tiled", "full"):
             raise InputError(f"unknown decode {decode!r}; choose 'tiled' or 'full'")
         if mode != "none" and mode != self.config.mode:
