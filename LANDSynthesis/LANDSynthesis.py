@@ -11,6 +11,13 @@ import slicer
 import vtk
 from LANDSynthesisLib import dependencies
 from LANDSynthesisLib import segments as seglib
+from LANDSynthesisLib.application import (
+    HAVE_QT,  # noqa: F401 - part of the module's surface (tests check it)
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleWidget,
+    ctk,
+    qt,
+)
 from LANDSynthesisLib.logic import (
     BUNDLED_MODEL_NAME,
     DEFAULT_SAMPLER,
@@ -35,34 +42,6 @@ from LANDSynthesisLib.logic import (
 from LANDSynthesisLib.widget_masks import MaskActionsMixin
 from LANDSynthesisLib.widget_teaching import TeachingActionsMixin
 from slicer.util import VTKObservationMixin
-
-try:  # the Slicer application (absent from the slicer-core wheel)
-    import ctk
-    import qt
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-
-    HAVE_QT = True
-except ImportError:
-    import unittest
-
-    ctk = qt = None
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-        __test__ = False  # not collected by pytest
-
-    HAVE_QT = False
 
 __all__ = ["LANDSynthesis", "LANDSynthesisLogic", "LANDSynthesisTest", "LANDSynthesisWidget"]
 

@@ -24,6 +24,14 @@ for _folder in (_HERE, _HERE.parent / "LANDSynthesis"):  # repository layout; in
     if (_folder / "LANDSynthesisLib").is_dir() and str(_folder) not in sys.path:
         sys.path.append(str(_folder))
 
+from LANDSynthesisLib.application import (  # noqa: E402
+    HAVE_QT,  # noqa: F401 - part of the module's surface (tests check it)
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    ctk,
+    qt,
+)
 from LANDTrainingLib.logic import LANDTrainingLogic  # noqa: E402
 from LANDTrainingLib.pipeline import (  # noqa: E402
     FAILED,
@@ -35,34 +43,6 @@ from LANDTrainingLib.pipeline import (  # noqa: E402
     configSummary,
     formatDuration,
 )
-
-try:  # the Slicer application (absent from the slicer-core wheel)
-    import ctk
-    import qt
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-
-    HAVE_QT = True
-except ImportError:
-    import unittest
-
-    ctk = qt = None
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-        __test__ = False  # not collected by pytest
-
-    HAVE_QT = False
 
 __all__ = ["LANDTraining", "LANDTrainingLogic", "LANDTrainingTest", "LANDTrainingWidget"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -52,7 +53,9 @@ def analytic(steps_list: tuple[int, ...]) -> None:
     print()
 
 
-def demo_model(seeds: list[int], ref_steps: int) -> None:
+def demo_model(
+    seeds: list[int], ref_steps: int, candidates: list[tuple[str, int]], cache: str | None = None
+) -> None:
     from land.cli import default_model_dir
     from land.demo import make_demo_masks
     from land.eval.fidelity import nodule_stats
@@ -72,17 +75,25 @@ def demo_model(seeds: list[int], ref_steps: int) -> None:
     def nodules(ct: np.ndarray) -> list:
         return nodule_stats(ct, lung, labels, masks.textures, spacing)
 
+    stored = dict(np.load(cache)) if cache and os.path.exists(cache) else {}
     refs = {}
     for seed in seeds:
+        key = f"dpmpp2m{ref_steps}_seed{seed}"
+        if key in stored:
+            refs[seed] = stored[key].astype(np.float64)
+            continue
         refs[seed], sec = run("dpmpp2m", ref_steps, seed)
         print(f"reference dpmpp2m {ref_steps} steps, seed {seed}: {sec:.0f} s", flush=True)
+        if cache:
+            stored[key] = refs[seed].astype(np.int16)
+            np.savez(cache, **stored)
     print(f"\nDemo model, demo masks (nodules of texture 5/3/1), seeds {seeds}; vs dpmpp2m {ref_steps} steps")
     print(f"{'sampler':>8} {'steps':>5} {'s/volume':>9} {'mean|dHU|':>10} {'lung mean|dHU|':>15} "
           f"{'nodule |dHU|':>13} {'contrast |dHU|':>15} {'visible':>8}")  # fmt: skip
     ref_vis = []
     for seed in seeds:
         ref_vis += [n.visible for n in nodules(refs[seed])]
-    for sampler, steps in CANDIDATES:
+    for sampler, steps in candidates:
         d_all, d_lung, d_nod, d_con, vis, secs = [], [], [], [], [], []
         for seed in seeds:
             ct, sec = run(sampler, steps, seed)
@@ -107,10 +118,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the demo-model part")
     ap.add_argument("--ref-steps", type=int, default=200)
     ap.add_argument("--skip-model", action="store_true", help="only the analytic part")
+    ap.add_argument(
+        "--candidates",
+        default=",".join(f"{s}:{n}" for s, n in CANDIDATES),
+        help="comma-separated sampler:steps pairs for the demo-model part",
+    )
+    ap.add_argument("--refs-cache", help="npz file that keeps the (slow) references between runs")
     args = ap.parse_args()
     analytic((6, 8, 10, 12, 15, 20, 25, 50, 200))
     if not args.skip_model:
-        demo_model([int(s) for s in args.seeds.split(",")], args.ref_steps)
+        pairs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
+        demo_model([int(s) for s in args.seeds.split(",")], args.ref_steps, pairs, args.refs_cache)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Seconds per denoising step and peak RSS: LAND's U-Net (fp32, bf16 autocast) vs MONAI's DiffusionModelUNet.
+"""Seconds per denoising step and peak RSS: LAND's U-Net (fp32, bf16 autocast) vs the released LAND code's
+layout (``released_unet.py``, rebuilt from its published configuration) and MONAI's DiffusionModelUNet.
 
-Each network runs in its own child process (so peak RSS is its own). Prints a table; not a test.
+Each network runs in its own child process (so peak RSS is its own), one after the other in one run. Prints
+a table with each row's time and RSS as a ratio to the reference row (``--reference``); not a test.
 
     python benchmarks/bench_unet.py --size 64 --config paper --repeats 2
 """
@@ -25,6 +27,11 @@ def build(kind: str, config: str):
     cfg = UNET_CONFIGS[config]
     if kind.startswith("land"):
         return LANDUNet(cfg), cfg
+    if kind.startswith("released"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from released_unet import ReleasedLayoutUNet
+
+        return ReleasedLayoutUNet(cfg.latent_channels, cfg.cond_channels, cfg.num_res_blocks), cfg
     from monai.networks.nets import DiffusionModelUNet
 
     net = DiffusionModelUNet(
@@ -60,7 +67,7 @@ def child(kind: str, config: str, size: int, repeats: int) -> dict:
     with torch.inference_mode(), autocast:
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            if kind.startswith("land"):
+            if kind.startswith(("land", "released")):
                 net(x, t, cond)
             else:
                 net(torch.cat([x, cond], 1), t, context=ctx)
@@ -75,7 +82,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="latent grid side (64 = 256^3 CT)")
     parser.add_argument("--config", default="paper", choices=["paper", "small"])
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after one warm-up")
-    parser.add_argument("--kinds", default="land,land-bf16,stock", help="land, land-bf16, stock")
+    parser.add_argument(
+        "--kinds",
+        default="released,land,land-bf16",
+        help="comma-separated: land, land-bf16, released, released-bf16, stock",
+    )
+    parser.add_argument("--reference", default="released", help="row the ratios are taken to")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -94,9 +106,11 @@ def main() -> None:
     names = {
         "land": "LAND U-Net (additive skips)",
         "land-bf16": "LAND U-Net, bfloat16 autocast (precision auto)",
+        "released": "released LAND layout (additive skips, fp32)",
+        "released-bf16": "released LAND layout, bfloat16 autocast",
         "stock": "MONAI DiffusionModelUNet (concat skips)",
     }
-    first = rows[0]
+    first = next((r for r in rows if r["kind"] == args.reference), rows[0])
     print(f"{'network':48s} {'params':>10s} {'s/step':>8s} {'peak RSS':>9s}  ratio to {first['kind']}")
     for r in rows:
         rss = r["peak_rss"] / 2**30

@@ -9,16 +9,11 @@ import vtk
 
 from LANDSynthesisLib import dependencies
 from LANDSynthesisLib import segments as seglib
+from LANDSynthesisLib.application import qt
 from LANDSynthesisLib.logic import (
     LANDInputError,
     LANDSynthesisError,
 )
-
-try:  # the Slicer application (absent from the slicer-core wheel)
-    import ctk
-    import qt
-except ImportError:
-    ctk = qt = None
 
 
 class MaskActionsMixin:

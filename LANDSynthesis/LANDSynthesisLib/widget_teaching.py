@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import slicer
 
+from LANDSynthesisLib.application import qt
 from LANDSynthesisLib.logic import (
     GenerationJob,
     LANDSynthesisError,
     formatDuration,
 )
-
-try:  # the Slicer application (absent from the slicer-core wheel)
-    import ctk
-    import qt
-except ImportError:
-    ctk = qt = None
 
 
 class TeachingActionsMixin:
