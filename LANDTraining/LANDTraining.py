@@ -33,15 +33,15 @@ from LANDSynthesisLib.application import (  # noqa: E402
     qt,
 )
 from LANDTrainingLib.logic import LANDTrainingLogic  # noqa: E402
-from LANDTrainingLib.pipeline import (  # noqa: E402
+
+from land.contract import format_duration  # noqa: E402
+from land.train.config_files import bundled_configs, config_summary  # noqa: E402
+from land.train.pipeline_run import (  # noqa: E402
     FAILED,
     STAGE_TITLES,
     STAGES,
     TrainingError,
     TrainingRun,
-    availableConfigs,
-    configSummary,
-    formatDuration,
 )
 
 __all__ = ["LANDTraining", "LANDTrainingLogic", "LANDTrainingTest", "LANDTrainingWidget"]
@@ -114,7 +114,7 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ):
             lineEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.configPathLineEdit.nameFilters = ["Training config (*.json)"]
-        for name in availableConfigs():
+        for name in bundled_configs():
             self.ui.configComboBox.addItem(CONFIG_TITLES.get(name, name), name)
         self.ui.configComboBox.addItem("JSON file ...", CUSTOM_CONFIG)
         for value, title in DEVICE_TITLES:
@@ -247,7 +247,7 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.dataPathLineEdit.currentPath = node.GetParameter("Data")
             self.ui.outputPathLineEdit.currentPath = node.GetParameter("Output")
             config = node.GetParameter("Config")
-            if config in availableConfigs():
+            if config in bundled_configs():
                 self._setCombo(self.ui.configComboBox, config)
             else:
                 self._setCombo(self.ui.configComboBox, CUSTOM_CONFIG)
@@ -310,7 +310,7 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = "This folder does not exist."
         self.ui.dataKindLabel.text = text
         config = self._parameterNode.GetParameter("Config") if self._parameterNode else ""
-        self.ui.configSummaryLabel.text = configSummary(config) if config else ""
+        self.ui.configSummaryLabel.text = config_summary(config) if config else ""
         out = self.ui.outputPathLineEdit.currentPath
         self.ui.tensorboardLineEdit.text = out
         self.ui.tensorboardLineEdit.toolTip = f"tensorboard --logdir {out}" if out else ""
@@ -370,18 +370,18 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUpdate(self, run: TrainingRun) -> None:
         self.ui.progressBar.value = int(round(1000 * run.fraction))
-        stage = run.currentStage
+        stage = run.current_stage
         if stage is not None and not run.done:
             status = run.statuses[stage]
-            self.ui.statusLabel.text = f"Stage {run.index + 1}/{len(run.stages)}: {status.progressText()}"
+            self.ui.statusLabel.text = f"Stage {run.index + 1}/{len(run.stages)}: {status.progress_text()}"
             if stage in ("vae", "ldm"):
                 self._setCombo(self.ui.plotStageComboBox, stage)
         for row, s in enumerate(STAGES):
             status = run.statuses.get(s)
-            text = status.progressText().split(": ", 1)[-1] if status is not None else "not selected"
+            text = status.progress_text().split(": ", 1)[-1] if status is not None else "not selected"
             self.ui.stagesTable.item(row, 1).setText(text)
         self.showSelectedChart()
-        self.showPreview(run.latestPreview())
+        self.showPreview(run.latest_preview())
         out = str(run.layout.out)
         self.ui.tensorboardLineEdit.text = out
         self.ui.tensorboardLineEdit.toolTip = f"tensorboard --logdir {out}"
@@ -413,7 +413,7 @@ class LANDTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None:
             return
         self.onUpdate(run)
-        elapsed = formatDuration(max(s.endTime or 0 for s in run.statuses.values()) - run.startTime)
+        elapsed = format_duration(max(s.end_time or 0 for s in run.statuses.values()) - run.start_time)
         if run.state == TrainingRun.SUCCEEDED:
             self.ui.statusLabel.text = f"All stages done ({elapsed})."
             model = self.logic.newModelDirectory(run)
@@ -487,13 +487,13 @@ class LANDTrainingTest(ScriptedLoadableModuleTest):
                 capture_output=True,
             )  # fmt: skip
             params = {"data": str(data), "out": str(folder / "run"), "config": "tiny", "device": "cpu"}
-            run = logic.run({**params, "vaeSteps": 3, "ldmSteps": 2}, "vae,ldm")
+            run = logic.run({**params, "vae_steps": 3, "ldm_steps": 2}, "vae,ldm")
             self.assertEqual(run.state, TrainingRun.SUCCEEDED, run.summary())
-            self.assertIsNotNone(run.modelDirectory)
+            self.assertIsNotNone(run.model_directory)
             _, chart = logic.lossNodes("vae")
             self.assertGreater(chart.GetNumberOfPlotSeriesNodes(), 0)
-            node = logic.offerModelToSynthesis(run.modelDirectory)
-            self.assertEqual(node.GetParameter("ModelDirectory"), str(run.modelDirectory))
+            node = logic.offerModelToSynthesis(run.model_directory)
+            self.assertEqual(node.GetParameter("ModelDirectory"), str(run.model_directory))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Pipeline passed")

@@ -91,7 +91,7 @@ def test_generate_full(land_logic, mrml, small_model):
     assert fractions[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in fractions)
     assert job.maxPollSeconds < 0.1, job.maxPollSeconds  # the GUI thread never waits on the engine
     assert list(Path(land_logic.tempRoot).iterdir()) == []  # temporary files removed
-    assert not _alive(job.child.descendantPids())
+    assert not _alive(job.child.descendant_pids())
     longest = job.maxPollSeconds * 1000
     print(f"generate: {elapsed:.1f} s, longest poll {longest:.0f} ms, load {job.loadSeconds:.3f} s")
 
@@ -114,7 +114,7 @@ def test_cancel_mid_run(land_logic, mrml, small_model):
     with pytest.raises(GenerationCancelled):
         land_logic.generate(seg, ref, params, onProgress=on_progress)
     assert seen["pids"], "cancel was not reached"
-    assert not _alive(seen["pids"] + land_logic.job.child.descendantPids())
+    assert not _alive(seen["pids"] + land_logic.job.child.descendant_pids())
     assert list(Path(land_logic.tempRoot).iterdir()) == []
     assert mrml.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1  # only the reference
     assert not land_logic.isRunning()

@@ -170,7 +170,7 @@ def test_teaching_set_real_command(land_logic, small_model, tmp_path):
             onProgress=cancel_early,
         )
     alive = []
-    for pid in seen["pids"] + land_logic.job.child.descendantPids():
+    for pid in seen["pids"] + land_logic.job.child.descendant_pids():
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.append(pid)

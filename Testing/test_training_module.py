@@ -27,14 +27,15 @@ SCRIPT = TRAINING_DIR / "Scripts" / "train.py"
 if str(TRAINING_DIR) not in sys.path:
     sys.path.insert(0, str(TRAINING_DIR))
 
-from LANDTrainingLib import pipeline  # noqa: E402
-from LANDTrainingLib.pipeline import (  # noqa: E402
+from land.train import pipeline_run as pipeline  # noqa: E402
+from land.train.config_files import bundled_configs, config_summary  # noqa: E402
+from land.train.pipeline import PipelineRunner, stage_arguments  # noqa: E402
+from land.train.pipeline_run import (  # noqa: E402
     DONE,
     SKIPPED,
     STAGES,
     STOPPED,
-    PipelineRunner,
-    TrainingParameters,
+    TrainingOptions,
     TrainingRun,
 )
 
@@ -96,57 +97,76 @@ def test_module_imports_without_qt(mrml):
 
     assert not LANDTraining.HAVE_QT
     assert "qt" not in sys.modules and "ctk" not in sys.modules
-    from LANDSynthesisLib import process  # shared with LANDSynthesis, not copied
+    import LANDTrainingLib.logic as training_logic_module
 
-    assert pipeline.ChildProcess is process.ChildProcess
+    from land.train import pipeline as engine_pipeline
+
+    assert training_logic_module.PipelineRunner is engine_pipeline.PipelineRunner  # the engine's, not a copy
 
 
 def test_configs_found():
-    configs = pipeline.availableConfigs()
+    configs = bundled_configs()
     assert {"paper", "small", "demo", "tiny"} <= set(configs)
-    assert pipeline.resolveConfig("tiny") == (REPO / "Resources" / "Configs" / "tiny.json").resolve()
+    assert pipeline.resolve_config("tiny") == (REPO / "Resources" / "Configs" / "tiny.json").resolve()
     with pytest.raises(pipeline.TrainingInputError, match="paper"):
-        pipeline.resolveConfig("nonexistent")
-    assert "32x32x32" in pipeline.configSummary("tiny")
+        pipeline.resolve_config("nonexistent")
+    assert "32x32x32" in config_summary("tiny")
 
 
-def test_script_arguments_and_stage_order():
-    script = load_script()
-    args, stages, params = script.parse_args(["--", "--data", "D", "--out", "O"])
-    assert stages == list(STAGES) == ["prepare", "vae", "ldm", "sample", "evaluate"]
-    assert (params["data"], params["out"], params["config"], args.resume) == ("D", "O", "small", False)
-    _, stages, params = script.parse_args(
-        [
-            "--data",
-            "D",
-            "--out",
-            "O",
-            "--stage",
-            "evaluate,vae",
-            "--config",
-            "paper",
-            "--resume",
-            "--vae-steps",
-            "5",
-        ]
-    )
-    assert stages == ["vae", "evaluate"]  # pipeline order, whatever the order given
-    assert params["config"] == "paper" and params["vaeSteps"] == 5
-    for stage in STAGES:
-        assert script.parse_args(["--data", "D", "--out", "O", "--stage", stage])[1] == [stage]
-    for bad in (["--data", "D", "--out", "O", "--stage", "train"], ["--out", "O"], ["--data", "D"]):
+def train_pipeline_parser():
+    from land.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices["train-pipeline"]
+
+
+def test_options_parser_is_built_from_the_option_fields():
+    """``land train-pipeline``'s options come from TrainingOptions' fields: every field has its flag, the
+    defaults are the fields', and to_argv() parses back to the same options (round trip)."""
+    from dataclasses import fields
+
+    parser = train_pipeline_parser()
+    flags = {a.dest: a.option_strings for a in parser._actions}
+    for f in fields(TrainingOptions):
+        assert flags[f.name] == ["--" + f.name.replace("_", "-")], f.name
+    defaults = TrainingOptions.from_namespace(parser.parse_args(["--data", "D", "--out", "O"]))
+    assert defaults == TrainingOptions(data="D", out="O")
+    options = TrainingOptions(
+        data="D", out="O", config="paper", device="cpu", workers=3, limit=4, lung_weights="r231.pth",
+        vae_steps=5, ldm_steps=6, samples=2, sample_steps=20, sampler="ddim", seed=7, unconditional=True,
+        feature_weights="f.pth",
+    )  # fmt: skip
+    assert TrainingOptions.from_namespace(parser.parse_args(options.to_argv())) == options
+    assert TrainingOptions(data="D", out="O").to_argv() == ["--data", "D", "--out", "O"]
+    for bad in (["--out", "O"], ["--data", "D"], ["--data", "D", "--out", "O", "--vae-steps", "x"]):
         with pytest.raises(SystemExit) as e:
-            script.parse_args(bad)
+            parser.parse_args(bad)
         assert e.value.code == 2
+    with pytest.raises(pipeline.TrainingInputError, match="unknown training option"):
+        TrainingOptions.from_any({"data": "D", "vaeSteps": 5})
+
+
+def test_stage_order_and_the_script_forwards_to_the_engine():
+    assert pipeline.parse_stages("all") == list(STAGES) == ["prepare", "vae", "ldm", "sample", "evaluate"]
+    assert pipeline.parse_stages("evaluate,vae") == ["vae", "evaluate"]  # pipeline order, whatever given
+    for stage in STAGES:
+        assert pipeline.parse_stages(stage) == [stage]
+    with pytest.raises(pipeline.TrainingInputError, match="unknown stage 'train'"):
+        pipeline.parse_stages("prepare,train")
+    script = load_script()
+    forwarded = script.land_arguments(["--", "--data", "D", "--out", "O", "--resume"], in_slicer=False)
+    assert forwarded == ["train-pipeline", "--data", "D", "--out", "O", "--resume"]
+    in_slicer = script.land_arguments(["--data", "D", "--out", "O"], in_slicer=True)
+    assert in_slicer[:5] == forwarded[:5] and in_slicer[-2] == "--python"
+    assert script.land_arguments(["--python", "py"], in_slicer=True).count("--python") == 1
     assert script.main(["--data", "D", "--out", "O", "--stage", "bogus"]) == 2
-    assert TrainingParameters.fromAny(params).vaeSteps == 5
+    assert script.main(["--out", "O"]) == 2
 
 
 def test_stage_commands(phantoms, tmp_path):
-    params = TrainingParameters(data=str(phantoms), out=str(tmp_path / "run"), config="tiny", device="cpu")
+    params = TrainingOptions(data=str(phantoms), out=str(tmp_path / "run"), config="tiny", device="cpu")
     run = TrainingRun(params, STAGES, resume=True)
     out = (tmp_path / "run").resolve()
-    args = {s: PipelineRunner.stageArguments(s, run) for s in STAGES}
+    args = {s: stage_arguments(s, run) for s in STAGES}
     assert args["prepare"][:5] == ["prepare-lidc", "--dicom-root", str(phantoms), "--out", str(phantoms)]
     assert args["vae"][:2] == ["train-vae", "--data"] and "--resume" not in args["vae"]
     assert args["vae"][args["vae"].index("--config") + 1] == str(REPO / "Resources" / "Configs" / "tiny.json")
@@ -162,19 +182,15 @@ def test_stage_commands(phantoms, tmp_path):
     ]  # fmt: skip
     (out / "vae").mkdir(parents=True)
     (out / "vae" / "checkpoint.pt").write_bytes(b"")
-    assert PipelineRunner.stageArguments("vae", run)[-1] == "--resume"
-    unconditional = TrainingRun(
-        TrainingParameters(**{**params.__dict__, "unconditional": True}), STAGES, True
-    )
-    assert "--unconditional" in PipelineRunner.stageArguments("sample", unconditional)
+    assert stage_arguments("vae", run)[-1] == "--resume"
+    unconditional = TrainingRun(TrainingOptions(**{**params.__dict__, "unconditional": True}), STAGES, True)
+    assert "--unconditional" in stage_arguments("sample", unconditional)
 
 
 def test_parameter_node_round_trip(training_logic):
     node = training_logic.getParameterNode()
     assert node.GetParameter("Config") == "small" and node.GetParameter("Stages") == ",".join(STAGES)
-    params = TrainingParameters(
-        data="/d", out="/o", config="tiny", vaeSteps=7, limit=None, unconditional=True
-    )
+    params = TrainingOptions(data="/d", out="/o", config="tiny", vae_steps=7, limit=None, unconditional=True)
     training_logic.setParametersToNode(node, params)
     assert training_logic.parametersFromNode(node) == params
     node.SetParameter("VaeSteps", "x")
@@ -206,20 +222,20 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
     goes to LANDSynthesis's parameter node."""
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
-    params = {"data": str(phantoms), "out": str(out), "config": "tiny", "device": "cpu", "ldmSteps": 2}
+    params = {"data": str(phantoms), "out": str(out), "config": "tiny", "device": "cpu", "ldm_steps": 2}
     logs: list[tuple[str, str, str]] = []
 
     # 1. run until the VAE has logged a few steps, then Stop
     run = training_logic.start(
-        {**params, "vaeSteps": 2000}, "prepare,vae,ldm", onLog=lambda *a: logs.append(a)
+        {**params, "vae_steps": 2000}, "prepare,vae,ldm", onLog=lambda *a: logs.append(a)
     )
     pids: set[int] = set()
     deadline = time.monotonic() + 120
     while training_logic.poll():
         assert time.monotonic() < deadline, run.summary()
         if run.child is not None:
-            pids.update(run.child.descendantPids())
-        if run.statuses["vae"].step >= 3 and not run.stopRequested:
+            pids.update(run.child.descendant_pids())
+        if run.statuses["vae"].step >= 3 and not run.stop_requested:
             training_logic.stop()
         time.sleep(0.05)
     assert run.state == TrainingRun.STOPPED, run.summary()
@@ -234,19 +250,19 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
     # Resume starts from the checkpoint file; Stop may kill the child after it wrote the file (atomically)
     # but before it logged the event, so the log can trail the file by one checkpoint.
     checkpoint_step = int(load_checkpoint(out / "vae" / "checkpoint.pt", "vae")["step"])
-    assert 2 <= logged_step <= checkpoint_step < 2000 and not pipeline.trainingFinished(out / "vae")
+    assert 2 <= logged_step <= checkpoint_step < 2000 and not pipeline.training_finished(out / "vae")
     assert any(stage == "prepare" and "skipped" in line for stage, _, line in logs)
     assert (out / "logs" / "vae.log").is_file()
 
     # 2. Start (not Resume) refuses to overwrite the interrupted run; no child is started
-    run = training_logic.run({**params, "vaeSteps": 2000}, "vae,ldm", pollInterval=0.05)
+    run = training_logic.run({**params, "vae_steps": 2000}, "vae,ldm", pollInterval=0.05)
     assert run.state == TrainingRun.FAILED and "Resume" in run.statuses["vae"].message
-    assert run.statuses["vae"].returnCode is None
+    assert run.statuses["vae"].return_code is None
 
     # 3. Resume: the VAE continues from its checkpoint to a shorter total, then the LDM trains
     vae_steps = checkpoint_step + 3
     run = training_logic.run(
-        {**params, "vaeSteps": vae_steps}, "prepare,vae,ldm", resume=True, pollInterval=0.05
+        {**params, "vae_steps": vae_steps}, "prepare,vae,ldm", resume=True, pollInterval=0.05
     )
     assert run.state == TrainingRun.SUCCEEDED, run.summary()
     assert [run.statuses[s].state for s in run.stages] == [SKIPPED, DONE, DONE]
@@ -257,7 +273,7 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
         if '"start"' in x
     ]
     assert starts[-1]["start_step"] == checkpoint_step and starts[-1]["total"] == vae_steps
-    assert run.modelDirectory == (out / "ldm").resolve()
+    assert run.model_directory == (out / "ldm").resolve()
     assert json.loads((out / "ldm" / "model.json").read_text(encoding="utf-8"))["trained"] is True
 
     # 4. the loss curves: every logged VAE step (before and after the stop) in the table and the chart
@@ -279,13 +295,13 @@ def test_sequence_stop_resume_and_hand_over(training_logic, phantoms, tmp_path, 
     assert [run.statuses[s].message for s in ("vae", "ldm")] == ["already trained"] * 2
 
     # 6. the new model is offered to LANDSynthesis
-    node = training_logic.offerModelToSynthesis(run.modelDirectory)
+    node = training_logic.offerModelToSynthesis(run.model_directory)
     assert node.GetSingletonTag() == "LANDSynthesis"
-    assert node.GetParameter("ModelDirectory") == str(run.modelDirectory)
+    assert node.GetParameter("ModelDirectory") == str(run.model_directory)
     assert node.GetParameter("ModelSource") == "directory"
     from LANDSynthesisLib.logic import LANDSynthesisLogic
 
-    assert LANDSynthesisLogic().getParameterNode().GetParameter("ModelDirectory") == str(run.modelDirectory)
+    assert LANDSynthesisLogic().getParameterNode().GetParameter("ModelDirectory") == str(run.model_directory)
     with pytest.raises(pipeline.TrainingError, match="not a finished"):
         training_logic.offerModelToSynthesis(out / "vae.missing")
 
@@ -300,29 +316,31 @@ def test_other_data_or_config_in_the_same_output_is_refused(training_logic, phan
 
 
 def test_headless_script_exit_codes(phantoms, tmp_path):
+    """The script runs `land train-pipeline`; its exit codes are the engine's contract (land.contract)."""
     # a prepared dataset: prepare is skipped, exit 0
     ok = run_script("--data", str(phantoms), "--out", str(tmp_path / "a"), "--stage", "prepare")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "skipped" in ok.stdout
-    # ldm before vae: the stage fails on its precondition, exit 1, no child started
+    # ldm before vae: the stage cannot run (input problem: which stage to run first), exit 2, no child started
     order = run_script(
         "--data", str(phantoms), "--out", str(tmp_path / "b"), "--stage", "ldm", "--config", "tiny"
     )
-    assert order.returncode == 1 and "run the vae stage first" in order.stdout + order.stderr
-    # a folder that is neither a dataset nor LIDC-IDRI: the real `land prepare-lidc` prepares nothing, exit 1
+    assert order.returncode == 2 and "run the vae stage first" in order.stdout + order.stderr
+    assert not (tmp_path / "b" / "logs" / "ldm.log").exists()
+    # a folder that is neither a dataset nor LIDC-IDRI: the real `land prepare-lidc` prepares nothing, exit 2
     empty = tmp_path / "empty"
     empty.mkdir()
     failed = run_script("--data", str(empty), "--out", str(tmp_path / "c"), "--stage", "prepare")
-    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.returncode == 2, failed.stdout + failed.stderr
     assert "no case was prepared" in failed.stdout + failed.stderr
     assert (tmp_path / "c" / "logs" / "prepare.log").is_file()
-    # a child that exits non-zero (a config the engine rejects): exit 1, naming the command and its code
+    # a child that exits non-zero (a config the engine rejects, exit 2): its code passes through, named
     config = tmp_path / "broken.json"
     config.write_text('{"name": "broken"}', encoding="utf-8")
     child = run_script(
         "--data", str(phantoms), "--out", str(tmp_path / "e"), "--stage", "vae", "--config", str(config)
     )
-    assert child.returncode == 1, child.stdout + child.stderr
+    assert child.returncode == 2, child.stdout + child.stderr
     assert "land train-vae exited with code 2" in child.stdout
     assert "error:" in (tmp_path / "e" / "logs" / "vae.log").read_text(encoding="utf-8")
     # bad arguments: exit 2
@@ -345,7 +363,7 @@ def test_sample_stage_progress_counts_samples_not_denoising_steps(tiny_model_dir
     status = pipeline.StageStatus("sample", state=pipeline.RUNNING)
     seen = []
     for line in lines:
-        runner._handleOutputLine(status, "stdout", line)
+        runner.handle_output_line(status, line)
         seen.append((status.step, status.total))
     samples = [json.loads(x) for x in lines if json.loads(x).get("stage") == "sample"]
     assert [e["step"] for e in samples] == [1, 2, 3] and all(e["total"] == 3 for e in samples)

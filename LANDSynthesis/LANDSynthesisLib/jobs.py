@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from land.childproc import ChildProcess
+
 from .maskexport import LayerCopy, MaskInputs, SegmentSource
 from .modelinfo import ModelInfo, engineDirectory
 from .options import GenerationCancelled, GenerationParameters, LANDSynthesisError, TeachingSetParameters
-from .process import ChildProcess
 from .results import LoadedVolume
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import slicer
 
+from land.childproc import ChildProcess, python_executable
 from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -92,7 +93,6 @@ from .options import (  # noqa: F401 - constants, errors and parameter classes r
     engineCommand,
     guidanceArguments,
 )
-from .process import ChildProcess, pythonExecutable
 from .results import LoadedVolume, ResultLoadingMixin, readResultVolume, uniqueNodeName  # noqa: F401
 from .segtools import SegmentationToolsMixin
 from .teachingset import TeachingSetMixin
@@ -189,7 +189,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
 
     # ------------------------------------------------------------------ child process
     def defaultPythonExecutable(self) -> str:
-        return self.pythonExecutable or pythonExecutable(hasattr(slicer, "app"))
+        return self.pythonExecutable or python_executable(hasattr(slicer, "app"))
 
     def childEnvironment(self) -> dict[str, str]:
         if hasattr(slicer, "app"):
@@ -441,18 +441,18 @@ class LANDSynthesisLogic(  # type: ignore[misc]
     def _pollRunning(self, job: GenerationJob) -> None:
         child = job.child
         assert child is not None
-        for stream, line in child.readLines():
+        for stream, line in child.read_lines():
             self._handleLine(job, stream, line)
-        child.maybeRememberDescendants()  # e.g. the Python that the PythonSlicer launcher starts
+        child.maybe_remember_descendants()  # e.g. the Python that the PythonSlicer launcher starts
         if job.state == GenerationJob.CANCELLING:
-            child.rememberDescendants()
+            child.remember_descendants()
             if job.cancelDeadline is not None and time.monotonic() > job.cancelDeadline:
                 child.kill()
                 job.cancelDeadline = None
         if child.finished():
-            for stream, line in child.readLines():
+            for stream, line in child.read_lines():
                 self._handleLine(job, stream, line)
-            code = child.returnCode()
+            code = child.return_code()
             job.exitCode = code
             if job.cancelRequested:
                 self._finish(job, GenerationJob.CANCELLED)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from land.contract import (
     GUIDANCE_DEFAULTS,
     parse_guidance,
 )
+from land.contract import format_duration as formatDuration  # noqa: F401 - the panels' one formatter
 
 from .options import BUNDLED_MODEL_NAME, LANDSynthesisError
 
@@ -116,19 +116,6 @@ def engineDirectory() -> Path | None:
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))).parent
     return None
-
-
-def formatDuration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        m, s = divmod(int(round(seconds)), 60)
-        return f"{m} min {s:02d} s"
-    h, rem = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rem // 60:02d} min"
 
 
 def timeNote(device: str, steps: int | None, sampler: str, modelInfo: ModelInfo | None) -> str:

@@ -141,7 +141,7 @@ class LANDSynthesisTest(ScriptedLoadableModuleTest):
             with self.assertRaises(GenerationCancelled):
                 logic.generate(seg, ref, {**params, "steps": 50}, onProgress=onProgress)
             time.sleep(0.5)
-            self.assertFalse(logic.job.child.alivePids())
+            self.assertFalse(logic.job.child.alive_pids())
             self.assertFalse(logic.job.tempDir.exists())
         finally:
             shutil.rmtree(model, ignore_errors=True)

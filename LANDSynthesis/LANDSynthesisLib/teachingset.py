@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from land.childproc import ChildProcess
 from land.contract import TeachingSetOptions
 
 from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
@@ -17,7 +18,6 @@ from .options import (
     TeachingSetParameters,
     engineCommand,
 )
-from .process import ChildProcess
 
 
 class TeachingSetMixin:

@@ -51,6 +51,20 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+def format_duration(seconds: float | None) -> str:
+    """A duration as people read it (``42 s``, ``3 min 05 s``, ``2 h 07 min``; ``unknown`` for None)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        m, s = divmod(int(round(seconds)), 60)
+        return f"{m} min {s:02d} s"
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rem // 60:02d} min"
+
+
 def exit_codes_text() -> str:
     """The exit codes as help text (``land COMMAND --help``)."""
     import textwrap

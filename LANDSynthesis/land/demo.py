@@ -416,6 +416,8 @@ def train_demo(
 ) -> Path:
     """Phantoms -> train-vae -> train-ldm -> (fine-tune, ``finetune`` config: mask injection and condition
     dropout for guidance, from the U-Net just trained) -> float16 package -> fidelity -> model card."""
+    from .train.pipeline_run import resume_arguments, training_finished
+
     out = Path(out)
     data, vae, ldm = out / "data", out / "vae", out / "ldm"
     timings: dict[str, float] = {}
@@ -427,12 +429,14 @@ def train_demo(
         tuned = ["--vae", str(ldm), "--init-from", str(ldm)]
         stages.append(("ldm", finetune, out / "ldm-finetune", tuned, None))
     for name, cfg, folder, extra, steps in stages:
+        if training_finished(folder):  # the training pipeline's rules: finished stages are skipped...
+            log(f"[train-demo] train-{name} ({folder.name}): already trained")
+            continue
         argv = [f"train-{name}", "--data", str(data), "--config", cfg, "--out", str(folder), *extra,
                 "--progress", "none"]  # fmt: skip
         if steps is not None:
             argv += ["--max-steps", str(steps)]
-        if (folder / "checkpoint.pt").is_file():
-            argv.append("--resume")
+        argv += resume_arguments(folder)  # ...and interrupted ones resume from their checkpoint
         timings[folder.name] = _run(f"train-{name} ({folder.name})", argv, log)
     final = out / "ldm-finetune" if finetune else ldm
     model = package_demo_model(final, out / "land-demo-phantom")

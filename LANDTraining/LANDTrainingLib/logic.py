@@ -1,5 +1,5 @@
-"""``LANDTrainingLogic``: the training pipeline (``pipeline.py``) with Slicer's parameter node, loss plots and
-the hand-over of the new model to LANDSynthesis.
+"""``LANDTrainingLogic``: the engine's training pipeline (``land.train.pipeline``, driven from the panel's
+timer) with Slicer's parameter node, loss plots and the hand-over of the new model to LANDSynthesis.
 
 Qt-free: runs inside the Slicer application, in ``Slicer --python-script`` and on the ``slicer-core`` wheel
 (tests). The loss curves are MRML nodes: one ``vtkMRMLTableNode`` (a ``step`` column and one column per loss)
@@ -18,16 +18,16 @@ import numpy as np
 import slicer
 from LANDSynthesisLib.mrml import moduleParameterNode
 
-from .pipeline import (
+from land.childproc import python_executable
+from land.train.pipeline import PipelineRunner
+from land.train.pipeline_run import (
     STAGES,
-    PipelineRunner,
     TrainingError,
     TrainingInputError,
-    TrainingParameters,
+    TrainingOptions,
     TrainingRun,
-    childEnvironment,
-    pythonExecutable,
-    trainingFinished,
+    child_environment,
+    training_finished,
 )
 
 try:  # the Slicer application; absent from the slicer-core wheel (no Qt)
@@ -42,7 +42,7 @@ LOSS_ATTRIBUTE = "LAND.TrainingLosses"  # attribute of the table / chart nodes: 
 SERIES_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
                  (0.58, 0.4, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5))  # fmt: skip
 
-# parameter node key -> (TrainingParameters field, type)
+# parameter node key -> (TrainingOptions field, type): the engine's options, stored under Slicer-style keys
 PARAMETERS = {
     "Data": ("data", str),
     "Output": ("out", str),
@@ -50,18 +50,18 @@ PARAMETERS = {
     "Device": ("device", str),
     "Workers": ("workers", int),
     "Limit": ("limit", int),
-    "LungWeights": ("lungWeights", str),
-    "PerceptualWeights": ("perceptualWeights", str),
-    "VaeSteps": ("vaeSteps", int),
-    "LdmSteps": ("ldmSteps", int),
+    "LungWeights": ("lung_weights", str),
+    "PerceptualWeights": ("perceptual_weights", str),
+    "VaeSteps": ("vae_steps", int),
+    "LdmSteps": ("ldm_steps", int),
     "Samples": ("samples", int),
-    "SampleSteps": ("sampleSteps", int),
+    "SampleSteps": ("sample_steps", int),
     "Sampler": ("sampler", str),
     "Seed": ("seed", int),
     "Unconditional": ("unconditional", bool),
-    "FeatureWeights": ("featureWeights", str),
+    "FeatureWeights": ("feature_weights", str),
 }
-OPTIONAL = {"limit", "lungWeights", "perceptualWeights", "vaeSteps", "ldmSteps", "featureWeights"}
+OPTIONAL = {"limit", "lung_weights", "perceptual_weights", "vae_steps", "ldm_steps", "feature_weights"}
 
 
 class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
@@ -86,7 +86,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         return node
 
     def setDefaultParameters(self, parameterNode) -> None:
-        defaults = TrainingParameters()
+        defaults = TrainingOptions()
         for key, (name, kind) in PARAMETERS.items():
             if parameterNode.GetParameter(key):
                 continue
@@ -98,8 +98,8 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             parameterNode.SetParameter("Stages", ",".join(STAGES))
 
     @staticmethod
-    def parametersFromNode(parameterNode) -> TrainingParameters:
-        """TrainingParameters from a parameter node (empty optional values: None)."""
+    def parametersFromNode(parameterNode) -> TrainingOptions:
+        """TrainingOptions from a parameter node (empty optional values: None)."""
         values: dict[str, Any] = {}
         for key, (name, kind) in PARAMETERS.items():
             text = parameterNode.GetParameter(key)
@@ -115,11 +115,11 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
                     raise TrainingInputError(f"{key} must be a whole number, got {text!r}") from e
             else:
                 values[name] = text
-        return TrainingParameters(**values)
+        return TrainingOptions(**values)
 
     @staticmethod
-    def setParametersToNode(parameterNode, parameters: TrainingParameters | Mapping[str, Any]) -> None:
-        params = TrainingParameters.fromAny(parameters)
+    def setParametersToNode(parameterNode, parameters: TrainingOptions | Mapping[str, Any]) -> None:
+        params = TrainingOptions.from_any(parameters)
         wasModified = parameterNode.StartModify()
         try:
             for key, (name, kind) in PARAMETERS.items():
@@ -131,7 +131,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ child processes
     def defaultPythonExecutable(self) -> str:
-        return self.pythonExecutable or pythonExecutable(hasattr(slicer, "app"))
+        return self.pythonExecutable or python_executable(hasattr(slicer, "app"))
 
     def childEnvironment(self) -> dict[str, str]:
         if self.environment is not None:
@@ -140,7 +140,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             base = dict(slicer.util.startupEnvironment())
         else:
             base = dict(os.environ)
-        return childEnvironment(base)
+        return child_environment(base)
 
     # ------------------------------------------------------------------ running
     @property
@@ -148,11 +148,11 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         return self.runner.current if self.runner is not None else None
 
     def isRunning(self) -> bool:
-        return self.runner is not None and self.runner.isRunning()
+        return self.runner is not None and self.runner.is_running()
 
     def start(
         self,
-        parameters: TrainingParameters | Mapping[str, Any],
+        parameters: TrainingOptions | Mapping[str, Any],
         stages: str | Sequence[str] = "all",
         resume: bool = False,
         onLog: Callable[[str, str, str], None] | None = None,
@@ -165,7 +165,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         self._plottedVersions = {}
         self._lossRows = {}
         self.runner = PipelineRunner(
-            self.defaultPythonExecutable(), self.childEnvironment(), onLog=self._log, onUpdate=None
+            self.defaultPythonExecutable(), self.childEnvironment(), on_log=self._log
         )
         run = self.runner.start(parameters, stages, resume)
         self._update(run)
@@ -199,7 +199,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
 
     def run(
         self,
-        parameters: TrainingParameters | Mapping[str, Any],
+        parameters: TrainingOptions | Mapping[str, Any],
         stages: str | Sequence[str] = "all",
         resume: bool = False,
         onLog: Callable[[str, str, str], None] | None = None,
@@ -220,7 +220,7 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
 
     def cleanup(self) -> None:
         """Stop a running stage with its whole process tree and wait for it."""
-        if self.runner is not None and self.runner.isRunning():
+        if self.runner is not None and self.runner.is_running():
             self.runner.kill()
 
     # ------------------------------------------------------------------ loss plots
@@ -254,9 +254,9 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
             status = run.statuses.get(stage)
             if status is None or not status.losses:
                 continue
-            if self._plottedVersions.get(stage) == status.lossVersion:
+            if self._plottedVersions.get(stage) == status.loss_version:
                 continue
-            self._plottedVersions[stage] = status.lossVersion
+            self._plottedVersions[stage] = status.loss_version
             charts[stage] = self.writeLossCurves(stage, status.losses)
         return charts
 
@@ -319,12 +319,12 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
     # ------------------------------------------------------------------ results
     @staticmethod
     def newModelDirectory(run: TrainingRun | None) -> Path | None:
-        return run.modelDirectory if run is not None else None
+        return run.model_directory if run is not None else None
 
     def offerModelToSynthesis(self, modelDirectory: str | os.PathLike):
         """Make ``modelDirectory`` LANDSynthesis's model (its parameter node: source 'directory' + path)."""
         path = Path(modelDirectory)
-        if not (path / "model.json").is_file() or not trainingFinished(path):
+        if not (path / "model.json").is_file() or not training_finished(path):
             raise TrainingError(f"{path} is not a finished LAND model directory (model.json, training done)")
         scene = slicer.mrmlScene
         node = scene.GetSingletonNode(SYNTHESIS_MODULE_NAME, "vtkMRMLScriptedModuleNode")

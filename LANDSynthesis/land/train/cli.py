@@ -1,4 +1,4 @@
-"""Training sub-commands of ``land``: ``check-dataset``, ``train-vae``, ``train-ldm``.
+"""Training sub-commands of ``land``: ``check-dataset``, ``train-vae``, ``train-ldm``, ``train-pipeline``.
 
 Registered by ``land.cli`` through ``register(subparsers, command)``. All three run under ``torchrun`` too
 (``python -m torch.distributed.run --nproc_per_node N -m land train-ldm ...``): DDP, rank 0 writes.
@@ -66,6 +66,22 @@ def register(subparsers: Any, command: Callable) -> None:
         help="start from this model directory's U-Net weights (sets ldm.init_from; fine-tuning)",
     )
     command("train-ldm")(cmd_train_ldm)
+
+    from .pipeline_run import STAGES, TrainingOptions
+
+    p = subparsers.add_parser(
+        "train-pipeline",
+        help="run the training stages (prepare, vae, ldm, sample, evaluate) as land child processes; "
+        "finished stages are skipped, interrupted training resumes with --resume",
+    )
+    TrainingOptions.add_arguments(p)
+    p.add_argument(
+        "--stage", default="all", help=f"all, one of {', '.join(STAGES)}, or a comma-separated list"
+    )
+    p.add_argument("--resume", action="store_true", help="continue interrupted training from its checkpoints")
+    p.add_argument("--python", help="Python for the stage processes (default: this one)")
+    p.add_argument("--quiet", action="store_true", help="only stage summaries, not the stages' output")
+    command("train-pipeline")(cmd_train_pipeline)
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> int:
@@ -137,3 +153,41 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
     if args.progress != "json" and _is_main_rank():
         print(f"wrote trained model directory {out}")
     return 0
+
+
+def cmd_train_pipeline(args: argparse.Namespace) -> int:
+    """Run the stages; exit 0 when all are done (or were), 130 when stopped, else the failed stage's code
+    (2 for a missing earlier stage or unusable data, the stage's own land exit code otherwise)."""
+    import signal
+    import sys
+
+    from ..contract import EXIT_BUG, EXIT_CANCELLED, EXIT_OK
+    from .pipeline import PipelineRunner
+    from .pipeline_run import TrainingOptions, TrainingRun, parse_stages
+
+    stages = parse_stages(args.stage)
+    options = TrainingOptions.from_namespace(args)
+
+    def on_log(stage: str, stream: str, line: str) -> None:
+        if not args.quiet or stream in ("info", "error"):
+            print(f"[{stage}] {line}", flush=True)
+
+    runner = PipelineRunner(args.python, on_log=on_log)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if runner.current is not None and runner.current.stop_requested:
+            raise KeyboardInterrupt  # a second signal: kill the stage's process tree now
+        print(f"signal {signum}: stopping the current stage", file=sys.stderr, flush=True)
+        runner.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    run = runner.run(options, stages, resume=args.resume)
+    print(run.summary(), flush=True)
+    if run.state == TrainingRun.SUCCEEDED:
+        if run.model_directory is not None:
+            print(f"model directory: {run.model_directory}", flush=True)
+        return EXIT_OK
+    if run.state == TrainingRun.STOPPED:
+        return EXIT_CANCELLED
+    return run.error_code or EXIT_BUG

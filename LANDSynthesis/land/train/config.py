@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 from ..models.unet import COND_FEATURES, COND_INJECTIONS, cond_channels_for
+from .config_files import config_path, configs_dir
 
 PERCEPTUAL_NETWORKS = (
     "none",
@@ -30,20 +31,6 @@ PERCEPTUAL_NETWORKS = (
     "medicalnet_resnet50",
     "radimagenet_resnet50",
 )
-
-
-def configs_dir() -> Path:
-    """The bundled ``Resources/Configs``: in the repository, or beside the engine (installed extension)."""
-    import land
-
-    package = Path(land.__file__).resolve().parent
-    candidates = [package.parents[1] / "Resources" / "Configs", package.parent / "Resources" / "Configs"]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-def bundled_configs() -> list[str]:
-    d = configs_dir()
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
 
 
 @dataclass(frozen=True)
@@ -481,23 +468,14 @@ def _check_grid(cfg: TrainConfig) -> None:
 def load_config(name_or_path: str | Path) -> TrainConfig:
     """A bundled config by name (``paper``, ``small``, ...) or a JSON file by path."""
     text = str(name_or_path)
-    path = Path(text)
-    if not path.is_file():
-        bundled = configs_dir() / f"{text}.json"
-        if "/" not in text and "\\" not in text and bundled.is_file():
-            path = bundled
-        else:
-            raise InputError(
-                f"training config {text!r} not found; give a JSON file or one of the bundled configs: "
-                f"{', '.join(bundled_configs()) or '(none found)'}"
-            )
+    path = config_path(text)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read training config {path}: {e}") from e
     except json.JSONDecodeError as e:
         raise InputError(f"training config {path} is not valid JSON: {e}") from e
-    source = text if path.parent == configs_dir() and path.stem == text else str(path)
+    source = text if path.parent == configs_dir().resolve() and path.stem == text else str(path)
     return parse_config(raw, source)
 
 

@@ -1,29 +1,28 @@
-"""A training run's parameters, configs, folder layout and state file, and each stage's status (pure Python:
-no ``slicer``, no ``qt``; :mod:`.pipeline` runs the stages)."""
+"""A training pipeline run's options, folder layout, state file and per-stage status (torch-free).
+
+The run folder (``--out``): ``dataset/`` (prepared from DICOM unless ``--data`` already is a prepared
+dataset), ``vae/``, ``ldm/`` (the new model directory), ``samples/``, ``evaluation/``,
+``logs/<stage>.log`` and ``land_training.json`` (the run state).
+:mod:`.pipeline` runs the stages; the LANDTraining Slicer module shows this state.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from land.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS  # noqa: F401 - SAMPLERS: for the widget
+from ..contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, format_duration, sampler_help, steps_help
+from ..errors import InputError, LANDError
+from .config_files import config_path
 
-try:  # the sibling module LANDSynthesis provides the child-process helper (shared, not copied)
-    from LANDSynthesisLib.modelinfo import formatDuration  # noqa: F401 - one formatter for both modules
-    from LANDSynthesisLib.parameters import dataclassFrom
-except ImportError:  # repository checkout without LANDSynthesis on sys.path
-    _SYNTHESIS_DIR = Path(__file__).resolve().parents[2] / "LANDSynthesis"
-    if (_SYNTHESIS_DIR / "LANDSynthesisLib" / "process.py").is_file():
-        sys.path.append(str(_SYNTHESIS_DIR))
-    from LANDSynthesisLib.modelinfo import formatDuration  # noqa: F401 - one formatter for both modules
-    from LANDSynthesisLib.parameters import dataclassFrom
-    from LANDSynthesisLib.process import ChildProcess
+if TYPE_CHECKING:
+    from ..childproc import ChildProcess
 
 STAGES = ("prepare", "vae", "ldm", "sample", "evaluate")
 STAGE_TITLES = {
@@ -52,43 +51,92 @@ FAILED, STOPPED = "failed", "stopped"
 FINISHED_STATES = (DONE, SKIPPED)
 
 
-class TrainingError(RuntimeError):
-    """A message to show the user as it is."""
+class TrainingError(LANDError):
+    """A training run cannot go on (the message says why). Exit 2."""
+
+    exit_code = 2
 
 
-class TrainingInputError(TrainingError):
-    """The parameters cannot be used (the message says what to change)."""
+class TrainingInputError(TrainingError, InputError):
+    """The options cannot be used (the message says what to change). Exit 2."""
 
 
-# ---------------------------------------------------------------------------------------------- parameters
+# ---------------------------------------------------------------------------------------------- options
+def _option(default: Any, help: str, flag: str | None = None, store_true: bool = False) -> Any:
+    """A field of :class:`TrainingOptions` with its command-line help (the parser is built from these)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "store_true": store_true})
+
+
 @dataclass
-class TrainingParameters:
-    """Options of a training run. ``data``: a LIDC-IDRI DICOM root or a prepared dataset (``manifest.csv``);
-    ``config``: a bundled config name (paper, small, demo, tiny) or a JSON file; ``*Steps`` None: the
-    config's."""
+class TrainingOptions:
+    """Options of a training run: one field per ``land train-pipeline`` option (the parser is built from the
+    fields; the LANDTraining parameter node stores the same fields). ``*_steps`` None: the config's."""
 
-    data: str = ""
-    out: str = ""
-    config: str = "small"
-    device: str = "auto"
-    workers: int = 1
-    limit: int | None = None
-    lungWeights: str | None = None
-    perceptualWeights: str | None = None
-    vaeSteps: int | None = None
-    ldmSteps: int | None = None
-    samples: int = 8
-    sampleSteps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
-    sampler: str = DEFAULT_SAMPLER
-    seed: int = 0
-    unconditional: bool = False
-    featureWeights: str | None = None
+    data: str = _option("", "LIDC-IDRI DICOM root, or a prepared dataset (a folder with manifest.csv)")
+    out: str = _option("", "output folder of the run (dataset/, vae/, ldm/, samples/, evaluation/, logs/)")
+    config: str = _option("small", "training config: paper, small, demo, tiny or a JSON file")
+    device: str = _option("auto", "auto, cpu, cuda or cuda:N")
+    workers: int = _option(1, "prepare: parallel processes")
+    limit: int | None = _option(None, "prepare: only the first N scans")
+    lung_weights: str | None = _option(None, "prepare: lungmask R231 weights file")
+    perceptual_weights: str | None = _option(None, "vae: MedicalNet weights file for the perceptual loss")
+    vae_steps: int | None = _option(None, "vae: train up to this step (default: the config's)")
+    ldm_steps: int | None = _option(None, "ldm: train up to this step (default: the config's)")
+    samples: int = _option(8, "sample: number of CTs to generate")
+    sample_steps: int = _option(DEFAULT_STEPS[DEFAULT_SAMPLER], "sample: " + steps_help())
+    sampler: str = _option(DEFAULT_SAMPLER, "sample: " + sampler_help())
+    seed: int = _option(0, "sample: first seed")
+    unconditional: bool = _option(False, "sample and evaluate without masks", store_true=True)
+    feature_weights: str | None = _option(None, "evaluate: MedicalNet weights file for FID features")
 
     @classmethod
-    def fromAny(cls, parameters: TrainingParameters | Mapping[str, Any] | None) -> TrainingParameters:
-        return dataclassFrom(cls, parameters, "training", TrainingInputError)
+    def from_any(cls, options: TrainingOptions | Mapping[str, Any] | None) -> TrainingOptions:
+        """``options`` as TrainingOptions: None gives the defaults; a mapping must name only fields."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TrainingInputError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**dict(options))
 
-    def check(self) -> None:
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--option`` per field (``lung_weights`` -> ``--lung-weights``); data and out are required."""
+        for f in fields(cls):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            if f.metadata.get("store_true"):
+                parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+                continue
+            kind = int if f.type in ("int", "int | None") else str
+            kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "help": f.metadata["help"]}
+            if f.name in ("data", "out"):
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+            if f.name == "sampler":
+                kwargs["choices"] = SAMPLERS
+            parser.add_argument(flag, **kwargs)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> TrainingOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def to_argv(self) -> list[str]:
+        """The options as ``land train-pipeline`` arguments (defaults left out; inverse of the parser)."""
+        argv: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            if f.metadata.get("store_true"):
+                argv += [flag] if value else []
+            elif value is not None and (value != f.default or f.name in ("data", "out")):
+                argv += [flag, str(value)]
+        return argv
+
+    def validate(self) -> TrainingOptions:
+        """Raise TrainingInputError naming the first unusable option and its fix."""
         if not self.data:
             raise TrainingInputError("choose the data: a LIDC-IDRI DICOM folder or a prepared dataset folder")
         if not Path(self.data).is_dir():
@@ -102,115 +150,33 @@ class TrainingParameters:
         device = (self.device or "auto").lower()
         if device not in DEVICES and not device.startswith("cuda:"):
             raise TrainingInputError(f"unknown device {self.device!r}; choose auto, cuda (GPU) or cpu")
-        for name in ("vaeSteps", "ldmSteps", "limit"):
+        for name in ("vae_steps", "ldm_steps", "limit"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise TrainingInputError(f"{name} must be a whole number >= 1 (or empty), got {value!r}")
-        for name in ("workers", "samples", "sampleSteps"):
+        for name in ("workers", "samples", "sample_steps"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise TrainingInputError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise TrainingInputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        resolveConfig(self.config)  # raises when unknown
-        for name in ("lungWeights", "perceptualWeights", "featureWeights"):
+        resolve_config(self.config)
+        for name in ("lung_weights", "perceptual_weights", "feature_weights"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
-                raise TrainingInputError(f"{name} file {path} does not exist")
+                raise TrainingInputError(f"{name.replace('_', '-')} file {path} does not exist")
+        return self
 
 
-# ---------------------------------------------------------------------------------------------- configs
-def configDirectories() -> list[Path]:
-    """Where the bundled training configs may be: the repository's ``Resources/Configs``, or the installed
-    extension's (``Resources/Configs`` next to the scripted modules), or next to the ``land`` package."""
-    here = Path(__file__).resolve().parent.parent  # LANDTraining/ (repository) or qt-scripted-modules/
-    candidates = [
-        here.parent / "Resources" / "Configs",
-        here / "Resources" / "Configs",
-        here.parent / "LANDSynthesis" / "Resources" / "Configs",
-    ]
-    engine = engineDirectory()
-    if engine is not None:
-        candidates += [engine / "Resources" / "Configs", engine.parent / "Resources" / "Configs"]
-    unique: list[Path] = []
-    for c in candidates:
-        if c.is_dir() and c.resolve() not in [u.resolve() for u in unique]:
-            unique.append(c)
-    return unique
-
-
-def availableConfigs() -> dict[str, Path]:
-    """Bundled configs by name (``paper``, ``small``, ``demo``, ``tiny``, ...), first found wins."""
-    found: dict[str, Path] = {}
-    for folder in configDirectories():
-        for path in sorted(folder.glob("*.json")):
-            found.setdefault(path.stem, path)
-    return found
-
-
-def resolveConfig(config: str) -> Path:
-    """A config name or JSON file -> the JSON file; TrainingInputError names the choices."""
-    if not config:
-        raise TrainingInputError("choose a training config (paper, small, demo or a JSON file)")
-    path = Path(config)
-    if path.suffix == ".json" and path.is_file():
-        return path.resolve()
-    configs = availableConfigs()
-    if config in configs:
-        return configs[config]
-    raise TrainingInputError(
-        f"training config {config!r} not found; choose one of {', '.join(configs) or '(none found)'} or a "
-        "JSON file"
-    )
-
-
-def configSummary(config: str) -> str:
-    """One line about a config: grids, steps and its comment (without importing the engine)."""
+def resolve_config(config: str) -> Path:
+    """A config name or JSON file -> the JSON file (TrainingInputError names the choices)."""
     try:
-        raw = json.loads(resolveConfig(config).read_text(encoding="utf-8"))
-        grid = "x".join(str(n) for n in raw["data"]["grid_size"])
-        spacing = "x".join(f"{s:g}" for s in raw["data"]["spacing"])
-        text = (
-            f"{raw.get('name', config)}: {grid} voxels at {spacing} mm; VAE {raw['vae'].get('steps', '?')} "
-            f"steps, LDM {raw['ldm'].get('steps', '?')} steps"
-        )
-        comment = raw.get("_comment")
-        return f"{text}. {comment}" if comment else text
-    except (OSError, ValueError, KeyError, TypeError, TrainingError) as e:
-        return f"cannot read config {config}: {e}"
+        return config_path(config)
+    except InputError as e:
+        raise TrainingInputError(str(e)) from None
 
 
-# ---------------------------------------------------------------------------------------------- environment
-def engineDirectory() -> Path | None:
-    """The folder holding the engine package ``land`` (found without importing it)."""
-    here = Path(__file__).resolve().parent.parent
-    for folder in (here.parent / "LANDSynthesis", here):
-        if (folder / "land" / "__init__.py").is_file():
-            return folder
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("land")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations))).parent
-    return None
-
-
-def childEnvironment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) with the engine on PYTHONPATH and unbuffered output."""
-    env = dict(os.environ if base is None else base)
-    engine = engineDirectory()
-    if engine is not None:
-        parts = [str(engine)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
-
-
-def parseStages(text: str | Sequence[str]) -> list[str]:
+def parse_stages(text: str | Sequence[str]) -> list[str]:
     """``all``, one stage or a comma-separated list -> stages in pipeline order."""
     items = text.split(",") if isinstance(text, str) else list(text)
     wanted: set[str] = set()
@@ -228,15 +194,31 @@ def parseStages(text: str | Sequence[str]) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
+# ---------------------------------------------------------------------------------------------- environment
+def engine_directory() -> Path:
+    """The folder holding the engine package ``land`` (what a child's PYTHONPATH needs)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with the engine on PYTHONPATH and unbuffered output."""
+    env = dict(os.environ if base is None else base)
+    parts = [str(engine_directory())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
 # ---------------------------------------------------------------------------------------------- layout
 class Layout:
     """Paths of one training run (see the module docstring)."""
 
-    def __init__(self, parameters: TrainingParameters) -> None:
-        self.data = Path(parameters.data).expanduser().resolve()
-        self.out = Path(parameters.out).expanduser().resolve()
-        self.dataIsPrepared = (self.data / "manifest.csv").is_file()
-        self.dataset = self.data if self.dataIsPrepared else self.out / "dataset"
+    def __init__(self, options: TrainingOptions) -> None:
+        self.data = Path(options.data).expanduser().resolve()
+        self.out = Path(options.out).expanduser().resolve()
+        self.data_is_prepared = (self.data / "manifest.csv").is_file()
+        self.dataset = self.data if self.data_is_prepared else self.out / "dataset"
         self.vae = self.out / "vae"
         self.model = self.out / "ldm"
         self.samples = self.out / "samples"
@@ -244,7 +226,7 @@ class Layout:
         self.logs = self.out / "logs"
         self.state = self.out / STATE_FILE
 
-    def stageDirectory(self, stage: str) -> Path:
+    def stage_directory(self, stage: str) -> Path:
         return {
             "prepare": self.dataset,
             "vae": self.vae,
@@ -253,14 +235,11 @@ class Layout:
             "evaluate": self.evaluation,
         }[stage]
 
-    def progressFile(self, stage: str) -> Path | None:
-        return self.stageDirectory(stage) / PROGRESS_FILE if stage in ("vae", "ldm") else None
-
-    def tensorboardDirectories(self) -> list[Path]:
-        return [self.vae / "tensorboard", self.model / "tensorboard"]
+    def progress_file(self, stage: str) -> Path | None:
+        return self.stage_directory(stage) / PROGRESS_FILE if stage in ("vae", "ldm") else None
 
 
-def lastProgressEvent(path: Path) -> dict[str, Any] | None:
+def last_progress_event(path: Path) -> dict[str, Any] | None:
     """The last complete JSON event of a ``progress.jsonl`` (None when there is none)."""
     if not path.is_file():
         return None
@@ -275,7 +254,7 @@ def lastProgressEvent(path: Path) -> dict[str, Any] | None:
     return last
 
 
-def countCases(dataset: Path) -> int:
+def count_cases(dataset: Path) -> int:
     """Cases listed in a dataset's ``manifest.csv`` (0 when there is none)."""
     try:
         lines = (dataset / "manifest.csv").read_text(encoding="utf-8").splitlines()
@@ -284,10 +263,16 @@ def countCases(dataset: Path) -> int:
     return max(0, len([line for line in lines if line.strip()]) - 1)
 
 
-def trainingFinished(directory: Path) -> bool:
+def training_finished(directory: Path) -> bool:
     """A trainer's output is complete: ``model.json`` and ``progress.jsonl`` ending with ``done``."""
-    last = lastProgressEvent(directory / PROGRESS_FILE)
+    last = last_progress_event(directory / PROGRESS_FILE)
     return (directory / "model.json").is_file() and last is not None and last.get("event") == "done"
+
+
+def resume_arguments(out: Path) -> list[str]:
+    """``--resume`` where a trainer's output folder holds a checkpoint (the one resume rule of every
+    pipeline: train-pipeline, train-demo)."""
+    return ["--resume"] if (Path(out) / CHECKPOINT_FILE).is_file() else []
 
 
 class ProgressTail:
@@ -336,14 +321,14 @@ class StageStatus:
     message: str = ""
     step: int = 0
     total: int = 0
-    etaSeconds: float | None = None
-    returnCode: int | None = None
-    startTime: float | None = None
-    endTime: float | None = None
+    eta_seconds: float | None = None
+    return_code: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
     arguments: list[str] = field(default_factory=list)
     losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     preview: str | None = None
-    lossVersion: int = 0  # incremented whenever ``losses`` changes
+    loss_version: int = 0  # incremented whenever ``losses`` changes
 
     @property
     def title(self) -> str:
@@ -355,16 +340,16 @@ class StageStatus:
             return 1.0
         return min(1.0, self.step / self.total) if self.total > 0 else 0.0
 
-    def progressText(self) -> str:
+    def progress_text(self) -> str:
         if self.state == RUNNING and self.total > 0:
-            eta = f", ETA {formatDuration(self.etaSeconds)}" if self.etaSeconds is not None else ""
+            eta = f", ETA {format_duration(self.eta_seconds)}" if self.eta_seconds is not None else ""
             return f"{self.title}: step {self.step}/{self.total}{eta}"
         if self.state == DONE and self.message:
             return f"{self.title}: {self.message}"
         text = f"{self.title}: {self.state}"
         return f"{text} ({self.message})" if self.message else text
 
-    def addLosses(self, step: int, losses: Mapping[str, Any]) -> None:
+    def add_losses(self, step: int, losses: Mapping[str, Any]) -> None:
         for name, value in losses.items():
             try:
                 v = float(value)
@@ -374,10 +359,10 @@ class StageStatus:
             while series and series[-1][0] >= step:  # a resumed run re-logs steps after its checkpoint
                 series.pop()
             series.append((int(step), v))
-        self.lossVersion += 1
+        self.loss_version += 1
 
 
-def readState(layout: Layout) -> dict[str, Any]:
+def read_state(layout: Layout) -> dict[str, Any]:
     if not layout.state.is_file():
         return {}
     try:
@@ -387,7 +372,7 @@ def readState(layout: Layout) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def writeState(layout: Layout, state: Mapping[str, Any]) -> None:
+def write_state(layout: Layout, state: Mapping[str, Any]) -> None:
     layout.out.mkdir(parents=True, exist_ok=True)
     tmp = layout.state.with_name(f".{layout.state.name}.tmp")
     tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
@@ -399,28 +384,29 @@ class TrainingRun:
 
     RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped"
 
-    def __init__(self, parameters: TrainingParameters, stages: Sequence[str], resume: bool) -> None:
-        self.parameters = parameters
-        self.layout = Layout(parameters)
+    def __init__(self, options: TrainingOptions, stages: Sequence[str], resume: bool) -> None:
+        self.options = options
+        self.layout = Layout(options)
         self.stages = list(stages)
         self.resume = resume
         self.statuses = {s: StageStatus(s) for s in self.stages}
         self.index = -1  # the current stage
         self.state = self.RUNNING
         self.error: str | None = None
+        self.error_code: int | None = None  # the exit code that fits the error (the land contract's)
         self.child: ChildProcess | None = None
         self.tail: ProgressTail | None = None
         self.log = None  # the current stage's log file
-        self.stopRequested = False
-        self.stopTime: float | None = None
-        self.startTime = time.monotonic()
+        self.stop_requested = False
+        self.stop_time: float | None = None
+        self.start_time = time.monotonic()
 
     @property
     def done(self) -> bool:
         return self.state != self.RUNNING
 
     @property
-    def currentStage(self) -> str | None:
+    def current_stage(self) -> str | None:
         return self.stages[self.index] if 0 <= self.index < len(self.stages) else None
 
     @property
@@ -430,11 +416,11 @@ class TrainingRun:
         return sum(self.statuses[s].fraction for s in self.stages) / len(self.stages)
 
     @property
-    def modelDirectory(self) -> Path | None:
+    def model_directory(self) -> Path | None:
         """The new model directory, when the LDM stage has finished."""
-        return self.layout.model if trainingFinished(self.layout.model) else None
+        return self.layout.model if training_finished(self.layout.model) else None
 
-    def latestPreview(self) -> str | None:
+    def latest_preview(self) -> str | None:
         for stage in reversed(self.stages):
             preview = self.statuses[stage].preview
             if preview:
@@ -443,7 +429,7 @@ class TrainingRun:
         return str(previews[-1]) if previews else None
 
     def summary(self) -> str:
-        lines = [self.statuses[s].progressText() for s in self.stages]
+        lines = [self.statuses[s].progress_text() for s in self.stages]
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)

@@ -70,7 +70,7 @@ class ChildProcess:
         ]
         for t in self._threads:
             t.start()
-        self.rememberDescendants()
+        self.remember_descendants()
 
     # ------------------------------------------------------------------ output
     def _read(self, stream, name: str) -> None:
@@ -82,10 +82,10 @@ class ChildProcess:
         finally:
             self.queue.put((name, None))
 
-    def readLines(self, maxLines: int = 1000) -> list[tuple[str, str]]:
+    def read_lines(self, max_lines: int = 1000) -> list[tuple[str, str]]:
         """Lines that arrived since the last call (never waits)."""
         lines: list[tuple[str, str]] = []
-        while len(lines) < maxLines:
+        while len(lines) < max_lines:
             try:
                 name, line = self.queue.get_nowait()
             except queue.Empty:
@@ -96,7 +96,7 @@ class ChildProcess:
                 lines.append((name, line))
         return lines
 
-    def returnCode(self) -> int | None:
+    def return_code(self) -> int | None:
         return self.proc.poll()
 
     def finished(self) -> bool:
@@ -110,7 +110,7 @@ class ChildProcess:
             return None
 
     # ------------------------------------------------------------------ stopping
-    def rememberDescendants(self) -> None:
+    def remember_descendants(self) -> None:
         """Record the child's current descendants (so they can be stopped after the child is gone)."""
         if psutil is None:
             return
@@ -122,18 +122,18 @@ class ChildProcess:
         for p in procs:
             self._known.setdefault(p.pid, p)
 
-    def maybeRememberDescendants(self, interval: float = 1.0) -> None:
-        """:meth:`rememberDescendants` at most every ``interval`` seconds (cheap: call it every poll)."""
+    def maybe_remember_descendants(self, interval: float = 1.0) -> None:
+        """:meth:`remember_descendants` at most every ``interval`` seconds (cheap: call it every poll)."""
         now = time.monotonic()
         if now - self._lastRemember >= interval:
             self._lastRemember = now
-            self.rememberDescendants()
+            self.remember_descendants()
 
-    def descendantPids(self) -> list[int]:
+    def descendant_pids(self) -> list[int]:
         """Pids of the child and every descendant seen so far (psutil only)."""
         return sorted(self._known)
 
-    def alivePids(self) -> list[int]:
+    def alive_pids(self) -> list[int]:
         """Pids of the recorded tree still running (zombies count as gone)."""
         if psutil is None:
             return [self.pid] if self.proc.poll() is None else []
@@ -146,8 +146,8 @@ class ChildProcess:
                 pass
         return sorted(alive)
 
-    def _signalTree(self, force: bool) -> None:
-        self.rememberDescendants()
+    def _signal_tree(self, force: bool) -> None:
+        self.remember_descendants()
         reaped = self.proc.returncode is not None  # once reaped, the child's pid may be reused
         if psutil is not None:
             for p in list(self._known.values()):
@@ -178,15 +178,15 @@ class ChildProcess:
 
     def terminate(self) -> None:
         """Ask the whole tree to stop (SIGTERM: the engine cancels at its next step and exits 130)."""
-        self._signalTree(force=False)
+        self._signal_tree(force=False)
 
     def kill(self) -> None:
         """Stop the whole tree now (SIGKILL / TerminateProcess)."""
-        self._signalTree(force=True)
+        self._signal_tree(force=True)
 
     def close(self, timeout: float = 5.0) -> None:
         """Kill whatever is left, reap the child and join the reader threads."""
-        if self.proc.poll() is None or self.alivePids():
+        if self.proc.poll() is None or self.alive_pids():
             self.kill()
         self.wait(timeout)
         for t in self._threads:
@@ -199,9 +199,9 @@ class ChildProcess:
                 pass
 
 
-def pythonExecutable(inSlicerApplication: bool) -> str:
+def python_executable(in_slicer_application: bool) -> str:
     """The interpreter for ``-m land`` children: ``PythonSlicer`` in the Slicer application, else this one."""
-    if inSlicerApplication:
+    if in_slicer_application:
         found = shutil.which("PythonSlicer")
         if found:
             return found
