@@ -294,23 +294,30 @@ def test_bad_command_line_with_progress_json_ends_with_the_json_error_line(tmp_p
 def test_generate_options_to_argv_round_trips_through_the_parser():
     """The contract's GenerateOptions (what the Slicer module runs) builds a command line the real parser
     reads back to the same values; bad options are refused before any process starts."""
+    from dataclasses import fields
+
     from land.cli import build_parser
-    from land.contract import DEFAULT_PRECISION, GenerateOptions
+    from land.contract import DEFAULT_PRECISION, GenerateOptions, options_from_namespace
     from land.errors import InputError
 
-    opts = GenerateOptions(out="ct.nrrd", model="m", inputs=["--mask", "a.seg.nrrd"], steps=7, seed=3,
-                           mode="nodule", guidance=2.0, guidance_mode="nodules", precision="fp32",
-                           strict=True, compress=False)  # fmt: skip
+    opts = GenerateOptions(out="ct.nrrd", model="m", mask="a.seg.nrrd", nodules="n.nrrd", texture="1=5",
+                           steps=7, seed=3, mode="nodule", guidance=2.0, guidance_mode="nodules",
+                           precision="fp32", strict=True, compress=False, decode="full", max_memory="3G",
+                           match_input=True, progress="json", device="cpu", sampler="ddim")  # fmt: skip
     a = build_parser().parse_args(opts.to_argv())
-    got = (a.command, a.out, a.model, a.mask, a.steps, a.seed, a.mode, a.guidance, a.guidance_mode)
-    assert got == ("generate", "ct.nrrd", "m", "a.seg.nrrd", 7, 3, "nodule", 2.0, "nodules")
-    flags = (a.precision, a.strict, a.no_compress, a.progress, a.sampler)
-    assert flags == ("fp32", True, True, "json", "unipc")
+    assert a.command == "generate" and options_from_namespace(GenerateOptions, a) == opts  # every field
+    assert a.compress is False and "--no-compress" in opts.to_argv()
     d = build_parser().parse_args(GenerateOptions(out="x.nii.gz").to_argv())
+    assert options_from_namespace(GenerateOptions, d) == GenerateOptions(out="x.nii.gz")  # the defaults
     assert d.steps is None and d.guidance is None and d.mode is None and d.precision == DEFAULT_PRECISION
+    # the parser is built from the fields: each option field is one flag of `land generate`
+    flags = {x.dest for x in build_parser()._subparsers._group_actions[0].choices["generate"]._actions}
+    assert {f.name for f in fields(GenerateOptions) if "cli" in f.metadata} <= flags
     bads = ((dict(sampler="euler"), "sampler"), (dict(steps=0), "step"), (dict(seed=-1), "seed"),
-            (dict(guidance=2.0), "both"), (dict(mode="x"), "mode"), (dict(precision="fp8"), "precision"),
-            (dict(guidance=99.0, guidance_mode="nodules"), "guidance"))  # fmt: skip
+            (dict(guidance_mode="strong"), "guidance mode"), (dict(mode="x"), "mode"),
+            (dict(precision="fp8"), "precision"),
+            (dict(guidance=99.0, guidance_mode="nodules"), "guidance"),
+            (dict(max_memory="lots"), "memory"))  # fmt: skip
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             GenerateOptions(out="x", **bad).to_argv()

@@ -94,7 +94,7 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     assert textures == {1: 2, 2: 5}
 
     # The files the engine reads: every voxel at the physical point the hand mapping gives (LPS on disk).
-    from LANDSynthesisLib.logic import engineMaskArguments, writeEngineInputs
+    from LANDSynthesisLib.logic import engineMaskOptions, writeEngineInputs
 
     from land.io import read_masks
 
@@ -120,8 +120,11 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     assert np.array_equal(no_ref.lung, inputs.lung) and np.array_equal(no_ref.nodules, inputs.nodules)
     np.testing.assert_allclose(no_ref.ijkToRas, M_REF, atol=1e-6)
     assert mrml.scene.GetFirstNodeByName("__LAND_reference__") is None  # temporary node removed
-    args = engineMaskArguments(inputs, paths)
+    from land.contract import GenerateOptions
+
+    args = GenerateOptions(out="ct.nrrd", **engineMaskOptions(inputs, paths)).to_argv()
     assert args[args.index("--texture") + 1] == "1=2,2=5" and "--match-input" in args
+    assert args[args.index("--mask") + 1] == str(paths["mask"])
     # n2 straddles the lung boundary: a warning names it (and only it), "partly" in either layout (issue 15
     # item 8: the lung painted over by a nodule counts as lung)
     outside = [w for w in inputs.warnings if "outside the lungs" in w]

@@ -60,7 +60,7 @@ from .maskexport import (  # noqa: F401 - re-exported
     _lpsGeometry,
     combineMasks,
     conformToReference,
-    engineMaskArguments,
+    engineMaskOptions,
     materializeMasks,
     outsideLungMessage,
     writeEngineInputs,
@@ -424,7 +424,6 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         options = GenerateOptions(
             out=str(job.outputPath),
             model=str(job.modelInfo.path),
-            inputs=engineMaskArguments(job.inputs, job._inputPaths) if job.inputs is not None else [],
             sampler=p.sampler,
             steps=p.steps or None,
             seed=job.seed,
@@ -434,7 +433,9 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
             strict=p.strict,
             compress=False,  # a raw NRRD loads several times faster on the GUI thread
+            progress="json",
             extra=[str(a) for a in p.extraArguments],
+            **(engineMaskOptions(job.inputs, job._inputPaths) if job.inputs is not None else {}),
         )
         return engineCommand(self.defaultPythonExecutable(), options)
 

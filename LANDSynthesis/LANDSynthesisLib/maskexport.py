@@ -195,14 +195,15 @@ def writeEngineInputs(inputs: MaskInputs, folder: str | os.PathLike) -> dict[str
     return paths
 
 
-def engineMaskArguments(inputs: MaskInputs, paths: Mapping[str, Path | None]) -> list[str]:
-    """``land generate`` arguments for the written inputs (textures go as ``--texture label=texture``)."""
-    args = ["--mask", str(paths["mask"]), "--match-input"]
+def engineMaskOptions(inputs: MaskInputs, paths: Mapping[str, Path | None]) -> dict[str, Any]:
+    """``land.contract.GenerateOptions`` fields for the written inputs (textures as ``label=texture``); the
+    CT comes back in the masks' geometry (``match_input``)."""
+    options: dict[str, Any] = {"mask": str(paths["mask"]), "match_input": True}
     if paths.get("nodules") is not None:
-        args += ["--nodules", str(paths["nodules"])]
+        options["nodules"] = str(paths["nodules"])
     if inputs.textures:
-        args += ["--texture", ",".join(f"{k}={v}" for k, v in sorted(inputs.textures.items()))]
-    return args
+        options["texture"] = ",".join(f"{k}={v}" for k, v in sorted(inputs.textures.items()))
+    return options
 
 
 def outsideLungMessage(name: str, outside: int, total: int) -> str:

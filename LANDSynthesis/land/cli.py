@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .contract import (
-    DEFAULT_SAMPLER,
     EXIT_INPUT,
     WARNING_OTHER,
     WARNING_UNTRAINED_MODEL,
-    add_precision_argument,
+    GenerateOptions,
+    add_option_arguments,
+    options_from_namespace,
     sampler_help,
     steps_help,
 )
@@ -71,15 +72,13 @@ def default_mask_path() -> Path:
 
 
 def parse_memory(text: str) -> int:
-    """'2G', '1536M', '500000000' -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    """'2G', '1536M', '500000000' -> bytes; an argparse ``type`` (land.contract.parse_memory's rule)."""
+    from .contract import parse_memory as parse
+
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"memory size {text!r} not understood; use e.g. 2G or 1500M") from e
+        return parse(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class Reporter:
@@ -167,7 +166,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_masks(args: argparse.Namespace):
+def _load_masks(args: GenerateOptions):
     from .conditioning import parse_texture_overrides
     from .io import read_masks
 
@@ -194,25 +193,27 @@ def _load_masks(args: argparse.Namespace):
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .contract import parse_memory as memory_bytes
     from .io import write_volume
     from .pipeline import LANDPipeline
 
-    reporter = Reporter(args.progress)
+    opts = options_from_namespace(GenerateOptions, args).validate()
+    reporter = Reporter(opts.progress)
     reporter.show_warnings()
-    out = Path(args.out)
+    out = Path(opts.out)
     if not out.name.endswith((".nii.gz", ".nii", ".nrrd")):
         raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it or choose another --out")
 
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    if args.model is None and not (model_dir / "model.json").is_file():
+    model_dir = Path(opts.model) if opts.model else default_model_dir()
+    if opts.model is None and not (model_dir / "model.json").is_file():
         raise ModelError(
             "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
             "model directory (train one with land train-ldm, or make an untrained test model with "
             "land init-model --config small --out DIR)"
         )
-    masks = _load_masks(args)
+    masks = _load_masks(opts)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
         reporter.warning(
@@ -224,20 +225,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         ct = pipe.generate(
             masks,
-            mode=args.mode,
-            steps=args.steps,
-            sampler=args.sampler,
-            seed=args.seed,
-            device=args.device,
+            mode=opts.mode,
+            steps=opts.steps,
+            sampler=opts.sampler,
+            seed=opts.seed,
+            device=opts.device,
             progress=reporter,
             cancel=cancel,
-            strict=args.strict,
-            decode=args.decode,
-            max_memory=args.max_memory,
-            match_input=args.match_input,
-            guidance=args.guidance,
-            guidance_mode=args.guidance_mode,
-            precision=args.precision,
+            strict=opts.strict,
+            decode=opts.decode,
+            max_memory=memory_bytes(opts.max_memory) if opts.max_memory else None,
+            match_input=opts.match_input,
+            guidance=opts.guidance,
+            guidance_mode=opts.guidance_mode,
+            precision=opts.precision,
         )
     except KeyboardInterrupt:
         from .errors import Cancelled
@@ -245,9 +246,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise Cancelled("generation cancelled") from None
     finally:
         reporter.close()
-    write_volume(out, ct, ct.metadata, compress=not args.no_compress)
+    write_volume(out, ct, ct.metadata, compress=opts.compress)
     reporter.emit({"done": True, "out": str(out)})
-    if args.progress != "json":
+    if opts.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")
     return 0
 
@@ -340,9 +341,6 @@ COMMON_HELP = {  # options several commands share, for those that declare them w
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .conditioning import MODES
-    from .diffusion import SAMPLERS
-    from .guidance import add_guidance_arguments
 
     parser = ArgumentParser(prog="land", description="LAND: synthetic 3D chest CT from lung/nodule masks")
     parser.add_argument("--version", action="version", version=f"land {__import__('land').__version__}")
@@ -362,52 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "textures 1, 3 and 5).",
         epilog=GENERATE_EXAMPLES,
     )
-    p.add_argument("--model", help="model directory (default: the bundled demo model)")
-    p.add_argument(
-        "--mask",
-        help="Slicer .seg.nrrd (segments named Lung* are the lungs, every other segment a nodule, texture in "
-        "its tag LAND.Texture) or a lung mask image (.nii.gz/.nii/.nrrd/.mha); default: the demo masks",
-    )
-    p.add_argument("--nodules", help="nodule label image (0 none, 1..K nodules), with a lung --mask")
-    p.add_argument(
-        "--texture",
-        help="texture per nodule label, e.g. 1=5,2=3 (1 non-solid/ground glass .. 3 part-solid .. 5 solid); "
-        "overrides the .seg.nrrd tags",
-    )
-    p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
-    p.add_argument("--steps", type=int, help=steps_help())
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
-    p.add_argument("--seed", type=int, default=0, help="random seed 0..2**64-1: the same seed, masks and "
-                   "model give the same CT")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
-    p.add_argument(
-        "--progress",
-        choices=["bar", "json", "none"],
-        default="bar",
-        help="bar: a progress bar on stderr; json: one JSON object per line on stdout (for programs); none",
-    )
-    p.add_argument(
-        "--strict", action="store_true", help="nodules outside the lungs are an error, not a warning"
-    )
-    p.add_argument(
-        "--decode",
-        choices=["tiled", "full"],
-        default="tiled",
-        help="tiled: exact, in bounded memory (--max-memory); full: the plain decoder in one piece (needs "
-        "about 14 GB for 256^3)",
-    )
-    p.add_argument(
-        "--max-memory", type=parse_memory, help="memory budget for decoding, e.g. 2G (CPU default 2G)"
-    )
-    p.add_argument("--match-input", action="store_true", help="resample the CT back into the mask's geometry")
-    add_guidance_arguments(p)
-    add_precision_argument(p)
-    p.add_argument("--no-compress", action="store_true", help="raw NRRD data (faster to load into Slicer)")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output file: .nii.gz, .nii (provenance in a .json sidecar) or .nrrd (provenance in the header)",
-    )
+    add_option_arguments(p, GenerateOptions)  # one argument per option field (land.contract)
 
     p = sub.add_parser("info", help="print a model's card")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")

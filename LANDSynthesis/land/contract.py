@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from .errors import InputError
 
@@ -83,6 +84,8 @@ WARNING_SEGMENTATION = "segmentation"
 WARNING_UNTRAINED_MODEL = "untrained_model"
 WARNING_OTHER = "warning"
 
+PROGRESS_STYLES: tuple[str, ...] = ("bar", "json", "none")  # --progress of every long-running command
+T = TypeVar("T")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "nodules")
 MAX_GUIDANCE = 20.0
@@ -105,14 +108,7 @@ def check_precision(precision: object) -> str:
 
 def add_precision_argument(parser) -> None:
     """``--precision`` for every command that generates (an argparse parser)."""
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=DEFAULT_PRECISION,
-        help="arithmetic of the denoising U-Net: fp32 exact; bf16/fp16 autocast (faster on GPUs and on "
-        "CPUs with bf16 support; the CT differs by a few HU, see the README); auto: bf16 on a CPU with "
-        "native bfloat16, else fp32; decoding stays fp32",
-    )
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=PRECISION_HELP)
 
 
 def check_guidance(scale: object, mode: object) -> tuple[float, str]:
@@ -188,64 +184,171 @@ def _check_guidance_and_progress(scale: float | None, mode: str | None, progress
         raise InputError("give both the guidance scale and its mode, or neither (the model's recommendation)")
     if scale is not None:
         check_guidance(scale, mode)
-    if progress not in ("bar", "json", "none"):
+    if progress not in PROGRESS_STYLES:
         raise InputError(f"unknown progress style {progress!r}; choose bar, json or none")
+
+
+def parse_memory(text: str) -> int:
+    """'2G', '1536M', '500000000' -> bytes (:class:`InputError` for anything else)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"memory size {text!r} not understood; use e.g. 2G or 1500M")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- options
+def option(
+    default: object = None,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    kind: type | None = None,
+    metavar: str | None = None,
+    action: str | None = None,
+    required: bool = False,
+) -> Any:
+    """A dataclass field that is also a command-line option: :func:`add_option_arguments` builds the
+    parser's argument from it, :func:`options_to_argv` writes it back. ``flag`` defaults to ``--field-name``;
+    ``action`` ``store_true``/``store_false`` makes a switch (``store_false``: a ``--no-...`` flag)."""
+    cli = {"help": help, "flag": flag, "choices": choices, "kind": kind, "metavar": metavar}
+    cli.update(action=action, required=required)
+    return field(default=default, metadata={"cli": cli})
+
+
+def _cli_fields(cls_or_obj: object) -> list[tuple[Any, dict[str, Any], str]]:
+    return [
+        (f, f.metadata["cli"], f.metadata["cli"]["flag"] or "--" + f.name.replace("_", "-"))
+        for f in fields(cls_or_obj)  # type: ignore[arg-type]
+        if "cli" in f.metadata
+    ]
+
+
+def add_option_arguments(parser: Any, cls: type) -> None:
+    """Add one argparse argument per :func:`option` field of the dataclass ``cls`` (dest: the field name)."""
+    for f, cli, flag in _cli_fields(cls):
+        kwargs: dict[str, Any] = {"dest": f.name, "help": cli["help"]}
+        if cli["action"]:
+            kwargs["action"] = cli["action"]
+        else:
+            kwargs["type"] = cli["kind"] or str
+            for key in ("choices", "metavar"):
+                if cli[key]:
+                    kwargs[key] = cli[key]
+            if cli["required"]:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+        parser.add_argument(flag, **kwargs)
+
+
+def options_from_namespace(cls: type[T], args: Any) -> T:
+    """The dataclass ``cls`` from parsed arguments (its :func:`option` fields; the others keep defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f, _, _ in _cli_fields(cls)})
+
+
+def options_to_argv(options: object) -> list[str]:
+    """The :func:`option` fields of ``options`` as arguments (defaults left out; the parser's inverse)."""
+    argv: list[str] = []
+    for f, cli, flag in _cli_fields(options):
+        value = getattr(options, f.name)
+        if cli["action"] == "store_true":
+            argv += [flag] if value else []
+        elif cli["action"] == "store_false":
+            argv += [] if value else [flag]
+        elif value is not None and (cli["required"] or value != f.default):
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+GUIDANCE_HELP = f"classifier-free guidance scale 0..{MAX_GUIDANCE:g} (1 = none; default: the model's)"
+GUIDANCE_MODE_HELP = (
+    "what guidance contrasts with: nodules (same lungs without nodules), full (no mask), none (default: the "
+    "model's recommended)"
+)
+PRECISION_HELP = (
+    "arithmetic of the denoising U-Net: fp32 exact; bf16/fp16 autocast (faster on GPUs and on CPUs with bf16 "
+    "support; the CT differs by a few HU, see the README); auto: bf16 on a CPU with native bfloat16, else "
+    "fp32; decoding stays fp32"
+)
 
 
 @dataclass
 class GenerateOptions:
-    """The options of ``land generate`` a client sets, checked by :meth:`validate`; :meth:`to_argv` is the
-    command line after ``land`` (the Slicer module starts ``PythonSlicer -m land`` with it). ``None`` leaves
-    an option to the engine's default (the model's mode and guidance, the sampler's steps)."""
+    """The options of ``land generate``: the command's parser is built from these fields, its handler reads
+    them back, and a client (the Slicer module) builds its command line with :meth:`to_argv` after
+    :meth:`validate`. ``None`` leaves an option to the engine's default (the model's mode and guidance, the
+    sampler's steps)."""
 
-    out: str
-    model: str | None = None
-    inputs: list[str] = field(default_factory=list)  # --mask / --lung / --nodules / --texture arguments
-    sampler: str = DEFAULT_SAMPLER
-    steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    mode: str | None = None
-    guidance: float | None = None
-    guidance_mode: str | None = None
-    precision: str = DEFAULT_PRECISION
-    strict: bool = False
-    compress: bool = True
-    progress: str = "json"
-    extra: list[str] = field(default_factory=list)  # passed through as given (expert use)
+    model: str | None = option(None, "model directory (default: the bundled demo model)")
+    mask: str | None = option(
+        None,
+        "Slicer .seg.nrrd (segments named Lung* are the lungs, every other segment a nodule, texture in its "
+        "tag LAND.Texture) or a lung mask image (.nii.gz/.nii/.nrrd/.mha); default: the demo masks",
+    )
+    nodules: str | None = option(None, "nodule label image (0 none, 1..K nodules), with a lung --mask")
+    texture: str | None = option(
+        None,
+        "texture per nodule label, e.g. 1=5,2=3 (1 non-solid/ground glass .. 3 part-solid .. 5 solid); "
+        "overrides the .seg.nrrd tags",
+    )
+    mode: str | None = option(None, "conditioning mode (default: the model's)", choices=MODES)
+    steps: int | None = option(None, steps_help(), kind=int)
+    sampler: str = option(DEFAULT_SAMPLER, sampler_help(), choices=SAMPLERS)
+    seed: int = option(0, "random seed 0..2**64-1: the same seed, masks and model give the same CT", kind=int)
+    device: str = option("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    progress: str = option(
+        "bar",
+        "bar: a progress bar on stderr; json: one JSON object per line on stdout (for programs); none",
+        choices=PROGRESS_STYLES,
+    )
+    strict: bool = option(False, "nodules outside the lungs are an error, not a warning", action="store_true")
+    decode: str = option(
+        "tiled",
+        "tiled: exact, in bounded memory (--max-memory); full: the plain decoder in one piece (needs about "
+        "14 GB for 256^3)",
+        choices=("tiled", "full"),
+    )
+    max_memory: str | None = option(None, "memory budget for decoding, e.g. 2G (CPU default 2G)")
+    match_input: bool = option(False, "resample the CT back into the mask's geometry", action="store_true")
+    guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
+    guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
+    precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
+    compress: bool = option(
+        True, "raw NRRD data (faster to load into Slicer)", flag="--no-compress", action="store_false"
+    )
+    out: str = option(
+        "",
+        "output file: .nii.gz, .nii (provenance in a .json sidecar) or .nrrd (provenance in the header)",
+        required=True,
+    )
+    extra: list[str] = field(default_factory=list)  # appended as given (expert use; not a parser option)
 
     def validate(self) -> GenerateOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
+        if not self.out:
+            raise InputError("choose an output file (--out) ending in .nii.gz, .nii or .nrrd")
         check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)
         check_precision(self.precision)
         check_mode(self.mode)
-        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
+        # either guidance option may come alone: the other is the model's recommendation
+        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
+        _check_guidance_and_progress(None, None, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
-        """``generate ... --out OUT``, checked by :meth:`validate` first."""
+        """``generate ...``, checked by :meth:`validate` first."""
         self.validate()
-        argv = ["generate"]
-        if self.model:
-            argv += ["--model", str(self.model)]
-        argv += [str(a) for a in self.inputs]
-        argv += ["--sampler", self.sampler, "--seed", str(int(self.seed)), "--device", self.device]
-        if self.steps is not None:
-            argv += ["--steps", str(int(self.steps))]
-        if self.mode is not None:
-            argv += ["--mode", self.mode]
-        if self.guidance is not None:
-            argv += ["--guidance", f"{float(self.guidance):g}", "--guidance-mode", str(self.guidance_mode)]
-        if self.precision != DEFAULT_PRECISION:
-            argv += ["--precision", self.precision]
-        if self.strict:
-            argv.append("--strict")
-        if not self.compress:
-            argv.append("--no-compress")
-        argv += ["--progress", self.progress, "--out", str(self.out)]
-        return argv + [str(a) for a in self.extra]
+        return ["generate", *options_to_argv(self), *[str(a) for a in self.extra]]
 
 
 @dataclass

@@ -158,6 +158,9 @@ def _check_sampler(sampler: str) -> str:
     return check_sampler(sampler)
 
 
+UNIPC_ORDER = 3  # the predictor's highest order (the first and last steps use lower ones)
+
+
 def default_steps(sampler: str) -> int:
     """Default step count (``land.contract.DEFAULT_STEPS``): ddpm 1000, ddim 50, dpmpp2m 25, unipc 12."""
     return _DEFAULT_STEPS[_check_sampler(sampler)]
@@ -406,7 +409,7 @@ def sample(
                 m_prev, lam_prev = history[0]
                 x = _unipc_update(c_base, m_prev, lam_prev, history[1:], lam_t, c_ratio, a_t, c_order, x0)
             history = [(x0, lam_t), *history[:2]]
-            order = min(3, len(history), n_steps - i)
+            order = min(UNIPC_ORDER, len(history), n_steps - i)
             corrector = (x, s_p / s_t, order)
             x = _unipc_update(x, x0, lam_t, history[1:], math.log(a_p / s_p), s_p / s_t, a_p, order)
         else:  # dpmpp2m

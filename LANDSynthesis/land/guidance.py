@@ -78,15 +78,7 @@ def guided_denoiser(
 
 def add_guidance_arguments(parser) -> None:
     """``--guidance W`` and ``--guidance-mode M`` for every command that generates (argparse parser)."""
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        metavar="W",
-        help=f"classifier-free guidance scale 0..{MAX_GUIDANCE:g} (1 = none; default: the model's)",
-    )
-    parser.add_argument(
-        "--guidance-mode",
-        choices=GUIDANCE_MODES,
-        help="what guidance contrasts with: nodules (same lungs without nodules), full (no mask), none "
-        "(default: the model's recommended)",
-    )
+    from .contract import GUIDANCE_HELP, GUIDANCE_MODE_HELP
+
+    parser.add_argument("--guidance", type=float, metavar="W", help=GUIDANCE_HELP)
+    parser.add_argument("--guidance-mode", choices=GUIDANCE_MODES, help=GUIDANCE_MODE_HELP)

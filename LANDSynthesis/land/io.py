@@ -35,6 +35,7 @@ from .conditioning import (
 )
 from .contract import WARNING_FIELD_OF_VIEW, WARNING_SEGMENTATION
 from .errors import InputError
+from .grid import lung_centred_grid
 from .image_data import check_image_data, check_image_file
 from .masks import is_lung_segment_name, restore_lung
 from .segment_style import LUNG_COLOR, LUNG_TERMINOLOGY, NODULE_COLORS, NODULE_TERMINOLOGY
@@ -477,17 +478,6 @@ def _continuous_index(vol: Volume, point: np.ndarray) -> np.ndarray:
     )
 
 
-def _bbox_centre(mask: np.ndarray) -> np.ndarray | None:
-    """Centre of the bounding box of a [z, y, x] mask, as an x, y, z voxel index (None when empty)."""
-    centre = []
-    for axis in (2, 1, 0):
-        nz = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-        if nz.size == 0:
-            return None
-        centre.append((nz[0] + nz[-1]) / 2.0)
-    return np.asarray(centre)
-
-
 def _resample(
     vol: Volume, grid: Volume, interpolator: int, default: float, pixel: int | None = None
 ) -> np.ndarray:
@@ -522,8 +512,9 @@ def to_model_grid(
     """Resample masks (nearest neighbour) onto the model grid; return them and the grid as a reference volume.
 
     The grid has the model ``size`` and ``spacing`` (x, y, z), the input's direction (no rotation), and is
-    centred on the lung mask's bounding-box centre (the image centre without a lung mask), so physical
-    positions are kept. The reference volume's array is an all-zero uint8 placeholder. Lungs or nodules
+    centred on the lung mask's bounding box (the image without a lung mask) by the rule training data was
+    prepared with (:func:`land.grid.lung_centred_grid`, within half a model voxel), so physical positions
+    are kept. The reference volume's array is an all-zero uint8 placeholder. Lungs or nodules
     cut off by the field of view give a :class:`FieldOfViewWarning`; a nodule smaller than a model voxel
     keeps one voxel at its centre; a nodule entirely outside is dropped (with its texture and name).
     """
@@ -539,18 +530,7 @@ def to_model_grid(
     check_geometry(masks)
     if masks.nodules is not None:
         check_labels(masks.nodules)
-    size_a, spacing_a = np.asarray(size, float), np.asarray(spacing, float)
-    centre = _bbox_centre(masks.lung.array != 0) if masks.lung is not None else None
-    if centre is None:
-        centre = (np.asarray(ref.size, float) - 1) / 2.0
-    centre_mm = _physical(ref, centre)
-    origin = centre_mm - _matrix(ref.direction) @ (spacing_a * (size_a - 1) / 2.0)
-    grid = Volume(
-        np.zeros(tuple(int(s) for s in size[::-1]), np.uint8),
-        tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        tuple(float(o) for o in origin),  # type: ignore[arg-type]
-        tuple(float(d) for d in ref.direction),
-    )
+    grid, _ = lung_centred_grid(ref, masks.lung.array != 0 if masks.lung is not None else None, size, spacing)
     inside = _inside_slices(ref, grid)
     notes: list[str] = []
     lung_out = None

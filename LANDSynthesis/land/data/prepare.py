@@ -53,6 +53,7 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from ..grid import lung_centred_grid
 from ..volume import Volume
 from .lidc import NoduleRecord, ScanRecord
 
@@ -256,30 +257,9 @@ def nodule_labels(nodules: Sequence[NoduleRecord], slice_zvals: np.ndarray, stac
 def crop_grid(
     reference: Volume, mask: np.ndarray, size: int = OUTPUT_SIZE, spacing: float = OUTPUT_SPACING_MM
 ) -> tuple[Volume, tuple[int, int, int]]:
-    """The output grid: ``size``^3 voxels of ``spacing`` mm, the reference's direction, centred on the
-    bounding box of ``mask`` (the whole volume when empty), aligned with the ``spacing`` grid that
-    starts at the reference's origin. Returns an empty (zeros, uint8) volume and the crop start (x, y, z)
-    in that grid."""
-    direction = np.asarray(reference.direction, float).reshape(3, 3)
-    origin = np.asarray(reference.origin, float)
-    in_spacing = np.asarray(reference.spacing, float)
-    nz = np.nonzero(mask)
-    if nz[0].size:
-        lo = np.array([nz[2].min(), nz[1].min(), nz[0].min()], float) - 0.5
-        hi = np.array([nz[2].max(), nz[1].max(), nz[0].max()], float) + 0.5
-    else:
-        lo, hi = np.full(3, -0.5), np.asarray(reference.size, float) - 0.5
-    # index (x, y, z) of the reference -> continuous index of the output-spacing grid (same origin, axes)
-    centre = 0.5 * (lo + hi) * in_spacing / spacing
-    start = np.floor(centre - size / 2.0 + 0.5).astype(int)
-    out_origin = origin + direction @ (start * spacing)
-    grid = Volume(
-        np.zeros((size, size, size), np.uint8),
-        (spacing, spacing, spacing),
-        tuple(float(v) for v in out_origin),
-        reference.direction,
-    )
-    return grid, (int(start[0]), int(start[1]), int(start[2]))
+    """The output grid (``size``^3 voxels of ``spacing`` mm) by the model-grid rule that ``land generate``
+    uses too (:func:`land.grid.lung_centred_grid`); returns it (zeros, uint8) and the crop start (x, y, z)."""
+    return lung_centred_grid(reference, mask, (size,) * 3, (spacing,) * 3)
 
 
 def _resample(volume: Volume, grid: Volume, interpolator: int, default: float, dtype: np.dtype) -> Volume:
