@@ -67,6 +67,7 @@ def register(subparsers: Any, command: Callable) -> None:
     )
     command("train-ldm")(cmd_train_ldm)
 
+    from ..contract import add_option_arguments
     from .pipeline_run import STAGES, TrainingOptions
 
     p = subparsers.add_parser(
@@ -74,7 +75,7 @@ def register(subparsers: Any, command: Callable) -> None:
         help="run the training stages (prepare, vae, ldm, sample, evaluate) as land child processes; "
         "finished stages are skipped, interrupted training resumes with --resume",
     )
-    TrainingOptions.add_arguments(p)
+    add_option_arguments(p, TrainingOptions)
     p.add_argument(
         "--stage", default="all", help=f"all, one of {', '.join(STAGES)}, or a comma-separated list"
     )

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, format_duration, sampler_help, steps_help
+from ..contract import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    format_duration,
+    option,
+    options_from_namespace,
+    options_to_argv,
+    sampler_help,
+    steps_help,
+)
 from ..errors import InputError, LANDError
 from .config_files import config_path
 
@@ -62,32 +72,31 @@ class TrainingInputError(TrainingError, InputError):
 
 
 # ---------------------------------------------------------------------------------------------- options
-def _option(default: Any, help: str, flag: str | None = None, store_true: bool = False) -> Any:
-    """A field of :class:`TrainingOptions` with its command-line help (the parser is built from these)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "store_true": store_true})
-
-
 @dataclass
 class TrainingOptions:
     """Options of a training run: one field per ``land train-pipeline`` option (the parser is built from the
     fields; the LANDTraining parameter node stores the same fields). ``*_steps`` None: the config's."""
 
-    data: str = _option("", "LIDC-IDRI DICOM root, or a prepared dataset (a folder with manifest.csv)")
-    out: str = _option("", "output folder of the run (dataset/, vae/, ldm/, samples/, evaluation/, logs/)")
-    config: str = _option("small", "training config: paper, small, demo, tiny or a JSON file")
-    device: str = _option("auto", "auto, cpu, cuda or cuda:N")
-    workers: int = _option(1, "prepare: parallel processes")
-    limit: int | None = _option(None, "prepare: only the first N scans")
-    lung_weights: str | None = _option(None, "prepare: lungmask R231 weights file")
-    perceptual_weights: str | None = _option(None, "vae: MedicalNet weights file for the perceptual loss")
-    vae_steps: int | None = _option(None, "vae: train up to this step (default: the config's)")
-    ldm_steps: int | None = _option(None, "ldm: train up to this step (default: the config's)")
-    samples: int = _option(8, "sample: number of CTs to generate")
-    sample_steps: int = _option(DEFAULT_STEPS[DEFAULT_SAMPLER], "sample: " + steps_help())
-    sampler: str = _option(DEFAULT_SAMPLER, "sample: " + sampler_help())
-    seed: int = _option(0, "sample: first seed")
-    unconditional: bool = _option(False, "sample and evaluate without masks", store_true=True)
-    feature_weights: str | None = _option(None, "evaluate: MedicalNet weights file for FID features")
+    data: str = option(
+        "", "LIDC-IDRI DICOM root, or a prepared dataset (a folder with manifest.csv)", required=True
+    )
+    out: str = option(
+        "", "output folder of the run (dataset/, vae/, ldm/, samples/, evaluation/, logs/)", required=True
+    )
+    config: str = option("small", "training config: paper, small, demo, tiny or a JSON file")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    workers: int = option(1, "prepare: parallel processes", kind=int)
+    limit: int | None = option(None, "prepare: only the first N scans", kind=int)
+    lung_weights: str | None = option(None, "prepare: lungmask R231 weights file")
+    perceptual_weights: str | None = option(None, "vae: MedicalNet weights file for the perceptual loss")
+    vae_steps: int | None = option(None, "vae: train up to this step (default: the config's)", kind=int)
+    ldm_steps: int | None = option(None, "ldm: train up to this step (default: the config's)", kind=int)
+    samples: int = option(8, "sample: number of CTs to generate", kind=int)
+    sample_steps: int = option(DEFAULT_STEPS[DEFAULT_SAMPLER], "sample: " + steps_help(), kind=int)
+    sampler: str = option(DEFAULT_SAMPLER, "sample: " + sampler_help(), choices=SAMPLERS)
+    seed: int = option(0, "sample: first seed", kind=int)
+    unconditional: bool = option(False, "sample and evaluate without masks", action="store_true")
+    feature_weights: str | None = option(None, "evaluate: MedicalNet weights file for FID features")
 
     @classmethod
     def from_any(cls, options: TrainingOptions | Mapping[str, Any] | None) -> TrainingOptions:
@@ -102,38 +111,12 @@ class TrainingOptions:
         return cls(**dict(options))
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--option`` per field (``lung_weights`` -> ``--lung-weights``); data and out are required."""
-        for f in fields(cls):
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            if f.metadata.get("store_true"):
-                parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
-                continue
-            kind = int if f.type in ("int", "int | None") else str
-            kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "help": f.metadata["help"]}
-            if f.name in ("data", "out"):
-                kwargs["required"] = True
-            else:
-                kwargs["default"] = f.default
-            if f.name == "sampler":
-                kwargs["choices"] = SAMPLERS
-            parser.add_argument(flag, **kwargs)
-
-    @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainingOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return options_from_namespace(cls, args)
 
     def to_argv(self) -> list[str]:
         """The options as ``land train-pipeline`` arguments (defaults left out; inverse of the parser)."""
-        argv: list[str] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            if f.metadata.get("store_true"):
-                argv += [flag] if value else []
-            elif value is not None and (value != f.default or f.name in ("data", "out")):
-                argv += [flag, str(value)]
-        return argv
+        return options_to_argv(self)
 
     def validate(self) -> TrainingOptions:
         """Raise TrainingInputError naming the first unusable option and its fix."""
