@@ -275,7 +275,7 @@ def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
         assert "exit codes:" in text and "130" in text, name
     generate = " ".join(run("generate", "--help").stdout.split())  # independent of line wrapping
     for needed in ("--seed SEED random seed", "same CT", "demo masks", ".nii (provenance",
-                   "(default: unipc)", "unipc 12", "examples:", "tiled: exact"):  # fmt: skip
+                   "(default: unipc)", "unipc 14", "examples:", "tiled: exact"):  # fmt: skip
         assert needed in generate, needed
     assert (InputError.exit_code, ModelError.exit_code, TrainingDiverged.exit_code, Cancelled.exit_code) == (
         EXIT_INPUT, EXIT_MODEL, EXIT_MODEL, EXIT_CANCELLED)  # fmt: skip
@@ -310,6 +310,13 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
     d = build_parser().parse_args(GenerateOptions(out="x.nii.gz").to_argv())
     assert options_from_namespace(GenerateOptions, d) == GenerateOptions(out="x.nii.gz")  # the defaults
     assert d.steps is None and d.guidance is None and d.mode is None and d.precision == DEFAULT_PRECISION
+    # every option the command does not use itself reaches LANDPipeline.generate under its own name
+    import inspect
+
+    from land.pipeline import LANDPipeline
+
+    accepted = set(inspect.signature(LANDPipeline.generate).parameters)
+    assert set(opts.pipeline_arguments()) <= accepted and opts.pipeline_arguments()["max_memory"] == 3 << 30
     # the parser is built from the fields: each option field is one flag of `land generate`
     flags = {x.dest for x in build_parser()._subparsers._group_actions[0].choices["generate"]._actions}
     assert {f.name for f in fields(GenerateOptions) if "cli" in f.metadata} <= flags

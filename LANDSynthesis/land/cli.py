@@ -193,7 +193,6 @@ def _load_masks(args: GenerateOptions):
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .contract import parse_memory as memory_bytes
     from .io import write_volume
     from .pipeline import LANDPipeline
 
@@ -223,23 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     cancel = cancel_on_signals()
     try:
-        ct = pipe.generate(
-            masks,
-            mode=opts.mode,
-            steps=opts.steps,
-            sampler=opts.sampler,
-            seed=opts.seed,
-            device=opts.device,
-            progress=reporter,
-            cancel=cancel,
-            strict=opts.strict,
-            decode=opts.decode,
-            max_memory=memory_bytes(opts.max_memory) if opts.max_memory else None,
-            match_input=opts.match_input,
-            guidance=opts.guidance,
-            guidance_mode=opts.guidance_mode,
-            precision=opts.precision,
-        )
+        ct = pipe.generate(masks, progress=reporter, cancel=cancel, **opts.pipeline_arguments())
     except KeyboardInterrupt:
         from .errors import Cancelled
 
