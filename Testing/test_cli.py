@@ -328,6 +328,8 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             GenerateOptions(out="x", **bad).to_argv()
+    with pytest.raises(InputError, match="--temp-dir .* is not a folder"):
+        GenerateOptions(out="x", temp_dir=str(Path(__file__).with_name("no-such-folder"))).validate()
 
 
 def test_teaching_set_options_round_trip_through_the_parser():

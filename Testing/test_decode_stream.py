@@ -153,3 +153,28 @@ def test_disk_space_is_checked_before_any_work(case, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"needs .* GiB of temporary disk space .* fix: free disk space"):
         ds.check_disk_space(plan, tmp_path, free=plan.peak_disk_bytes // 2)
     ds.check_disk_space(plan_stream(vae, z.shape, max_memory=2**40), tmp_path, free=0)  # nothing spilled
+
+
+def test_generate_puts_the_decoders_files_in_temp_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``land generate --temp-dir`` (GenerateOptions.temp_dir): a CT that does not fit --max-memory is
+    decoded with its spill files in that folder, which is empty again afterwards."""
+    from land.contract import GenerateOptions
+    from land.pipeline import LANDPipeline
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    latent = (1, 4, *pipe.config.latent_size[::-1])
+    budget = _budget_spilling(pipe.vae, torch.zeros(latent))
+    assert choose_method(pipe.vae, latent, budget, torch.device("cpu")) == "stream"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    opts = GenerateOptions(out=str(tmp_path / "ct.nrrd"), steps=1, mode="none", temp_dir=str(spill))
+    opts.max_memory = str(budget)
+    files: list[int] = []
+
+    def progress(event: dict) -> None:
+        if event["stage"] == "decode":
+            files.append(sum(len(f) for _, _, f in os.walk(spill)))
+
+    pipe.generate(None, progress=progress, **opts.validate().pipeline_arguments())
+    assert files and max(files) >= 1  # the decoder's layer files were in --temp-dir while decoding
+    assert list(spill.iterdir()) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -317,6 +318,11 @@ class GenerateOptions:
         choices=("tiled", "full"),
     )
     max_memory: str | None = option(None, "memory budget for decoding, e.g. 2G (CPU default 2G)")
+    temp_dir: str | None = option(
+        None,
+        "folder for the decoder's temporary files when a CT does not fit --max-memory (a 256^3 CT needs "
+        "about 8 GiB there; default: the system temporary folder, TMPDIR)",
+    )
     match_input: bool = option(False, "resample the CT back into the mask's geometry", action="store_true")
     guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
     guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
@@ -342,6 +348,8 @@ class GenerateOptions:
         check_mode(self.mode)
         if self.max_memory is not None:
             parse_memory(self.max_memory)
+        if self.temp_dir is not None and not os.path.isdir(self.temp_dir):
+            raise InputError(f"--temp-dir {self.temp_dir} is not a folder; create it or choose another")
         # either guidance option may come alone: the other is the model's recommendation
         check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
         _check_guidance_and_progress(None, None, self.progress)

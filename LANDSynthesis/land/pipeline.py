@@ -151,7 +151,7 @@ class LANDPipeline:
         return out
 
     def _check_decode_space(
-        self, latent_shape: tuple[int, ...], max_memory: int | None, dev: torch.device
+        self, latent_shape: tuple[int, ...], max_memory: int | None, dev: torch.device, temp_dir: str | None
     ) -> None:
         """Refuse before denoising when streamed decoding would not find its temporary disk space."""
         from .decode_stream import check_disk_space, plan_stream
@@ -159,7 +159,7 @@ class LANDPipeline:
 
         vae_shape = (latent_shape[0], self.config.vae.latent_channels, *latent_shape[2:])
         if choose_method(self.vae, vae_shape, max_memory, dev) == "stream":
-            check_disk_space(plan_stream(self.vae, vae_shape, max_memory, dev))
+            check_disk_space(plan_stream(self.vae, vae_shape, max_memory, dev), temp_dir)
 
     def noise_schedule(self) -> NoiseSchedule:
         """The diffusion schedule the model was trained with (``model.json`` ``diffusion``)."""
@@ -234,6 +234,7 @@ class LANDPipeline:
         guidance: float | None = None,
         guidance_mode: str | None = None,
         precision: str = DEFAULT_PRECISION,
+        temp_dir: str | None = None,
     ) -> Volume:
         """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
 
@@ -243,7 +244,9 @@ class LANDPipeline:
         stops at the next step with :class:`land.Cancelled`. ``guidance`` / ``guidance_mode``: classifier-free
         guidance (:mod:`land.guidance`); default the model's recommended ``guidance`` from model.json.
         ``precision`` ``bf16``/``fp16`` runs the U-Net under autocast (the sampler's state and the VAE decoder
-        stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`.
+        stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`. ``temp_dir``: where
+        streamed decoding keeps layer outputs that do not fit ``max_memory`` (default: the system temporary
+        folder); its free space is checked before denoising.
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         check_mode(mode)
@@ -278,7 +281,7 @@ class LANDPipeline:
         self.unet.to(dev)
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
         if decode == "tiled":
-            self._check_decode_space(latent_shape, max_memory, dev)
+            self._check_decode_space(latent_shape, max_memory, dev, temp_dir)
         generator = torch.Generator().manual_seed(int(seed))
         z = sample(
             with_precision(guided_denoiser(self.unet, cond, scale, gmode, mode), dev, precision),
@@ -296,7 +299,9 @@ class LANDPipeline:
         z = z / self.config.latent_scale
         self.vae.to(dev)
         if decode == "tiled":
-            image = decode_tiled(self.vae, z, max_memory=max_memory, device=dev, progress=report("decode"))
+            image = decode_tiled(
+                self.vae, z, max_memory=max_memory, device=dev, progress=report("decode"), spill_dir=temp_dir
+            )
         else:
             image = decode_full(self.vae, z).cpu()
         self.vae.to("cpu")
