@@ -353,17 +353,20 @@ def test_teaching_set_options_round_trip_through_the_parser():
 
 
 def test_sample_set_options_round_trip_through_the_parser():
+    """land sample-set's parser is built from SampleSetOptions: to_argv() parses back to the same options."""
     from land.cli import build_parser
-    from land.contract import SampleSetOptions
+    from land.contract import SampleSetOptions, options_from_namespace
     from land.errors import InputError
 
-    opts = SampleSetOptions(model="m", out="s", n=8, masks="d", steps=12, seed=4)
+    opts = SampleSetOptions(model="m", out="s", n=8, masks="d", steps=12, seed=4, mode="nodule+lung",
+                            max_memory="1G", guidance=2.0, progress="json", precision="fp32")  # fmt: skip
     a = build_parser().parse_args(opts.to_argv())
-    got = (a.command, a.model, a.out, a.n, a.masks, a.steps, a.seed)
-    assert got == ("sample-set", "m", "s", 8, "d", 12, 4)
-    assert a.progress == "json" and not a.unconditional
-    u = build_parser().parse_args(SampleSetOptions(model="m", out="s", n=2).to_argv())
-    assert u.unconditional and u.masks is None and u.steps is None
-    for bad, match in ((dict(n=0), "samples"), (dict(sampler="x"), "sampler"), (dict(steps=2000), "step")):
+    assert a.command == "sample-set" and options_from_namespace(SampleSetOptions, a) == opts
+    u = SampleSetOptions(model="m", out="s", n=2, unconditional=True)
+    assert options_from_namespace(SampleSetOptions, build_parser().parse_args(u.to_argv())) == u
+    bads = ((dict(n=0), "samples"), (dict(sampler="x"), "sampler"), (dict(steps=2000), "step"),
+            (dict(masks=None), "not neither"), (dict(unconditional=True), "not both"),
+            (dict(max_memory="x"), "memory"))  # fmt: skip
+    for bad, match in bads:
         with pytest.raises(InputError, match=match):
-            SampleSetOptions(**{"model": "m", "out": "s", "n": 2, **bad}).to_argv()
+            SampleSetOptions(**{"model": "m", "out": "s", "n": 2, "masks": "d", **bad}).to_argv()

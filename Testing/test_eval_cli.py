@@ -73,9 +73,11 @@ def test_sample_set_guidance_reaches_every_sample(tiny_model_dir, phantoms, tmp_
     assert main([*base, "--out", str(tmp_path / "bad"), "--guidance", "-1"]) == 2
 
 
-def test_sample_set_needs_masks_or_unconditional(tiny_model_dir, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["sample-set", "--model", str(tiny_model_dir), "--n", "1", "--out", str(tmp_path)])
+def test_sample_set_needs_masks_or_unconditional(tiny_model_dir, tmp_path, capsys):
+    base = ["sample-set", "--model", str(tiny_model_dir), "--n", "1", "--out", str(tmp_path)]
+    for extra in ([], ["--masks", str(tmp_path), "--unconditional"]):
+        assert main(base + extra) == 2
+        assert "give a mask dataset (--masks DIR) or --unconditional" in capsys.readouterr().err
     code = main(["sample-set", "--model", str(tiny_model_dir), "--masks", str(tmp_path / "none"), "--n", "1",
                  "--out", str(tmp_path / "o"), "--progress", "none"])  # fmt: skip
     assert code == 2

@@ -173,8 +173,7 @@ def test_stage_commands(phantoms, tmp_path):
     assert args["ldm"][args["ldm"].index("--vae") + 1] == str(out / "vae")
     assert args["sample"] == [
         "sample-set", "--model", str(out / "ldm"), "--masks", str(phantoms), "--n", "8", "--out",
-        str(out / "samples"), "--steps", "14", "--sampler", "unipc", "--seed", "0", "--device", "cpu",
-        "--progress", "json",
+        str(out / "samples"), "--steps", "14", "--device", "cpu", "--progress", "json",
     ]  # fmt: skip
     assert args["evaluate"] == [
         "evaluate", "--real", str(phantoms), "--generated", str(out / "samples"), "--masks", str(phantoms),

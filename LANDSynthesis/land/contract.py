@@ -438,37 +438,47 @@ class TeachingSetOptions:
 
 @dataclass
 class SampleSetOptions:
-    """The options of ``land sample-set`` a client sets (see :class:`GenerateOptions`): ``masks`` a mask
-    dataset whose cases are reused in turn, or ``None`` for unconditional samples."""
+    """The options of ``land sample-set``, its parser built from these fields (see :class:`GenerateOptions`):
+    ``masks`` a mask dataset whose cases are reused in turn, or ``unconditional``."""
 
-    model: str
-    out: str
-    n: int
-    masks: str | None = None
-    steps: int | None = None
-    sampler: str = DEFAULT_SAMPLER
-    seed: int = 0
-    device: str = "auto"
-    progress: str = "json"
+    model: str = option("", "model directory", required=True)
+    masks: str | None = option(
+        None, "folder dataset of masks (manifest.csv + case folders, e.g. land phantoms)"
+    )
+    unconditional: bool = option(False, "no masks", action="store_true")
+    n: int = option(0, "number of samples (mask cases are reused in turn)", kind=int, required=True)
+    out: str = option("", "output folder", required=True)
+    steps: int | None = option(None, steps_help(), kind=int)
+    sampler: str = option(DEFAULT_SAMPLER, sampler_help(), choices=SAMPLERS)
+    seed: int = option(0, "sample i uses seed + i", kind=int)
+    mode: str | None = option(None, "conditioning mode (default: the model's)", choices=MODES)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    max_memory: str | None = option(None, "decode memory budget, e.g. 2G")
+    progress: str = option("bar", "bar, json (one JSON object per line, for programs) or none",
+                           choices=PROGRESS_STYLES)  # fmt: skip
+    guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
+    guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
+    precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
 
     def validate(self) -> SampleSetOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
         n = self.n
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n:
             raise InputError(f"the number of samples must be a whole number >= 1, got {n!r}")
+        if (self.masks is None) == (not self.unconditional):
+            raise InputError("give a mask dataset (--masks DIR) or --unconditional, not both and not neither")
         check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)
+        check_mode(self.mode)
+        check_precision(self.precision)
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
+        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
         _check_guidance_and_progress(None, None, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
-        """``sample-set --model M ... --progress STYLE``, checked by :meth:`validate` first."""
+        """``sample-set --model M ...``, checked by :meth:`validate` first."""
         self.validate()
-        argv = ["sample-set", "--model", str(self.model)]
-        argv += ["--unconditional"] if self.masks is None else ["--masks", str(self.masks)]
-        argv += ["--n", str(int(self.n)), "--out", str(self.out)]
-        if self.steps is not None:
-            argv += ["--steps", str(int(self.steps))]
-        argv += ["--sampler", self.sampler, "--seed", str(int(self.seed)), "--device", self.device]
-        return argv + ["--progress", self.progress]
+        return ["sample-set", *options_to_argv(self)]

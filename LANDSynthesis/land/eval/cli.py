@@ -9,22 +9,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..contract import add_precision_argument
+from ..contract import (
+    SampleSetOptions,
+    add_option_arguments,
+    options_from_namespace,
+    parse_memory,
+)
 
 
 def _sample_set(args: argparse.Namespace) -> int:
     from ..cli import Reporter, cancel_on_signals
     from .sample_set import run_sample_set
 
-    reporter = Reporter(args.progress)
+    opts = options_from_namespace(SampleSetOptions, args).validate()
+    reporter = Reporter(opts.progress)
     reporter.show_warnings()
     cancel = cancel_on_signals()
 
     def on_sample(event: dict[str, Any]) -> None:
         reporter.close()
-        if args.progress == "json":  # the set's own progress: stage "sample", step = samples done
+        if opts.progress == "json":  # the set's own progress: stage "sample", step = samples done
             reporter.emit({"stage": "sample", "step": event["sample"] + 1, **event})
-        elif args.progress == "bar":
+        elif opts.progress == "bar":
             what = "exists, skipped" if event["skipped"] else f"wrote in {event['seconds']} s"
             print(
                 f"[{event['sample'] + 1}/{event['total']}] {event['out']} ({what})",
@@ -34,31 +40,31 @@ def _sample_set(args: argparse.Namespace) -> int:
 
     try:
         summary = run_sample_set(
-            args.model,
-            args.out,
-            args.n,
-            None if args.unconditional else args.masks,
-            steps=args.steps,
-            sampler=args.sampler,
-            seed=args.seed,
-            device=args.device,
-            mode=args.mode,
-            max_memory=args.max_memory,
-            progress=reporter if args.progress != "none" else None,
+            opts.model,
+            opts.out,
+            opts.n,
+            opts.masks,
+            steps=opts.steps,
+            sampler=opts.sampler,
+            seed=opts.seed,
+            device=opts.device,
+            mode=opts.mode,
+            max_memory=parse_memory(opts.max_memory) if opts.max_memory else None,
+            progress=reporter if opts.progress != "none" else None,
             on_sample=on_sample,
             cancel=cancel,
-            guidance=args.guidance,
-            guidance_mode=args.guidance_mode,
-            precision=args.precision,
+            guidance=opts.guidance,
+            guidance_mode=opts.guidance_mode,
+            precision=opts.precision,
         )
     finally:
         reporter.close()
-    if args.progress == "json":
+    if opts.progress == "json":
         reporter.emit({"done": True, **summary})
     else:
         print(
             f"rank {summary['rank']}/{summary['world']}: {summary['written']} written, {summary['skipped']} "
-            f"already there, of {summary['jobs']} samples for this rank in {args.out}"
+            f"already there, of {summary['jobs']} samples for this rank in {opts.out}"
         )
     return 0
 
@@ -134,33 +140,12 @@ def _device(device: str) -> str:
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land sample-set`` and ``land evaluate``."""
-    from ..cli import parse_memory
-    from ..conditioning import MODES
-    from ..contract import DEFAULT_SAMPLER, sampler_help
-    from ..diffusion import SAMPLERS
-    from ..guidance import add_guidance_arguments
     from .sets import INTENSITY_PROTOCOLS
 
     p = sub.add_parser(
         "sample-set", help="generate many CTs (one NIfTI per sample; resumable; torchrun-aware)"
     )
-    p.add_argument("--model", required=True, help="model directory")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--masks", help="folder dataset of masks (manifest.csv + case folders, e.g. land phantoms)"
-    )
-    src.add_argument("--unconditional", action="store_true", help="no masks")
-    p.add_argument("--n", type=int, required=True, help="number of samples (mask cases are reused in turn)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    p.add_argument("--mode", choices=MODES, help="conditioning mode (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-memory", type=parse_memory, help="decode memory budget, e.g. 2G")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
-    add_guidance_arguments(p)
-    add_precision_argument(p)
+    add_option_arguments(p, SampleSetOptions)  # one argument per option field (land.contract)
     command("sample-set")(_sample_set)
 
     p = sub.add_parser("evaluate", help="FID, MS-SSIM, memory and mask fidelity of generated vs real CT")

@@ -183,10 +183,12 @@ class SampleStage(Stage):
             out=str(layout.samples),
             n=o.samples,
             masks=None if o.unconditional else str(layout.dataset),
+            unconditional=o.unconditional,
             steps=o.sample_steps,
             sampler=o.sampler,
             seed=o.seed,
             device=o.device,
+            progress="json",
         )
         try:
             return options.to_argv()
