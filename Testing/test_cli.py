@@ -334,16 +334,18 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
 
 def test_teaching_set_options_round_trip_through_the_parser():
     from land.cli import build_parser
-    from land.contract import TeachingSetOptions
+    from land.contract import TeachingSetOptions, options_from_namespace
     from land.errors import InputError
 
     opts = TeachingSetOptions(out="set", cases=4, model="m", nodule_rate=0.5, textures="1,5",
-                              diameters="6-20", steps=9, seed=2, guidance=2.0,
-                              guidance_mode="nodules")  # fmt: skip
+                              diameters="6-20", steps=9, seed=2, guidance=2.0, guidance_mode="nodules",
+                              lung_masks="lungs", burn_in=False, device="cpu", precision="fp32",
+                              progress="json")  # fmt: skip
     a = build_parser().parse_args(opts.to_argv())
-    got = (a.command, a.out, a.cases, a.model, a.nodule_rate, a.textures, a.diameters, a.steps, a.seed)
-    assert got == ("teaching-set", "set", 4, "m", 0.5, "1,5", "6-20", 9, 2)
-    assert (a.guidance, a.guidance_mode, a.progress) == (2.0, "nodules", "json")
+    assert a.command == "teaching-set" and options_from_namespace(TeachingSetOptions, a) == opts
+    # a client's None: the command's default (left out of the command line)
+    d = build_parser().parse_args(TeachingSetOptions(out="s", cases=1, nodule_rate=None, seed=None).to_argv())
+    assert (d.nodule_rate, d.seed, d.textures, d.progress) == (0.7, 0, "1,3,5", "bar")
     bads = ((dict(cases=0), "cases"), (dict(textures="1,6"), "textures"), (dict(diameters="25-4"), "diam"),
             (dict(nodule_rate=1.5), "nodule rate"), (dict(steps=0), "step"),
             (dict(seed=-1), "seed"))  # fmt: skip

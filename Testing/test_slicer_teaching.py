@@ -30,7 +30,7 @@ def test_teaching_set_command_line(land_logic, tmp_path):
             "cases": 12,
             "modelDirectory": "/models/land",
             "noduleRate": 0.75,
-            "textures": "5, 1,3,3",
+            "textures": "5, 3,3",
             "diameters": (4, 25.5),
             "steps": 30,
             "seed": 9,
@@ -38,7 +38,7 @@ def test_teaching_set_command_line(land_logic, tmp_path):
     )
     assert full == [
         sys.executable, "-m", "land", "teaching-set", "--model", "/models/land", "--cases", "12",
-        "--out", str(out), "--nodule-rate", "0.75", "--textures", "1,3,5", "--diameters", "4-25.5",
+        "--out", str(out), "--nodule-rate", "0.75", "--textures", "3,5", "--diameters", "4-25.5",
         "--steps", "30", "--seed", "9", "--progress", "json",
     ]  # fmt: skip
     minimal = land_logic.teachingSetCommand({"outputDirectory": str(out), "cases": 3})

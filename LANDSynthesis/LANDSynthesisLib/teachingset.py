@@ -39,6 +39,7 @@ class TeachingSetMixin:
             seed=p.seed,
             guidance=None if p.guidanceFromModel else p.guidanceScale,
             guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
+            progress="json",
             extra=[str(a) for a in p.extraArguments],
         )
         return engineCommand(self.defaultPythonExecutable(), options)

@@ -371,21 +371,33 @@ class GenerateOptions:
 
 @dataclass
 class TeachingSetOptions:
-    """The options of ``land teaching-set`` a client sets (see :class:`GenerateOptions`): ``textures`` like
-    ``"1,3,5"``, ``diameters`` like ``"4-25"`` (mm); ``None`` leaves an option to the engine's default."""
+    """The options of ``land teaching-set``, its parser built from these fields (see
+    :class:`GenerateOptions`): ``textures`` like ``"1,3,5"``, ``diameters`` like ``"4-25"`` (mm); a client's
+    ``None`` leaves an option to the command's default."""
 
-    out: str
-    cases: int
-    model: str | None = None
-    nodule_rate: float | None = None
-    textures: str | None = None
-    diameters: str | None = None
-    steps: int | None = None
-    seed: int | None = None
-    guidance: float | None = None
-    guidance_mode: str | None = None
-    progress: str = "json"
-    extra: list[str] = field(default_factory=list)
+    model: str | None = option(None, "model directory (default: the bundled demo model)")
+    cases: int = option(0, "number of cases", kind=int, required=True)
+    out: str = option("", "output folder (rerun with the same settings to resume)", required=True)
+    nodule_rate: float | None = option(0.7, "share of cases with nodules (default 0.7)", kind=float)
+    textures: str | None = option("1,3,5", "nodule textures to draw from, 1..5 (default 1,3,5)")
+    diameters: str | None = option("4-25", "nodule diameter range in mm (default 4-25)")
+    steps: int | None = option(
+        None,
+        f"sampling steps of the {DEFAULT_SAMPLER} sampler (default {DEFAULT_STEPS[DEFAULT_SAMPLER]})",
+        kind=int,
+    )
+    seed: int | None = option(0, "seed of the whole set (plan and generation)", kind=int)
+    lung_masks: str | None = option(None, "folder of lung masks to use instead of phantom lungs")
+    burn_in: bool = option(
+        True, "do not burn 'SYNTHETIC' into the pixels", flag="--no-burn-in", action="store_false"
+    )
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
+    guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
+    guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
+    precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
+    progress: str = option("bar", "bar, json (one JSON object per line, for programs) or none",
+                           choices=PROGRESS_STYLES)  # fmt: skip
+    extra: list[str] = field(default_factory=list)  # appended as given (expert use; not a parser option)
 
     def validate(self) -> TeachingSetOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
@@ -396,7 +408,9 @@ class TeachingSetOptions:
         ):
             raise InputError(f"the number of cases must be a whole number >= 1, got {self.cases!r}")
         if self.nodule_rate is not None and not 0.0 <= float(self.nodule_rate) <= 1.0:
-            raise InputError(f"the nodule rate is a share of cases, 0..1, got {self.nodule_rate!r}")
+            raise InputError(
+                f"the nodule rate (--nodule-rate) is a share of cases, 0..1, got {self.nodule_rate!r}"
+            )
         if self.textures is not None and not all(t in "12345" and t for t in self.textures.split(",")):
             raise InputError(f"textures are whole numbers 1..5 separated by commas, got {self.textures!r}")
         if self.diameters is not None:
@@ -412,28 +426,15 @@ class TeachingSetOptions:
         check_steps(self.steps)
         if self.seed is not None:
             check_seed(self.seed)
-        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
+        check_precision(self.precision)
+        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
+        _check_guidance_and_progress(None, None, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
-        """``teaching-set ... --progress STYLE``, checked by :meth:`validate` first."""
+        """``teaching-set ...``, checked by :meth:`validate` first."""
         self.validate()
-        argv = ["teaching-set"]
-        if self.model:
-            argv += ["--model", str(self.model)]
-        argv += ["--cases", str(int(self.cases)), "--out", str(self.out)]
-        if self.nodule_rate is not None:
-            argv += ["--nodule-rate", f"{float(self.nodule_rate):g}"]
-        for flag, value in (("--textures", self.textures), ("--diameters", self.diameters)):
-            if value is not None:
-                argv += [flag, value]
-        for flag, number in (("--steps", self.steps), ("--seed", self.seed)):
-            if number is not None:
-                argv += [flag, str(int(number))]
-        if self.guidance is not None:
-            argv += ["--guidance", f"{float(self.guidance):g}", "--guidance-mode", str(self.guidance_mode)]
-        argv += ["--progress", self.progress]
-        return argv + [str(a) for a in self.extra]
+        return ["teaching-set", *options_to_argv(self), *[str(a) for a in self.extra]]
 
 
 @dataclass

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import Cancelled, InputError, LANDError, ModelError
+from ..contract import TeachingSetOptions, add_option_arguments, options_from_namespace
+from ..errors import Cancelled, LANDError, ModelError
 
 
 class _Progress:
@@ -64,21 +65,20 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         raise LANDError("land teaching-set writes DICOM with pydicom, which is not installed; fix: "
                         "pip install 'pydicom>=3'") from None  # fmt: skip
-    progress = _Progress(args.progress)
+    opts = options_from_namespace(TeachingSetOptions, args).validate()
+    progress = _Progress(opts.progress)
     progress.reporter.show_warnings()
     settings = TeachingSettings(
-        cases=args.cases,
-        nodule_rate=args.nodule_rate,
-        textures=parse_textures(args.textures),
-        diameters=parse_diameters(args.diameters),
-        seed=args.seed,
-        lung_masks=str(Path(args.lung_masks).resolve()) if args.lung_masks else None,
+        cases=opts.cases,
+        nodule_rate=opts.nodule_rate,
+        textures=parse_textures(opts.textures),
+        diameters=parse_diameters(opts.diameters),
+        seed=opts.seed,
+        lung_masks=str(Path(opts.lung_masks).resolve()) if opts.lung_masks else None,
     )
     settings.validate()
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {args.steps}")
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    if args.model is None and not (model_dir / "model.json").is_file():
+    model_dir = Path(opts.model) if opts.model else default_model_dir()
+    if opts.model is None and not (model_dir / "model.json").is_file():
         raise ModelError(
             "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
             "model directory (train one with land train-ldm, or make an untrained test model with "
@@ -96,10 +96,10 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     cancel = cancel_on_signals()
     t0 = time.monotonic()
     try:
-        result = make_teaching_set(args.out, settings, pipe, steps=args.steps, burn_in=not args.no_burn_in,
-                                   device=args.device, progress=progress, cancel=cancel,
-                                   guidance=args.guidance, guidance_mode=args.guidance_mode,
-                                   precision=args.precision)  # fmt: skip
+        result = make_teaching_set(opts.out, settings, pipe, steps=opts.steps, burn_in=opts.burn_in,
+                                   device=opts.device, progress=progress, cancel=cancel,
+                                   guidance=opts.guidance, guidance_mode=opts.guidance_mode,
+                                   precision=opts.precision)  # fmt: skip
     except (KeyboardInterrupt, Cancelled):
         raise Cancelled("teaching set cancelled (finished cases are kept; run again to resume)") from None
     finally:
@@ -110,7 +110,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         "answers": str(result.answers) if result.answers else None,
         "generated": len(result.generated), "skipped": len(result.skipped),
     })  # fmt: skip
-    if args.progress != "json":
+    if opts.progress != "json":
         took = time.monotonic() - t0
         print(
             f"generated {len(result.generated)} case(s), skipped {len(result.skipped)} finished, {took:.0f} s"
@@ -135,28 +135,12 @@ def cmd_teaching_score(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     """Add ``land teaching-set`` and ``land teaching-score`` to the CLI."""
-    from ..contract import DEFAULT_SAMPLER, DEFAULT_STEPS, add_precision_argument
-    from ..guidance import add_guidance_arguments
     from .score import DEFAULT_MARGIN_MM
 
     p = sub.add_parser(
         "teaching-set", help="SYNTHETIC teaching cases as DICOM, with answer key and instructor sheet"
     )
-    p.add_argument("--model", help="model directory (default: the bundled demo model)")
-    p.add_argument("--cases", type=int, required=True, help="number of cases")
-    p.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
-    p.add_argument("--nodule-rate", type=float, default=0.7, help="share of cases with nodules (default 0.7)")
-    p.add_argument("--textures", default="1,3,5", help="nodule textures to draw from, 1..5 (default 1,3,5)")
-    p.add_argument("--diameters", default="4-25", help="nodule diameter range in mm (default 4-25)")
-    p.add_argument("--steps", type=int, help=f"sampling steps of the {DEFAULT_SAMPLER} sampler "
-                   f"(default {DEFAULT_STEPS[DEFAULT_SAMPLER]})")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the whole set (plan and generation)")
-    p.add_argument("--lung-masks", help="folder of lung masks to use instead of phantom lungs")
-    p.add_argument("--no-burn-in", action="store_true", help="do not burn 'SYNTHETIC' into the pixels")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
-    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
-    add_guidance_arguments(p)
-    add_precision_argument(p)
+    add_option_arguments(p, TeachingSetOptions)  # one argument per option field (land.contract)
     command("teaching-set")(cmd_teaching_set)
 
     p = sub.add_parser("teaching-score", help="score a trainee's marks against a teaching set's key")
