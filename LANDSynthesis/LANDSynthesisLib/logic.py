@@ -91,7 +91,6 @@ from .options import (  # noqa: F401 - constants, errors and parameter classes r
     LANDSynthesisError,
     TeachingSetParameters,
     engineCommand,
-    guidanceArguments,
 )
 from .results import LoadedVolume, ResultLoadingMixin, readResultVolume, uniqueNodeName  # noqa: F401
 from .segtools import SegmentationToolsMixin
@@ -420,22 +419,9 @@ class LANDSynthesisLogic(  # type: ignore[misc]
 
     def _command(self, job: GenerationJob) -> list[str]:
         """``PythonSlicer -m land generate ...``: the engine's own option contract builds the arguments."""
-        p = job.parameters
-        options = GenerateOptions(
-            out=str(job.outputPath),
-            model=str(job.modelInfo.path),
-            sampler=p.sampler,
-            steps=p.steps or None,
-            seed=job.seed,
-            device=(p.device or "auto").lower(),
-            mode=p.mode or None,
-            guidance=None if p.guidanceFromModel else p.guidanceScale,
-            guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
-            strict=p.strict,
-            compress=False,  # a raw NRRD loads several times faster on the GUI thread
-            progress="json",
-            extra=[str(a) for a in p.extraArguments],
-            **(engineMaskOptions(job.inputs, job._inputPaths) if job.inputs is not None else {}),
+        inputs = engineMaskOptions(job.inputs, job._inputPaths) if job.inputs is not None else {}
+        options = job.parameters.engineOptions(
+            str(job.outputPath), model=str(job.modelInfo.path), seed=job.seed, **inputs
         )
         return engineCommand(self.defaultPythonExecutable(), options)
 

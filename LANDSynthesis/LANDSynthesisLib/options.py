@@ -9,11 +9,10 @@ from typing import Any
 
 from land.contract import (
     DEFAULT_SAMPLER,
+    DEVICES,  # noqa: F401 - the panel's device choices (land.contract)
     SAMPLER_TITLES,
-    check_guidance,
-    check_mode,
-    check_sampler,
-    check_steps,
+    GenerateOptions,
+    TeachingSetOptions,
 )
 from land.errors import InputError
 
@@ -22,7 +21,6 @@ from .parameters import dataclassFrom
 MODULE_NAME = "LANDSynthesis"
 BUNDLED_MODEL_NAME = "land-demo-phantom"
 SAMPLERS = tuple(SAMPLER_TITLES)  # the panel's order (land.contract)
-DEVICES = ("auto", "cuda", "cpu")
 LUNG_WINDOW, LUNG_LEVEL = 1500.0, -600.0
 DENOISE_SHARE = 0.9  # share of the progress bar for denoising; decoding gets the rest
 RESULT_ATTRIBUTE = "LAND.Result"
@@ -55,18 +53,6 @@ def engineCommand(python: str, options) -> list[str]:
     return [python, "-m", "land", *argv]
 
 
-def guidanceArguments(fromModel: bool, scale: Any, mode: Any) -> list[str]:
-    """``--guidance W --guidance-mode M`` checked by the engine's rules (LANDInputError says why), or none
-    when ``fromModel`` (the engine then uses the model's recommended guidance from its model.json)."""
-    if fromModel:
-        return []
-    try:
-        scale, mode = check_guidance(scale, mode)
-    except InputError as e:
-        raise LANDInputError(str(e)) from None
-    return ["--guidance", f"{scale:g}", "--guidance-mode", mode]
-
-
 # ---------------------------------------------------------------------------------------------- parameters
 @dataclass
 class GenerationParameters:
@@ -91,19 +77,33 @@ class GenerationParameters:
     def fromAny(cls, parameters: GenerationParameters | Mapping[str, Any] | None) -> GenerationParameters:
         return dataclassFrom(cls, parameters, "generation", LANDInputError)
 
+    def engineOptions(self, out: str, **job: Any) -> GenerateOptions:
+        """The ``land generate`` options these parameters stand for, writing ``out``; ``job``: the
+        options a generation adds (model, seed drawn, mask inputs)."""
+        options = GenerateOptions(
+            out=out,
+            sampler=self.sampler,
+            steps=self.steps or None,
+            seed=0 if self.seed is None else self.seed,
+            device=(self.device or "auto").lower(),
+            mode=self.mode or None,
+            guidance=None if self.guidanceFromModel else self.guidanceScale,
+            guidance_mode=None if self.guidanceFromModel else self.guidanceMode,
+            strict=self.strict,
+            compress=False,  # a raw NRRD loads several times faster on the GUI thread
+            progress="json",
+            extra=[str(a) for a in self.extraArguments],
+        )
+        for name, value in job.items():
+            setattr(options, name, value)
+        return options
+
     def check(self) -> None:
-        try:  # the engine's own rules (land.contract), before any process starts
-            check_mode(self.mode)
-            check_sampler(self.sampler)
-            check_steps(self.steps)
+        """The engine's own rules (land.contract), before any process starts; LANDInputError says why."""
+        try:
+            self.engineOptions("check.nrrd").validate()
         except InputError as e:
             raise LANDInputError(str(e)) from None
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
-            raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
-        device = (self.device or "auto").lower()
-        if device not in DEVICES and not device.startswith("cuda:"):
-            raise LANDInputError(f"unknown device {self.device!r}; choose auto, cuda (GPU) or cpu")
-        guidanceArguments(self.guidanceFromModel, self.guidanceScale, self.guidanceMode)
 
 
 @dataclass
@@ -162,7 +162,25 @@ class TeachingSetParameters:
             raise LANDInputError(f"diameters must be a range in mm like 4-25 (0 < min <= max), got {d!r}")
         return "-".join(f"{x:g}" for x in parts)
 
-    def check(self) -> None:
+    def engineOptions(self) -> TeachingSetOptions:
+        """The ``land teaching-set`` options these parameters stand for (not yet checked)."""
+        return TeachingSetOptions(
+            out=str(Path(self.outputDirectory).expanduser().resolve()),
+            cases=self.cases,
+            model=str(self.modelDirectory) if self.modelDirectory else None,
+            nodule_rate=self.noduleRate,
+            textures=self.texturesText(),
+            diameters=self.diametersText(),
+            steps=self.steps,
+            seed=self.seed,
+            guidance=None if self.guidanceFromModel else self.guidanceScale,
+            guidance_mode=None if self.guidanceFromModel else self.guidanceMode,
+            progress="json",
+            extra=[str(a) for a in self.extraArguments],
+        )
+
+    def check(self) -> TeachingSetOptions:
+        """The panel's own rules, then the engine's (land.contract); returns the checked engine options."""
         if not self.outputDirectory:
             raise LANDInputError("Choose an output folder for the teaching set.")
         parent = Path(self.outputDirectory).expanduser().resolve().parent
@@ -170,14 +188,7 @@ class TeachingSetParameters:
             raise LANDInputError(f"The folder {parent} (where the teaching set folder goes) does not exist.")
         if not (isinstance(self.cases, int) and 1 <= self.cases <= 10000):
             raise LANDInputError(f"the number of cases must be a whole number 1..10000, got {self.cases!r}")
-        if self.noduleRate is not None and not 0.0 <= float(self.noduleRate) <= 1.0:
-            raise LANDInputError(f"the nodule rate is a share of cases, 0..1, got {self.noduleRate!r}")
         try:
-            check_steps(self.steps)
+            return self.engineOptions().validate()
         except InputError as e:
             raise LANDInputError(str(e)) from None
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
-            raise LANDInputError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
-        self.texturesText()
-        self.diametersText()
-        guidanceArguments(self.guidanceFromModel, self.guidanceScale, self.guidanceMode)

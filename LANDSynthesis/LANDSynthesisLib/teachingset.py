@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from land.childproc import ChildProcess
-from land.contract import TeachingSetOptions
 
 from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
 from .options import (
@@ -26,22 +25,7 @@ class TeachingSetMixin:
     # ------------------------------------------------------------------ teaching sets
     def teachingSetCommand(self, parameters: TeachingSetParameters | Mapping[str, Any]) -> list[str]:
         """The ``land teaching-set`` command line for ``parameters`` (checked: LANDInputError says why)."""
-        p = TeachingSetParameters.fromAny(parameters)
-        p.check()
-        options = TeachingSetOptions(
-            out=str(Path(p.outputDirectory).expanduser().resolve()),
-            cases=p.cases,
-            model=str(p.modelDirectory) if p.modelDirectory else None,
-            nodule_rate=p.noduleRate,
-            textures=p.texturesText(),
-            diameters=p.diametersText(),
-            steps=p.steps,
-            seed=p.seed,
-            guidance=None if p.guidanceFromModel else p.guidanceScale,
-            guidance_mode=None if p.guidanceFromModel else p.guidanceMode,
-            progress="json",
-            extra=[str(a) for a in p.extraArguments],
-        )
+        options = TeachingSetParameters.fromAny(parameters).check()
         return engineCommand(self.defaultPythonExecutable(), options)
 
     def startTeachingSet(

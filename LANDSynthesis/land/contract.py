@@ -172,6 +172,18 @@ def check_mode(mode: object) -> str | None:
     return mode
 
 
+DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")  # and cuda:N
+
+
+def check_device(device: object) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower-cased), else :class:`InputError` (whether a GPU is
+    there is checked where the device is used)."""
+    text = str(device or "auto").lower()
+    if text not in DEVICES and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise InputError(f"unknown device {device!r}; choose auto, cuda (GPU), cuda:N or cpu")
+    return text
+
+
 def check_steps(steps: object) -> int | None:
     """``None`` (the sampler's default) or a whole number of steps 1..1000, else :class:`InputError`."""
     if steps is None:
@@ -341,6 +353,7 @@ class GenerateOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
         if not self.out:
             raise InputError("choose an output file (--out) ending in .nii.gz, .nii or .nrrd")
+        check_device(self.device)
         check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)
@@ -426,6 +439,7 @@ class TeachingSetOptions:
         check_steps(self.steps)
         if self.seed is not None:
             check_seed(self.seed)
+        check_device(self.device)
         check_precision(self.precision)
         check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
         _check_guidance_and_progress(None, None, self.progress)
@@ -468,6 +482,7 @@ class SampleSetOptions:
             raise InputError(f"the number of samples must be a whole number >= 1, got {n!r}")
         if (self.masks is None) == (not self.unconditional):
             raise InputError("give a mask dataset (--masks DIR) or --unconditional, not both and not neither")
+        check_device(self.device)
         check_sampler(self.sampler)
         check_steps(self.steps)
         check_seed(self.seed)

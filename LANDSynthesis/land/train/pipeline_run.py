@@ -21,6 +21,7 @@ from ..contract import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     SAMPLERS,
+    check_device,
     format_duration,
     option,
     options_from_namespace,
@@ -53,7 +54,6 @@ STATE_FILE = "land_training.json"
 STATE_FORMAT = "land-training/1"
 PROGRESS_FILE = "progress.jsonl"  # written by land.train.progress.TrainingLog
 CHECKPOINT_FILE = "checkpoint.pt"
-DEVICES = ("auto", "cuda", "cpu")
 
 # stage states
 PENDING, RUNNING, DONE, SKIPPED = "pending", "running", "done", "skipped"
@@ -130,9 +130,10 @@ class TrainingOptions:
             raise TrainingInputError(f"output {self.out} exists and is not a folder")
         if Path(self.out).resolve() == Path(self.data).resolve():
             raise TrainingInputError("the output folder must differ from the data folder")
-        device = (self.device or "auto").lower()
-        if device not in DEVICES and not device.startswith("cuda:"):
-            raise TrainingInputError(f"unknown device {self.device!r}; choose auto, cuda (GPU) or cpu")
+        try:
+            check_device(self.device)
+        except InputError as e:
+            raise TrainingInputError(str(e)) from None
         for name in ("vae_steps", "ldm_steps", "limit"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
