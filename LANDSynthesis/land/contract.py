@@ -180,7 +180,7 @@ def check_device(device: object) -> str:
     there is checked where the device is used)."""
     text = str(device or "auto").lower()
     if text not in DEVICES and not (text.startswith("cuda:") and text[5:].isdigit()):
-        raise InputError(f"unknown device {device!r}; choose auto, cuda (GPU), cuda:N or cpu")
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (N = GPU index)")
     return text
 
 
