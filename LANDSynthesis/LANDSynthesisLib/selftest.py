@@ -14,20 +14,11 @@ import vtk
 
 from LANDSynthesisLib import dependencies
 from LANDSynthesisLib import segments as seglib
+from LANDSynthesisLib.application import ScriptedLoadableModuleTest
 from LANDSynthesisLib.logic import (
     GenerationCancelled,
     LANDSynthesisLogic,
 )
-
-try:  # the Slicer application (absent from the slicer-core wheel)
-    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
-except ImportError:
-    import unittest
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
-        """Placeholder without the Slicer application: only the logic is usable."""
-
-        __test__ = False  # not collected by pytest
 
 
 class LANDSynthesisTest(ScriptedLoadableModuleTest):
