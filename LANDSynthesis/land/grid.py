@@ -25,10 +25,9 @@ def lung_centred_grid(
     size_a = np.asarray([int(s) for s in size], float)
     spacing_a = np.asarray([float(s) for s in spacing], float)
     direction = np.asarray(reference.direction, float).reshape(3, 3)
-    nz = np.nonzero(lung) if lung is not None else ()
-    if lung is not None and nz[0].size:
-        lo = np.array([nz[2].min(), nz[1].min(), nz[0].min()], float) - 0.5
-        hi = np.array([nz[2].max(), nz[1].max(), nz[0].max()], float) + 0.5
+    box = _bounding_box(lung) if lung is not None else None
+    if box is not None:
+        lo, hi = box[0] - 0.5, box[1] + 0.5
     else:
         lo, hi = np.full(3, -0.5), np.asarray(reference.size, float) - 0.5
     # the box centre as a continuous index of the output lattice (same origin and axes as the reference)
@@ -42,3 +41,16 @@ def lung_centred_grid(
         tuple(float(d) for d in reference.direction),  # type: ignore[arg-type]
     )
     return grid, (int(start[0]), int(start[1]), int(start[2]))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """First and last voxel index (x, y, z) of a [z, y, x] mask's nonzero voxels (None when empty), from its
+    projections onto each axis (no index arrays over the whole mask)."""
+    first, last = [], []
+    for axis in (2, 1, 0):
+        nz = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if nz.size == 0:
+            return None
+        first.append(nz[0])
+        last.append(nz[-1])
+    return np.asarray(first, float), np.asarray(last, float)
