@@ -194,11 +194,9 @@ def check_steps(steps: object) -> int | None:
 
 
 def _check_guidance_and_progress(scale: float | None, mode: str | None, progress: str) -> None:
-    """The option classes' shared rules: guidance scale and mode both or neither; a known progress style."""
-    if (scale is None) != (mode is None):
-        raise InputError("give both the guidance scale and its mode, or neither (the model's recommendation)")
-    if scale is not None:
-        check_guidance(scale, mode)
+    """The option classes' shared rules: a guidance scale and mode in range (either may be None: the
+    model's recommendation fills it in); a known progress style."""
+    check_guidance(1.0 if scale is None else scale, mode or "full")
     if progress not in PROGRESS_STYLES:
         raise InputError(f"unknown progress style {progress!r}; choose bar, json or none")
 
@@ -363,9 +361,7 @@ class GenerateOptions:
             parse_memory(self.max_memory)
         if self.temp_dir is not None and not os.path.isdir(self.temp_dir):
             raise InputError(f"--temp-dir {self.temp_dir} is not a folder; create it or choose another")
-        # either guidance option may come alone: the other is the model's recommendation
-        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
-        _check_guidance_and_progress(None, None, self.progress)
+        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
@@ -441,8 +437,7 @@ class TeachingSetOptions:
             check_seed(self.seed)
         check_device(self.device)
         check_precision(self.precision)
-        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
-        _check_guidance_and_progress(None, None, self.progress)
+        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
@@ -490,8 +485,7 @@ class SampleSetOptions:
         check_precision(self.precision)
         if self.max_memory is not None:
             parse_memory(self.max_memory)
-        check_guidance(1.0 if self.guidance is None else self.guidance, self.guidance_mode or "full")
-        _check_guidance_and_progress(None, None, self.progress)
+        _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
 
     def to_argv(self) -> list[str]:
