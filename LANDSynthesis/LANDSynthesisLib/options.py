@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,9 @@ from land.contract import (
     SAMPLER_TITLES,
     GenerateOptions,
     TeachingSetOptions,
+    options_from_mapping,
 )
 from land.errors import InputError
-
-from .parameters import dataclassFrom
 
 MODULE_NAME = "LANDSynthesis"
 BUNDLED_MODEL_NAME = "land-demo-phantom"
@@ -75,7 +75,7 @@ class GenerationParameters:
 
     @classmethod
     def fromAny(cls, parameters: GenerationParameters | Mapping[str, Any] | None) -> GenerationParameters:
-        return dataclassFrom(cls, parameters, "generation", LANDInputError)
+        return options_from_mapping(cls, parameters, "generation parameter", LANDInputError)
 
     def engineOptions(self, out: str, **job: Any) -> GenerateOptions:
         """The ``land generate`` options these parameters stand for, writing ``out``; ``job``: the
@@ -94,9 +94,7 @@ class GenerationParameters:
             progress="json",
             extra=[str(a) for a in self.extraArguments],
         )
-        for name, value in job.items():
-            setattr(options, name, value)
-        return options
+        return dataclasses.replace(options, **job)
 
     def check(self) -> None:
         """The engine's own rules (land.contract), before any process starts; LANDInputError says why."""
@@ -126,7 +124,7 @@ class TeachingSetParameters:
 
     @classmethod
     def fromAny(cls, parameters: TeachingSetParameters | Mapping[str, Any]) -> TeachingSetParameters:
-        return dataclassFrom(cls, parameters, "teaching-set", LANDInputError)
+        return options_from_mapping(cls, parameters, "teaching-set parameter", LANDInputError)
 
     def texturesText(self) -> str | None:
         if self.textures is None or self.textures == "":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -258,6 +259,22 @@ def add_option_arguments(parser: Any, cls: type) -> None:
             else:
                 kwargs["default"] = f.default
         parser.add_argument(flag, **kwargs)
+
+
+def options_from_mapping(
+    cls: type[T], options: T | Mapping[str, Any] | None, what: str, error: type[Exception] = InputError
+) -> T:
+    """``options`` as the dataclass ``cls``: None gives the defaults, an instance is returned as is, a
+    mapping must name only fields of ``cls`` (else ``error`` lists the unknown ones, e.g. "unknown training
+    option(s): ..." for ``what`` "training option")."""
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    unknown = sorted(set(options) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise error(f"unknown {what}(s): {', '.join(unknown)}")
+    return cls(**dict(options))  # type: ignore[arg-type]
 
 
 def options_from_namespace(cls: type[T], args: Any) -> T:

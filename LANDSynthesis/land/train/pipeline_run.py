@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from ..contract import (
     check_device,
     format_duration,
     option,
+    options_from_mapping,
     options_from_namespace,
     options_to_argv,
     sampler_help,
@@ -101,14 +102,7 @@ class TrainingOptions:
     @classmethod
     def from_any(cls, options: TrainingOptions | Mapping[str, Any] | None) -> TrainingOptions:
         """``options`` as TrainingOptions: None gives the defaults; a mapping must name only fields."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        unknown = sorted(set(options) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TrainingInputError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**dict(options))
+        return options_from_mapping(cls, options, "training option", TrainingInputError)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainingOptions:
