@@ -64,9 +64,13 @@ class Stage:
     def arguments(self, run: TrainingRun) -> list[str]:
         raise NotImplementedError
 
+    def recorded(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        """What the run state file says of this stage's last run (empty when nothing)."""
+        return (state.get("stages") or {}).get(self.name) or {}
+
     def finished(self, run: TrainingRun, state: Mapping[str, Any]) -> str | None:
         """Why the stage need not run (a message), or None when it must run."""
-        recorded = (state.get("stages") or {}).get(self.name) or {}
+        recorded = self.recorded(state)
         if recorded.get("state") == DONE and recorded.get("arguments") == self.arguments(run):
             return "already done with these settings"
         return None
@@ -104,8 +108,7 @@ class PrepareStage(Stage):
         layout = run.layout
         if layout.data_is_prepared:
             return f"{layout.data} is a prepared dataset"
-        recorded = (state.get("stages") or {}).get(self.name) or {}
-        if recorded.get("state") == DONE and (layout.dataset / "manifest.csv").is_file():
+        if self.recorded(state).get("state") == DONE and (layout.dataset / "manifest.csv").is_file():
             return "already prepared"
         return None
 
