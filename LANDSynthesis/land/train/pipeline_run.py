@@ -22,6 +22,7 @@ from ..contract import (
     DEFAULT_STEPS,
     SAMPLERS,
     check_device,
+    check_sampler,
     format_duration,
     option,
     options_from_mapping,
@@ -126,6 +127,7 @@ class TrainingOptions:
             raise TrainingInputError("the output folder must differ from the data folder")
         try:
             check_device(self.device)
+            check_sampler(self.sampler)
         except InputError as e:
             raise TrainingInputError(str(e)) from None
         for name in ("vae_steps", "ldm_steps", "limit"):
@@ -136,8 +138,6 @@ class TrainingOptions:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise TrainingInputError(f"{name} must be a whole number >= 1, got {value!r}")
-        if self.sampler not in SAMPLERS:
-            raise TrainingInputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         resolve_config(self.config)
         for name in ("lung_weights", "perceptual_weights", "feature_weights"):
             path = getattr(self, name)
