@@ -354,6 +354,43 @@ def test_teaching_set_options_round_trip_through_the_parser():
             TeachingSetOptions(**{"out": "set", "cases": 2, **bad}).to_argv()
 
 
+@pytest.mark.parametrize(
+    ("textures", "diameters", "ok"),
+    [("5,3,3", "4-25.5", True), ("1,6", "4-25", False), ("", "4-25", False), ("1,x", "4-25", False),
+     ("1", "25-4", False), ("1", "0-4", False), ("1", "4-150", False), ("1", "8", True)],
+)  # fmt: skip
+def test_textures_and_diameters_have_one_rule_for_cli_python_and_panel(textures, diameters, ok):
+    """land.contract.parse_textures / parse_diameters decide for `land teaching-set`, the Python API's
+    TeachingSettings and the Slicer panel (whose list forms are normalised through the same functions)."""
+    from land.contract import TeachingSetOptions, parse_diameters, parse_textures
+    from land.errors import InputError
+    from land.teaching.plan import TeachingSettings
+
+    def verdicts() -> list[bool]:
+        results = []
+        checks = [
+            lambda: TeachingSetOptions(out="s", cases=1, textures=textures, diameters=diameters).validate(),
+            lambda: TeachingSettings(cases=1, textures=parse_textures(textures),
+                                     diameters=parse_diameters(diameters)).validate(),  # fmt: skip
+        ]
+        for check in checks:
+            try:
+                check()
+                results.append(True)
+            except InputError:
+                results.append(False)
+        return results
+
+    assert verdicts() == [ok, ok]
+    if ok:
+        assert parse_textures(textures) == tuple(sorted({int(t) for t in textures.split(",")}))
+        assert parse_textures([int(t) for t in textures.split(",")]) == parse_textures(textures)
+    with pytest.raises(InputError, match="diameters"):
+        TeachingSettings(cases=1, diameters=(4.0, 150.0)).validate()  # tuples from Python: the same bound
+    with pytest.raises(InputError, match="textures"):
+        TeachingSettings(cases=1, textures=(0, 3)).validate()
+
+
 def test_sample_set_options_round_trip_through_the_parser():
     """land sample-set's parser is built from SampleSetOptions: to_argv() parses back to the same options."""
     from land.cli import build_parser

@@ -15,6 +15,8 @@ from conftest import train_tiny_vae
 from safetensors.torch import load_file
 from test_dataset import write_dataset
 
+from land.events import DoneEvent, ProgressEvent, WarningEvent, parse_event
+
 LAND = [sys.executable, "-m", "land"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: one thread per process is fastest
 
@@ -68,9 +70,11 @@ def test_resume_after_sigkill_is_exact(command, data, vae_dir, tmp_path):
     assert not (cut / "model.json").exists()
     result = run([*args, "--out", str(cut), "--progress", "json", "--resume"])
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines[0]["event"] == "start" and lines[0]["start_step"] == 3
-    assert [e["step"] for e in lines if e["event"] == "step"] == [4, 5]
+    events = [parse_event(line) for line in result.stdout.splitlines()]
+    assert all(e is not None for e in events), result.stdout  # only land.events on stdout
+    progress = [(e.stage, e.step, e.total) for e in events if isinstance(e, ProgressEvent)]
+    assert progress == [(command, 3, 5), (command, 4, 5), (command, 5, 5)]  # starts from the checkpoint
+    assert isinstance(events[-1], DoneEvent) and events[-1].details["out"] == str(cut)
 
     for name in ("vae.safetensors", "unet.safetensors"):
         a, b = load_file(str(full / name)), load_file(str(cut / name))
@@ -109,7 +113,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one_exactly(data, vae_dir
     ckpt.write_bytes(bytes(raw))
     result = run([*args[:-2], "--progress", "json", "--out", str(cut), "--resume"])
     assert result.returncode == 0, result.stderr
-    notices = [json.loads(line).get("message", "") for line in result.stdout.splitlines()]
+    notices = [e.message for e in map(parse_event, result.stdout.splitlines()) if isinstance(e, WarningEvent)]
     assert any("checkpoint.pt is damaged" in m and "checkpoint.prev.pt (step 2)" in m for m in notices)
     a, b = load_file(str(full / "unet.safetensors")), load_file(str(cut / "unet.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -146,7 +150,7 @@ def test_signal_stops_after_the_step_with_a_checkpoint_and_exit_130(command, sig
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
-        if json.loads(line).get("event") == "step":
+        if isinstance(event := parse_event(line), ProgressEvent) and event.step >= 1:
             break
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)

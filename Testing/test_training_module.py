@@ -350,6 +350,34 @@ def test_headless_script_exit_codes(phantoms, tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
+def test_train_pipeline_progress_json_is_land_events(phantoms, tmp_path):
+    """`land train-pipeline --progress json`: stdout carries only land.events (stage progress with its
+    state, then done or the error with the process's exit code); the stages' output goes to stderr."""
+    from land.events import DoneEvent, ErrorEvent, ProgressEvent, parse_event
+
+    land = [sys.executable, "-m", "land", "train-pipeline", "--data", str(phantoms), "--progress", "json"]
+    ok = subprocess.run([*land, "--out", str(tmp_path / "a"), "--stage", "prepare"], capture_output=True,
+                        text=True, env=child_env(), timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    events = [parse_event(line) for line in ok.stdout.splitlines()]
+    assert None not in events, ok.stdout
+    progress = [e for e in events if isinstance(e, ProgressEvent)]
+    assert progress and all(e.stage == "prepare" for e in progress)
+    assert progress[-1].details["state"] == SKIPPED and progress[-1].fraction == 1.0
+    assert events[-1] == DoneEvent(True, {"out": str(tmp_path / "a"), "model": None})
+    assert "skipped" in ok.stderr  # the summary, beside the events
+
+    config = tmp_path / "broken.json"
+    config.write_text('{"name": "broken"}', encoding="utf-8")
+    failed = subprocess.run([*land, "--out", str(tmp_path / "b"), "--stage", "vae", "--config", str(config)],
+                            capture_output=True, text=True, env=child_env(), timeout=120)  # fmt: skip
+    events = [parse_event(line) for line in failed.stdout.splitlines()]
+    assert None not in events, failed.stdout
+    assert [e.details["state"] for e in events if isinstance(e, ProgressEvent)][-1] == pipeline.FAILED
+    assert isinstance(events[-1], ErrorEvent) and events[-1].exit_code == failed.returncode == 2
+    assert "land train-vae exited with code 2" in events[-1].message
+
+
 def test_sample_stage_progress_counts_samples_not_denoising_steps(tiny_model_dir, tmp_path, capsys):
     """Issue 14's measured bug: the sample stage showed 100 % after the first of N samples because each
     sample's denoise events carry step/total. It now follows sample-set's own 'sample' events."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from land.contract import WARNING_NODULE_OUTSIDE_LUNG
+from land.events import ErrorEvent, ProgressEvent, WarningEvent, parse_event
 
 from .jobs import EngineJob, GenerationJob, TeachingSetJob
 from .modelinfo import (
@@ -23,45 +22,33 @@ class EngineOutputMixin:
     """LANDSynthesisLogic's handling of the engine's output lines."""
 
     def _handleLine(self, job: EngineJob, stream: str, line: str) -> None:
-        text = line.strip()
-        if not text:
+        if not line.strip():
             return
-        event = None
-        if stream == "stdout" and text.startswith("{"):
-            try:
-                event = json.loads(text)
-            except ValueError:
-                event = None
-        if not isinstance(event, dict):
+        event = parse_event(line) if stream == "stdout" else None
+        if event is None:
             job.log.append(f"[{stream}] {line}")
             del job.log[:-200]
             logging.info("LAND engine: %s", line)
-            return
-        if "warning" in event:
-            message = str(event["warning"])
-            if event.get("code") == WARNING_NODULE_OUTSIDE_LUNG and any(
-                "outside the lungs" in w for w in job.warnings
-            ):
-                logging.info("LAND engine: %s", message)  # already reported, with the segment names
+        elif isinstance(event, WarningEvent):
+            reported = any("outside the lungs" in w for w in job.warnings)
+            if event.code == WARNING_NODULE_OUTSIDE_LUNG and reported:
+                logging.info("LAND engine: %s", event.message)  # already reported, with the segment names
             else:
-                self._warn(job, message)
-        elif "error" in event:
-            job.error = str(event["error"])
-            job.exitCode = event.get("exit_code", job.exitCode)
-        elif "stage" in event:
+                self._warn(job, event.message)
+        elif isinstance(event, ErrorEvent):
+            job.error, job.exitCode = event.message, event.exit_code
+        elif isinstance(event, ProgressEvent):
             self._progressEvent(job, event)
-        elif event.get("done"):
+        elif event.ok:
             if job.kind == TeachingSetJob.kind:
-                if event.get("out"):
-                    job.outputDirectory = Path(str(event["out"]))
+                if event.details.get("out"):
+                    job.outputDirectory = Path(str(event.details["out"]))
                 self._emit({"state": job.state, "fraction": 1.0, "text": "Teaching set written."})
             else:
                 self._emit({"state": job.state, "fraction": 1.0, "text": "Loading the result…"})
 
-    def _progressEvent(self, job: EngineJob, event: dict[str, Any]) -> None:
-        stage = str(event.get("stage"))
-        step, total = int(event.get("step", 0)), max(int(event.get("total", 1)), 1)
-        eta = event.get("eta_s")
+    def _progressEvent(self, job: EngineJob, event: ProgressEvent) -> None:
+        stage, step, total, eta = event.stage, event.step, max(event.total, 1), event.eta_s
         now = time.monotonic()
         job.stageStart.setdefault(stage, now)
         generating = job.kind == GenerationJob.kind
@@ -79,7 +66,7 @@ class EngineOutputMixin:
             job.casesDone, job.casesTotal = step, total
             fraction = step / total
             if step < total:
-                label = f"Case {step + 1}/{total} ({event.get('case', '')}): starting"
+                label = f"Case {step + 1}/{total} ({event.details.get('case', '')}): starting"
             else:
                 label = f"All {total} cases generated; writing the answer key"
         elif not generating:  # another stage of the teaching set

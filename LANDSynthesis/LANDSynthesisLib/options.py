@@ -15,6 +15,8 @@ from land.contract import (
     GenerateOptions,
     TeachingSetOptions,
     options_from_mapping,
+    parse_diameters,
+    parse_textures,
 )
 from land.errors import InputError
 
@@ -127,38 +129,22 @@ class TeachingSetParameters:
         return options_from_mapping(cls, parameters, "teaching-set parameter", LANDInputError)
 
     def texturesText(self) -> str | None:
+        """``textures`` as the engine's ``"1,3,5"`` (land.contract.parse_textures' rule)."""
         if self.textures is None or self.textures == "":
             return None
-        items = self.textures.replace(" ", "").split(",") if isinstance(self.textures, str) else self.textures
-        values = []
-        for item in items:
-            text = str(item).strip()
-            if not text.isdigit() or not 1 <= int(text) <= 5:
-                raise LANDInputError(
-                    "textures must be whole numbers 1..5 separated by commas (e.g. 1,3,5), "
-                    f"got {self.textures!r}"
-                )
-            values.append(int(text))
-        if not values:
-            raise LANDInputError("give at least one texture 1..5 (e.g. 1,3,5)")
-        return ",".join(str(v) for v in sorted(set(values)))
+        try:
+            return ",".join(str(t) for t in parse_textures(self.textures))
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
 
     def diametersText(self) -> str | None:
-        d = self.diameters
-        if d is None or d == "":
+        """``diameters`` as the engine's ``"4-25"`` (land.contract.parse_diameters' rule)."""
+        if self.diameters is None or self.diameters == "":
             return None
         try:
-            if isinstance(d, str):
-                parts = [float(x) for x in d.replace(" ", "").split("-")] if "-" in d else [float(d)] * 2
-            elif isinstance(d, (int, float)):
-                parts = [float(d)] * 2
-            else:
-                parts = [float(x) for x in d]
-        except ValueError:
-            parts = []
-        if len(parts) != 2 or not 0 < parts[0] <= parts[1] <= 100:
-            raise LANDInputError(f"diameters must be a range in mm like 4-25 (0 < min <= max), got {d!r}")
-        return "-".join(f"{x:g}" for x in parts)
+            return "-".join(f"{x:g}" for x in parse_diameters(self.diameters))
+        except InputError as e:
+            raise LANDInputError(str(e)) from None
 
     def engineOptions(self) -> TeachingSetOptions:
         """The ``land teaching-set`` options these parameters stand for (not yet checked)."""

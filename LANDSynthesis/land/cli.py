@@ -13,15 +13,12 @@ import os
 import signal
 import sys
 import threading
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .contract import (
     EXIT_INPUT,
-    WARNING_OTHER,
     WARNING_UNTRAINED_MODEL,
     GenerateOptions,
     add_option_arguments,
@@ -30,6 +27,7 @@ from .contract import (
     steps_help,
 )
 from .errors import Cancelled, InputError, LANDError, ModelError
+from .events import ErrorEvent, Reporter, write_event
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
@@ -79,52 +77,6 @@ def parse_memory(text: str) -> int:
         return parse(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-class Reporter:
-    """Prints progress as a tqdm bar, JSON lines (for the Slicer module) or nothing."""
-
-    def __init__(self, style: str) -> None:
-        self.style = style
-        self.bar = None
-        self.started: dict[str, float] = {}
-        self.last = time.monotonic()
-
-    def emit(self, obj: dict[str, Any]) -> None:
-        if self.style == "json":
-            print(json.dumps(obj), flush=True)
-
-    def warning(self, message: str, code: str = WARNING_OTHER) -> None:
-        """A warning: on stderr, and with --progress json as {"warning": message, "code": code}."""
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-        self.emit({"warning": message, "code": code})
-
-    def show_warnings(self) -> None:
-        """Route Python warnings (the engine's, with their stable ``code``) through :meth:`warning`."""
-        warnings.showwarning = lambda message, category, *a, **k: self.warning(
-            str(message), getattr(category, "code", WARNING_OTHER)
-        )
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        stage, step, total = event["stage"], event["step"], event["total"]
-        now = time.monotonic()
-        start = self.started.setdefault(stage, self.last)
-        self.last = now
-        eta = (now - start) / max(step, 1) * (total - step)
-        if self.style == "json":
-            self.emit({"stage": stage, "step": step, "total": total, "eta_s": round(eta, 1)})
-        elif self.style == "bar":
-            from tqdm import tqdm
-
-            if self.bar is None or self.bar.desc != stage:
-                self.close()
-                self.bar = tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
-            self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def cancel_on_signals() -> threading.Event:
@@ -230,7 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     write_volume(out, ct, ct.metadata, compress=opts.compress)
-    reporter.emit({"done": True, "out": str(out)})
+    reporter.done(out=str(out))
     if opts.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")
     return 0
@@ -306,7 +258,7 @@ class ArgumentParser(argparse.ArgumentParser):
         if "--progress=json" in argv or any(a == "--progress" and b == "json" for a, b in pairs):
             self.print_usage(sys.stderr)
             print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
-            print(json.dumps({"error": message, "exit_code": EXIT_INPUT}), flush=True)
+            write_event(ErrorEvent(message, EXIT_INPUT))
             raise SystemExit(EXIT_INPUT)
         super().error(message)
 
@@ -404,13 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LANDError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if getattr(args, "progress", None) == "json":
-            print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
+            write_event(ErrorEvent(str(e), e.exit_code))
         return e.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while a command was stopping cleanly
         message = "interrupted; outputs being written were discarded (checkpoints already written are intact)"
         print(f"error: {message}", file=sys.stderr, flush=True)
         if getattr(args, "progress", None) == "json":
-            print(json.dumps({"error": message, "exit_code": Cancelled.exit_code}), flush=True)
+            write_event(ErrorEvent(message, Cancelled.exit_code))
         return Cancelled.exit_code
     except BrokenPipeError:
         # whoever read our output went away (e.g. `| head -3`): stop quietly, as a SIGPIPE would

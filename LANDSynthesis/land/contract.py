@@ -86,6 +86,7 @@ WARNING_NODULE_OUTSIDE_LUNG = "nodule_outside_lung"
 WARNING_FIELD_OF_VIEW = "field_of_view"
 WARNING_SEGMENTATION = "segmentation"
 WARNING_UNTRAINED_MODEL = "untrained_model"
+WARNING_TRAINING_NOTICE = "training_notice"  # a trainer's notice (resumed from the previous checkpoint, ...)
 WARNING_OTHER = "warning"
 
 PROGRESS_STYLES: tuple[str, ...] = ("bar", "json", "none")  # --progress of every long-running command
@@ -183,6 +184,43 @@ def check_device(device: object) -> str:
     if text not in DEVICES and not (text.startswith("cuda:") and text[5:].isdigit()):
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (N = GPU index)")
     return text
+
+
+TEXTURES: tuple[int, ...] = (1, 2, 3, 4, 5)  # nodule texture scores (1 non-solid ... 5 solid)
+MAX_DIAMETER_MM = 100.0  # the largest nodule diameter a teaching set may plan
+
+
+def parse_textures(text: object) -> tuple[int, ...]:
+    """``"1,3,5"`` (or a sequence of scores) -> (1, 3, 5), sorted, without repeats; InputError otherwise."""
+    items = str(text).replace(" ", "").split(",") if isinstance(text, str) else list(text or ())  # type: ignore[call-overload]
+    try:
+        values = tuple(sorted({int(str(t)) for t in items if str(t)}))
+    except ValueError:
+        values = ()
+    if not values or any(t not in TEXTURES for t in values):
+        raise InputError(f"textures are whole numbers 1..5 separated by commas (e.g. 1,3,5), got {text!r}")
+    return values
+
+
+def parse_diameters(text: object) -> tuple[float, float]:
+    """``"4-25"`` -> (4.0, 25.0), ``"8"`` or 8 -> (8.0, 8.0), (4, 25) -> (4.0, 25.0); InputError unless
+    0 < min <= max <= :data:`MAX_DIAMETER_MM`."""
+    try:
+        if isinstance(text, str):
+            lo, sep, hi = text.strip().partition("-")
+            d = (float(lo), float(hi if sep else lo))
+        elif isinstance(text, numbers.Real):
+            d = (float(text), float(text))
+        else:
+            lo, hi = text  # type: ignore[misc]
+            d = (float(lo), float(hi))
+    except (TypeError, ValueError):
+        d = (0.0, 0.0)
+    if not 0.0 < d[0] <= d[1] <= MAX_DIAMETER_MM:
+        raise InputError(
+            f"diameters are a range in mm like 4-25 (0 < min <= max <= {MAX_DIAMETER_MM:g}), got {text!r}"
+        )
+    return d
 
 
 def check_steps(steps: object) -> int | None:
@@ -437,18 +475,10 @@ class TeachingSetOptions:
             raise InputError(
                 f"the nodule rate (--nodule-rate) is a share of cases, 0..1, got {self.nodule_rate!r}"
             )
-        if self.textures is not None and not all(t in "12345" and t for t in self.textures.split(",")):
-            raise InputError(f"textures are whole numbers 1..5 separated by commas, got {self.textures!r}")
+        if self.textures is not None:
+            parse_textures(self.textures)
         if self.diameters is not None:
-            lo, _, hi = self.diameters.partition("-")
-            try:
-                ok = 0.0 < float(lo) <= float(hi or lo) <= 100.0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise InputError(
-                    f"diameters are a range in mm like 4-25 (0 < min <= max), got {self.diameters!r}"
-                )
+            parse_diameters(self.diameters)
         check_steps(self.steps)
         if self.seed is not None:
             check_seed(self.seed)

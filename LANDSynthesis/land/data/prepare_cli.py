@@ -45,7 +45,7 @@ def register(sub: Any, command: Callable) -> None:
 
     @command("prepare-lidc")
     def cmd_prepare_lidc(args: argparse.Namespace) -> int:
-        from ..cli import Reporter
+        from ..events import Reporter
         from .prepare import prepare_lidc
 
         patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
@@ -66,7 +66,7 @@ def register(sub: Any, command: Callable) -> None:
             on_progress=reporter if style == "json" else None,
         )
         if style == "json":
-            reporter.emit({"done": not summary.failed, "out": str(args.out), "failed": summary.failed})
+            reporter.done(not summary.failed, out=str(args.out), failed=summary.failed)
             return 1 if summary.failed else 0
         print(summary.text())
         if summary.failed:

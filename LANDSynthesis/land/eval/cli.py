@@ -18,7 +18,8 @@ from ..contract import (
 
 
 def _sample_set(args: argparse.Namespace) -> int:
-    from ..cli import Reporter, cancel_on_signals
+    from ..cli import cancel_on_signals
+    from ..events import Reporter
     from .sample_set import run_sample_set
 
     opts = options_from_namespace(SampleSetOptions, args).validate()
@@ -29,7 +30,7 @@ def _sample_set(args: argparse.Namespace) -> int:
     def on_sample(event: dict[str, Any]) -> None:
         reporter.close()
         if opts.progress == "json":  # the set's own progress: stage "sample", step = samples done
-            reporter.emit({"stage": "sample", "step": event["sample"] + 1, **event})
+            reporter({**event, "stage": "sample", "step": event["sample"] + 1})
         elif opts.progress == "bar":
             what = "exists, skipped" if event["skipped"] else f"wrote in {event['seconds']} s"
             print(
@@ -60,7 +61,7 @@ def _sample_set(args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     if opts.progress == "json":
-        reporter.emit({"done": True, **summary})
+        reporter.done(**summary)
     else:
         print(
             f"rank {summary['rank']}/{summary['world']}: {summary['written']} written, {summary['skipped']} "

@@ -23,7 +23,7 @@ class _Progress:
     """Case-level progress (tqdm bar or JSON lines) with the pipeline's per-step events inside."""
 
     def __init__(self, style: str) -> None:
-        from ..cli import Reporter
+        from ..events import Reporter
 
         self.style = style
         self.reporter = Reporter(style)
@@ -31,15 +31,14 @@ class _Progress:
         self.bar = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from ..cli import Reporter
+        from ..events import Reporter
 
         if event["stage"] != "case":
             self.inner(event)
             return
         self.inner = Reporter("json" if self.style == "json" else "none")  # fresh ETA per case
         if self.style == "json":
-            eta = event.get("eta_s")
-            self.reporter.emit({**event, "eta_s": None if eta is None else round(eta, 1)})
+            self.reporter({**event, "eta_s": event.get("eta_s")})  # the plan's estimate (None at first)
         elif self.style == "bar":
             from tqdm import tqdm
 
@@ -56,9 +55,10 @@ class _Progress:
 
 def cmd_teaching_set(args: argparse.Namespace) -> int:
     from ..cli import cancel_on_signals, default_model_dir
+    from ..contract import parse_diameters, parse_textures
     from ..pipeline import LANDPipeline
     from .build import make_teaching_set
-    from .plan import TeachingSettings, parse_diameters, parse_textures
+    from .plan import TeachingSettings
 
     try:
         import pydicom  # noqa: F401
@@ -104,12 +104,12 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         raise Cancelled("teaching set cancelled (finished cases are kept; run again to resume)") from None
     finally:
         progress.close()
-    progress.reporter.emit({
-        "done": True, "out": str(result.out), "complete": result.complete,
-        "index": str(result.index) if result.index else None,
-        "answers": str(result.answers) if result.answers else None,
-        "generated": len(result.generated), "skipped": len(result.skipped),
-    })  # fmt: skip
+    progress.reporter.done(
+        out=str(result.out), complete=result.complete,
+        index=str(result.index) if result.index else None,
+        answers=str(result.answers) if result.answers else None,
+        generated=len(result.generated), skipped=len(result.skipped),
+    )  # fmt: skip
     if opts.progress != "json":
         took = time.monotonic() - t0
         print(

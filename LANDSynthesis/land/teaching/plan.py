@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..conditioning import MaskSet
+from ..contract import parse_diameters, parse_textures
 from ..errors import InputError
 from ..volume import Volume
 
@@ -57,11 +58,8 @@ class TeachingSettings:
             raise InputError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if not 0.0 <= self.nodule_rate <= 1.0:
             raise InputError(f"--nodule-rate must be between 0 and 1, got {self.nodule_rate}")
-        if not self.textures or any(t not in TEXTURE_NAMES for t in self.textures):
-            raise InputError(f"--textures must be values in 1..5, e.g. 1,3,5; got {self.textures}")
-        lo, hi = self.diameters
-        if not 0 < lo <= hi:
-            raise InputError(f"--diameters must be MIN-MAX mm with 0 < MIN <= MAX, e.g. 4-25; got {lo}-{hi}")
+        parse_textures(self.textures)  # the contract's rules (the CLI and the Slicer panel check the same)
+        parse_diameters(self.diameters)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -113,33 +111,6 @@ class CasePlan:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-
-
-def parse_textures(text: str) -> tuple[int, ...]:
-    """``"1,3,5"`` -> (1, 3, 5); InputError naming the fix otherwise."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(" ", "").split(",") if t}))
-    except ValueError:
-        values = ()
-    if not values or any(t not in TEXTURE_NAMES for t in values):
-        raise InputError(
-            f"--textures {text!r} not understood; give textures 1..5 separated by commas, e.g. 1,3,5"
-        )
-    return values
-
-
-def parse_diameters(text: str) -> tuple[float, float]:
-    """``"4-25"`` -> (4.0, 25.0); ``"8"`` -> (8.0, 8.0)."""
-    lo, sep, hi = text.strip().partition("-")
-    try:
-        d = (float(lo), float(hi if sep else lo))
-    except ValueError:
-        d = (0.0, 0.0)
-    if not 0 < d[0] <= d[1]:
-        raise InputError(
-            f"--diameters {text!r} not understood; give MIN-MAX in mm with 0 < MIN <= MAX, e.g. 4-25"
-        )
-    return d
 
 
 def case_ids(n: int) -> list[str]:

@@ -82,6 +82,13 @@ def register(subparsers: Any, command: Callable) -> None:
     p.add_argument("--resume", action="store_true", help="continue interrupted training from its checkpoints")
     p.add_argument("--python", help="Python for the stage processes (default: this one)")
     p.add_argument("--quiet", action="store_true", help="only stage summaries, not the stages' output")
+    p.add_argument(
+        "--progress",
+        choices=["text", "json", "none"],
+        default="text",
+        help="text: the stages' output on stdout; json: progress, warning, error and done events on stdout "
+        "(land.events; the stages' output goes to stderr); none: only the summary",
+    )
     command("train-pipeline")(cmd_train_pipeline)
 
 
@@ -163,17 +170,33 @@ def cmd_train_pipeline(args: argparse.Namespace) -> int:
     import sys
 
     from ..contract import EXIT_BUG, EXIT_CANCELLED, EXIT_OK
+    from ..events import DoneEvent, ErrorEvent, ProgressEvent, write_event
     from .pipeline import PipelineRunner
-    from .pipeline_run import TrainingOptions, TrainingRun, parse_stages
+    from .pipeline_run import PENDING, TrainingOptions, TrainingRun, parse_stages
 
     stages = parse_stages(args.stage)
     options = TrainingOptions.from_namespace(args)
+    json_events = args.progress == "json"
+    log_stream = sys.stderr if json_events else sys.stdout
+    shown: dict[str, tuple[Any, ...]] = {}
 
     def on_log(stage: str, stream: str, line: str) -> None:
+        if args.progress == "none" and stream not in ("info", "error"):
+            return
         if not args.quiet or stream in ("info", "error"):
-            print(f"[{stage}] {line}", flush=True)
+            print(f"[{stage}] {line}", file=log_stream, flush=True)
 
-    runner = PipelineRunner(args.python, on_log=on_log)
+    def on_update(run: TrainingRun) -> None:  # one progress event per change of a stage's state or step
+        for number, stage in enumerate(run.stages, 1):
+            status = run.statuses[stage]
+            key = (status.state, status.step, status.total)
+            if status.state == PENDING or shown.get(stage) == key:
+                continue
+            shown[stage] = key
+            details = {"state": status.state, "stage_number": number, "stages": len(run.stages)}
+            write_event(ProgressEvent(stage, status.step, status.total, status.eta_seconds, details))
+
+    runner = PipelineRunner(args.python, on_log=on_log, on_update=on_update if json_events else None)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if runner.current is not None and runner.current.stop_requested:
@@ -184,11 +207,19 @@ def cmd_train_pipeline(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     run = runner.run(options, stages, resume=args.resume)
-    print(run.summary(), flush=True)
+    if json_events:
+        on_update(run)
+    print(run.summary(), file=log_stream, flush=True)
+    model = run.model_directory
     if run.state == TrainingRun.SUCCEEDED:
-        if run.model_directory is not None:
-            print(f"model directory: {run.model_directory}", flush=True)
+        if model is not None:
+            print(f"model directory: {model}", file=log_stream, flush=True)
+        if json_events:
+            write_event(
+                DoneEvent(True, {"out": str(run.layout.out), "model": None if model is None else str(model)})
+            )
         return EXIT_OK
-    if run.state == TrainingRun.STOPPED:
-        return EXIT_CANCELLED
-    return run.error_code or EXIT_BUG
+    code = EXIT_CANCELLED if run.state == TrainingRun.STOPPED else run.error_code or EXIT_BUG
+    if json_events:
+        write_event(ErrorEvent(run.error or "training stopped (run again with --resume to continue)", code))
+    return code

@@ -19,7 +19,6 @@ poll does a bounded amount of work. :meth:`PipelineRunner.run` is the blocking f
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 from ..childproc import ChildProcess
 from ..contract import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT, EXIT_OK, SampleSetOptions, format_duration
 from ..errors import InputError
+from ..events import ErrorEvent, ProgressEvent, parse_event
 from .pipeline_run import (
     DONE,
     FAILED,
@@ -421,23 +421,16 @@ class PipelineRunner:
             status.step = status.total = int(event.get("step") or status.total)
 
     def handle_output_line(self, status: StageStatus, line: str) -> None:
-        """Progress from the child's JSON lines (prepare-lidc, sample-set, evaluate: land.cli.Reporter)."""
-        text = line.strip()
-        if not text.startswith("{"):
-            return
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            return
-        if not isinstance(obj, dict):
-            return
-        inner = obj.get("stage") in ("denoise", "decode")  # one sample's steps, not the stage's
-        if "step" in obj and "total" in obj and not (inner and status.stage == "sample"):
-            status.step, status.total = int(obj["step"]), int(obj["total"])
-            if obj.get("eta_s") is not None:
-                status.eta_seconds = float(obj["eta_s"])
-        if "error" in obj:
-            status.message = str(obj["error"])
+        """Progress and errors from a child's event lines (land.events; prepare-lidc, sample-set, eval)."""
+        event = parse_event(line)
+        if isinstance(event, ProgressEvent):
+            if event.stage in ("denoise", "decode") and status.stage == "sample":
+                return  # one sample's steps, not the stage's
+            status.step, status.total = event.step, event.total
+            if event.eta_s is not None:
+                status.eta_seconds = event.eta_s
+        elif isinstance(event, ErrorEvent):
+            status.message = event.message
 
     def poll(self) -> bool:
         """Do a bounded amount of work; True while the run goes on."""

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..contract import WARNING_TRAINING_NOTICE
+from ..events import DoneEvent, Event, ProgressEvent, WarningEvent, write_event
 
 PROGRESS_FILE = "progress.jsonl"
 TENSORBOARD_NOTICE = (
@@ -45,6 +47,26 @@ def _truncate_after(path: Path, step: int) -> None:
         if not isinstance(obj, dict) or int(obj.get("step", 0) or 0) <= step:
             kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def stdout_event(obj: dict[str, Any], command: str) -> Event | None:
+    """What ``--progress json`` prints for a ``progress.jsonl`` entry (land.events; None: the file only).
+
+    ``start`` and ``step`` are progress of the stage named ``command`` (``train-vae``, ...; ``start``: the
+    step it starts from), ``notice`` a warning, ``done`` the last line; validation, previews and checkpoints
+    are in the file only.
+    """
+    kind = obj.get("event")
+    if kind == "start":
+        return ProgressEvent(command, int(obj["start_step"]), int(obj["total"]), None)
+    if kind == "step":
+        details = {"losses": obj.get("losses", {}), "lr": obj.get("lr")}
+        return ProgressEvent(command, int(obj["step"]), int(obj["total"]), obj.get("eta_s"), details)
+    if kind == "notice":
+        return WarningEvent(str(obj.get("message", "")), WARNING_TRAINING_NOTICE)
+    if kind == "done":
+        return DoneEvent(True, {k: v for k, v in obj.items() if k not in ("event", "time")})
+    return None
 
 
 def open_tensorboard(log_dir: Path) -> tuple[Any | None, str | None]:
@@ -103,8 +125,9 @@ class TrainingLog:
         line = json.dumps(obj, default=str)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
-        if self.style == "json":
-            print(line, flush=True)
+        event = stdout_event(obj, self.command) if self.style == "json" else None
+        if event is not None:
+            write_event(event)
 
     def notice(self, message: str) -> None:
         """A one-line notice on stderr (and in progress.jsonl)."""
