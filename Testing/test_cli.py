@@ -370,8 +370,9 @@ def test_textures_and_diameters_have_one_rule_for_cli_python_and_panel(textures,
         results = []
         checks = [
             lambda: TeachingSetOptions(out="s", cases=1, textures=textures, diameters=diameters).validate(),
-            lambda: TeachingSettings(cases=1, textures=parse_textures(textures),
-                                     diameters=parse_diameters(diameters)).validate(),  # fmt: skip
+            lambda: TeachingSettings(
+                cases=1, textures=parse_textures(textures), diameters=parse_diameters(diameters)
+            ).validate(),  # fmt: skip
         ]
         for check in checks:
             try:

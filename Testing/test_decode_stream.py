@@ -178,3 +178,48 @@ def test_generate_puts_the_decoders_files_in_temp_dir(tiny_model_dir: Path, tmp_
     pipe.generate(None, progress=progress, **opts.validate().pipeline_arguments())
     assert files and max(files) >= 1  # the decoder's layer files were in --temp-dir while decoding
     assert list(spill.iterdir()) == []
+
+
+def test_spill_files_use_o_direct_where_possible_with_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    """Rows of whole 4 KiB blocks (here the 32x32 full-resolution planes) go through O_DIRECT on Linux;
+    other planes (16x16) stay buffered; forcing every file buffered gives the same bits. The upsampling
+    convolutions run fused (land.models.upconv)."""
+    vae = make_vae((16, 32, 32), groups=8)
+    z = structured_latent((1, 4, 6, 8, 8), seed=4)
+    ref = decode_full(vae, z)
+    ops = {op[0] for seg in ds._compile(vae) for b in seg.branches for op in b.ops}
+    assert "upconv" in ops and "up" not in ops
+    budget = _budget_spilling(vae, z)
+    opened: list[tuple[str, bool]] = []
+    real_open = ds._open_spill
+
+    def recording(path: str, direct: bool) -> tuple[int, bool]:
+        fd, used = real_open(path, direct)
+        opened.append((path, used))
+        return fd, used
+
+    monkeypatch.setattr(ds, "_open_spill", recording)
+    out = decode_stream(vae, z, max_memory=budget, spill_dir=tmp_path, slab_rows=5)
+    assert float((out - ref).abs().max()) <= EXACT_ABS and list(tmp_path.iterdir()) == []
+    assert opened
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT))  # type: ignore[attr-defined]
+        direct_here = True
+    except (AttributeError, OSError):
+        direct_here = False
+    probe.unlink(missing_ok=True)
+    assert all(used == direct_here for _, used in opened)  # the spilled tensors: 32x32 planes
+    monkeypatch.setattr(ds, "_open_spill", lambda path, direct: real_open(path, False))
+    buffered = decode_stream(vae, z, max_memory=budget, spill_dir=tmp_path, slab_rows=5)
+    assert torch.equal(out, buffered)
+    monkeypatch.setattr(ds, "_open_spill", real_open)
+    for plane, direct in (((32, 32), direct_here), ((16, 16), False)):  # 16x16 floats: 1 KiB, not a block
+        x = torch.randn(3, 7, *plane)
+        stored = ds._Stored(x.shape, str(tmp_path / f"t{plane[0]}"), want_stats=False)
+        assert stored.direct == direct
+        stored.write(0, x[:, :4])
+        stored.write(4, x[:, 4:])
+        assert torch.equal(stored.read(2, 6), x[:, 2:6]) and torch.equal(stored.read(0, 7), x)
+        stored.close()
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,10 @@ def build(kind: str, config: str):
     from land.models import UNET_CONFIGS, LANDUNet
 
     cfg = UNET_CONFIGS[config]
+    if kind.startswith("land-unfused"):  # upsamplers as nn.Upsample then the convolution (the fusion's gain)
+        net = LANDUNet(cfg)
+        net.upsamplers = torch.nn.ModuleList(torch.nn.Sequential(*u.children()) for u in net.upsamplers)
+        return net, cfg
     if kind.startswith("land"):
         return LANDUNet(cfg), cfg
     if kind.startswith("released"):
@@ -85,7 +89,8 @@ def main() -> None:
     parser.add_argument(
         "--kinds",
         default="released,land,land-bf16",
-        help="comma-separated: land, land-bf16, released, released-bf16, stock",
+        help="comma-separated: land, land-bf16, land-unfused, land-unfused-bf16 (upsampling not fused), "
+        "released, released-bf16, stock",
     )
     parser.add_argument("--reference", default="released", help="row the ratios are taken to")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -106,6 +111,8 @@ def main() -> None:
     names = {
         "land": "LAND U-Net (additive skips)",
         "land-bf16": "LAND U-Net, bfloat16 autocast (precision auto)",
+        "land-unfused": "LAND U-Net, upsampling not fused",
+        "land-unfused-bf16": "LAND U-Net, bf16, upsampling not fused",
         "released": "released LAND layout (additive skips, fp32)",
         "released-bf16": "released LAND layout, bfloat16 autocast",
         "stock": "MONAI DiffusionModelUNet (concat skips)",

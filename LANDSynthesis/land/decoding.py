@@ -16,8 +16,6 @@ Public API: :func:`decode_tiled`, :func:`decode_full`, :func:`plan_tiles`, :clas
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import math
 import warnings
@@ -26,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from .host_memory import release_freed_memory
 
 __all__ = [
     "CPU_OVERHEAD_BYTES",
@@ -658,21 +658,9 @@ def _run_units(units: list[nn.Module], start: int, x: torch.Tensor) -> torch.Ten
     return x
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
 def _release_host_memory() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it otherwise, inflating the resident size)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    """Give freed heap memory back to the OS (land.host_memory)."""
+    release_freed_memory()
 
 
 class _Progress:
