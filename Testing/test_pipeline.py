@@ -222,3 +222,23 @@ def test_generate_uses_the_schedule_in_model_json(tiny_model_dir):
     pipe.config.diffusion = {**pipe.config.diffusion, "prediction_type": "epsilon"}
     with pytest.raises(ModelError, match="v_prediction"):
         pipe.generate(make_masks(), steps=3, seed=2, device="cpu")
+
+
+def test_training_preview_samples_and_decodes_as_generate_does(tiny_model_dir):
+    """The LDM trainer's preview goes through LANDPipeline.denoise / decode / to_hu: the CT of generate
+    (fp32, same seed and steps), and it follows the model's schedule (it used the default one before)."""
+    from land.train.ldm_trainer import PREVIEW_WINDOW_HU, make_preview
+    from land.train.preview import montage, to_uint8
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    masks = make_masks()
+    cond, _, _ = pipe.prepare_conditioning(masks, pipe.config.mode, False)
+    ct = pipe.generate(masks, steps=3, seed=4, device="cpu", precision="fp32", guidance=1.0).array
+    hu = pipe.to_hu(pipe.decode(pipe.denoise(cond, steps=3, seed=4, mode=pipe.config.mode)))
+    assert np.array_equal(np.rint(hu).astype(np.int16), ct)
+    preview = make_preview(pipe.unet, pipe.vae, cond, pipe.config, 3, 4, torch.device("cpu"))
+    top = montage([to_uint8(hu, *PREVIEW_WINDOW_HU)])
+    assert np.array_equal(preview[: top.shape[0]], top)  # the generated CT's row
+    pipe.config.diffusion = {**pipe.config.diffusion, "beta_end": 0.012}
+    other = make_preview(pipe.unet, pipe.vae, cond, pipe.config, 3, 4, torch.device("cpu"))
+    assert not np.array_equal(other, preview)

@@ -59,6 +59,20 @@ def default_model_dir() -> Path:
     return candidates[0] / "Models" / "land-demo-phantom"
 
 
+def model_dir_or_default(model: str | None) -> Path:
+    """``--model``, or the bundled demo model (ModelError with the fix when this installation has none)."""
+    if model:
+        return Path(model)
+    model_dir = default_model_dir()
+    if not (model_dir / "model.json").is_file():
+        raise ModelError(
+            "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
+            "model directory (train one with land train-ldm, or make an untrained test model with "
+            "land init-model --config small --out DIR)"
+        )
+    return model_dir
+
+
 def default_mask_path() -> Path:
     """The bundled demo mask set (lungs + nodules of textures 1, 3, 5) used when no --mask is given."""
     here = Path(__file__).resolve().parent
@@ -157,13 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it or choose another --out")
 
-    model_dir = Path(opts.model) if opts.model else default_model_dir()
-    if opts.model is None and not (model_dir / "model.json").is_file():
-        raise ModelError(
-            "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
-            "model directory (train one with land train-ldm, or make an untrained test model with "
-            "land init-model --config small --out DIR)"
-        )
+    model_dir = model_dir_or_default(opts.model)
     masks = _load_masks(opts)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:

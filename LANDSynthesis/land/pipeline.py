@@ -279,46 +279,87 @@ class LANDPipeline:
 
             return on_step
 
-        self.unet.to(dev)
-        latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
         if decode == "tiled":
+            latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
             self._check_decode_space(latent_shape, max_memory, dev, temp_dir)
-        generator = torch.Generator().manual_seed(int(seed))
-        with reuse_freed_memory(dev.type == "cpu"):  # each step reuses the last one's memory (15 % faster)
-            z = sample(
-                with_precision(guided_denoiser(self.unet, cond, scale, gmode, mode), dev, precision),
-                latent_shape,
-                sampler=sampler,
-                steps=steps,
-                generator=generator,
-                device=dev,
-                progress=report("denoise"),
-                cancel=cancel,
-                schedule=self.noise_schedule(),
-            )
+        self.unet.to(dev)
+        z = self.denoise(cond, sampler=sampler, steps=steps, seed=seed, guidance=scale,
+                         guidance_mode=gmode, mode=mode, precision=precision, progress=report("denoise"),
+                         cancel=cancel)  # fmt: skip
         self.unet.to("cpu")
-        _check_finite(z, "latent")
-        z = z / self.config.latent_scale
         self.vae.to(dev)
-        if decode == "tiled":
-            image = decode_tiled(
-                self.vae, z, max_memory=max_memory, device=dev, progress=report("decode"), spill_dir=temp_dir
-            )
-        else:
-            image = decode_full(self.vae, z).cpu()
+        image = self.decode(z, method=decode, max_memory=max_memory, progress=report("decode"),
+                            temp_dir=temp_dir)  # fmt: skip
         self.vae.to("cpu")
-        _check_finite(image, "decoded image")
-        lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
-        hu = image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
-        ct = Volume.like(ref, np.rint(hu).astype(np.int16))
+        ct = Volume.like(ref, np.rint(self.to_hu(image)).astype(np.int16))
         ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode), precision)
         if match_input and conditioning is not None and conditioning.reference is not None:
             from .io import from_model_grid
 
             meta = ct.metadata
-            ct = from_model_grid(ct, conditioning.reference, default_hu=int(lo))
+            ct = from_model_grid(ct, conditioning.reference, default_hu=int(self.config.intensity["hu_min"]))
             ct.metadata = meta
         return ct
+
+    def denoise(
+        self,
+        cond: torch.Tensor,
+        *,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int | None = None,
+        seed: int = 0,
+        guidance: float = 1.0,
+        guidance_mode: str = "none",
+        mode: str | None = None,
+        precision: str = "fp32",
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor:
+        """A latent (1, C, *grid) sampled for the latent-grid condition ``cond``, on ``cond``'s device (where
+        the U-Net must be), with the model's own noise schedule; ``precision`` as resolved (not ``auto``)."""
+        dev = cond.device
+        latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
+        denoiser = guided_denoiser(self.unet, cond, guidance, guidance_mode, mode or self.config.mode)
+        with reuse_freed_memory(dev.type == "cpu"):  # each step reuses the last one's memory (10 % faster)
+            z = sample(
+                with_precision(denoiser, dev, precision),
+                latent_shape,
+                sampler=sampler,
+                steps=steps,
+                generator=torch.Generator().manual_seed(int(seed)),
+                device=dev,
+                progress=progress,
+                cancel=cancel,
+                schedule=self.noise_schedule(),
+            )
+        _check_finite(z, "latent")
+        return z
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        *,
+        method: str = "tiled",
+        max_memory: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        temp_dir: str | None = None,
+    ) -> torch.Tensor:
+        """The image in [0, 1]-scaled intensities (float32, CPU) of a latent from :meth:`denoise`, decoded
+        where the VAE is: ``tiled`` (exact, within ``max_memory``) or ``full``."""
+        z = z / self.config.latent_scale
+        if method == "tiled":
+            dev = next(self.vae.parameters()).device
+            image = decode_tiled(self.vae, z, max_memory=max_memory, device=dev, progress=progress,
+                                 spill_dir=temp_dir)  # fmt: skip
+        else:
+            image = decode_full(self.vae, z).cpu()
+        _check_finite(image, "decoded image")
+        return image
+
+    def to_hu(self, image: torch.Tensor) -> np.ndarray:
+        """The first volume of a decoded batch in HU (float32): [0, 1] clipped and mapped to the HU window."""
+        lo, hi = self.config.intensity["hu_min"], self.config.intensity["hu_max"]
+        return image[0, 0].float().clamp(0.0, 1.0).numpy() * (hi - lo) + lo
 
     def resolve_guidance(self, scale: float | None, mode: str | None) -> tuple[float, str]:
         """Guidance scale and mode to use: the given ones, else the model's recommendation (model.json).

@@ -19,7 +19,7 @@ import slicer
 from LANDSynthesisLib.mrml import moduleParameterNode
 
 from land.childproc import python_executable
-from land.train.pipeline import PipelineRunner
+from land.train.pipeline import PipelineRunner, poll_until_done
 from land.train.pipeline_run import (
     STAGES,
     TrainingError,
@@ -207,15 +207,8 @@ class LANDTrainingLogic(_LogicBase or object):  # type: ignore[misc]
         pollInterval: float = 0.2,
     ) -> TrainingRun:
         """Blocking form (headless script, tests): returns the finished run; check ``run.state``."""
-        import time
-
         run = self.start(parameters, stages, resume, onLog=onLog, onUpdate=onUpdate)
-        try:
-            while self.poll():
-                time.sleep(pollInterval)
-        except BaseException:
-            self.cleanup()
-            raise
+        poll_until_done(self.poll, self.cleanup, pollInterval)
         return run
 
     def cleanup(self) -> None:

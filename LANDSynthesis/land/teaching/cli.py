@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import TeachingSetOptions, add_option_arguments, options_from_namespace
-from ..errors import Cancelled, LANDError, ModelError
+from ..errors import Cancelled, LANDError
 
 
 class _Progress:
@@ -54,7 +54,7 @@ class _Progress:
 
 
 def cmd_teaching_set(args: argparse.Namespace) -> int:
-    from ..cli import cancel_on_signals, default_model_dir
+    from ..cli import cancel_on_signals, model_dir_or_default
     from ..contract import parse_diameters, parse_textures
     from ..pipeline import LANDPipeline
     from .build import make_teaching_set
@@ -77,13 +77,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         lung_masks=str(Path(opts.lung_masks).resolve()) if opts.lung_masks else None,
     )
     settings.validate()
-    model_dir = Path(opts.model) if opts.model else default_model_dir()
-    if opts.model is None and not (model_dir / "model.json").is_file():
-        raise ModelError(
-            "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
-            "model directory (train one with land train-ldm, or make an untrained test model with "
-            "land init-model --config small --out DIR)"
-        )
+    model_dir = model_dir_or_default(opts.model)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
         progress.reporter.warning(

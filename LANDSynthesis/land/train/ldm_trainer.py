@@ -33,7 +33,7 @@ from ..contract import DEFAULT_SAMPLER
 from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
-from ..diffusion import NoiseSchedule, min_snr_weight, sample
+from ..diffusion import NoiseSchedule, min_snr_weight
 from ..errors import InputError
 from ..guidance import drop_condition
 from ..model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
@@ -110,22 +110,15 @@ def make_preview(
     seed: int,
     device: torch.device,
 ) -> np.ndarray:
-    """Montage (uint8): generated CT (top row) and the conditioning mask (bottom row), centre slices."""
-    from ..decoding import decode_tiled
+    """Montage (uint8): generated CT (top row) and the conditioning mask (bottom row), centre slices —
+    sampled and decoded as ``land generate`` does (LANDPipeline.denoise / decode, the model's schedule)."""
+    from ..pipeline import LANDPipeline
 
-    unet.eval()
+    pipe = LANDPipeline(mc, vae, unet)  # both already on ``device``
     cond = cond.to(device)
-    z = sample(
-        lambda x, t: unet(x, t, cond),
-        (1, mc.unet.latent_channels, *cond.shape[2:]),
-        sampler=DEFAULT_SAMPLER,
-        steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
-    )
-    image = decode_tiled(vae, z / mc.latent_scale, device=device)[0, 0].clamp(0, 1).numpy()
-    lo, hi = mc.intensity["hu_min"], mc.intensity["hu_max"]
-    ct = to_uint8(image * (hi - lo) + lo, *PREVIEW_WINDOW_HU)
+    z = pipe.denoise(cond, sampler=DEFAULT_SAMPLER, steps=steps, seed=seed, mode=mc.mode)
+    hu = pipe.to_hu(pipe.decode(z))
+    ct = to_uint8(hu, *PREVIEW_WINDOW_HU)
     c = mc.vae.compression
     mask = cond[0, 0].cpu().numpy().repeat(c, 0).repeat(c, 1).repeat(c, 2)
     return montage([ct, to_uint8(mask, 0.0, 1.0)])

@@ -235,6 +235,17 @@ def stage_arguments(stage: str, run: TrainingRun) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- runner
+def poll_until_done(poll: Callable[[], bool], on_error: Callable[[], None], interval: float = 0.2) -> None:
+    """Call ``poll`` every ``interval`` seconds while it returns True; on any exception (Ctrl-C included)
+    call ``on_error`` (stop the stage's process tree) and re-raise. The blocking form of a poll loop."""
+    try:
+        while poll():
+            time.sleep(interval)
+    except BaseException:
+        on_error()
+        raise
+
+
 class PipelineRunner:
     """Runs the stages of a :class:`TrainingRun` as child processes, one after another."""
 
@@ -522,10 +533,5 @@ class PipelineRunner:
     ) -> TrainingRun:
         """Blocking form of :meth:`start` + :meth:`poll`; returns the finished run (check ``run.state``)."""
         run = self.start(options, stages, resume)
-        try:
-            while self.poll():
-                time.sleep(poll_interval)
-        except BaseException:
-            self.kill()
-            raise
+        poll_until_done(self.poll, self.kill, poll_interval)
         return run
