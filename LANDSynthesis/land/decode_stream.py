@@ -244,19 +244,24 @@ class _Stored:
     def _transfer(self, view: memoryview, offset: int, write: bool) -> None:
         """All of ``view`` to / from the file at ``offset`` (unbuffered; retried on short transfers)."""
         assert self.fd is not None
-        if hasattr(os, "pwrite"):
+        positional = (
+            hasattr(os, "pwrite") if write else hasattr(os, "preadv")
+        )  # not on Windows; no preadv on macOS
+        file = None if positional else open(self.fd, "r+b", buffering=0, closefd=False)  # noqa: SIM115
+        try:
+            if file is not None:
+                file.seek(offset)
             while view:
-                done = os.pwrite(self.fd, view, offset) if write else os.preadv(self.fd, [view], offset)
+                if file is not None:
+                    done = file.write(view) if write else file.readinto(view)
+                else:
+                    done = os.pwrite(self.fd, view, offset) if write else os.preadv(self.fd, [view], offset)
                 if not done:
                     raise OSError(f"short {'write to' if write else 'read from'} the spill file {self.path}")
                 view, offset = view[done:], offset + done
-            return
-        os.lseek(self.fd, offset, os.SEEK_SET)  # Windows: no pwrite/preadv
-        while view:
-            done = os.write(self.fd, view) if write else os.readv(self.fd, [view])
-            if not done:
-                raise OSError(f"short {'write to' if write else 'read from'} the spill file {self.path}")
-            view = view[done:]
+        finally:
+            if file is not None:
+                file.close()
 
     def write(self, row: int, x: torch.Tensor) -> None:
         """Store ``x`` (C, rows, H, W) at rows ``row..``; add its statistics."""
