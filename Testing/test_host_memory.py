@@ -49,8 +49,6 @@ with reuse_freed_memory():
         step()
     print("reused", (rss() - base) // MIB)  # later steps mostly reuse it instead of new pages
 print("after", (rss() - base) // MIB)  # given back on exit
-step()
-print("defaults", (rss() - base) // MIB)  # and the defaults are back
 """
 
 
@@ -61,5 +59,4 @@ def test_freed_memory_is_kept_inside_and_given_back_after():
     assert mib["default"] < 64 and mib["disabled"] < 64, mib
     # one step's 512 MiB stay; five more steps add at most half of it (without reuse: 2.5 GiB more)
     assert mib["kept"] >= 448 and mib["reused"] < 1.5 * mib["kept"], mib
-    # given back on exit; then glibc's defaults: a step keeps no more than what fits the heap's free space
-    assert mib["after"] < 64 and mib["defaults"] < mib["kept"] / 2, mib
+    assert mib["after"] < 64, mib  # given back on exit
