@@ -17,8 +17,9 @@ from .errors import InputError
 MODES: tuple[str, ...] = ("none", "nodule", "nodule+lung", "nodule+lung+texture")  # conditioning modes
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp2m", "unipc")
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp2m": 25, "unipc": 14}
-# unipc at 14 steps: closer than dpmpp2m at 25 both to the exact ODE solution (analytic test) and to 200-step
-# references of the demo model (10 seeds); at 12 it is 11 % further on the demo model (README, Benchmarks)
+# unipc at 14 steps (warped log-SNR spacing): closer than dpmpp2m at 25 both to the exact ODE solution
+# (analytic test) and to 200-step references of the demo model on every measure (10 seeds); at 12 it is
+# closer overall but not in the lungs nor on the nodules (README, Benchmarks)
 DEFAULT_SAMPLER = "unipc"
 SAMPLER_TITLES: dict[str, str] = {  # one line per sampler, in the order the Slicer panel lists them
     "unipc": "UniPC, 3rd-order predictor-corrector: best at few steps",

@@ -24,10 +24,15 @@ so the first step always starts at ``t = 999`` (pure noise, matching training), 
 ``T / steps`` apart, and the last model call is at ``t = T/steps - 1`` whose step goes to clean data
 (``abar = 1``), returning the model's x0 prediction. ``steps = 1000`` gives ``999, 998, ..., 0``.
 
-``unipc`` spaces its steps evenly in log-SNR ``lambda`` from ``t = 999`` to ``t = 0`` (the DPM-Solver
-paper's "logSNR" spacing; each ``t`` is the training timestep nearest the target lambda, kept strictly
+``unipc`` spaces its steps in log-SNR ``lambda`` from ``t = 999`` to ``t = 0`` (the DPM-Solver paper's
+"logSNR" spacing; each ``t`` is the training timestep nearest the target lambda, kept strictly
 decreasing), so the last model call is at ``t = 0`` and no step jumps from noisy data straight to clean
 data: with the analytic Gaussian denoiser that final jump is most of trailing spacing's error at 12 steps.
+The targets are warped, ``lambda_i = lambda_T + (lambda_0 - lambda_T) * (i / (steps - 1)) ** rho`` with
+``rho`` = :data:`UNIPC_SPACING_POWER` (0.8: steps a little denser at the clean end; ``rho = 1`` is even
+spacing). Measured (README, Benchmarks): at 12 steps the analytic error falls from 0.0089 to 0.0007 and the
+demo model's distance to 200-step references from 2.0 to 1.3-1.4 HU; at 13 steps it beats 25
+DPM-Solver++(2M) steps on both halves of 10 seeds, overall and in the lungs.
 """
 
 from __future__ import annotations
@@ -160,6 +165,8 @@ def _check_sampler(sampler: str) -> str:
 
 
 UNIPC_ORDER = 3  # the predictor's highest order (the first and last steps use lower ones)
+# rho of the warped log-SNR spacing (module doc): chosen on the demo model's seeds 0-4, checked on 5-9
+UNIPC_SPACING_POWER = 0.8
 
 
 def default_steps(sampler: str) -> int:
@@ -197,14 +204,17 @@ def timesteps_for(
     return torch.round(grid).to(torch.int64) - 1
 
 
-def _logsnr_timesteps(steps: int, schedule: NoiseSchedule) -> Tensor:
-    """``steps`` timesteps from T-1 to 0, evenly spaced in lambda = log(alpha/sigma), strictly decreasing."""
+def _logsnr_timesteps(steps: int, schedule: NoiseSchedule, power: float | None = None) -> Tensor:
+    """``steps`` timesteps from T-1 to 0 at warped log-SNR targets (module doc; ``power`` default
+    :data:`UNIPC_SPACING_POWER`, 1 = even in lambda = log(alpha/sigma)), strictly decreasing."""
     abar = schedule.alphas_cumprod
     lam = 0.5 * (abar.log() - (1.0 - abar).log())  # increasing as t decreases
     n = schedule.num_train_timesteps
     if steps == 1:
         return torch.tensor([n - 1], dtype=torch.int64)
-    targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+    rho = UNIPC_SPACING_POWER if power is None else float(power)
+    u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) ** rho
+    targets = float(lam[-1]) + (float(lam[0]) - float(lam[-1])) * u
     out: list[int] = []
     for i, target in enumerate(targets.tolist()):
         t = int((lam - target).abs().argmin())
