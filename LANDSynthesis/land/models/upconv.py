@@ -22,7 +22,7 @@ import torch.nn.functional as F
 __all__ = ["NearestUpsampleConv", "fusable", "phase_weights", "upsample_conv3d"]
 
 # [phase p][tap of the 2-tap kernel][tap of the 3-tap kernel]: which original taps each phase tap sums
-_TAPS = ((((1.0, 0.0, 0.0), (0.0, 1.0, 1.0))), (((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))))
+_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
 
 
 def phase_weights(weight: torch.Tensor) -> torch.Tensor:
