@@ -23,6 +23,7 @@ Public API: :func:`plan_stream`, :func:`decode_stream`, :func:`streamable`, :cla
 
 from __future__ import annotations
 
+import io
 import math
 import mmap
 import os
@@ -36,9 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoding import _TRIM_MIN_BYTES, CPU_OVERHEAD_BYTES, DEFAULT_CPU_MAX_MEMORY, _release_host_memory
+from .decoding import _TRIM_MIN_BYTES, CPU_OVERHEAD_BYTES, DEFAULT_CPU_MAX_MEMORY
 from .errors import InputError
-from .models.upconv import fusable, phase_weights, upsample_conv3d
+from .host_memory import release_freed_memory
+from .models.upconv import fusable_conv, phase_weights, upsample_conv3d
 
 __all__ = ["StreamPlan", "StreamSegment", "check_disk_space", "decode_stream", "plan_stream", "streamable"]
 
@@ -102,7 +104,7 @@ def _local_ops(m: nn.Module) -> list[Op]:
                 ops.append(("up", 2))
             else:
                 conv = _conv_of(kid)
-                if ops and ops[-1] == ("up", 2) and fusable(nn.Upsample(scale_factor=2.0), conv) is not None:
+                if ops and ops[-1] == ("up", 2) and fusable_conv(conv) is not None:
                     ops[-1] = ("upconv", conv)  # 3.375x fewer multiply-adds, no upsampled slab
                 else:
                     ops.append(("conv", conv))
@@ -226,6 +228,7 @@ class _Stored:
         self.direct = False
         if path is not None:
             self.fd, self.direct = _open_spill(path, direct=(self.plane * 4) % _ALIGN == 0)
+        self._file: io.FileIO | None = None  # where os.pwrite / os.preadv are missing
         self._read_buf: mmap.mmap | None = None
         self._write_buf: mmap.mmap | None = None
         self.want_stats = want_stats
@@ -244,24 +247,20 @@ class _Stored:
     def _transfer(self, view: memoryview, offset: int, write: bool) -> None:
         """All of ``view`` to / from the file at ``offset`` (unbuffered; retried on short transfers)."""
         assert self.fd is not None
-        positional = (
-            hasattr(os, "pwrite") if write else hasattr(os, "preadv")
-        )  # not on Windows; no preadv on macOS
-        file = None if positional else open(self.fd, "r+b", buffering=0, closefd=False)  # noqa: SIM115
-        try:
-            if file is not None:
-                file.seek(offset)
-            while view:
-                if file is not None:
-                    done = file.write(view) if write else file.readinto(view)
-                else:
-                    done = os.pwrite(self.fd, view, offset) if write else os.preadv(self.fd, [view], offset)
-                if not done:
-                    raise OSError(f"short {'write to' if write else 'read from'} the spill file {self.path}")
-                view, offset = view[done:], offset + done
-        finally:
-            if file is not None:
-                file.close()
+        # os.pwrite / os.preadv: not on Windows, and macOS has no preadv; there a file object seeks instead
+        positional = hasattr(os, "pwrite") if write else hasattr(os, "preadv")
+        if not positional:
+            if self._file is None:
+                self._file = open(self.fd, "r+b", buffering=0, closefd=False)  # noqa: SIM115 - see close()
+            self._file.seek(offset)
+        while view:
+            if not positional:
+                done = self._file.write(view) if write else self._file.readinto(view)
+            else:
+                done = os.pwrite(self.fd, view, offset) if write else os.preadv(self.fd, [view], offset)
+            if not done:
+                raise OSError(f"short {'write to' if write else 'read from'} the spill file {self.path}")
+            view, offset = view[done:], offset + done
 
     def write(self, row: int, x: torch.Tensor) -> None:
         """Store ``x`` (C, rows, H, W) at rows ``row..``; add its statistics."""
@@ -326,6 +325,9 @@ class _Stored:
 
     def close(self) -> None:
         self.data = self._read_buf = self._write_buf = None  # buffers unmapped once no tensor views them
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -654,7 +656,7 @@ def decode_stream(
                             out.write(lo, acc)
                         del acc
                         if sp.slab_bytes >= _TRIM_MIN_BYTES:
-                            _release_host_memory()  # freed slabs back to the OS: they differ in size
+                            release_freed_memory()  # freed slabs back to the OS: they differ in size
                         done += 1
                         if progress is not None:
                             progress(done, total)

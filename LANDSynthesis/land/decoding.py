@@ -658,11 +658,6 @@ def _run_units(units: list[nn.Module], start: int, x: torch.Tensor) -> torch.Ten
     return x
 
 
-def _release_host_memory() -> None:
-    """Give freed heap memory back to the OS (land.host_memory)."""
-    release_freed_memory()
-
-
 class _Progress:
     def __init__(self, fn: ProgressFn | None, total: int) -> None:
         self.fn, self.total, self.done = fn, total, 0
@@ -700,7 +695,7 @@ def _decode_stage(
         y = _run_units(st.units, 0, src.unsqueeze(0).to(device=device, dtype=dtype))
         dst.copy_(y[0])
         del y
-        _release_host_memory()
+        release_freed_memory()
         progress.tick()
         return
     ctx = _TileContext()
@@ -742,7 +737,7 @@ def _decode_stage(
                         del y, core
                     del x
                     if sp.tile_bytes >= _TRIM_MIN_BYTES:
-                        _release_host_memory()
+                        release_freed_memory()
                     progress.tick()
             finally:
                 if hook is not None:

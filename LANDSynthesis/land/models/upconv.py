@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NearestUpsampleConv", "fusable", "phase_weights", "upsample_conv3d"]
+__all__ = ["NearestUpsampleConv", "fusable", "fusable_conv", "phase_weights", "upsample_conv3d"]
 
 # [phase p][tap of the 2-tap kernel][tap of the 3-tap kernel]: which original taps each phase tap sums
 _TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
@@ -80,6 +80,12 @@ def fusable(upsample: nn.Module, conv: nn.Module) -> nn.Conv3d | None:
     sf = upsample.scale_factor
     if set(sf if isinstance(sf, tuple) else (sf,)) != {2.0}:
         return None
+    return fusable_conv(conv)
+
+
+def fusable_conv(conv: nn.Module) -> nn.Conv3d | None:
+    """The Conv3d of ``conv`` (a Conv3d or MONAI's conv-only ``Convolution``) when it is a 3×3×3 stride-1
+    convolution with zero padding 1, the one that can follow nearest ×2 upsampling fused."""
     if isinstance(conv, nn.Conv3d):
         inner = conv
     else:  # MONAI's Convolution(conv_only=True): a Sequential holding one Conv3d

@@ -17,22 +17,19 @@ from typing import Any
 
 from ..contract import TeachingSetOptions, add_option_arguments, options_from_namespace
 from ..errors import Cancelled, LANDError
+from ..events import Reporter
 
 
 class _Progress:
     """Case-level progress (tqdm bar or JSON lines) with the pipeline's per-step events inside."""
 
     def __init__(self, style: str) -> None:
-        from ..events import Reporter
-
         self.style = style
         self.reporter = Reporter(style)
         self.inner = Reporter("none")
         self.bar = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from ..events import Reporter
-
         if event["stage"] != "case":
             self.inner(event)
             return

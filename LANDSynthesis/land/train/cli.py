@@ -180,10 +180,10 @@ def cmd_train_pipeline(args: argparse.Namespace) -> int:
     log_stream = sys.stderr if json_events else sys.stdout
     shown: dict[str, tuple[Any, ...]] = {}
 
+    quiet = args.quiet or args.progress == "none"
+
     def on_log(stage: str, stream: str, line: str) -> None:
-        if args.progress == "none" and stream not in ("info", "error"):
-            return
-        if not args.quiet or stream in ("info", "error"):
+        if not quiet or stream in ("info", "error"):
             print(f"[{stage}] {line}", file=log_stream, flush=True)
 
     def on_update(run: TrainingRun) -> None:  # one progress event per change of a stage's state or step
