@@ -275,7 +275,7 @@ def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
         assert "exit codes:" in text and "130" in text, name
     generate = " ".join(run("generate", "--help").stdout.split())  # independent of line wrapping
     for needed in ("--seed SEED random seed", "same CT", "demo masks", ".nii (provenance",
-                   "(default: unipc)", "unipc 14", "examples:", "tiled: exact"):  # fmt: skip
+                   "(default: unipc)", "unipc 12", "examples:", "tiled: exact"):  # fmt: skip
         assert needed in generate, needed
     assert (InputError.exit_code, ModelError.exit_code, TrainingDiverged.exit_code, Cancelled.exit_code) == (
         EXIT_INPUT, EXIT_MODEL, EXIT_MODEL, EXIT_CANCELLED)  # fmt: skip

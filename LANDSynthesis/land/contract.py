@@ -16,10 +16,10 @@ from .errors import InputError
 
 MODES: tuple[str, ...] = ("none", "nodule", "nodule+lung", "nodule+lung+texture")  # conditioning modes
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp2m", "unipc")
-DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp2m": 25, "unipc": 14}
-# unipc at 14 steps (warped log-SNR spacing): closer than dpmpp2m at 25 both to the exact ODE solution
-# (analytic test) and to 200-step references of the demo model on every measure (10 seeds); at 12 it is
-# closer overall but not in the lungs nor on the nodules (README, Benchmarks)
+DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp2m": 25, "unipc": 12}
+# unipc at 12 steps (warped log-SNR spacing from t = 999 to 14): closer than dpmpp2m at 25 both to the exact
+# ODE solution (analytic test) and to 200-step references of the demo model on every measure (10 seeds;
+# README, Benchmarks)
 DEFAULT_SAMPLER = "unipc"
 SAMPLER_TITLES: dict[str, str] = {  # one line per sampler, in the order the Slicer panel lists them
     "unipc": "UniPC, 3rd-order predictor-corrector: best at few steps",
