@@ -355,7 +355,7 @@ def test_unipc_logsnr_timesteps():
         if steps <= 25:
             u = torch.linspace(0, 1, steps, dtype=torch.float64)
             cases = [(UNIPC_SPACING_POWER, last, ts), (1.0, last, _logsnr_timesteps(steps, SCHED, 1.0))]
-            if steps <= 12:  # to t = 0: beyond 12 steps the integer grid near t = 0 is coarser than the targets
+            if steps <= 12:  # to t = 0: beyond 12 steps the grid near t = 0 is coarser than the targets
                 cases.append((UNIPC_SPACING_POWER, 0, _logsnr_timesteps(steps, SCHED, final=0)))
             for rho, end, got in cases:
                 span = float(lam[end] - lam[-1])
