@@ -2,10 +2,10 @@
 
 Part 1, analytic: data x0 ~ N(0.3, 0.5^2) has a closed-form v-prediction and an exact probability-flow
 solution; every sampler x step count is compared with it (RMS and max over 4096 values).
-Part 2, the bundled demo model on the demo masks (fp32): each sampler x step count vs a 200-step
-DPM-Solver++(2M) reference with the same seeds: mean |delta HU| per voxel, and per nodule the mean HU and
-the contrast to its surrounding lung (the fidelity measures of ``land demo-fidelity``) as differences to
-the reference.
+Part 2, the bundled demo model on the demo masks (fp32): each sampler x step count vs a many-step reference
+with the same seeds (default 200 DPM-Solver++(2M) steps; ``--ref-sampler ddim --ref-steps 1000`` for DDIM):
+mean |delta HU| per voxel, and per nodule the mean HU and the contrast to its surrounding lung (the
+fidelity measures of ``land demo-fidelity``) as differences to the reference.
 Prints tables; not a test.
 
     python benchmarks/bench_samplers.py                 # both parts (~10 min on 2 CPU cores)
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-CANDIDATES = (("dpmpp2m", 25), ("dpmpp2m", 12), ("unipc", 8), ("unipc", 10), ("unipc", 12), ("unipc", 15))
+CANDIDATES = (("dpmpp2m", 25), ("dpmpp2m", 12), ("unipc", 10), ("unipc", 11), ("unipc", 12), ("unipc", 14))
 MU, S = 0.3, 0.5
 
 
@@ -54,7 +54,11 @@ def analytic(steps_list: tuple[int, ...]) -> None:
 
 
 def demo_model(
-    seeds: list[int], ref_steps: int, candidates: list[tuple[str, int]], cache: str | None = None
+    seeds: list[int],
+    ref_steps: int,
+    candidates: list[tuple[str, int]],
+    cache: str | None = None,
+    ref_sampler: str = "dpmpp2m",
 ) -> None:
     from land.cli import default_model_dir
     from land.demo import make_demo_masks
@@ -78,16 +82,19 @@ def demo_model(
     stored = dict(np.load(cache)) if cache and os.path.exists(cache) else {}
     refs = {}
     for seed in seeds:
-        key = f"dpmpp2m{ref_steps}_seed{seed}"
+        key = f"{ref_sampler}{ref_steps}_seed{seed}"
         if key in stored:
             refs[seed] = stored[key].astype(np.float64)
             continue
-        refs[seed], sec = run("dpmpp2m", ref_steps, seed)
-        print(f"reference dpmpp2m {ref_steps} steps, seed {seed}: {sec:.0f} s", flush=True)
+        refs[seed], sec = run(ref_sampler, ref_steps, seed)
+        print(f"reference {ref_sampler} {ref_steps} steps, seed {seed}: {sec:.0f} s", flush=True)
         if cache:
             stored[key] = refs[seed].astype(np.int16)
             np.savez(cache, **stored)
-    print(f"\nDemo model, demo masks (nodules of texture 5/3/1), seeds {seeds}; vs dpmpp2m {ref_steps} steps")
+    print(
+        f"\nDemo model, demo masks (nodules of texture 5/3/1), seeds {seeds};"
+        f" vs {ref_sampler} {ref_steps} steps"
+    )
     print(f"{'sampler':>8} {'steps':>5} {'s/volume':>9} {'mean|dHU|':>10} {'lung mean|dHU|':>15} "
           f"{'nodule |dHU|':>13} {'contrast |dHU|':>15} {'visible':>8}")  # fmt: skip
     ref_vis = []
@@ -117,6 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the demo-model part")
     ap.add_argument("--ref-steps", type=int, default=200)
+    ap.add_argument("--ref-sampler", default="dpmpp2m", choices=("dpmpp2m", "ddim", "unipc"))
     ap.add_argument("--skip-model", action="store_true", help="only the analytic part")
     ap.add_argument(
         "--candidates",
@@ -128,7 +136,8 @@ def main() -> None:
     analytic((6, 8, 10, 12, 15, 20, 25, 50, 200))
     if not args.skip_model:
         pairs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
-        demo_model([int(s) for s in args.seeds.split(",")], args.ref_steps, pairs, args.refs_cache)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        demo_model(seeds, args.ref_steps, pairs, args.refs_cache, args.ref_sampler)
 
 
 if __name__ == "__main__":
