@@ -20,6 +20,7 @@ import pytest
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import REPO
 
+from land.contract import DEFAULT_SAMPLER, DEFAULT_STEPS
 from land.train.checkpoint import load_checkpoint
 
 TRAINING_DIR = REPO / "LANDTraining"
@@ -173,7 +174,8 @@ def test_stage_commands(phantoms, tmp_path):
     assert args["ldm"][args["ldm"].index("--vae") + 1] == str(out / "vae")
     assert args["sample"] == [
         "sample-set", "--model", str(out / "ldm"), "--masks", str(phantoms), "--n", "8", "--out",
-        str(out / "samples"), "--steps", "14", "--device", "cpu", "--progress", "json",
+        str(out / "samples"), "--steps", str(DEFAULT_STEPS[DEFAULT_SAMPLER]), "--device", "cpu",
+        "--progress", "json",
     ]  # fmt: skip
     assert args["evaluate"] == [
         "evaluate", "--real", str(phantoms), "--generated", str(out / "samples"), "--masks", str(phantoms),

@@ -3,7 +3,9 @@
 Modes: ``tiled`` = what LAND uses (``decode_tiled`` with method ``auto``: at 256^3 in 2 GiB the streaming
 decoder, each convolution once, layer outputs spilled to disk), ``passes`` = the pass-based tiled decoder
 (each stage recomputed once per GroupNorm), ``full`` = ``vae.decode``, ``sliding`` = MONAI's sliding window
-(not exact: per-tile GroupNorm statistics). Ratios are to ``full`` in the same run.
+(not exact: per-tile GroupNorm statistics), ``full64`` = ``vae.decode`` in float64 (not run by default: the
+reference for how exact each float32 decode is; CPU float64 convolutions need far more memory, so small
+sizes only, e.g. ``--size 16``). Ratios are to ``full`` in the same run.
 
 Each mode runs in its own subprocess, which reports its wall time and peak resident memory
 (``ru_maxrss``: includes the interpreter, torch and MONAI) and saves its output for the comparison.
@@ -12,6 +14,7 @@ GroupNorm affines / conv biases); the latent is the (sliding-window) encoding of
 
     python benchmarks/bench_decode.py                      # 4x64^3 -> 256^3, all modes (minutes, ~15 GB)
     python benchmarks/bench_decode.py --size 32 --modes tiled,full
+    python benchmarks/bench_decode.py --size 16 --max-memory 8388608 --modes tiled,full,full64
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("tiled", "passes", "full", "sliding")
+MODES = ("tiled", "passes", "full", "sliding", "full64")
+DEFAULT_MODES = MODES[:4]
 
 
 def build_vae(seed: int):
@@ -128,6 +132,9 @@ def child_decode(work: Path, mode: str, seed: int, max_memory: int | None) -> di
         out = decode_tiled(vae, z, max_memory=max_memory, method="passes")
     elif mode == "full":
         out = decode_full(vae, z)
+    elif mode == "full64":
+        with torch.no_grad():
+            out = vae.double().decode(z.double())
     elif mode == "sliding":
         from monai.inferers import SlidingWindowInferer
 
@@ -138,7 +145,7 @@ def child_decode(work: Path, mode: str, seed: int, max_memory: int | None) -> di
         raise ValueError(mode)
     info["seconds"] = time.perf_counter() - t0
     info["peak_rss_mib"] = rss_mib()
-    np.save(work / f"out_{mode}.npy", out.numpy().astype(np.float32))
+    np.save(work / f"out_{mode}.npy", out.numpy().astype(np.float64 if mode == "full64" else np.float32))
     return info
 
 
@@ -154,7 +161,9 @@ def run_child(args: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=64, help="latent edge length (output is 4x)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help="comma-separated subset of " + ",".join(MODES)
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-memory", type=int, default=None, help="tiled budget in bytes (default: 2 GiB)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep inputs/outputs here (default: temp dir)")
@@ -197,11 +206,14 @@ def report(work: Path, modes: list[str], results: dict[str, dict]) -> None:
     import numpy as np
 
     ref = np.load(work / "out_full.npy", mmap_mode="r") if (work / "out_full.npy").exists() else None
+    ref64 = np.load(work / "out_full64.npy", mmap_mode="r") if "full64" in results else None
     rng = float(ref.max() - ref.min()) if ref is not None else math.nan
     full_s = results.get("full", {}).get("seconds", math.nan)
     head = f"{'mode':<8} {'time s':>8} {'/ full':>7} {'peak RSS MiB':>13} {'RSS before':>11} "
     head += f"{'max|d| vs full':>15} "
     head += f"{'mean|d|':>10} {'max|d|/range':>13}"
+    if ref64 is not None:
+        head += f" {'max|d| vs fp64':>15} {'mean|d| fp64':>13}"
     print()
     print(head)
     print("-" * len(head))
@@ -217,11 +229,16 @@ def report(work: Path, modes: list[str], results: dict[str, dict]) -> None:
             dmax, dmean = float(diff.max()), float(diff.mean())
         elif mode == "full":
             dmax = dmean = 0.0
-        print(
+        line = (
             f"{mode:<8} {res['seconds']:>8.1f} {res['seconds'] / full_s:>7.2f} {res['peak_rss_mib']:>13.0f} "
             f"{res['rss_before_mib']:>11.0f} "
             f"{dmax:>15.3g} {dmean:>10.3g} {dmax / rng:>13.3g}"
         )
+        if ref64 is not None:
+            out = np.load(work / f"out_{mode}.npy", mmap_mode="r")
+            d64 = np.abs(np.asarray(out, dtype=np.float64) - ref64)
+            line += f" {float(d64.max()):>15.3g} {float(d64.mean()):>13.3g}"
+        print(line)
     print(f"\noutput range of full decode: {rng:.4g}; threads per child: {results[modes[0]].get('threads')}")
     for mode in modes:
         if "disk_mib" in results[mode]:
