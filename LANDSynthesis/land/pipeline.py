@@ -7,7 +7,7 @@ import functools
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +152,14 @@ class LANDPipeline:
         return out
 
     def _check_decode_space(
-        self, latent_shape: tuple[int, ...], max_memory: int | None, dev: torch.device, temp_dir: str | None
+        self, grid: Sequence[int], max_memory: int | None, dev: torch.device, temp_dir: str | None
     ) -> None:
-        """Refuse before denoising when streamed decoding would not find its temporary disk space."""
+        """Refuse before denoising when streamed decoding of a latent on ``grid`` would not find its temporary
+        disk space."""
         from .decode_stream import check_disk_space, plan_stream
         from .decoding import choose_method
 
-        vae_shape = (latent_shape[0], self.config.vae.latent_channels, *latent_shape[2:])
+        vae_shape = (1, self.config.vae.latent_channels, *grid)
         if choose_method(self.vae, vae_shape, max_memory, dev) == "stream":
             check_disk_space(plan_stream(self.vae, vae_shape, max_memory, dev), temp_dir)
 
@@ -280,8 +281,7 @@ class LANDPipeline:
             return on_step
 
         if decode == "tiled":
-            latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
-            self._check_decode_space(latent_shape, max_memory, dev, temp_dir)
+            self._check_decode_space(cond.shape[2:], max_memory, dev, temp_dir)
         self.unet.to(dev)
         z = self.denoise(cond, sampler=sampler, steps=steps, seed=seed, guidance=scale,
                          guidance_mode=gmode, mode=mode, precision=precision, progress=report("denoise"),
