@@ -99,6 +99,12 @@ GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}  # model.json / ldm.guidance 
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+FITS: tuple[str, ...] = ("crop", "scale")  # how lungs meet the model's field of view (land.grid.fit_factor)
+FIT_HELP = (
+    "crop: the model's grid at its own voxel size, centred on the lungs (a chest larger than the grid is cut "
+    "off); scale: larger voxels when the lungs fill more than 85%% of the grid, so the whole chest fits "
+    "(resampled into the grid and back)"
+)
 # bf16/fp16: the U-Net under autocast; the VAE always decodes in float32. auto: bf16 on a CPU that computes
 # bfloat16 natively (1.8x faster steps; the CT differs from fp32 by 0.5 HU on average, README), else fp32
 # (on CUDA fp32 until bf16 is measured there, issue 16). Provenance records what auto resolved to.
@@ -110,6 +116,13 @@ def check_precision(precision: object) -> str:
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     return str(precision)
+
+
+def check_fit(fit: object) -> str:
+    """A field-of-view rule from :data:`FITS`, or :class:`InputError`."""
+    if fit not in FITS:
+        raise InputError(f"unknown --fit {fit!r}; choose one of: {', '.join(FITS)}")
+    return str(fit)
 
 
 def add_precision_argument(parser) -> None:
@@ -390,6 +403,7 @@ class GenerateOptions:
         "about 8 GiB there; default: the system temporary folder, TMPDIR)",
     )
     match_input: bool = option(False, "resample the CT back into the mask's geometry", action="store_true")
+    fit: str = option("crop", FIT_HELP, choices=FITS)
     guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
     guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
     precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
@@ -413,6 +427,7 @@ class GenerateOptions:
         check_seed(self.seed)
         check_precision(self.precision)
         check_mode(self.mode)
+        check_fit(self.fit)
         if self.max_memory is not None:
             parse_memory(self.max_memory)
         if self.temp_dir is not None and not os.path.isdir(self.temp_dir):

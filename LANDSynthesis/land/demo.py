@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .conditioning import MaskSet
-from .contract import DEFAULT_SAMPLER, GUIDANCE_DEFAULTS, SAMPLERS, guidance_text, sampler_help, steps_help
+from .contract import (
+    DEFAULT_SAMPLER,
+    FIT_HELP,
+    FITS,
+    GUIDANCE_DEFAULTS,
+    SAMPLERS,
+    guidance_text,
+    sampler_help,
+    steps_help,
+)
 from .errors import InputError
 from .volume import Volume
 
@@ -63,8 +72,9 @@ def _nodule_centre(lung: Volume, dist: np.ndarray, nodule: DemoNodule, taken: li
     idx = np.stack([xx, yy, zz], 1).astype(np.float64)
     direction = np.asarray(lung.direction).reshape(3, 3)
     pts = np.asarray(lung.origin) + (idx * np.asarray(lung.spacing)) @ direction.T
-    # LPS: +x is the patient's left.
-    side = pts[:, 0] > 0 if nodule.side == "left" else pts[:, 0] < 0
+    # LPS: +x is the patient's left; the sides split at the lungs' mid-plane (any placement of the scan)
+    x_mid = _lung_mid_x(lung)
+    side = pts[:, 0] > x_mid if nodule.side == "left" else pts[:, 0] < x_mid
     z_lo, z_hi = np.percentile(pts[:, 2], [5, 95])
     target_z = z_lo + nodule.level * (z_hi - z_lo)
     ok = side.copy()
@@ -78,23 +88,43 @@ def _nodule_centre(lung: Volume, dist: np.ndarray, nodule: DemoNodule, taken: li
     return pts[int(np.argmin(score))]
 
 
+def _lung_mid_x(lung: Volume) -> float:
+    """Physical x (LPS: right to left) of the centre of the lung mask's bounding box."""
+    from .grid import bounding_box
+
+    box = bounding_box(lung.array > 0)
+    if box is None:
+        return 0.0
+    centre = 0.5 * (box[0] + box[1]) * np.asarray(lung.spacing)
+    return float(np.asarray(lung.origin)[0] + (np.asarray(lung.direction).reshape(3, 3) @ centre)[0])
+
+
 def make_demo_masks(size: int = 128, spacing: float = 2.0) -> MaskSet:
     """The default mask set: phantom lungs (seed ``DEMO_MASK_SEED``) and nodules of textures 1, 3 and 5."""
+    from .phantom import lung_mask_phantom
+
+    return paint_demo_nodules(lung_mask_phantom(DEMO_MASK_SEED, size, spacing))
+
+
+def paint_demo_nodules(
+    lung: Volume, nodules: tuple[DemoNodule, ...] = DEMO_NODULES, seed: int = DEMO_MASK_SEED
+) -> MaskSet:
+    """Any lung mask with the demo's nodules (textures 1, 3, 5 at set sides and heights) painted into it."""
     from scipy.ndimage import distance_transform_edt
 
-    from .phantom import lung_mask_phantom, place_nodule
+    from .phantom import place_nodule
 
-    lung = lung_mask_phantom(DEMO_MASK_SEED, size, spacing)
+    lung = lung.with_array((lung.array > 0).astype(np.uint8))
     dist = distance_transform_edt(lung.array > 0, sampling=tuple(reversed(lung.spacing)))
     image = lung.with_array(np.zeros(lung.array.shape, np.float32))
     labels = lung.with_array(np.zeros(lung.array.shape, np.uint8))
     taken: list[tuple[np.ndarray, float]] = []
     textures: dict[int, int] = {}
     names: dict[int, str] = {}
-    for label, nodule in enumerate(DEMO_NODULES, start=1):
+    for label, nodule in enumerate(nodules, start=1):
         centre = _nodule_centre(lung, dist, nodule, taken)
         n = place_nodule(image, labels, centre, nodule.diameter_mm, nodule.texture, label,
-                         rng=DEMO_MASK_SEED + label, lung=lung.array)  # fmt: skip
+                         rng=seed + label, lung=lung.array)  # fmt: skip
         if n == 0:
             raise InputError(f"demo nodule {label} could not be placed")
         taken.append((centre, nodule.diameter_mm / 2))
@@ -116,12 +146,13 @@ def write_demo_masks(out: Path, size: int = 128, spacing: float = 2.0) -> Path:
 
 # ------------------------------------------------------------------------------------------ fidelity
 def heldout_phantom(
-    seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float]
+    seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float], deform: bool = False
 ) -> PhantomCase:
-    """The held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5)."""
+    """The held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5; ``deform``: warped as
+    the wide-field training phantoms are, :mod:`land.phantom_deform`)."""
     from .phantom import make_phantom
 
-    return make_phantom(seed, size, spacing, n_nodules=(1, 3))
+    return make_phantom(seed, size, spacing, n_nodules=(1, 3), deform=deform)
 
 
 def phantom_masks(case: PhantomCase) -> MaskSet:
@@ -141,6 +172,7 @@ def measure_fidelity(
     references: bool = True,
     guidance: float | None = None,
     guidance_mode: str | None = None,
+    deform: bool = False,
 ) -> dict[str, Any]:
     """Generate from ``n`` held-out phantom mask sets and measure conditional fidelity (see module doc).
 
@@ -152,7 +184,8 @@ def measure_fidelity(
     import torch
 
     from .data.folder import hu_to_unit
-    from .eval.fidelity import fidelity_summary, lung_dice, lung_parenchyma, nodule_stats
+    from .eval.fidelity import fidelity_summary
+    from .eval.mask_cases import measure_case
     from .io import write_volume
     from .pipeline import LANDPipeline, resolve_device
     from .train.vae_trainer import reconstruct
@@ -173,15 +206,10 @@ def measure_fidelity(
     t0 = time.monotonic()
 
     def measure(hu: np.ndarray, masks: MaskSet, case_seed: int) -> dict[str, Any]:
-        lung = masks.lung.array > 0  # type: ignore[union-attr]
-        stats = nodule_stats(hu, lung, masks.nodules.array, masks.textures, spacing)  # type: ignore[union-attr]
-        mean, std = lung_parenchyma(hu, lung, masks.nodules.array)  # type: ignore[union-attr]
-        dice = lung_dice(hu, lung, spacing)
-        return {"case": f"phantom_{case_seed}", "seed": case_seed, "lung_dice": dice, "lung_mean_hu": mean,
-                "lung_std_hu": std, "nodules": [s.to_json() for s in stats]}  # fmt: skip
+        return {"seed": case_seed, **measure_case(hu, masks, spacing, f"phantom_{case_seed}")}
 
     for i in range(n):
-        phantom = heldout_phantom(seed + i, size, spacing)  # type: ignore[arg-type]
+        phantom = heldout_phantom(seed + i, size, spacing, deform)  # type: ignore[arg-type]
         masks = phantom_masks(phantom)
         ct = pipe.generate(masks, steps=steps, sampler=sampler, seed=seed + i, device=device,
                            match_input=True, guidance=scale, guidance_mode=gmode)  # fmt: skip
@@ -204,6 +232,7 @@ def measure_fidelity(
         "model": str(model_dir),
         "model_name": cfg.name,
         "held_out_seeds": [seed, seed + n - 1],
+        "deformed_phantoms": deform,
         "steps": steps,
         "sampler": sampler,
         "guidance": {"scale": scale, "mode": gmode},
@@ -597,12 +626,25 @@ def register(sub, command) -> None:
     p = sub.add_parser("demo-fidelity", help="measure conditional fidelity on held-out phantom masks")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
     p.add_argument("--n", type=int, default=FIDELITY_CASES, help="number of held-out cases")
-    p.add_argument("--seed", type=int, default=FIDELITY_SEED, help="first held-out phantom seed")
+    p.add_argument("--seed", type=int, default=FIDELITY_SEED,
+                   help="first held-out phantom seed (with --masks: the seed of every CT)")  # fmt: skip
     p.add_argument("--steps", type=int, help=steps_help())
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="folder for fidelity.json, fidelity.md and (with --save-ct) the CTs")
     p.add_argument("--save-ct", action="store_true", help="also write the generated CTs")
+    p.add_argument(
+        "--deform",
+        action="store_true",
+        help="held-out phantoms warped as the wide-field training ones (land phantoms --deform)",
+    )
+    p.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="score your own masks instead of phantoms: a folder of .seg.nrrd files or case "
+        "folders (lung.nii.gz, optional nodules.nii.gz, textures.json); one CT per case",
+    )
+    p.add_argument("--fit", choices=FITS, default="crop", help=FIT_HELP)
     add_guidance_arguments(p)
 
     @command("demo-fidelity")
@@ -614,8 +656,11 @@ def register(sub, command) -> None:
         model = Path(args.model) if args.model else default_model_dir()
         out = Path(args.out) if args.out else None
         save = out / "ct" if (out and args.save_ct) else None
+        if args.masks:
+            return _mask_fidelity(args, model, out, save)
         result = measure_fidelity(model, args.n, args.seed, args.steps, args.sampler, args.device, save,
-                                  guidance=args.guidance, guidance_mode=args.guidance_mode)  # fmt: skip
+                                  guidance=args.guidance, guidance_mode=args.guidance_mode,
+                                  deform=args.deform)  # fmt: skip
         table = fidelity_table(result)
         print(table)
         if out:
@@ -639,3 +684,20 @@ def register(sub, command) -> None:
         finetune = None if args.finetune_config == "none" else args.finetune_config
         train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune)
         return 0
+
+
+def _mask_fidelity(args: argparse.Namespace, model: Path, out: Path | None, save: Path | None) -> int:
+    """``land demo-fidelity --masks DIR``: score the model on a folder of the user's own masks."""
+    from .eval.mask_cases import mask_case_table, measure_mask_cases
+
+    result = measure_mask_cases(model, args.masks, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                                device=args.device, fit=args.fit, guidance=args.guidance,
+                                guidance_mode=args.guidance_mode, save_dir=save)  # fmt: skip
+    table = mask_case_table(result)
+    print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fidelity.json").write_text(json.dumps(_plain(result), indent=1), encoding="utf-8")
+        (out / "fidelity.md").write_text(table + "\n", encoding="utf-8")
+        print(f"wrote {out / 'fidelity.json'}")
+    return 0

@@ -10,6 +10,9 @@ import numpy as np
 
 from .volume import Volume
 
+FIT_FILL = 0.85  # --fit scale: the lungs may fill this share of the grid along each axis
+CHEST_WALL_MM = 20.0  # body wall and ribs beside the lungs, for the cropping warning
+
 
 def lung_centred_grid(
     reference: Volume, lung: np.ndarray | None, size: Sequence[int], spacing: Sequence[float]
@@ -25,7 +28,7 @@ def lung_centred_grid(
     size_a = np.asarray([int(s) for s in size], float)
     spacing_a = np.asarray([float(s) for s in spacing], float)
     direction = np.asarray(reference.direction, float).reshape(3, 3)
-    box = _bounding_box(lung) if lung is not None else None
+    box = bounding_box(lung) if lung is not None else None
     if box is not None:
         lo, hi = box[0] - 0.5, box[1] + 0.5
     else:
@@ -43,7 +46,7 @@ def lung_centred_grid(
     return grid, (int(start[0]), int(start[1]), int(start[2]))
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """First and last voxel index (x, y, z) of a [z, y, x] mask's nonzero voxels (None when empty), from its
     projections onto each axis (no index arrays over the whole mask)."""
     first, last = [], []
@@ -54,3 +57,41 @@ def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         first.append(nz[0])
         last.append(nz[-1])
     return np.asarray(first, float), np.asarray(last, float)
+
+
+def lung_extent_mm(reference: Volume, lung: np.ndarray) -> np.ndarray | None:
+    """Extent (x, y, z, mm along ``reference``'s axes) of the bounding box of a [z, y, x] mask on it."""
+    box = bounding_box(lung)
+    if box is None:
+        return None
+    return (box[1] - box[0] + 1.0) * np.asarray(reference.spacing, float)
+
+
+def fit_factor(extent_mm: np.ndarray | None, size: Sequence[int], spacing: Sequence[float]) -> float:
+    """Voxel-size factor (>= 1, the same on every axis) that makes lungs of ``extent_mm`` fill at most
+    ``FIT_FILL`` of a grid of ``size`` voxels of ``spacing`` mm: 1 when they already do."""
+    if extent_mm is None:
+        return 1.0
+    grid_mm = np.asarray(size, float) * np.asarray(spacing, float)
+    return float(max(1.0, np.max(extent_mm / (FIT_FILL * grid_mm))))
+
+
+def crop_note(extent_mm: np.ndarray | None, size: Sequence[int], spacing: Sequence[float]) -> str | None:
+    """What a grid of ``size`` x ``spacing`` cuts off around lungs of ``extent_mm`` (None when the lungs and
+    a chest wall of ``CHEST_WALL_MM`` beside them fit in x and y, and the lungs fit in z)."""
+    if extent_mm is None:
+        return None
+    grid_mm = np.asarray(size, float) * np.asarray(spacing, float)
+    need = extent_mm + np.array([2 * CHEST_WALL_MM, 2 * CHEST_WALL_MM, 0.0])
+    if np.all(need <= grid_mm):
+        return None
+    lungs = " x ".join(f"{v:.0f}" for v in extent_mm)
+    grid = " x ".join(f"{v:.0f}" for v in grid_mm)
+    fill = float(np.max(extent_mm / grid_mm))
+    return (
+        f"the lungs span {lungs} mm and fill {fill:.0%} of the model's {grid} mm field of view: the chest "
+        "wall, ribs and body outline around them are cut off"
+        + (", and so is part of the lungs" if np.any(extent_mm > grid_mm) else " (the lungs fit)")
+        + f"; --fit scale generates the whole chest with voxels {fit_factor(extent_mm, size, spacing):.2f}x "
+        "larger"
+    )

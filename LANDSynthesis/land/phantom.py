@@ -104,6 +104,7 @@ class PhantomCase:
     textures: dict[int, int] = field(default_factory=dict)
     diameters_mm: dict[int, float] = field(default_factory=dict)
     centres_mm: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    image_without_nodules: Volume | None = None  # the same anatomy and noise without the nodules
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -112,7 +113,12 @@ class PhantomCase:
 class _Grid:
     """Voxel grid centred at the origin; physical axes (mm) and 'canonical' axes (mm at 256 mm FOV)."""
 
-    def __init__(self, size: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int, int],
+        spacing: tuple[float, float, float],
+        anatomy_fov: Sequence[float] | None = None,
+    ) -> None:
         self.size = size  # x, y, z
         self.shape = (size[2], size[1], size[0])  # z, y, x
         self.spacing = np.asarray(spacing, dtype=np.float64)
@@ -120,7 +126,7 @@ class _Grid:
         self.x, self.y, self.z = (
             (self.origin[i] + np.arange(size[i]) * self.spacing[i]).astype(np.float32) for i in range(3)
         )
-        fov = np.asarray(size) * self.spacing
+        fov = np.asarray(anatomy_fov if anatomy_fov is not None else np.asarray(size) * self.spacing)
         self.sxy = float(np.clip(min(fov[0], fov[1]) / REF_FOV_MM, 0.35, 1.35))
         self.sz = float(np.clip(fov[2] / REF_FOV_MM, 0.35, 1.35))
         self.scale = np.array([self.sxy, self.sxy, self.sz])
@@ -887,13 +893,22 @@ def make_phantom(
     textures: Sequence[int] = TEXTURES,
     diameter_range_mm: tuple[float, float] = (3.0, 30.0),
     noise_hu: float = 20.0,
+    deform: bool = False,
+    keep_without_nodules: bool = False,
+    lung_from_ct: bool | float = False,
 ) -> PhantomCase:
     """A chest CT phantom centred at the origin (identity direction), deterministic per ``seed``.
 
     ``size`` and ``spacing`` are scalars or x-y-z tuples. ``n_nodules`` is a count or an inclusive
     (min, max) range; nodule diameters are log-uniform in ``diameter_range_mm`` (shrunk towards the minimum
     when a large one does not fit inside the lungs; a nodule that cannot be placed is dropped) and each
-    texture is drawn from ``textures``.
+    texture is drawn from ``textures``. ``deform`` warps the whole phantom (image and masks together) by a
+    random scale, rotation and elastic field and centres its lungs (:mod:`land.phantom_deform`); nodules
+    cut off by the grid are dropped and the rest relabelled 1..K. ``keep_without_nodules`` also returns the
+    same image (anatomy, deformation, noise) without the nodules. ``lung_from_ct`` makes the lung mask the
+    one :func:`land.lungseg.segment_lungs` draws on the image (vessels, airways and nodules inside the lungs
+    included), as "Lungs from CT" does for a user, instead of the anatomical mask (a float: that share of
+    the seeds).
     """
     sz, sp = _normalize_geometry(size, spacing)
     textures = tuple(int(t) for t in textures)
@@ -909,29 +924,85 @@ def make_phantom(
         raise InputError(f"n_nodules must be >= 0 or a range (min, max), got {n_nodules}")
     seed = int(seed)
     grid = _Grid(sz, sp)
+    canvas, deformation = grid, None
+    if deform:
+        from .phantom_deform import canvas_size, sample_deformation
+
+        deformation = sample_deformation(np.random.default_rng([seed, 5]))
+        fov = np.asarray(sz) * np.asarray(sp)
+        canvas = _Grid(canvas_size(deformation, sz, sp), sp, anatomy_fov=fov)
     anatomy = _sample_anatomy(seed)
-    masks = _anatomy_masks(grid, anatomy)
-    img = _paint_body(grid, anatomy, masks, np.random.default_rng([seed, 1]))
-    lumen = _paint_mediastinum(grid, anatomy, masks, img)
-    _paint_bones(grid, anatomy, masks, img)
-    _paint_trees(grid, anatomy, masks, img, lumen, np.random.default_rng([seed, 2]))
+    masks = _anatomy_masks(canvas, anatomy)
+    img = _paint_body(canvas, anatomy, masks, np.random.default_rng([seed, 1]))
+    lumen = _paint_mediastinum(canvas, anatomy, masks, img)
+    _paint_bones(canvas, anatomy, masks, img)
+    _paint_trees(canvas, anatomy, masks, img, lumen, np.random.default_rng([seed, 2]))
+    clean = img.copy() if keep_without_nodules else None
     rng = np.random.default_rng([seed, 3])
     count = int(rng.integers(int(lo), int(hi) + 1))
-    labels, tex, diam, centres = _place_nodules(grid, img, masks.lung, count, textures, (dmin, dmax), rng)
+    labels, tex, diam, centres = _place_nodules(canvas, img, masks.lung, count, textures, (dmin, dmax), rng)
+    lung = masks.lung.astype(np.uint8)
+    if deformation is not None:
+        img, clean, lung, labels, tex, diam, centres = _deform(
+            canvas, grid, deformation, img, clean, lung, labels, tex, diam
+        )
+    images = [_finish_image(grid, a, seed, noise_hu) if a is not None else None for a in (img, clean)]
+    if not isinstance(lung_from_ct, bool):  # a share of the cases, decided per seed
+        lung_from_ct = bool(np.random.default_rng([seed, 6]).uniform() < float(lung_from_ct))
+    if lung_from_ct:
+        from .lungseg import segment_lungs
+
+        drawn = segment_lungs(_volume(grid, images[0])).array > 0  # type: ignore[arg-type]
+        lung = (drawn | (labels > 0)).astype(np.uint8)
+    return PhantomCase(
+        image=_volume(grid, images[0]),  # type: ignore[arg-type]
+        lung=_volume(grid, lung),
+        nodules=_volume(grid, labels),
+        textures=tex,
+        diameters_mm=diam,
+        centres_mm=centres,
+        image_without_nodules=_volume(grid, images[1]) if images[1] is not None else None,
+    )
+
+
+def _finish_image(grid: _Grid, img: np.ndarray, seed: int, noise_hu: float) -> np.ndarray:
+    """Partial-volume blur, correlated noise (the same per seed), int16 HU."""
     img = _blur3(img, _BLUR_W)
     if noise_hu > 0:
         noise = np.random.default_rng([seed, 4]).standard_normal(grid.shape, dtype=np.float32)
         gain = (math.sqrt((1 - 2 * _NOISE_W) ** 2 + 2 * _NOISE_W**2)) ** 3
         img += _blur3(noise, _NOISE_W) * np.float32(noise_hu / gain)
-    image = np.clip(np.round(img), -1024, 3071).astype(np.int16)
-    return PhantomCase(
-        image=_volume(grid, image),
-        lung=_volume(grid, masks.lung.astype(np.uint8)),
-        nodules=_volume(grid, labels),
-        textures=tex,
-        diameters_mm=diam,
-        centres_mm=centres,
-    )
+    return np.clip(np.round(img), -1024, 3071).astype(np.int16)
+
+
+def _deform(canvas: _Grid, grid: _Grid, deformation, img, clean, lung, labels, tex, diam):  # noqa: ANN001, ANN202
+    """Warp the canvas rendering onto ``grid``; keep the nodules that survive, relabelled 1..K, with their
+    diameters scaled by the cube root of their volume change and their centres measured."""
+    from .phantom_deform import lung_box_centre, warp
+
+    arrays = {"img": (img, 1, HU_AIR), "lung": (lung, 0, 0), "labels": (labels, 0, 0)}
+    if clean is not None:
+        arrays["clean"] = (clean, 1, HU_AIR)
+    centre = lung_box_centre(lung, canvas.origin, canvas.spacing)
+    out = warp(arrays, canvas.origin, canvas.spacing, grid.size, deformation, centre)
+    before = np.bincount(labels.ravel(), minlength=len(tex) + 1)
+    after = np.bincount(out["labels"].ravel(), minlength=len(tex) + 1)
+    new_labels = np.zeros_like(out["labels"])
+    tex2: dict[int, int] = {}
+    diam2: dict[int, float] = {}
+    centres2: dict[int, tuple[float, float, float]] = {}
+    for old in sorted(tex):
+        if after[old] == 0:
+            continue
+        new = len(tex2) + 1
+        sel = out["labels"] == old
+        new_labels[sel] = new
+        tex2[new] = tex[old]
+        diam2[new] = round(diam[old] * float(after[old] / max(before[old], 1)) ** (1 / 3), 3)
+        z, y, x = (idx.mean() for idx in np.nonzero(sel))
+        c = grid.origin + np.array([x, y, z]) * grid.spacing
+        centres2[new] = tuple(round(float(v), 3) for v in c)  # type: ignore[assignment]
+    return out["img"], out.get("clean"), out["lung"], new_labels, tex2, diam2, centres2
 
 
 # ----------------------------------------------------------------------------------------- dataset I/O
@@ -949,7 +1020,8 @@ def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Pa
         "centres_mm": {str(k): [float(c) for c in v] for k, v in sorted(case.centres_mm.items())},
         **(extra or {}),
     }
-    return write_case_folder(folder, case.image, case.lung, case.nodules, case.textures, meta)
+    return write_case_folder(folder, case.image, case.lung, case.nodules, case.textures, meta,
+                             image_without_nodules=case.image_without_nodules)  # fmt: skip
 
 
 def read_case(folder: Path) -> PhantomCase:
@@ -1052,11 +1124,24 @@ def register(sub, command) -> None:
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.add_argument("--seed", type=int, default=0, help="case i uses seed + i")
     p.add_argument("--nodules", type=int_range, default=(1, 3), help="nodules per case, e.g. 1-3 or 0")
+    p.add_argument("--deform", action="store_true",
+                   help="warp each phantom by a random scale, rotation and elastic field (lungs centred)")
+    p.add_argument("--without-nodules", action="store_true",
+                   help="also write image_without_nodules.nii.gz (the same CT without its nodules)")
+    p.add_argument("--lung-from-ct", type=float, default=0.0, metavar="SHARE",
+                   help="share of cases whose lung mask is drawn from the CT by land's lung segmentation")
     p.add_argument("--out", required=True, help="dataset folder")
 
     @command("phantoms")
     def cmd_phantoms(args) -> int:
+        if not 0.0 <= args.lung_from_ct <= 1.0:
+            raise InputError(f"--lung-from-ct must be a share in 0..1, got {args.lung_from_ct}")
+        extra = {"deform": True} if args.deform else {}
+        if args.without_nodules:
+            extra["keep_without_nodules"] = True
+        if args.lung_from_ct:
+            extra["lung_from_ct"] = float(args.lung_from_ct)
         manifest = write_phantom_dataset(Path(args.out), args.n, seed=args.seed, size=args.size,
-                                         spacing=args.spacing, n_nodules=args.nodules)  # fmt: skip
+                                         spacing=args.spacing, n_nodules=args.nodules, **extra)  # fmt: skip
         print(f"wrote {args.n} phantom cases to {args.out} (manifest {manifest})")
         return 0

@@ -19,6 +19,7 @@ from .conditioning import MaskSet, encode_conditioning, pool_to_latent
 from .contract import (
     DEFAULT_PRECISION,
     DEFAULT_SAMPLER,
+    check_fit,
     check_mode,
     check_precision,
     check_sampler,
@@ -195,19 +196,38 @@ class LANDPipeline:
             np.allclose(reference.spacing, self.config.spacing, atol=1e-4)
         )
 
+    def model_grid_masks(self, masks: MaskSet | None, fit: str = "crop") -> tuple[MaskSet | None, Volume]:
+        """Masks on the model grid and the grid as a reference volume (:func:`land.io.to_model_grid`).
+
+        ``fit`` ``crop``: the model's voxel size (a chest larger than the grid is cut off, with a
+        :class:`land.io.FieldOfViewWarning` that says what); ``scale``: voxels :func:`land.grid.fit_factor`
+        times larger when the lungs fill more of the grid than the model was trained on.
+        """
+        check_fit(fit)
+        if masks is None or masks.reference is None:
+            return None, self.grid_reference()
+        if self.on_model_grid(masks.reference):
+            return masks, Volume.like(masks.reference, np.zeros(masks.reference.array.shape, np.uint8))
+        from .grid import crop_note, fit_factor, lung_extent_mm
+        from .io import FieldOfViewWarning, to_model_grid
+
+        size, spacing = self.config.grid_size, self.config.spacing
+        extent = lung_extent_mm(masks.lung, masks.lung.array != 0) if masks.lung is not None else None
+        if fit == "scale":
+            factor = fit_factor(extent, size, spacing)
+            spacing = tuple(float(s) * factor for s in spacing)
+        else:
+            note = crop_note(extent, size, spacing)
+            if note:
+                warnings.warn(FieldOfViewWarning(note), stacklevel=3)
+        return to_model_grid(masks, size, spacing)  # type: ignore[arg-type]
+
     def prepare_conditioning(
-        self, masks: MaskSet | None, mode: str, strict: bool = False
+        self, masks: MaskSet | None, mode: str, strict: bool = False, fit: str = "crop"
     ) -> tuple[torch.Tensor, Volume, MaskSet | None]:
         """Masks -> (latent-grid conditioning (1, C, d, h, w), model-grid reference, masks on the model grid);
-        C is 2 for U-Nets that take the nodule-fraction channel, else 1."""
-        if masks is None or masks.reference is None:
-            masks, ref = None, self.grid_reference()
-        elif self.on_model_grid(masks.reference):
-            ref = Volume.like(masks.reference, np.zeros(masks.reference.array.shape, np.uint8))
-        else:
-            from .io import to_model_grid
-
-            masks, ref = to_model_grid(masks, self.config.grid_size, self.config.spacing)
+        C is 2 for U-Nets that take the nodule-fraction channel, else 1. ``fit``: :meth:`model_grid_masks`."""
+        masks, ref = self.model_grid_masks(masks, fit)
         if masks is None or mode == "none":
             cond = np.zeros(ref.array.shape, np.float32)
         else:
@@ -237,6 +257,7 @@ class LANDPipeline:
         guidance_mode: str | None = None,
         precision: str = DEFAULT_PRECISION,
         temp_dir: str | None = None,
+        fit: str = "crop",
     ) -> Volume:
         """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
 
@@ -248,7 +269,8 @@ class LANDPipeline:
         ``precision`` ``bf16``/``fp16`` runs the U-Net under autocast (the sampler's state and the VAE decoder
         stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`. ``temp_dir``: where
         streamed decoding keeps layer outputs that do not fit ``max_memory`` (default: the system temporary
-        folder); its free space is checked before denoising.
+        folder); its free space is checked before denoising. ``fit``: how lungs larger than the model's
+        grid are handled, ``crop`` or ``scale`` (:meth:`model_grid_masks`).
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         check_mode(mode)
@@ -268,7 +290,8 @@ class LANDPipeline:
             scale, gmode = 1.0, "none"  # nothing to guide towards
         dev = resolve_device(device)
         precision = resolve_precision(precision, dev)
-        cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict)
+        check_fit(fit)
+        cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict, fit)
         cond = cond.to(dev)
 
         def report(stage: str) -> Callable[[int, int], None]:
@@ -293,6 +316,8 @@ class LANDPipeline:
         self.vae.to("cpu")
         ct = Volume.like(ref, np.rint(self.to_hu(image)).astype(np.int16))
         ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode), precision)
+        ct.metadata["fit"] = fit
+        ct.metadata["grid_spacing_mm"] = "x".join(f"{v:.4g}" for v in ref.spacing)
         if match_input and conditioning is not None and conditioning.reference is not None:
             from .io import from_model_grid
 

@@ -42,6 +42,7 @@ MANIFEST_FILE = "manifest.csv"
 IMAGE_FILE = "image.nii.gz"
 LUNG_FILE = "lung.nii.gz"
 NODULES_FILE = "nodules.nii.gz"
+IMAGE_WITHOUT_NODULES_FILE = "image_without_nodules.nii.gz"  # optional: synthetic cases only
 TEXTURES_FILE = "textures.json"
 CASE_META_FILE = "case.json"
 CASE_FILES = (IMAGE_FILE, LUNG_FILE, NODULES_FILE, TEXTURES_FILE)
@@ -165,9 +166,11 @@ def write_case(
     nodules: Volume,
     textures: dict[int, int],
     meta: dict | None = None,
+    image_without_nodules: Volume | None = None,
 ) -> Path:
-    """Write one case folder: CT (int16 HU), lung mask (uint8), nodule labels, ``case.json`` (``meta``),
-    and last ``textures.json`` (label -> texture only), whose presence marks the case complete."""
+    """Write one case folder: CT (int16 HU), lung mask (uint8), nodule labels, optionally the same CT
+    without its nodules (``image_without_nodules.nii.gz``, synthetic data), ``case.json`` (``meta``), and
+    last ``textures.json`` (label -> texture only), whose presence marks the case complete."""
     from ..atomic import atomic_path, atomic_write_text
 
     folder = Path(folder)
@@ -179,6 +182,9 @@ def write_case(
         (LUNG_FILE, lung.with_array((lung.array != 0).astype(np.uint8))),
         (NODULES_FILE, nodules.with_array(labels.astype(label_type))),
     )
+    if image_without_nodules is not None:
+        clean = np.clip(np.round(image_without_nodules.array), -32768, 32767).astype(np.int16)
+        arrays += ((IMAGE_WITHOUT_NODULES_FILE, image_without_nodules.with_array(clean)),)
     import SimpleITK as sitk
 
     for name, volume in arrays:
