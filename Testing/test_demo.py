@@ -137,3 +137,33 @@ def test_unmet_targets_names_each_missed_target():
     assert any(m.startswith("texture 5 mean HU -600") for m in missed)
     assert any(m.startswith("lung parenchyma mean -700") for m in missed)
     assert unmet_targets({"summary": bad["summary"]})[:3] == missed[:3]  # references are optional
+
+
+def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
+    from conftest import make_masks
+
+    from land.data.folder import write_case
+    from land.io import write_seg_nrrd
+
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    masks = make_masks(textures={1: 5, 2: 1})
+    write_seg_nrrd(folder / "painted.seg.nrrd", masks)
+    image = masks.lung.with_array(np.full(masks.lung.array.shape, -800, np.int16))
+    write_case(folder / "lungs_only", image, masks.lung, masks.nodules.with_array(
+        np.zeros_like(masks.nodules.array)), {})  # fmt: skip
+    (folder / "notes.txt").write_text("not a case")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "land", "demo-fidelity", "--model", str(tiny_model_dir),
+                          "--masks", str(folder), "--steps", "1", "--out", str(out), "--save-ct"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads((out / "fidelity.json").read_text())
+    assert [c["case"] for c in result["cases"]] == ["lungs_only", "painted"]
+    painted = result["cases"][1]
+    assert sorted(n["texture"] for n in painted["nodules"]) == [1, 5]
+    assert result["cases"][0]["nodules"] == []
+    assert (out / "ct" / "painted.nii.gz").is_file() and "| painted |" in run.stdout
+    empty = subprocess.run([sys.executable, "-m", "land", "demo-fidelity", "--model", str(tiny_model_dir),
+                            "--masks", str(out / "ct")], capture_output=True, text=True)  # fmt: skip
+    assert empty.returncode == 2 and "holds no cases" in empty.stderr and "Traceback" not in empty.stderr

@@ -242,3 +242,39 @@ def test_training_preview_samples_and_decodes_as_generate_does(tiny_model_dir):
     pipe.config.diffusion = {**pipe.config.diffusion, "beta_end": 0.012}
     other = make_preview(pipe.unet, pipe.vae, cond, pipe.config, 3, 4, torch.device("cpu"))
     assert not np.array_equal(other, preview)
+
+
+def _wide_masks(width_mm: float, spacing: float = 2.0):
+    """Two box lungs ``width_mm`` wide in total, in a volume larger than the tiny model's 256 mm grid."""
+    from land.conditioning import MaskSet
+    from land.volume import Volume
+
+    n = int(360 / spacing)
+    lung = np.zeros((n, n, n), np.uint8)
+    half, c = int(width_mm / spacing / 2), n // 2
+    lung[c - 50 : c + 50, c - 40 : c + 40, c - half : c - 8] = 1
+    lung[c - 50 : c + 50, c - 40 : c + 40, c + 8 : c + half] = 1
+    return MaskSet(lung=Volume(lung, (spacing,) * 3, (-180.0,) * 3))
+
+
+def test_fit_scale_keeps_a_chest_wider_than_the_grid(tiny_model_dir):
+    from land.grid import FIT_FILL
+    from land.io import FieldOfViewWarning
+
+    pipe = LANDPipeline.from_pretrained(tiny_model_dir)
+    masks = _wide_masks(300.0)
+    with pytest.warns(FieldOfViewWarning, match="cut off.*--fit scale"):
+        cropped, grid = pipe.model_grid_masks(masks, "crop")
+    assert grid.spacing == (4.0, 4.0, 4.0)
+    assert cropped.lung.array.sum() * 64 < masks.lung.array.sum() * 8  # part of the lungs is lost
+    scaled, grid = pipe.model_grid_masks(masks, "scale")
+    factor = 300.0 / (FIT_FILL * 256.0)
+    assert grid.spacing[0] == pytest.approx(4.0 * factor, rel=0.02)
+    lung = scaled.lung.array > 0
+    assert not lung[:, :, 0].any() and not lung[:, :, -1].any()  # the whole width fits
+    ct = pipe.generate(masks, steps=1, fit="scale", match_input=True)
+    assert ct.array.shape == masks.lung.array.shape and ct.metadata["fit"] == "scale"
+    small = _wide_masks(150.0)
+    assert pipe.model_grid_masks(small, "scale")[1].spacing == (4.0, 4.0, 4.0)  # nothing to fit
+    with pytest.raises(InputError, match="unknown --fit"):
+        pipe.model_grid_masks(small, "stretch")

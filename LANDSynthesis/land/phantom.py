@@ -987,6 +987,13 @@ def _deform(canvas: _Grid, grid: _Grid, deformation, img, clean, lung, labels, t
     out = warp(arrays, canvas.origin, canvas.spacing, grid.size, deformation, centre)
     before = np.bincount(labels.ravel(), minlength=len(tex) + 1)
     after = np.bincount(out["labels"].ravel(), minlength=len(tex) + 1)
+    for old in sorted(tex):  # smaller than a voxel after the warp: keep the voxel where most of it lands
+        if before[old] and not after[old]:
+            share = warp({"n": ((labels == old).astype(np.float32), 1, 0.0)}, canvas.origin, canvas.spacing,
+                         grid.size, deformation, centre)["n"]  # fmt: skip
+            if share.max() > 0:
+                out["labels"][np.unravel_index(int(np.argmax(share)), share.shape)] = old
+                after[old] = 1
     new_labels = np.zeros_like(out["labels"])
     tex2: dict[int, int] = {}
     diam2: dict[int, float] = {}
