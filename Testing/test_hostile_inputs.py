@@ -3,15 +3,20 @@ battery): every case runs the real command or reader on real files written to ``
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import make_masks
 
 from land.cli import main
-from land.io import write_seg_nrrd
+from land.errors import InputError
+from land.io import read_masks, write_seg_nrrd
 
 REFUSED = "would overwrite your input"
 
@@ -90,3 +95,93 @@ def test_every_writing_command_refuses_an_output_in_its_inputs(command, tiny_mod
     assert code == 2
     assert REFUSED in capsys.readouterr().err
     assert tree_state(data) == before and not (data / "out").exists()
+
+
+# ------------------------------------------------------------------ 2. a .seg.nrrd without segment fields
+def test_seg_nrrd_without_segment_fields_is_refused(tmp_path, tiny_model_dir, capsys):
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2:10, 2:10, 2:10] = 1  # lung?
+    labels[5:7, 5:7, 5:7] = 2  # or a nodule? Without segment fields nobody can tell
+    path = tmp_path / "case.seg.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(path))
+    with pytest.raises(InputError, match="no segment fields .* lungs from its nodules; fix: save"):
+        read_masks(path)
+    code = main(["generate", "--model", str(tiny_model_dir), "--mask", str(path), "--progress", "none",
+                 "--out", str(tmp_path / "ct.nii.gz")])  # fmt: skip
+    assert code == 2 and "no segment fields" in capsys.readouterr().err
+    assert not (tmp_path / "ct.nii.gz").exists()
+
+
+# ------------------------------------------------------------------ 3. lung masks are masks
+def _image(array: np.ndarray, path: Path, spacing=(2.0, 2.0, 2.0)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _lung_like(values: tuple[float, ...], dtype) -> np.ndarray:
+    a = np.zeros((12, 10, 10), dtype)
+    for i, v in enumerate(values):
+        a[1 + i, 2:8, 2:8] = v
+    return a
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "ext", "found"),
+    [
+        ((0.3, 0.7), np.float32, "nrrd", r"non-integer values \(e.g. 0.3, 0.7\)"),
+        ((1, np.nan), np.float32, "nrrd", "36 NaN/infinite voxels"),
+        ((1, np.inf), np.float64, "mha", "NaN/infinite voxels"),
+        ((1, np.nan), np.float32, "nii.gz", "NaN/infinite voxels, which would be read as 0"),
+        ((1, -np.inf), np.float32, "nii", "NaN/infinite voxels, which would be read as 0"),
+        ((-1024, 40, 2976), np.int16, "nii.gz", "values -1024…2976: this looks like a CT, not a mask"),
+        ((-1000.5, 12.25), np.float32, "nrrd", r"values -1000.5…12.25: this looks like a CT"),
+        ((1, 300), np.uint16, "nrrd", "values 0…300: this looks like an image"),
+        (tuple(range(1, 8)) + (9, 10), np.uint8, "nrrd", "9 different non-zero values"),
+    ],
+)
+def test_a_lung_mask_that_is_not_a_mask_is_refused(values, dtype, ext, found, tmp_path):
+    path = _image(_lung_like(values, dtype), tmp_path / f"lung.{ext}")
+    with pytest.raises(InputError, match=found):
+        read_masks(path)
+
+
+def test_lung_masks_with_left_right_labels_are_lung(tmp_path):
+    path = _image(_lung_like((1, 2, 255), np.uint8), tmp_path / "lungs.nii.gz")
+    masks = read_masks(path)
+    assert int(masks.lung.array.sum()) == 3 * 36 and set(np.unique(masks.lung.array)) == {0, 1}
+
+
+def test_a_ct_given_as_the_nodule_map_says_so(tmp_path):
+    lung = _image(_lung_like((1,), np.uint8), tmp_path / "lung.nrrd")
+    ct = _image(_lung_like((-1024, 3000), np.int16), tmp_path / "ct.nrrd")
+    with pytest.raises(InputError, match="this looks like a CT, not a mask"):
+        read_masks(lung, ct)
+
+
+# ------------------------------------------------------------------ 4. NIfTI voxel sizes ITK would change
+def _patch_nifti(path: Path, pixdim: tuple[float, float, float]) -> None:
+    """Write ``pixdim`` 1..3 into a NIfTI-1 file's header, leaving its sform as it was."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = bytearray(f.read())
+    data[80:92] = struct.pack("<3f", *pixdim)
+    with opener(path, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("pixdim", "ext", "found"),
+    [
+        ((0.0, 8.0, 8.0), "nii.gz", "voxel size 0 x 8 x 8 mm .*must be positive"),
+        ((-8.0, 8.0, 8.0), "nii", "voxel size -8 x 8 x 8 mm"),
+        ((1.0, 8.0, 8.0), "nii.gz", "pixdim says 1 x 8 x 8 mm, the sform 8 x 8 x 8 mm"),
+    ],
+)
+def test_nifti_voxel_sizes_itk_would_change_are_refused(pixdim, ext, found, tmp_path):
+    path = _image(_lung_like((1,), np.uint8), tmp_path / f"lung.{ext}", spacing=(8.0, 8.0, 8.0))
+    assert read_masks(path).lung.spacing == (8.0, 8.0, 8.0)
+    _patch_nifti(path, pixdim)
+    with pytest.raises(InputError, match=found + ".*fix: write the real voxel size"):
+        read_masks(path)

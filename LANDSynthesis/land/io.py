@@ -28,6 +28,7 @@ from .conditioning import (
     check_geometry,
     check_label_key,
     check_labels,
+    check_lung_mask,
     check_texture,
     label_counts,
     parse_texture_overrides,
@@ -258,7 +259,9 @@ def read_masks(
     """Read the masks of one synthesis.
 
     ``mask_path`` is a Slicer ``.seg.nrrd`` (then ``nodules_path`` must be None) or a lung mask image
-    (nonzero = lung; None for nodules only); ``nodules_path`` a label image (0 none, 1..K nodules).
+    (0 and up to 8 whole-number labels, every non-zero label lung; see :func:`check_lung_mask`; None for
+    nodules only); ``nodules_path`` a label image (0 none, 1..K nodules). A ``.seg.nrrd`` without segment
+    fields is refused (its labels could be lungs or nodules).
     ``texture_overrides`` (``{1: 5}`` or ``"1=5,2=3"``) supply or replace nodule textures.
     """
     if mask_path is None and nodules_path is None:
@@ -268,6 +271,13 @@ def read_masks(
     else:
         overrides = parse_texture_overrides(texture_overrides)
     image = _read_image(mask_path, "mask file") if mask_path is not None else None
+    if image is not None and not is_segmentation(image) and str(mask_path).lower().endswith(".seg.nrrd"):
+        raise InputError(
+            f"{mask_path} is named .seg.nrrd but has no segment fields (Segment0_Name, Segment0_LabelValue, "
+            "...), so LAND cannot tell its lungs from its nodules; fix: save the segmentation again from 3D "
+            "Slicer (Segmentations module), or give a lung mask image with --mask and a nodule label image "
+            "with --nodules"
+        )
     if image is not None and is_segmentation(image):
         if nodules_path is not None:
             raise InputError(
@@ -279,6 +289,7 @@ def read_masks(
         lung = None
         if image is not None:
             vol = Volume.from_sitk(_as_3d(image, mask_path, "lung mask"))
+            check_lung_mask(vol, f"lung mask {mask_path}")
             lung = Volume.like(vol, (vol.array != 0).astype(np.uint8))
         nodules = _label_image(nodules_path) if nodules_path is not None else None
         masks = MaskSet(lung=lung, nodules=nodules)
