@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from conftest import make_masks
 
 from land.cli import main
+from land.conditioning import outside_lung_counts
 from land.errors import InputError
 from land.io import read_masks, write_seg_nrrd
 
@@ -185,3 +186,64 @@ def test_nifti_voxel_sizes_itk_would_change_are_refused(pixdim, ext, found, tmp_
     _patch_nifti(path, pixdim)
     with pytest.raises(InputError, match=found + ".*fix: write the real voxel size"):
         read_masks(path)
+
+
+# ------------------------------------------------------------------ 5. nodules judged where they were painted
+def _anisotropic_case(tmp_path: Path, x0: int = 99, lung_end: int = 170) -> tuple[Path, Path, int]:
+    """Lungs at 0.7 x 0.7 x 5 mm; inside them a plate-like nodule 1.4 x 18.2 x 25 mm (260 voxels) that lies
+    between the voxel centres of a 4 mm model grid along x."""
+    shape = (40, 200, 200)  # z, y, x
+    lung = np.zeros(shape, np.uint8)
+    lung[5:35, 30:170, 30:lung_end] = 1
+    nodules = np.zeros(shape, np.uint8)
+    nodules[18:23, 87:113, x0 : x0 + 2] = 1
+    spacing = (0.7, 0.7, 5.0)
+    lung_path = _image(lung, tmp_path / "lung.nii.gz", spacing)
+    nodule_path = _image(nodules, tmp_path / "nodules.nii.gz", spacing)
+    return lung_path, nodule_path, int(np.count_nonzero(nodules))
+
+
+def test_resampling_keeps_a_thin_nodule_at_its_size(tmp_path):
+    from land.io import to_model_grid
+
+    lung, nodules, painted = _anisotropic_case(tmp_path)
+    masks = read_masks(lung, nodules)
+    assert painted == 260 and outside_lung_counts(masks) == {}
+    grid, _ = to_model_grid(masks, (32, 32, 32), (4.0, 4.0, 4.0))
+    # 260 x 0.7 x 0.7 x 5 mm = 637 mm³ = 10 model voxels of 64 mm³, not the one nearest neighbours gave
+    kept = int(np.count_nonzero(grid.nodules.array == 1))
+    assert 9 <= kept <= 10, kept
+    assert outside_lung_counts(grid) == {}
+
+
+def test_strict_judges_nodules_on_the_painted_grid(tiny_model_dir, tmp_path, capsys):
+    """The nodule lies inside the lungs, against their edge, where it was painted; resampling must not make
+    --strict refuse it."""
+    lung, nodules, _ = _anisotropic_case(tmp_path, x0=99, lung_end=101)
+    assert outside_lung_counts(read_masks(lung, nodules)) == {}
+    out = tmp_path / "ct.nrrd"
+    code = main(["generate", "--model", str(tiny_model_dir), "--mask", str(lung), "--nodules", str(nodules),
+                 "--texture", "1=5", "--strict", "--steps", "1", "--device", "cpu", "--progress", "none",
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "outside the lung" not in err and out.is_file()
+
+
+def test_a_nodule_smaller_than_a_model_voxel_is_kept_and_named(tmp_path):
+    from land.io import FieldOfViewWarning, to_model_grid
+
+    shape = (20, 40, 40)
+    lung = np.zeros(shape, np.uint8)
+    lung[2:18, 5:35, 5:35] = 1
+    nodules = np.zeros(shape, np.uint8)
+    nodules[10, 20, 21] = 1  # 0.5 mm³
+    paths = (
+        _image(lung, tmp_path / "l.nrrd", (0.5, 0.5, 2.0)),
+        _image(nodules, tmp_path / "n.nrrd", (0.5, 0.5, 2.0)),
+    )
+    with pytest.warns(
+        FieldOfViewWarning, match=r"smaller than one voxel of the model grid .*label 1 .*0.5 mm³"
+    ):
+        grid, _ = to_model_grid(read_masks(*paths), (16, 16, 16), (4.0, 4.0, 4.0))
+    assert int(np.count_nonzero(grid.nodules.array == 1)) == 1

@@ -262,11 +262,15 @@ def outside_lung_counts(masks: MaskSet) -> dict[int, int]:
     return label_counts(nod[(masks.lung.array == 0) & (nod != 0)])
 
 
-def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volume:
+def encode_conditioning(
+    masks: MaskSet, mode: str, strict: bool = False, check_outside: bool = True
+) -> Volume:
     """The conditioning mask (float32 in [0, 1]) on the masks' grid; see the module docstring.
 
     Nodule voxels outside the lung mask (checked whenever a lung mask is given and the mode uses nodules)
-    trigger a :class:`NoduleOutsideLungWarning`, or an :class:`InputError` when ``strict``.
+    trigger a :class:`NoduleOutsideLungWarning`, or an :class:`InputError` when ``strict``;
+    ``check_outside=False`` for masks resampled from those the user painted, which were judged there
+    (:func:`check_nodules_inside`; a resampled nodule can cross the lung's edge by a voxel).
     """
     labels = validate(masks, mode)
     ref = masks.reference
@@ -278,7 +282,8 @@ def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volu
         out[masks.lung.array != 0] = np.float32(LUNG_VALUE / SCALE)  # type: ignore[union-attr]
     if masks.nodules is None or not labels:
         return Volume.like(ref, out)
-    _check_outside(masks, strict)
+    if check_outside:
+        check_nodules_inside(masks, strict)
     nod = masks.nodules.array
     inside = nod != 0
     if mode == "nodule+lung+texture":
@@ -291,7 +296,10 @@ def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volu
     return Volume.like(ref, out)
 
 
-def _check_outside(masks: MaskSet, strict: bool) -> None:
+def check_nodules_inside(masks: MaskSet, strict: bool = False) -> None:
+    """:class:`NoduleOutsideLungWarning` (``strict``: :class:`InputError`) naming the nodules with voxels
+    outside the lung mask and how many, on the masks' own grid."""
+    check_geometry(masks)
     counts = outside_lung_counts(masks)
     if not counts:
         return

@@ -478,11 +478,6 @@ def _matrix(direction: Iterable[float]) -> np.ndarray:
     return np.asarray(tuple(direction), float).reshape(3, 3)
 
 
-def _physical(vol: Volume, index_xyz: np.ndarray) -> np.ndarray:
-    """Physical point of a (continuous) voxel index in x, y, z order."""
-    return np.asarray(vol.origin) + _matrix(vol.direction) @ (np.asarray(vol.spacing) * index_xyz)
-
-
 def _continuous_index(vol: Volume, point: np.ndarray) -> np.ndarray:
     return np.linalg.solve(_matrix(vol.direction), np.asarray(point) - np.asarray(vol.origin)) / np.asarray(
         vol.spacing
@@ -517,6 +512,39 @@ def _inside_slices(src: Volume, grid: Volume) -> tuple[slice, slice, slice]:
     return tuple(slices)  # type: ignore[return-value]
 
 
+def _keep_nodule(
+    out: np.ndarray, nod: np.ndarray, label: int, painted: int, sampled: int, ref: Volume, grid: Volume
+) -> str | None:
+    """Make nearest-neighbour resampling keep nodule ``label`` at its size: when it came out with fewer than
+    half the model voxels its painted volume fills (``painted`` voxels inside the grid; a thin or small
+    nodule can fall between the model grid's voxel centres), the model voxels holding most of its painted
+    voxel centres are marked, background ones only, up to that volume and at least one. Returns its volume
+    in mm³ when it is smaller than one model voxel (else None)."""
+    volume = painted * math.prod(ref.spacing)
+    voxels = volume / math.prod(grid.spacing)
+    target = max(1, int(round(voxels)))
+    if sampled < max(1, 0.5 * voxels):
+        zyx = np.argwhere(nod == label)
+        points = np.asarray(ref.origin)[:, None] + _matrix(ref.direction) @ (
+            np.asarray(ref.spacing)[:, None] * zyx[:, ::-1].T
+        )
+        ijk = np.rint(
+            np.linalg.solve(_matrix(grid.direction), points - np.asarray(grid.origin)[:, None])
+            / np.asarray(grid.spacing)[:, None]
+        ).astype(np.int64)
+        size = np.asarray(grid.size)[:, None]
+        ijk = ijk[:, np.all((ijk >= 0) & (ijk < size), axis=0)]
+        cells, hits = np.unique(ijk, axis=1, return_counts=True)
+        for i in np.argsort(-hits, kind="stable"):
+            if sampled >= target:
+                break
+            x, y, z = cells[:, i]
+            if out[z, y, x] == 0:
+                out[z, y, x] = label
+                sampled += 1
+    return f"{volume:.3g} mm³" if voxels < 1 else None
+
+
 def to_model_grid(
     masks: MaskSet, size: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> tuple[MaskSet, Volume]:
@@ -526,8 +554,9 @@ def to_model_grid(
     centred on the lung mask's bounding box (the image without a lung mask) by the rule training data was
     prepared with (:func:`land.grid.lung_centred_grid`, within half a model voxel), so physical positions
     are kept. The reference volume's array is an all-zero uint8 placeholder. Lungs or nodules
-    cut off by the field of view give a :class:`FieldOfViewWarning`; a nodule smaller than a model voxel
-    keeps one voxel at its centre; a nodule entirely outside is dropped (with its texture and name).
+    cut off by the field of view give a :class:`FieldOfViewWarning`; no nodule vanishes or shrinks by the
+    sampling (:func:`_keep_nodule`), one smaller than a model voxel keeps one voxel and is named in a
+    warning; a nodule entirely outside the field of view is dropped (with its texture and name).
     """
     ref = masks.reference
     if ref is None:
@@ -559,6 +588,7 @@ def to_model_grid(
             grid, _resample(Volume.like(ref, lung.astype(np.uint8)), grid, sitk.sitkNearestNeighbor, 0)
         )
     nod_out, textures, names = None, dict(masks.textures), dict(masks.names)
+    small: list[str] = []
     if masks.nodules is not None:
         nod = masks.nodules.array
         if nod.dtype == bool or not np.issubdtype(nod.dtype, np.integer):
@@ -577,12 +607,19 @@ def to_model_grid(
                 continue
             if kept[label] < n:
                 notes.append(f"{1 - kept[label] / n:.0%} of nodule {masks.describe(label)} is cut off")
-            if label not in after:  # smaller than a model voxel: keep its centre voxel
-                zyx = np.argwhere(nod == label).mean(axis=0)
-                idx = np.rint(_continuous_index(grid, _physical(ref, zyx[::-1]))).astype(int)
-                idx = np.clip(idx, 0, np.asarray(grid.size) - 1)
-                out[idx[2], idx[1], idx[0]] = label
+            size_note = _keep_nodule(out, nod, label, kept[label], after.get(label, 0), ref, grid)
+            if size_note:
+                small.append(f"{masks.describe(label)} ({size_note})")
         nod_out = Volume.like(grid, out)
+    if small:
+        warnings.warn(
+            FieldOfViewWarning(
+                f"nodule(s) smaller than one voxel of the model grid ({math.prod(spacing):g} mm³): "
+                + ", ".join(small)
+                + "; each is kept as one voxel, the model cannot draw it at its true size"
+            ),
+            stacklevel=2,
+        )
     if notes:
         warnings.warn(
             FieldOfViewWarning(
