@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import json
 import os
+import signal
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +251,33 @@ def test_a_nodule_smaller_than_a_model_voxel_is_kept_and_named(tmp_path):
     ):
         grid, _ = to_model_grid(read_masks(*paths), (16, 16, 16), (4.0, 4.0, 4.0))
     assert int(np.count_nonzero(grid.nodules.array == 1)) == 1
+
+
+# ------------------------------------------------------------------ 6. a signal during the final write
+class _SignalAfterDecoding(io.StringIO):
+    """stdout of ``--progress json`` that sends this process a real SIGTERM when the last decode step is
+    reported: the signal arrives after generation, while the CT is being written."""
+
+    def write(self, text: str) -> int:
+        if text.startswith("{"):
+            event = json.loads(text)
+            if event.get("stage") == "decode" and event.get("step") == event.get("total"):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().write(text)
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nrrd"])
+def test_sigterm_during_the_final_write_exits_130_and_leaves_nothing(name, seg, tiny_model_dir, tmp_path,
+                                                                       monkeypatch, capsys):  # fmt: skip
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "stdout", _SignalAfterDecoding())
+    out = tmp_path / name
+    try:
+        code = main(["generate", "--model", str(tiny_model_dir), "--mask", str(seg), "--steps", "1",
+                     "--device", "cpu", "--progress", "json", "--out", str(out)])  # fmt: skip
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 130, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no CT, no sidecar, no partial file
+    assert json.loads(sys.stdout.getvalue().splitlines()[-1])["exit_code"] == 130

@@ -196,7 +196,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise Cancelled("generation cancelled") from None
     finally:
         reporter.close()
-    write_volume(out, ct, ct.metadata, compress=opts.compress)
+    write_volume(
+        out, ct, ct.metadata, compress=opts.compress, cancel=cancel
+    )  # a signal until the rename: 130
+    if cancel.is_set():
+        print(f"note: interrupted after the CT was written; {out} is complete", file=sys.stderr, flush=True)
     reporter.done(out=str(out))
     if opts.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")

@@ -53,7 +53,9 @@ EXIT_CODES: dict[int, str] = {
     "path)",
     EXIT_MODEL: "a model problem (missing, corrupt or non-finite weights, incompatible model.json) or "
     "training that diverged (the last good checkpoint is kept)",
-    EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step)",
+    EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step); a "
+    "signal up to the moment an output is renamed into place, the final write included, leaves nothing "
+    "there; one after it ends the command normally with a note that the output is complete",
     EXIT_BROKEN_PIPE: "the reader of the output went away (e.g. | head); stopped quietly",
 }
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,7 +36,7 @@ from .conditioning import (
     parse_texture_value,
 )
 from .contract import WARNING_FIELD_OF_VIEW, WARNING_SEGMENTATION
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .grid import lung_centred_grid
 from .image_data import check_image_data, check_image_file
 from .masks import is_lung_segment_name, restore_lung
@@ -418,7 +419,11 @@ def _one_line(value: object) -> str:
 
 
 def write_volume(
-    path: PathLike, volume: Volume, provenance: Mapping[str, object] | None = None, compress: bool = True
+    path: PathLike,
+    volume: Volume,
+    provenance: Mapping[str, object] | None = None,
+    compress: bool = True,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Write a synthetic volume as NIfTI (``.nii``/``.nii.gz``) or NRRD (``.nrrd``), atomically.
 
@@ -427,6 +432,8 @@ def write_volume(
     The provenance (default: ``volume.metadata``; see :func:`provenance_record`) goes into NRRD key/value
     fields ``LAND.<Key>`` plus ``LAND.Provenance`` (JSON), or a JSON sidecar next to a NIfTI file.
     Files are written under a temporary name in the same folder and renamed, so no partial output remains.
+    ``cancel`` set before the rename (a Ctrl-C or SIGTERM during the write) raises :class:`Cancelled` and
+    leaves nothing (a file already at ``path`` stays as it was).
     """
     p, ext = _check_output(path, WRITE_EXTENSIONS)
     record = provenance_record(volume.metadata if provenance is None else provenance)
@@ -439,12 +446,23 @@ def write_volume(
                 image.SetMetaData(_nrrd_key(key), _one_line(value))
             image.SetMetaData("LAND.Provenance", json.dumps(record, sort_keys=True, default=str))
             _write_sitk(image, tmp, p, compress)
+            _stop_if_cancelled(cancel, p)
         else:
             image.SetMetaData("ITK_FileNotes", _one_line(description)[:NIFTI_DESCRIP_LEN])
             _write_sitk(image, tmp, p)
+            _stop_if_cancelled(cancel, p)
             # the volume is complete on disk; its sidecar goes first, then the volume is renamed
             side = check_target(sidecar_path(p))
             atomic_write_text(side, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+            _stop_if_cancelled(cancel, p, side)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None, target: Path, *written: Path) -> None:
+    """:class:`Cancelled` (after removing ``written``) when ``cancel`` is set: the output is not renamed."""
+    if cancel is not None and cancel.is_set():
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise Cancelled(f"cancelled while writing {target}; nothing was written")
 
 
 def read_provenance(path: PathLike) -> dict[str, object]:
