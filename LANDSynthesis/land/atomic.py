@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +89,49 @@ def check_target(target: str | os.PathLike) -> Path:
     if not p.parent.is_dir():
         raise InputError(f"cannot write {p}: folder {p.parent} does not exist; fix: create it first")
     return p
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file: the same path, a symlink to it or a hard link (same inode)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass  # one of them does not exist (yet): compare where the paths lead
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` lies inside the existing folder ``folder`` (symlinks resolved)."""
+    if not folder.is_dir():
+        return False
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+PathArgs = Mapping[str, "str | os.PathLike | None"]
+
+
+def refuse_input_overwrite(outputs: PathArgs, inputs: PathArgs) -> None:
+    """InputError (exit 2) before any work when an output would overwrite an input: ``outputs`` and
+    ``inputs`` map what the user typed (``"--out"``, ``"--mask"``) to paths (None: not given). An output is
+    refused when it is an input file (same path, a symlink or a hard link to it), an input folder, or lies
+    inside an input folder. Every command that writes calls this first, so no input is ever modified."""
+    given = {name: Path(p) for name, p in inputs.items() if p is not None and str(p)}
+    for out_name, out_path in outputs.items():
+        if out_path is None or not str(out_path):
+            continue
+        out = Path(out_path)
+        for in_name, src in given.items():
+            if _same_file(out, src):
+                how = "is the same file as" if out.is_file() or not src.is_dir() else "is the same folder as"
+            elif _inside(out, src):
+                how = "lies inside the input folder"
+            else:
+                continue
+            raise InputError(
+                f"{out_name} {out} {how} {in_name} {src}: writing it would overwrite your input; fix: "
+                f"choose an {out_name} outside your inputs; nothing was written"
+            )
 
 
 def _remove(path: Path) -> None:

@@ -159,7 +159,8 @@ def _load_masks(args: GenerateOptions):
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .io import write_volume
+    from .atomic import refuse_input_overwrite
+    from .io import sidecar_path, write_volume
     from .pipeline import LANDPipeline
 
     opts = options_from_namespace(GenerateOptions, args).validate()
@@ -170,8 +171,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it or choose another --out")
-
     model_dir = model_dir_or_default(opts.model)
+    mask = opts.mask if opts.mask is not None or opts.nodules is not None else default_mask_path()
+    sidecar = sidecar_path(out) if not out.name.endswith(".nrrd") else None
+    refuse_input_overwrite(
+        {"--out": out, "--out's JSON sidecar": sidecar},
+        {"--mask": mask, "--nodules": opts.nodules, "--model": model_dir},
+    )
+
     masks = _load_masks(opts)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
@@ -189,7 +196,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise Cancelled("generation cancelled") from None
     finally:
         reporter.close()
-    write_volume(out, ct, ct.metadata, compress=opts.compress)
+    write_volume(
+        out, ct, ct.metadata, compress=opts.compress, cancel=cancel
+    )  # a signal until the rename: 130
+    if cancel.is_set():
+        print(f"note: interrupted after the CT was written; {out} is complete", file=sys.stderr, flush=True)
     reporter.done(out=str(out))
     if opts.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")

@@ -94,31 +94,76 @@ def label_counts(array: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
 
 
-def check_labels(nodules: Volume, what: str = "nodule label map") -> None:
-    """Raise :class:`InputError` unless every voxel is a non-negative integer label."""
-    a = nodules.array
-    if a.dtype == bool or a.size == 0:
-        return
+def _check_whole_numbers(a: np.ndarray, what: str, labels: str) -> None:
+    """InputError unless ``a`` is numeric, finite and holds whole numbers (``labels``: what they mean)."""
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise InputError(
-            f"{what} has voxel type {a.dtype}; fix: save it as an integer label image (0 = none)"
+            f"{what} has voxel type {a.dtype}; fix: save it as an integer label image ({labels})"
         )
     if np.issubdtype(a.dtype, np.floating):
         finite = np.isfinite(a)
         if not finite.all():
             raise InputError(
                 f"{what} contains {int((~finite).sum())} NaN/infinite voxels; "
-                "fix: save it as an integer label image (0 = none, 1..K = nodules)"
+                f"fix: save it as an integer label image ({labels})"
             )
         frac = a != np.round(a)
         if frac.any():
             bad = np.unique(a[frac])[:5]
+            lo, hi = float(a.min()), float(a.max())
+            if lo <= CT_LIKE_MINIMUM:
+                raise InputError(_ct_like(what, lo, hi, labels))
             raise InputError(
                 f"{what} has non-integer values (e.g. {', '.join(f'{v:g}' for v in bad)}); labels must be "
-                "whole numbers; fix: save it as an integer label image (0 = none, 1..K = nodules), not an "
-                "interpolated/resampled float image"
+                f"whole numbers; fix: save it as an integer label image ({labels}), not an "
+                "interpolated/resampled float image or a probability map"
             )
+
+
+CT_LIKE_MINIMUM = -500  # a minimum this low is air in HU: the image is a CT
+MAX_LUNG_LABELS = 8  # distinct non-zero values of a lung mask (left/right lungs, lobes, ...)
+MAX_LUNG_LABEL = 255
+LUNG_LABELS = "0 = background, 1 (or a few labels such as 1 = right, 2 = left lung) = lung"
+
+
+def _ct_like(what: str, lo: float, hi: float, labels: str) -> str:
+    kind = "a CT" if lo <= CT_LIKE_MINIMUM else "an image"
+    return (
+        f"{what} has values {lo:g}…{hi:g}: this looks like {kind}, not a mask; fix: give the mask file "
+        f"({labels}), not the image it was drawn on"
+    )
+
+
+def check_lung_mask(lung: Volume, what: str = "lung mask") -> None:
+    """Raise :class:`InputError` unless the lung mask holds 0 and at most :data:`MAX_LUNG_LABELS` whole-number
+    labels 1..255 (every non-zero label is lung); the message names what was found (a CT, a probability map,
+    NaN)."""
+    a = lung.array
+    if a.dtype == bool or a.size == 0:
+        return
+    _check_whole_numbers(a, what, LUNG_LABELS)
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > MAX_LUNG_LABEL:
+        raise InputError(_ct_like(what, lo, hi, LUNG_LABELS))
+    counts = np.bincount(a.ravel().astype(np.intp, copy=False), minlength=1)
+    labels = np.flatnonzero(counts[1:]) + 1
+    if labels.size > MAX_LUNG_LABELS:
+        raise InputError(
+            f"{what} has {labels.size} different non-zero values ({lo:g}…{hi:g}), more than the "
+            f"{MAX_LUNG_LABELS} labels a lung mask holds: this looks like an image or a multi-organ "
+            f"segmentation, not a lung mask; fix: give a lung mask ({LUNG_LABELS})"
+        )
+
+
+def check_labels(nodules: Volume, what: str = "nodule label map") -> None:
+    """Raise :class:`InputError` unless every voxel is a non-negative integer label."""
+    a = nodules.array
+    if a.dtype == bool or a.size == 0:
+        return
+    _check_whole_numbers(a, what, "0 = none, 1..K = nodules")
     low = a.min()
+    if low <= CT_LIKE_MINIMUM:
+        raise InputError(_ct_like(what, float(low), float(a.max()), "0 = none, 1..K = nodules"))
     if low < 0:
         raise InputError(
             f"{what} has negative values (minimum {low:g}); labels must be 0 (no nodule) or 1..K; "
@@ -217,11 +262,15 @@ def outside_lung_counts(masks: MaskSet) -> dict[int, int]:
     return label_counts(nod[(masks.lung.array == 0) & (nod != 0)])
 
 
-def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volume:
+def encode_conditioning(
+    masks: MaskSet, mode: str, strict: bool = False, check_outside: bool = True
+) -> Volume:
     """The conditioning mask (float32 in [0, 1]) on the masks' grid; see the module docstring.
 
     Nodule voxels outside the lung mask (checked whenever a lung mask is given and the mode uses nodules)
-    trigger a :class:`NoduleOutsideLungWarning`, or an :class:`InputError` when ``strict``.
+    trigger a :class:`NoduleOutsideLungWarning`, or an :class:`InputError` when ``strict``;
+    ``check_outside=False`` for masks resampled from those the user painted, which were judged there
+    (:func:`check_nodules_inside`; a resampled nodule can cross the lung's edge by a voxel).
     """
     labels = validate(masks, mode)
     ref = masks.reference
@@ -233,7 +282,8 @@ def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volu
         out[masks.lung.array != 0] = np.float32(LUNG_VALUE / SCALE)  # type: ignore[union-attr]
     if masks.nodules is None or not labels:
         return Volume.like(ref, out)
-    _check_outside(masks, strict)
+    if check_outside:
+        check_nodules_inside(masks, strict)
     nod = masks.nodules.array
     inside = nod != 0
     if mode == "nodule+lung+texture":
@@ -246,7 +296,10 @@ def encode_conditioning(masks: MaskSet, mode: str, strict: bool = False) -> Volu
     return Volume.like(ref, out)
 
 
-def _check_outside(masks: MaskSet, strict: bool) -> None:
+def check_nodules_inside(masks: MaskSet, strict: bool = False) -> None:
+    """:class:`NoduleOutsideLungWarning` (``strict``: :class:`InputError`) naming the nodules with voxels
+    outside the lung mask and how many, on the masks' own grid."""
+    check_geometry(masks)
     counts = outside_lung_counts(masks)
     if not counts:
         return

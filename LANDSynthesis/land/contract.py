@@ -48,11 +48,14 @@ EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL, EXIT_CANCELLED, EXIT_BROKEN_PIPE = 0,
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
     EXIT_BUG: "a bug in LAND (a Python traceback; please report it)",
-    EXIT_INPUT: "bad input, or an output that could not be written (the message names the problem and the "
-    "fix; nothing is left at the output path)",
+    EXIT_INPUT: "bad input, an output that would overwrite an input (refused before any work), or an output "
+    "that could not be written (the message names the problem and the fix; nothing is left at the output "
+    "path)",
     EXIT_MODEL: "a model problem (missing, corrupt or non-finite weights, incompatible model.json) or "
     "training that diverged (the last good checkpoint is kept)",
-    EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step)",
+    EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step); a "
+    "signal up to the moment an output is renamed into place, the final write included, leaves nothing "
+    "there; one after it ends the command normally with a note that the output is complete",
     EXIT_BROKEN_PIPE: "the reader of the output went away (e.g. | head); stopped quietly",
 }
 

@@ -7,7 +7,10 @@ stream decompresses to, and whether the stream ends properly) and raises :class:
 file when they differ. It reads only the header fields it needs; formats it does not know pass unchecked.
 
 ITK also replaces a sheared (non-orthonormal) orientation matrix by another one with only a C++ warning, so
-the CT would not lie where the masks do: :func:`check_orientation` refuses such NIfTI and NRRD files.
+the CT would not lie where the masks do: :func:`check_orientation` refuses such NIfTI and NRRD files. ITK
+reads a NIfTI voxel size (pixdim) of 0 as 1 mm and prefers pixdim over the sform's voxel size, hiding its
+warning: a NIfTI file whose pixdim is not positive or disagrees with its sform is refused too. NaN and
+infinite voxels of a float NIfTI file, which ITK reads as 0, are refused by :func:`check_image_data`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 import struct
 import zlib
 from pathlib import Path
+
+import numpy as np
 
 from .errors import InputError
 
@@ -78,8 +83,9 @@ def _incomplete(path: Path, declared: int, held: int, ended: bool = True) -> Inp
     )
 
 
-def _inflate(stream, raw_zlib: bool = False) -> tuple[int, bool]:
-    """Bytes a gzip (or zlib) stream decompresses to, and whether it ended properly."""
+def _inflate(stream, raw_zlib: bool = False, sink=None) -> tuple[int, bool]:
+    """Bytes a gzip (or zlib) stream decompresses to, and whether it ended properly; ``sink`` (gzip only)
+    sees every decompressed chunk."""
     total = 0
     if raw_zlib:
         d = zlib.decompressobj()
@@ -95,27 +101,52 @@ def _inflate(stream, raw_zlib: bool = False) -> tuple[int, bool]:
         try:
             while data := gz.read(_CHUNK):
                 total += len(data)
+                if sink is not None:
+                    sink(data)
         except (EOFError, OSError, zlib.error):
             return total, False
     return total, True
 
 
-def _nifti_declared(head: bytes) -> tuple[int, int] | None:
-    """(vox_offset, bytes of voxel data) from a NIfTI-1/-2 header, or None if it is not one."""
+def _nifti_declared(head: bytes) -> tuple[int, int, int, str] | None:
+    """(vox_offset, bytes of voxel data, datatype, byte order) from a NIfTI-1/-2 header, or None if it is
+    not one."""
     for endian in "<>":
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
             n = max(1, min(int(dims[0]), 7))
-            return max(offset, 348), math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+            nbytes = math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+            return max(offset, 348), nbytes, datatype, endian
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dims = struct.unpack(endian + "8q", head[16:80])
             offset = struct.unpack(endian + "q", head[168:176])[0]
             n = max(1, min(int(dims[0]), 7))
-            return max(offset, 540), math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+            nbytes = math.prod(max(int(d), 1) for d in dims[1 : n + 1]) * bitpix // 8
+            return max(offset, 540), nbytes, datatype, endian
     return None
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype -> numpy type of the float voxel types
+
+
+class _NonFinite:
+    """Counts NaN/infinite values in a float voxel stream fed in chunks (from byte ``offset`` on)."""
+
+    def __init__(self, dtype: str, offset: int) -> None:
+        self.dtype, self.skip, self.rest, self.count = np.dtype(dtype), offset, b"", 0
+
+    def __call__(self, data: bytes) -> None:
+        if self.skip:
+            cut = min(self.skip, len(data))
+            data, self.skip = data[cut:], self.skip - cut
+        data = self.rest + data
+        whole = len(data) - len(data) % self.dtype.itemsize
+        self.rest = data[whole:]
+        if whole:
+            self.count += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:whole], self.dtype))))
 
 
 def _check_nifti(path: Path) -> None:
@@ -134,11 +165,23 @@ def _check_nifti(path: Path) -> None:
     declared = _nifti_declared(head)
     if declared is None:
         return
-    offset, nbytes = declared
+    offset, nbytes, datatype, endian = declared
+    floats = _NIFTI_FLOATS.get(datatype)
+    scan = _NonFinite(endian + floats, offset) if floats else None
     with open(path, "rb") as f:
-        held, ended = _inflate(f) if compressed else (os.fstat(f.fileno()).st_size, True)
+        if compressed:
+            held, ended = _inflate(f, sink=scan)
+        else:
+            held, ended = os.fstat(f.fileno()).st_size, True
+            while scan is not None and (chunk := f.read(_CHUNK)):
+                scan(chunk)
     if held - offset < nbytes or not ended:
         raise _incomplete(path, nbytes, max(held - offset, 0), ended)
+    if scan is not None and scan.count:
+        raise InputError(
+            f"{path} holds {scan.count:,} NaN/infinite voxels, which would be read as 0 without a word; fix: "
+            "replace them by real values (0 = background for a mask, -1024 = air for a CT) and save it again"
+        )
 
 
 def _text_header(f, end: bytes) -> tuple[dict[str, str], int] | None:
@@ -229,8 +272,38 @@ def _sheared_error(path: Path, where: str) -> InputError:
     )
 
 
+SPACING_TOL = 1e-3  # relative difference allowed between pixdim and the sform's axis lengths
+
+
+def _check_nifti_spacing(path: Path, head: bytes, endian: str, sform_axes: list[list[float]] | None) -> None:
+    """InputError unless a NIfTI-1 header's voxel size (pixdim) is positive and, with an sform, agrees with
+    the lengths of the sform's axes: ITK reads pixdim 0 as 1 mm and takes pixdim over the sform, silently."""
+    ndim = max(1, min(int(struct.unpack(endian + "h", head[40:42])[0]), 3))
+    pixdim = struct.unpack(endian + "8f", head[76:108])[1 : ndim + 1]
+    text = " x ".join(f"{d:g}" for d in pixdim)
+    fix = (
+        "fix: write the real voxel size into the header (e.g. nibabel: img.header.set_zooms(...); or set "
+        "the spacing in 3D Slicer's Volumes module and save the file again)"
+    )
+    if not all(math.isfinite(d) and d > 0 for d in pixdim):
+        raise InputError(
+            f"{path} has voxel size {text} mm in its NIfTI header (pixdim): a voxel size must be positive, "
+            f"and ITK would read it as 1 mm, changing the image's geometry; {fix}"
+        )
+    if sform_axes is None:
+        return
+    lengths = [math.sqrt(sum(c * c for c in axis)) for axis in sform_axes[:ndim]]
+    if any(abs(d - n) > SPACING_TOL * max(d, n) for d, n in zip(pixdim, lengths, strict=True)):
+        sform = " x ".join(f"{n:g}" for n in lengths)
+        raise InputError(
+            f"{path} has inconsistent voxel sizes in its NIfTI header: pixdim says {text} mm, the sform "
+            f"{sform} mm; ITK would use pixdim and the image would not lie where the sform puts it; {fix}"
+        )
+
+
 def check_orientation(path: str | os.PathLike) -> None:
-    """Raise :class:`InputError` if a NIfTI file's sform or an NRRD file's space directions are sheared."""
+    """Raise :class:`InputError` if a NIfTI file's sform or an NRRD file's space directions are sheared, or a
+    NIfTI file's voxel size is not positive or disagrees with its sform."""
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -242,10 +315,13 @@ def check_orientation(path: str | os.PathLike) -> None:
             return  # check_image_data reports damaged files
         for endian in "<>":
             if len(head) == 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+                axes = None
                 if struct.unpack(endian + "h", head[254:256])[0] > 0:  # sform_code
                     rows = [struct.unpack(endian + "4f", head[o : o + 16])[:3] for o in (280, 296, 312)]
-                    if _sheared([[rows[r][c] for r in range(3)] for c in range(3)]):
+                    axes = [[rows[r][c] for r in range(3)] for c in range(3)]
+                    if _sheared(axes):
                         raise _sheared_error(p, "NIfTI sform")
+                _check_nifti_spacing(p, head, endian, axes)
                 return
     elif name.endswith((".nrrd", ".nhdr")):
         with open(p, "rb") as f:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,13 +29,14 @@ from .conditioning import (
     check_geometry,
     check_label_key,
     check_labels,
+    check_lung_mask,
     check_texture,
     label_counts,
     parse_texture_overrides,
     parse_texture_value,
 )
 from .contract import WARNING_FIELD_OF_VIEW, WARNING_SEGMENTATION
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .grid import lung_centred_grid
 from .image_data import check_image_data, check_image_file
 from .masks import is_lung_segment_name, restore_lung
@@ -258,7 +260,9 @@ def read_masks(
     """Read the masks of one synthesis.
 
     ``mask_path`` is a Slicer ``.seg.nrrd`` (then ``nodules_path`` must be None) or a lung mask image
-    (nonzero = lung; None for nodules only); ``nodules_path`` a label image (0 none, 1..K nodules).
+    (0 and up to 8 whole-number labels, every non-zero label lung; see :func:`check_lung_mask`; None for
+    nodules only); ``nodules_path`` a label image (0 none, 1..K nodules). A ``.seg.nrrd`` without segment
+    fields is refused (its labels could be lungs or nodules).
     ``texture_overrides`` (``{1: 5}`` or ``"1=5,2=3"``) supply or replace nodule textures.
     """
     if mask_path is None and nodules_path is None:
@@ -268,6 +272,13 @@ def read_masks(
     else:
         overrides = parse_texture_overrides(texture_overrides)
     image = _read_image(mask_path, "mask file") if mask_path is not None else None
+    if image is not None and not is_segmentation(image) and str(mask_path).lower().endswith(".seg.nrrd"):
+        raise InputError(
+            f"{mask_path} is named .seg.nrrd but has no segment fields (Segment0_Name, Segment0_LabelValue, "
+            "...), so LAND cannot tell its lungs from its nodules; fix: save the segmentation again from 3D "
+            "Slicer (Segmentations module), or give a lung mask image with --mask and a nodule label image "
+            "with --nodules"
+        )
     if image is not None and is_segmentation(image):
         if nodules_path is not None:
             raise InputError(
@@ -279,6 +290,7 @@ def read_masks(
         lung = None
         if image is not None:
             vol = Volume.from_sitk(_as_3d(image, mask_path, "lung mask"))
+            check_lung_mask(vol, f"lung mask {mask_path}")
             lung = Volume.like(vol, (vol.array != 0).astype(np.uint8))
         nodules = _label_image(nodules_path) if nodules_path is not None else None
         masks = MaskSet(lung=lung, nodules=nodules)
@@ -407,7 +419,11 @@ def _one_line(value: object) -> str:
 
 
 def write_volume(
-    path: PathLike, volume: Volume, provenance: Mapping[str, object] | None = None, compress: bool = True
+    path: PathLike,
+    volume: Volume,
+    provenance: Mapping[str, object] | None = None,
+    compress: bool = True,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Write a synthetic volume as NIfTI (``.nii``/``.nii.gz``) or NRRD (``.nrrd``), atomically.
 
@@ -416,6 +432,8 @@ def write_volume(
     The provenance (default: ``volume.metadata``; see :func:`provenance_record`) goes into NRRD key/value
     fields ``LAND.<Key>`` plus ``LAND.Provenance`` (JSON), or a JSON sidecar next to a NIfTI file.
     Files are written under a temporary name in the same folder and renamed, so no partial output remains.
+    ``cancel`` set before the rename (a Ctrl-C or SIGTERM during the write) raises :class:`Cancelled` and
+    leaves nothing (a file already at ``path`` stays as it was).
     """
     p, ext = _check_output(path, WRITE_EXTENSIONS)
     record = provenance_record(volume.metadata if provenance is None else provenance)
@@ -428,12 +446,23 @@ def write_volume(
                 image.SetMetaData(_nrrd_key(key), _one_line(value))
             image.SetMetaData("LAND.Provenance", json.dumps(record, sort_keys=True, default=str))
             _write_sitk(image, tmp, p, compress)
+            _stop_if_cancelled(cancel, p)
         else:
             image.SetMetaData("ITK_FileNotes", _one_line(description)[:NIFTI_DESCRIP_LEN])
             _write_sitk(image, tmp, p)
+            _stop_if_cancelled(cancel, p)
             # the volume is complete on disk; its sidecar goes first, then the volume is renamed
             side = check_target(sidecar_path(p))
             atomic_write_text(side, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+            _stop_if_cancelled(cancel, p, side)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None, target: Path, *written: Path) -> None:
+    """:class:`Cancelled` (after removing ``written``) when ``cancel`` is set: the output is not renamed."""
+    if cancel is not None and cancel.is_set():
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise Cancelled(f"cancelled while writing {target}; nothing was written")
 
 
 def read_provenance(path: PathLike) -> dict[str, object]:
@@ -465,11 +494,6 @@ def read_provenance(path: PathLike) -> dict[str, object]:
 
 def _matrix(direction: Iterable[float]) -> np.ndarray:
     return np.asarray(tuple(direction), float).reshape(3, 3)
-
-
-def _physical(vol: Volume, index_xyz: np.ndarray) -> np.ndarray:
-    """Physical point of a (continuous) voxel index in x, y, z order."""
-    return np.asarray(vol.origin) + _matrix(vol.direction) @ (np.asarray(vol.spacing) * index_xyz)
 
 
 def _continuous_index(vol: Volume, point: np.ndarray) -> np.ndarray:
@@ -506,6 +530,39 @@ def _inside_slices(src: Volume, grid: Volume) -> tuple[slice, slice, slice]:
     return tuple(slices)  # type: ignore[return-value]
 
 
+def _keep_nodule(
+    out: np.ndarray, nod: np.ndarray, label: int, painted: int, sampled: int, ref: Volume, grid: Volume
+) -> str | None:
+    """Make nearest-neighbour resampling keep nodule ``label`` at its size: when it came out with fewer than
+    half the model voxels its painted volume fills (``painted`` voxels inside the grid; a thin or small
+    nodule can fall between the model grid's voxel centres), the model voxels holding most of its painted
+    voxel centres are marked, background ones only, up to that volume and at least one. Returns its volume
+    in mm³ when it is smaller than one model voxel (else None)."""
+    volume = painted * math.prod(ref.spacing)
+    voxels = volume / math.prod(grid.spacing)
+    target = max(1, int(round(voxels)))
+    if sampled < max(1, 0.5 * voxels):
+        zyx = np.argwhere(nod == label)
+        points = np.asarray(ref.origin)[:, None] + _matrix(ref.direction) @ (
+            np.asarray(ref.spacing)[:, None] * zyx[:, ::-1].T
+        )
+        ijk = np.rint(
+            np.linalg.solve(_matrix(grid.direction), points - np.asarray(grid.origin)[:, None])
+            / np.asarray(grid.spacing)[:, None]
+        ).astype(np.int64)
+        size = np.asarray(grid.size)[:, None]
+        ijk = ijk[:, np.all((ijk >= 0) & (ijk < size), axis=0)]
+        cells, hits = np.unique(ijk, axis=1, return_counts=True)
+        for i in np.argsort(-hits, kind="stable"):
+            if sampled >= target:
+                break
+            x, y, z = cells[:, i]
+            if out[z, y, x] == 0:
+                out[z, y, x] = label
+                sampled += 1
+    return f"{volume:.3g} mm³" if voxels < 1 else None
+
+
 def to_model_grid(
     masks: MaskSet, size: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> tuple[MaskSet, Volume]:
@@ -515,8 +572,9 @@ def to_model_grid(
     centred on the lung mask's bounding box (the image without a lung mask) by the rule training data was
     prepared with (:func:`land.grid.lung_centred_grid`, within half a model voxel), so physical positions
     are kept. The reference volume's array is an all-zero uint8 placeholder. Lungs or nodules
-    cut off by the field of view give a :class:`FieldOfViewWarning`; a nodule smaller than a model voxel
-    keeps one voxel at its centre; a nodule entirely outside is dropped (with its texture and name).
+    cut off by the field of view give a :class:`FieldOfViewWarning`; no nodule vanishes or shrinks by the
+    sampling (:func:`_keep_nodule`), one smaller than a model voxel keeps one voxel and is named in a
+    warning; a nodule entirely outside the field of view is dropped (with its texture and name).
     """
     ref = masks.reference
     if ref is None:
@@ -548,6 +606,7 @@ def to_model_grid(
             grid, _resample(Volume.like(ref, lung.astype(np.uint8)), grid, sitk.sitkNearestNeighbor, 0)
         )
     nod_out, textures, names = None, dict(masks.textures), dict(masks.names)
+    small: list[str] = []
     if masks.nodules is not None:
         nod = masks.nodules.array
         if nod.dtype == bool or not np.issubdtype(nod.dtype, np.integer):
@@ -566,12 +625,19 @@ def to_model_grid(
                 continue
             if kept[label] < n:
                 notes.append(f"{1 - kept[label] / n:.0%} of nodule {masks.describe(label)} is cut off")
-            if label not in after:  # smaller than a model voxel: keep its centre voxel
-                zyx = np.argwhere(nod == label).mean(axis=0)
-                idx = np.rint(_continuous_index(grid, _physical(ref, zyx[::-1]))).astype(int)
-                idx = np.clip(idx, 0, np.asarray(grid.size) - 1)
-                out[idx[2], idx[1], idx[0]] = label
+            size_note = _keep_nodule(out, nod, label, kept[label], after.get(label, 0), ref, grid)
+            if size_note:
+                small.append(f"{masks.describe(label)} ({size_note})")
         nod_out = Volume.like(grid, out)
+    if small:
+        warnings.warn(
+            FieldOfViewWarning(
+                f"nodule(s) smaller than one voxel of the model grid ({math.prod(spacing):g} mm³): "
+                + ", ".join(small)
+                + "; each is kept as one voxel, the model cannot draw it at its true size"
+            ),
+            stacklevel=2,
+        )
     if notes:
         warnings.warn(
             FieldOfViewWarning(

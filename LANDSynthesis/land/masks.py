@@ -21,7 +21,8 @@ def is_lung_segment_name(name: str) -> bool:
 
 def lung_under(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
     """Voxels of ``nodule`` that were lung before the nodule was painted over it: each nodule voxel takes
-    the lung/not-lung value of the nearest voxel outside the nodule. A nodule enclosed by lung, or touching
+    the lung/not-lung value of the nearest voxel outside the nodule, lung where a lung voxel and a non-lung
+    voxel are equally near (a voxel on the lung's edge touches both). A nodule enclosed by lung, or touching
     its edge from inside, is lung; the part of a nodule that juts out of the lung is not."""
     from scipy.ndimage import distance_transform_edt
 
@@ -32,11 +33,16 @@ def lung_under(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
         return out
     spans = zip(idx, lung.shape, strict=True)
     box = tuple(slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in spans)
-    inside = nodule[box]
-    if inside.all():  # the nodule fills its whole neighbourhood: nothing to take the value from
+    inside, around = nodule[box], lung[box]
+    lung_near, other_near = ~inside & around, ~inside & ~around
+    if not lung_near.any():  # no lung beside the nodule (or it fills its whole neighbourhood)
         return out
-    nearest = distance_transform_edt(inside, return_distances=False, return_indices=True)
-    out[box] = inside & lung[box][tuple(nearest)]
+    if not other_near.any():  # only lung beside it: enclosed by lung
+        out[box] = inside
+        return out
+    to_lung = distance_transform_edt(~lung_near)
+    to_other = distance_transform_edt(~other_near)
+    out[box] = inside & (to_lung <= to_other + 1e-6)
     return out
 
 

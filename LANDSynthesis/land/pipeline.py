@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .conditioning import MaskSet, encode_conditioning, pool_to_latent
+from .conditioning import MaskSet, check_nodules_inside, encode_conditioning, pool_to_latent
 from .contract import (
     DEFAULT_PRECISION,
     DEFAULT_SAMPLER,
@@ -227,11 +227,13 @@ class LANDPipeline:
     ) -> tuple[torch.Tensor, Volume, MaskSet | None]:
         """Masks -> (latent-grid conditioning (1, C, d, h, w), model-grid reference, masks on the model grid);
         C is 2 for U-Nets that take the nodule-fraction channel, else 1. ``fit``: :meth:`model_grid_masks`."""
+        if masks is not None and masks.reference is not None and mode != "none":
+            check_nodules_inside(masks, strict)  # judged where the user painted, before any resampling
         masks, ref = self.model_grid_masks(masks, fit)
         if masks is None or mode == "none":
             cond = np.zeros(ref.array.shape, np.float32)
         else:
-            cond = encode_conditioning(masks, mode, strict=strict).array
+            cond = encode_conditioning(masks, mode, check_outside=False).array
         pooled = pool_to_latent(
             cond, self.config.vae.compression, nodule_fraction=self.config.unet.nodule_fraction
         )

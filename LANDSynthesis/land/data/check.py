@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..conditioning import check_labels, label_counts
+from ..conditioning import check_labels, check_lung_mask, label_counts
 from ..errors import InputError
 from ..image_data import check_image_data, check_orientation
 from ..io import read_volume
@@ -209,7 +209,9 @@ def _check_masks(files: CaseFiles, textures: dict[int, int], have_lung: bool, re
     if not have_lung:
         return
     try:
-        lung = read_volume(files.lung).array != 0
+        lung_volume = read_volume(files.lung)
+        check_lung_mask(lung_volume, LUNG_FILE)
+        lung = lung_volume.array != 0
     except InputError as e:
         report.problems.append(str(e))
         return

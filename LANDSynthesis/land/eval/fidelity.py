@@ -173,6 +173,51 @@ def nodule_stats(
     return out
 
 
+FALSE_NODULE_HU = -300.0
+FALSE_NODULE_MM = 5.0
+FALSE_NODULE_ELONGATION = 2.5
+
+
+def false_nodules(
+    ct_hu: np.ndarray,
+    lung_mask: np.ndarray,
+    nodule_labels: np.ndarray,
+    spacing: Sequence[float],
+    threshold_hu: float = FALSE_NODULE_HU,
+    min_diameter_mm: float = FALSE_NODULE_MM,
+    max_elongation: float = FALSE_NODULE_ELONGATION,
+) -> list[dict[str, float]]:
+    """Nodule-like blobs nobody painted: 3D components denser than ``threshold_hu`` inside the lung (eroded
+    by 2 voxels, so partial volume with the chest wall and mediastinum does not count) and more than 5 mm
+    from every painted nodule, at least ``min_diameter_mm`` (sphere of equal volume) and compact — longest
+    over shortest principal axis at most ``max_elongation`` — which leaves out vessels, long and thin.
+    Returns each blob's diameter (mm), mean HU and elongation."""
+    _check(ct_hu, lung_mask, nodule_labels)
+    spacing_zyx = np.asarray(tuple(spacing)[::-1], dtype=np.float64)
+    lung = ndi.binary_erosion(np.asarray(lung_mask) != 0, iterations=2)
+    far = ndi.distance_transform_edt(np.asarray(nodule_labels) == 0, sampling=spacing_zyx) > 5.0
+    dense = (np.asarray(ct_hu) > threshold_hu) & lung & far
+    comps, n = ndi.label(dense)
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    out = []
+    for i, sl in enumerate(ndi.find_objects(comps), start=1):
+        if sl is None:
+            continue
+        blob = comps[sl] == i
+        voxels = int(blob.sum())
+        diameter = (6.0 * voxels * voxel_mm3 / math.pi) ** (1.0 / 3.0)
+        if diameter < min_diameter_mm or voxels < 4:
+            continue
+        pts = np.argwhere(blob) * spacing_zyx
+        eig = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))
+        elongation = float(np.sqrt(eig[-1] / max(eig[0], (spacing_zyx.min() / 2) ** 2 / 3)))
+        if elongation <= max_elongation:
+            mean = float(np.asarray(ct_hu)[sl][blob].mean())
+            out.append({"diameter_mm": round(diameter, 2), "mean_hu": round(mean, 1),
+                        "elongation": round(elongation, 2)})  # fmt: skip
+    return out
+
+
 def _as_dict(stat: NoduleStat | Mapping) -> dict:
     return asdict(stat) if isinstance(stat, NoduleStat) else dict(stat)
 
@@ -236,6 +281,8 @@ def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SP
             "std_hu": float(np.std(values)),
         }
     inside = _finite([n.get("inside_lung_fraction") for n in nodules])
+    false_counts = _finite([len(c["false_nodules"]) for c in per_case if c.get("false_nodules") is not None])
+    ring = _finite([n.get("surround_mean_hu") for n in sized if n["diameter_mm"] >= size_split_mm])
     cnr = _finite([n.get("cnr") for n in nodules])
 
     def share(mask: np.ndarray) -> float | None:
@@ -255,6 +302,8 @@ def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SP
         "share_outside_lung": share(inside < 0.5),
         "share_partly_outside_lung": share(inside < 1.0),
         "cnr_median": float(np.median(cnr)) if cnr.size else None,
+        "ring_mean_hu": float(ring.mean()) if ring.size else None,  # 1-5 mm around nodules >= the split
+        "false_nodules_per_case": float(false_counts.mean()) if false_counts.size else None,
         "mean_hu_by_texture": {t: v["mean_hu"] for t, v in by_texture.items()},
         "by_texture": by_texture,
         "by_size": by_size,

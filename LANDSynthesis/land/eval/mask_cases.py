@@ -66,14 +66,15 @@ def read_mask_case(path: Path) -> MaskSet:
 
 def measure_case(hu: np.ndarray, masks: MaskSet, spacing: tuple[float, ...], name: str) -> dict[str, Any]:
     """Lung Dice, parenchyma and per-nodule figures of a CT on the masks' grid."""
-    from .fidelity import lung_dice, lung_parenchyma, nodule_stats
+    from .fidelity import false_nodules, lung_dice, lung_parenchyma, nodule_stats
 
     lung = masks.lung.array > 0 if masks.lung is not None else np.zeros(hu.shape, bool)
     labels = masks.nodules.array if masks.nodules is not None else np.zeros(hu.shape, np.uint8)
     stats = nodule_stats(hu, lung, labels, masks.textures, spacing)
     mean, std = lung_parenchyma(hu, lung, labels)
     return {"case": name, "lung_dice": lung_dice(hu, lung, spacing), "lung_mean_hu": mean, "lung_std_hu": std,
-            "nodules": [s.to_json() for s in stats]}  # fmt: skip
+            "nodules": [s.to_json() for s in stats],
+            "false_nodules": false_nodules(hu, lung, labels, spacing)}  # fmt: skip
 
 
 def measure_mask_cases(

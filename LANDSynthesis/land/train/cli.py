@@ -38,6 +38,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _refuse_overwrite(args: argparse.Namespace, *extra: str) -> None:
+    """The shared refusal (land.atomic) for a trainer: --out must not be or lie in any of its inputs."""
+    from ..atomic import refuse_input_overwrite
+
+    names = ("data", "config", "init_from", "perceptual_weights", "vae", *extra)
+    inputs = {"--" + n.replace("_", "-"): getattr(args, n, None) for n in names}
+    if not os.path.isfile(str(args.config)):
+        inputs["--config"] = None  # a built-in config's name, not a file
+    refuse_input_overwrite({"--out": args.out, "--cache-dir": getattr(args, "cache_dir", None)}, inputs)
+
+
 def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -114,6 +125,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     from .config import load_config, with_overrides
     from .vae_trainer import train_vae
 
+    _refuse_overwrite(args)
     cfg = load_config(args.config)
     if args.perceptual_weights:
         if cfg.vae.perceptual.network == "none":
@@ -142,6 +154,7 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
     from .config import load_config, with_overrides
     from .ldm_trainer import train_ldm
 
+    _refuse_overwrite(args)
     cfg = load_config(args.config)
     if args.no_latent_cache:
         cfg = with_overrides(cfg, "ldm", cache_latents=False)
@@ -176,6 +189,7 @@ def cmd_train_pipeline(args: argparse.Namespace) -> int:
 
     stages = parse_stages(args.stage)
     options = TrainingOptions.from_namespace(args)
+    _refuse_overwrite(args, "lung_weights", "feature_weights")
     json_events = args.progress == "json"
     log_stream = sys.stderr if json_events else sys.stdout
     shown: dict[str, tuple[Any, ...]] = {}
