@@ -161,3 +161,30 @@ def test_visibility_is_signed_a_dark_hole_is_not_a_nodule():
     (b,) = nodule_stats(bright, lung, labels, {1: 5}, (1.0, 1.0, 1.0))
     assert d.contrast_hu < -250 and abs(d.contrast_hu) > d.surround_std_hu and not d.visible
     assert b.contrast_hu > 250 and b.visible
+
+
+def test_false_nodules_count_compact_unpainted_blobs_only():
+    from land.eval.fidelity import false_nodules
+
+    spacing = (2.0, 2.0, 2.0)
+    shape = (60, 60, 60)
+    zz, yy, xx = np.indices(shape)
+    lung = np.zeros(shape, bool)
+    lung[5:55, 5:55, 5:55] = True
+    ct = np.where(lung, -850.0, 40.0)
+    labels = np.zeros(shape, np.uint8)
+
+    def ball(c, r_vox):
+        return (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r_vox**2
+
+    ct[ball((20, 20, 20), 3)] = 30.0  # 12 mm solid blob nobody painted: a false nodule
+    ct[ball((40, 40, 40), 3)] = 30.0  # the same blob, painted: not false
+    labels[ball((40, 40, 40), 3)] = 1
+    ct[ball((20, 40, 40), 0.8)] = 30.0  # about 3 mm: below the size rule
+    ct[(np.abs(yy - 30) <= 1) & (np.abs(xx - 12) <= 1) & (zz > 8) & (zz < 52)] = 40.0  # a vessel: long, thin
+    ct[ball((40, 20, 20), 3)] = -500.0  # ground glass denser than lung but below the threshold
+    found = false_nodules(ct, lung, labels, spacing)
+    assert len(found) == 1
+    assert found[0]["diameter_mm"] == pytest.approx(12.0, rel=0.15) and found[0]["mean_hu"] == 30.0
+    assert len(false_nodules(ct, lung, labels, spacing, threshold_hu=-600)) == 2  # the ground glass too
+    assert false_nodules(ct, lung, np.where(ct > -300, 1, 0) * lung, spacing) == []  # all painted
