@@ -65,7 +65,8 @@ def decoder_condition(cond: torch.Tensor) -> torch.Tensor:
     """
     if cond.dim() != 5 or cond.shape[1] not in (1, CONDITION_CHANNELS):
         raise ValueError(
-            f"decoder condition must be (N, 1, D, H, W) (scalar mask) or (N, 3, D, H, W), got {tuple(cond.shape)}"
+            "decoder condition must be (N, 1, D, H, W) (scalar mask) or (N, 3, D, H, W), "
+            f"got {tuple(cond.shape)}"
         )
     cond = cond.float()
     if cond.shape[1] == CONDITION_CHANNELS:
@@ -120,7 +121,7 @@ class MaskDecoder(Decoder):
                 self.sites[f"b{i}_{where}"] = (i, where, factor, block.num_channels)
             elif isinstance(block, Upsample):
                 factor //= 2
-        self.by_block: dict[tuple[int, str], str] = {(i, w): name for name, (i, w, _, _) in self.sites.items()}
+        self.by_block: dict[tuple[int, str], str] = {(i, w): n for n, (i, w, _, _) in self.sites.items()}
         self.mask_embed = nn.ModuleDict(
             {str(f): nn.Conv3d(CONDITION_CHANNELS, embed_channels, 3, padding=1) for f in self.factors}
         )
@@ -139,7 +140,7 @@ class MaskDecoder(Decoder):
         return F.silu(self.mask_embed[str(factor)](level))
 
     def modulate(self, name: str, x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        """``x`` with head ``name``'s output applied: SPADE ``x * (1 + gamma) + beta``, or additive ``x + h``."""
+        """``x`` with head ``name``'s output: SPADE ``x * (1 + gamma) + beta``, or additive ``x + head``."""
         if self.mask_decoder == "spade":
             gamma, beta = head.chunk(2, dim=1)
             return torch.addcmul(beta, x, 1.0 + gamma)
