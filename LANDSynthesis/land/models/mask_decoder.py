@@ -51,7 +51,7 @@ __all__ = [
 def check_mask_decoder(value: object) -> str:
     """``value`` if it names a decoder variant (:data:`MASK_DECODERS`), else ValueError."""
     if value not in MASK_DECODERS:
-        raise ValueError(f"mask_decoder {value!r} is not one of {', '.join(MASK_DECODERS)}")
+        raise ValueError(f"vae.mask_decoder {value!r} is not one of {', '.join(MASK_DECODERS)}")
     return str(value)
 
 
