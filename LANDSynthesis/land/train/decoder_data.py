@@ -70,9 +70,11 @@ class DecoderCases:
         nod = case.masks.nodules.array != 0
         ring = None
         if self.want_ring:
-            from ..eval.fidelity import nodule_ring
+            from ..eval.fidelity import GAP_MM, SHELL_MM, nodule_ring
 
-            ring = nodule_ring(nod, case.image.spacing)
+            # 1-5 mm; on grids coarser than 5 mm at least the face-adjacent voxels (else it would be empty)
+            shell = max(SHELL_MM, max(case.image.spacing) - GAP_MM)
+            ring = nodule_ring(nod, case.image.spacing, GAP_MM, shell)
         pair = read_image_without_nodules(files, case.image) if self.want_without else None
         entry = _Entry(
             image=case.image.array,
