@@ -199,7 +199,7 @@ def _paired_dataset(root: Path) -> Path:
     return root
 
 
-def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path):
+def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path, capsys):
     from safetensors.torch import load_file
 
     from land.data.check import check_dataset
@@ -244,6 +244,10 @@ def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path):
     meta = read_model_json(out)
     assert meta["vae"]["mask_decoder"] == "spade" and meta["trained"] is True
     assert meta["latent_scale"] == read_model_json(init)["latent_scale"]
+    from land.cli import main
+
+    main(["info", "--model", str(out)])
+    assert "mask decoder spade (the mask enters every decoder level)" in capsys.readouterr().out
     pipe = LANDPipeline.from_pretrained(out)
     from land.data.folder import load_case
 
