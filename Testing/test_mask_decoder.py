@@ -254,3 +254,38 @@ def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path, capsys):
     ct = pipe.generate(load_case(files).masks, steps=2, seed=0, device="cpu")
     full = pipe.generate(load_case(files).masks, steps=2, seed=0, device="cpu", decode="full")
     assert ct.array.shape == (32, 32, 32) and int(np.abs(ct.array.astype(int) - full.array).max()) <= 1
+
+
+def test_paired_decoder_steps_resume_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from land.models import LANDUNet
+    from land.train.vae_trainer import train_vae
+
+    data = _paired_dataset(tmp_path / "ds")
+    tiny = load_config("tiny")
+    mc = tiny.model_config(name="plain-init")
+    torch.manual_seed(0)
+    init = LANDPipeline(mc, build_vae(mc.vae), LANDUNet(mc.unet)).save_pretrained(tmp_path / "init")
+    cfg = with_overrides(
+        tiny, "vae", steps=0, decoder_steps=4, init_from=str(init), mask_decoder="additive",
+        paired_fraction=0.5, latent_scale_cases=1, val_every=0, checkpoint_every=1,
+        **{"loss_weights.ring_l1": 1.0},
+    )  # fmt: skip
+    straight = train_vae(cfg, data, tmp_path / "a", device="cpu", progress="none")
+    train_vae(cfg, data, tmp_path / "b", max_steps=2, device="cpu", progress="none")
+    resumed = train_vae(cfg, data, tmp_path / "b", resume=True, device="cpu", progress="none")
+    a, b = load_file(straight / "vae.safetensors"), load_file(resumed / "vae.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (straight / "progress.jsonl").read_text().splitlines()]
+    paired = [e["losses"]["paired"] for e in lines if e["event"] == "step"]
+    assert paired == [float(paired_step(tiny.seed, s, 0, 0.5, True)) for s in range(4)]
+
+
+def test_write_case_refuses_a_pair_on_another_grid(tmp_path):
+    from land.phantom import make_phantom
+
+    ph = make_phantom(1, size=16, spacing=8.0, n_nodules=1)
+    other = Volume(np.zeros((8, 16, 16), np.int16), ph.image.spacing, ph.image.origin)
+    with pytest.raises(InputError, match="image_without_nodules"):
+        write_case(tmp_path / "c", ph.image, ph.lung, ph.nodules, ph.textures, image_without_nodules=other)
