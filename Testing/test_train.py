@@ -65,6 +65,7 @@ def test_bundled_configs_and_errors_name_the_key():
         "kl": 1e-7,
         "adversarial": 0.1,
         "nodule_l1": 0,
+        "ring_l1": 0,
     }
     assert (
         paper.vae.nodule_patch_fraction == 0 and paper.ldm.nodule_loss_weight == 0

@@ -231,7 +231,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"parameters  U-Net {counts['unet']:,}, VAE {counts['vae']:,}",
         f"U-Net       channels {list(cfg.unet.channels)}, attention {list(cfg.unet.attention_levels)}, "
         f"mask injection {cfg.unet.cond_injection} ({cfg.unet.cond_features})",
-        f"VAE         channels {list(cfg.vae.channels)}, latent scale {cfg.latent_scale:g}",
+        f"VAE         channels {list(cfg.vae.channels)}, latent scale {cfg.latent_scale:g}, "
+        f"mask decoder {cfg.vae.mask_decoder}"
+        + (" (the mask enters every decoder level)" if cfg.vae.mask_decoder != "none" else " (plain)"),
     ]
     for key, value in cfg.provenance.items():
         lines.append(f"provenance  {key}: {value}")

@@ -47,8 +47,9 @@ __all__ = ["StreamPlan", "StreamSegment", "check_disk_space", "decode_stream", "
 ProgressFn = Callable[[int, int], None]
 _LIVE = 3  # activation tensors of the widest op alive at once per slab (input, result, workspace)
 
-# ops: ("gn", GroupNorm) first in a branch only, ("silu", None), ("conv", Conv3d), ("up", 2), and
-# ("upconv", Conv3d): nearest x2 then a 3x3x3 convolution, fused (land.models.upconv)
+# ops: ("gn", GroupNorm) first in a branch only, ("silu", None), ("conv", Conv3d), ("up", 2),
+# ("upconv", Conv3d): nearest x2 then a 3x3x3 convolution, fused (land.models.upconv), and
+# ("spade", head name): a mask decoder's x * (1 + gamma) + beta (land.models.mask_decoder), right after "gn"
 Op = tuple[str, object]
 
 
@@ -61,6 +62,7 @@ class _Branch:
 @dataclass(frozen=True)
 class _Segment:
     branches: tuple[_Branch, ...]  # summed; all give the same shape
+    add: str | None = None  # additive mask head (land.models.mask_decoder) added to the sum
 
 
 class UnsupportedDecoder(NotImplementedError):
@@ -112,39 +114,70 @@ def _local_ops(m: nn.Module) -> list[Op]:
     raise UnsupportedDecoder(f"decoder block {name} is not supported by the streaming decoder")
 
 
+def _check_vae(vae: nn.Module) -> dict[tuple[int, str], str]:
+    """UnsupportedDecoder unless ``vae`` is MONAI's AutoencoderKL or LAND's mask-aware one; the mask heads
+    by (block index, site) (empty for a plain decoder)."""
+    from monai.networks.nets.autoencoderkl import AutoencoderKL, Decoder
+
+    from .models.mask_decoder import MaskAutoencoderKL, MaskDecoder
+
+    pairs = {AutoencoderKL: Decoder, MaskAutoencoderKL: MaskDecoder}
+    owner = next((c for c in pairs if isinstance(vae, c) and type(vae).decode is c.decode), None)
+    if owner is None:
+        raise UnsupportedDecoder(f"{type(vae).__name__} is not a MONAI AutoencoderKL")
+    if type(vae.decoder) is not pairs[owner]:
+        raise UnsupportedDecoder(f"decoder class {type(vae.decoder).__name__} is not MONAI's Decoder")
+    return dict(vae.decoder.by_block) if owner is MaskAutoencoderKL else {}
+
+
 def _compile(vae: nn.Module) -> list[_Segment]:
     """Segments computing ``post_quant_conv`` + ``decoder.blocks``; stored tensor 0 is the latent."""
-    from monai.networks.nets.autoencoderkl import AEKLResBlock, AutoencoderKL, Decoder
+    from monai.networks.nets.autoencoderkl import AEKLResBlock
 
-    if not isinstance(vae, AutoencoderKL) or type(vae).decode is not AutoencoderKL.decode:
-        raise UnsupportedDecoder(f"{type(vae).__name__} is not a MONAI AutoencoderKL")
-    if type(vae.decoder) is not Decoder:
-        raise UnsupportedDecoder(f"decoder class {type(vae.decoder).__name__} is not MONAI's Decoder")
+    heads = _check_vae(vae)
     segments: list[_Segment] = []
 
-    def emit(*branches: _Branch) -> int:
-        segments.append(_Segment(tuple(branches)))
+    def emit(*branches: _Branch, add: str | None = None) -> int:
+        segments.append(_Segment(tuple(branches), add))
         return len(segments)  # index of the stored tensor it writes
 
+    def norm(i: int, site: str, gn: nn.Module) -> list[Op]:
+        name = heads.get((i, site))
+        return [("gn", gn)] + ([("spade", name)] if name else [])
+
     src, pending = 0, _local_ops(vae.post_quant_conv)
-    for block in vae.decoder.blocks:
+
+    def flush(i: int) -> int:
+        """The block's input stored (with the additive mask head of block ``i``, if any)."""
+        add = heads.get((i, "in"))
+        if pending:
+            return emit(_Branch(src, tuple(pending)), add=add)
+        if add is not None:
+            if src == 0 or segments[-1].add is not None:
+                raise UnsupportedDecoder(f"block {i}: no stored input to add its mask features to")
+            segments[-1] = _Segment(segments[-1].branches, add)
+        return src
+
+    for i, block in enumerate(vae.decoder.blocks):
         if type(block) is nn.GroupNorm:
-            if pending:
-                src = emit(_Branch(src, tuple(pending)))
-            pending = [("gn", block)]
+            src, pending = flush(i), norm(i, "norm", block)
         elif type(block) is AEKLResBlock:
-            if pending:
-                src = emit(_Branch(src, tuple(pending)))
-                pending = []
+            src, pending = flush(i), []
             if type(block.norm1) is not nn.GroupNorm or type(block.norm2) is not nn.GroupNorm:
                 raise UnsupportedDecoder("a residual block's norms are not GroupNorm")
-            h = emit(_Branch(src, (("gn", block.norm1), ("silu", None), ("conv", _conv_of(block.conv1)))))
+            h = emit(
+                _Branch(
+                    src, (*norm(i, "norm1", block.norm1), ("silu", None), ("conv", _conv_of(block.conv1)))
+                )
+            )
             short = (
                 []
                 if isinstance(block.nin_shortcut, nn.Identity)
                 else [("conv", _conv_of(block.nin_shortcut))]
             )
-            main = _Branch(h, (("gn", block.norm2), ("silu", None), ("conv", _conv_of(block.conv2))))
+            main = _Branch(
+                h, (*norm(i, "norm2", block.norm2), ("silu", None), ("conv", _conv_of(block.conv2)))
+            )
             src = emit(_Branch(src, tuple(short)), main)
         else:
             pending.extend(_local_ops(block))
@@ -401,9 +434,23 @@ def _last_use(segments: list[_Segment]) -> dict[int, int]:
     return last
 
 
-def _bytes_per_row(seg: _Segment, shapes: list[tuple[int, ...]], out_rows: int, itemsize: int) -> float:
-    """Working bytes per output row of a slab: its inputs plus the widest op's live activations."""
+def _head_cost(channels: int, factor: int) -> int:
+    """Float32 values per level voxel of a mask head on a slab: the image-resolution condition read (up to
+    3 channels, and its features) for ``factor**3`` voxels, the pooled features, the embedding, the output."""
+    from .models.mask_decoder import CONDITION_CHANNELS, EMBED_CHANNELS
+
+    return 2 * CONDITION_CHANNELS * factor**3 + CONDITION_CHANNELS + EMBED_CHANNELS + 2 * channels
+
+
+def _bytes_per_row(
+    seg: _Segment, shapes: list[tuple[int, ...]], out_shape: tuple[int, ...], itemsize: int, image_rows: int
+) -> float:
+    """Working bytes per output row of a slab: its inputs plus the widest op's live activations, and those of
+    a mask head (``image_rows``: rows of the decoded image)."""
+    out_rows = out_shape[1]
     total = 0.0
+    if seg.add is not None:
+        total += 4 * _head_cost(out_shape[0], image_rows // out_rows) * math.prod(out_shape[2:])
     for b in seg.branches:
         c_in, rows_in, *plane = shapes[b.source]
         f = out_rows // rows_in  # output rows per input row
@@ -416,6 +463,9 @@ def _bytes_per_row(seg: _Segment, shapes: list[tuple[int, ...]], out_rows: int, 
             elif kind in ("conv", "upconv"):
                 ch = int(op.out_channels)  # type: ignore[attr-defined]
                 up *= 2 if kind == "upconv" else 1
+            elif kind == "spade":
+                head = _head_cost(ch, image_rows // (rows_in * up)) * math.prod(plane) * up**3
+                widest = max(widest, ch * math.prod(plane) * up**3 + head // _LIVE)
             widest = max(widest, ch * math.prod(plane) * up**3)  # per input row, at this op's size
         total += _LIVE * itemsize * widest / f
     return total
@@ -444,7 +494,7 @@ def _plan(
     for i, seg in enumerate(segments):
         final = i == len(segments) - 1
         rows = shapes[i + 1][1]
-        per_row = _bytes_per_row(seg, shapes, rows, itemsize)
+        per_row = _bytes_per_row(seg, shapes, shapes[i + 1], itemsize, shapes[-1][1])
         out_bytes = math.prod(shapes[i + 1]) * 4
         fixed = CPU_OVERHEAD_BYTES + weights + result_bytes + sum(in_memory.values())
         # smallest useful slab: the one-row working set; keep it, store the output where it fits
@@ -520,6 +570,44 @@ def plan_stream(
 
 
 # ---------------------------------------------------------------------------------------------- execute
+def _conv_rows(x: torch.Tensor, conv: nn.Conv3d, lo: int, total: int) -> tuple[torch.Tensor, int]:
+    """``conv`` ('same', stride 1) on rows ``[lo, lo + x.shape[2])`` of a (1, C, rows, H, W) slab of a tensor
+    with ``total`` rows: zero-padded along the rows only at the tensor's ends, elsewhere the halo rows are
+    consumed. Returns the result and the index of its first row."""
+    r = conv.padding[0]
+    hi = lo + x.shape[2]
+    pad_lo = r if lo == 0 else 0
+    pad_hi = r if hi == total else 0
+    if pad_lo or pad_hi:
+        x = F.pad(x, (0, 0, 0, 0, pad_lo, pad_hi))
+    x = F.conv3d(x, conv.weight, conv.bias, 1, (0, *conv.padding[1:]), 1, conv.groups)
+    return x, lo + r - pad_lo
+
+
+class _Condition:
+    """One item's full-resolution condition, read in row slabs for a mask decoder's heads (never whole)."""
+
+    def __init__(self, decoder: nn.Module, cond: torch.Tensor | None, rows: int, device: torch.device):
+        self.decoder, self.cond, self.rows, self.device = decoder, cond, rows, device
+
+    def _level(self, factor: int, lo: int, hi: int, plane: tuple[int, ...]) -> torch.Tensor:
+        """Condition features pooled to level ``factor``, its rows ``[lo, hi)`` (1, 3, rows, *plane)."""
+        from .models.mask_decoder import CONDITION_CHANNELS, decoder_condition, pool_condition
+
+        if self.cond is None:
+            return torch.zeros(1, CONDITION_CHANNELS, hi - lo, *plane, device=self.device)
+        full = self.cond[:, lo * factor : hi * factor].to(self.device, torch.float32)
+        return pool_condition(decoder_condition(full[None]), factor)
+
+    def head(self, name: str, lo: int, hi: int, total: int, plane: tuple[int, ...]) -> torch.Tensor:
+        """Rows ``[lo, hi)`` of head ``name``'s output on a level with ``total`` rows: (C, rows, *plane)."""
+        factor = self.rows // total
+        a, b = max(0, lo - 2), min(total, hi + 2)  # two 3x3x3 convolutions: embedding, head
+        e, e0 = _conv_rows(self._level(factor, a, b, plane), self.decoder.mask_embed[str(factor)], a, total)
+        y, y0 = _conv_rows(F.silu(e), self.decoder.mask_heads[name], e0, total)
+        return y[0, :, lo - y0 : hi - y0]
+
+
 def _run_branch(
     branch: _Branch,
     x: torch.Tensor,
@@ -529,11 +617,13 @@ def _run_branch(
     device: torch.device,
     owned: bool,
     phased: dict[int, torch.Tensor],
+    cond: _Condition | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Apply ``branch.ops`` to rows ``[lo, lo + x.shape[1])`` of a tensor with ``rows_in`` rows.
 
     Returns the result and the index of its first row; convolutions are zero-padded along the row axis
-    only at the tensor's ends (elsewhere the halo rows are real data and are consumed).
+    only at the tensor's ends (elsewhere the halo rows are real data and are consumed). ``cond``: the
+    condition of a mask decoder's ``spade`` ops.
     """
     fresh = owned and x.device == device  # x is ours (not a view of a stored tensor): in-place is safe
     x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
@@ -546,6 +636,10 @@ def _run_branch(
                 x = x.mul_(scale.view(view)).add_(shift.view(view))
             else:
                 x = torch.addcmul(shift.view(view), x, scale.view(view))
+        elif kind == "spade":
+            assert cond is not None
+            gamma, beta = cond.head(op, lo, lo + x.shape[2], total, tuple(x.shape[3:]))[None].chunk(2, 1)  # type: ignore[arg-type]
+            x = torch.addcmul(beta, x, gamma.add_(1.0))
         elif kind == "silu":
             x = F.silu(x, inplace=fresh)
         elif kind == "up":
@@ -560,16 +654,7 @@ def _run_branch(
             x = upsample_conv3d(x, conv.weight, conv.bias, (1, 1, 1, 1, pad_lo, pad_hi), phased[id(conv)])
             lo, total = 2 * lo + 1 - pad_lo, 2 * total
         else:
-            conv = op  # type: ignore[assignment]
-            r = conv.padding[0]
-            hi = lo + x.shape[2]
-            pad_lo = r if lo == 0 else 0
-            pad_hi = r if hi == total else 0
-            if pad_lo or pad_hi:
-                x = F.pad(x, (0, 0, 0, 0, pad_lo, pad_hi))
-            w = conv.weight
-            x = F.conv3d(x, w, conv.bias, 1, (0, *conv.padding[1:]), 1, conv.groups)
-            lo = lo + r - pad_lo
+            x, lo = _conv_rows(x, op, lo, total)  # type: ignore[arg-type]
         fresh = True
     return x[0], lo
 
@@ -583,11 +668,13 @@ def decode_stream(
     *,
     slab_rows: int | None = None,
     spill_dir: str | os.PathLike | None = None,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode ``z`` (N, C, D, H, W) exactly like ``vae.decode``, each convolution once, within ``max_memory``.
 
     Args:
-        vae: MONAI ``AutoencoderKL`` without attention (see :func:`streamable`); not modified.
+        vae: MONAI ``AutoencoderKL`` without attention (see :func:`streamable`), or LAND's mask-aware one
+            (:class:`land.models.mask_decoder.MaskAutoencoderKL`); not modified.
         z: latent batch; items are decoded one after another.
         max_memory: bytes for the whole decode (default 2 GiB); stored layer outputs that do not fit go to
             spill files (see :func:`plan_stream` for the disk space).
@@ -596,6 +683,9 @@ def decode_stream(
         progress: ``progress(done, total)`` after every slab; raising from it cancels (files removed).
         slab_rows: override the budget: output rows per slab.
         spill_dir: folder for the spill files (default: the system temporary folder).
+        cond: a mask decoder's condition at image resolution, (N, 1 or 3, *image spatial) (see
+            :func:`land.models.mask_decoder.decoder_condition`), read slab by slab; any dtype (e.g. kept
+            as float16 or on disk-backed memory by the caller). None: no mask. Plain decoders take none.
 
     Returns:
         float32 CPU tensor (N, out_channels, *spatial * compression).
@@ -605,6 +695,17 @@ def decode_stream(
     segments = _compile(vae)
     dev = torch.device(device) if device is not None else next(vae.decoder.parameters()).device
     plan = _plan(vae, segments, tuple(z.shape), max_memory, dev, slab_rows)
+    masked = bool(_check_vae(vae))
+    out_spatial = tuple(plan.output_shape[2:])
+    if cond is not None and not masked:
+        raise ValueError("this VAE's decoder takes no mask (vae.mask_decoder is 'none'); pass cond=None")
+    if cond is not None and (
+        cond.ndim != 5 or cond.shape[0] != z.shape[0] or tuple(cond.shape[2:]) != out_spatial
+    ):
+        raise ValueError(
+            f"condition of shape {tuple(cond.shape)} does not fit the output {plan.output_shape}: expected "
+            f"({z.shape[0]}, 1 or 3, {', '.join(map(str, out_spatial))})"
+        )
     want_stats = {b.source for s in segments for b in s.branches if b.ops and b.ops[0][0] == "gn"}
     last = _last_use(segments)
     result = torch.empty(plan.output_shape, dtype=torch.float32)
@@ -620,6 +721,8 @@ def decode_stream(
             m.to(dev)
         with torch.no_grad():
             for item in range(z.shape[0]):
+                item_cond = None if cond is None else cond[item]
+                condition = _Condition(vae.decoder, item_cond, out_spatial[0], dev) if masked else None
                 latent = _Stored(tuple(z.shape[1:]), None, 0 in want_stats)
                 latent.write(0, z[item].detach().float().cpu())
                 stores = {0: latent}
@@ -644,12 +747,16 @@ def decode_stream(
                             src = stores[b.source]
                             a, e = _rows_needed(b.ops, lo, hi, src.shape[1])
                             y, y0 = _run_branch(
-                                b, src.read(a, e), a, src.shape[1], src, dev, src.data is None, phased
-                            )
+                                b, src.read(a, e), a, src.shape[1], src, dev, src.data is None, phased,
+                                condition,
+                            )  # fmt: skip
                             y = y[:, lo - y0 : hi - y0]
                             acc = y if acc is None else acc.add_(y)
                             del y
                         assert acc is not None
+                        if seg.add is not None:
+                            assert condition is not None
+                            acc = acc.add_(condition.head(seg.add, lo, hi, rows, tuple(acc.shape[2:])))
                         if out is None:
                             result[item, :, lo:hi] = acc.cpu()
                         else:

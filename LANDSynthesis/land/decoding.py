@@ -748,11 +748,22 @@ def _decode_stage(
                     cache = capture
 
 
-def decode_full(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Plain ``vae.decode(z)`` under ``torch.no_grad``, returned on CPU as float32 (for comparison)."""
+def decode_full(vae: nn.Module, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain ``vae.decode(z)`` under ``torch.no_grad``, returned on CPU as float32 (for comparison); ``cond``:
+    a mask decoder's full-resolution condition (:mod:`land.models.mask_decoder`)."""
     with torch.no_grad():
         dev = next(vae.decoder.parameters()).device
-        return vae.decode(z.to(dev)).float().cpu()
+        if cond is None:
+            return vae.decode(z.to(dev)).float().cpu()
+        _check_cond(vae)
+        return vae.decode(z.to(dev), cond.to(dev)).float().cpu()
+
+
+def _check_cond(vae: nn.Module) -> None:
+    from .models.mask_decoder import has_mask_decoder
+
+    if not has_mask_decoder(vae):
+        raise ValueError("this VAE's decoder takes no mask (vae.mask_decoder is 'none'); pass cond=None")
 
 
 def plan_tiles(
@@ -783,8 +794,12 @@ def choose_method(
     cache_memory: int | None = None,
 ) -> str:
     """The method :func:`decode_tiled` uses: ``"stream"`` or ``"passes"`` (see there)."""
+    from .models.mask_decoder import has_mask_decoder
+
     if method != "auto":
         return method
+    if has_mask_decoder(vae):
+        return "stream"
     if tile_size is not None or cache_memory is not None or device.type != "cpu":
         return "passes"
     from .decode_stream import streamable
@@ -808,6 +823,7 @@ def decode_tiled(
     cache_memory: int | None = None,
     method: str = "auto",
     spill_dir: str | None = None,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode ``z`` (N, C, *spatial) exactly like ``vae.decode`` but within ``max_memory`` bytes.
 
@@ -815,7 +831,7 @@ def decode_tiled(
     layer outputs that do not fit spilled to disk) and ``"passes"`` (this module: tiles in memory, each
     stage recomputed once per GroupNorm to gather its statistics; any supported decoder, also MAISI's).
     ``"auto"`` decodes whole when the volume fits ``max_memory``, else streams on CPU when the decoder
-    allows it, else uses passes.
+    allows it, else uses passes. A mask-aware decoder (:mod:`land.models.mask_decoder`) always streams.
 
     Args:
         vae: MONAI ``AutoencoderKL`` or ``AutoencoderKlMaisi`` (not modified; restored also on errors).
@@ -830,6 +846,8 @@ def decode_tiled(
         method: ``"auto"``, ``"stream"`` or ``"passes"`` (see above); ``tile_size`` and ``cache_memory``
             are options of ``"passes"`` and select it under ``"auto"``.
         spill_dir: folder for the streaming method's spill files (default: the system temporary folder).
+        cond: a mask decoder's condition at image resolution (N, 1 or 3, *image spatial), read slab by slab
+            (see :func:`land.decode_stream.decode_stream`); None: no mask.
 
     Returns:
         float32 CPU tensor (N, out_channels, *spatial * compression).
@@ -842,7 +860,13 @@ def decode_tiled(
     if choose_method(vae, z.shape, max_memory, dev, method, tile_size, cache_memory) == "stream":
         from .decode_stream import decode_stream
 
-        return decode_stream(vae, z, max_memory, dev, progress, spill_dir=spill_dir)
+        return decode_stream(vae, z, max_memory, dev, progress, spill_dir=spill_dir, cond=cond)
+    from .models.mask_decoder import has_mask_decoder
+
+    if has_mask_decoder(vae):
+        raise NotImplementedError("a mask-aware decoder decodes with method 'stream' or 'auto', not 'passes'")
+    if cond is not None:
+        _check_cond(vae)
     with _on_device(vae, dev), _maisi_unsplit(vae.decoder), torch.no_grad():
         stages = _analyze(vae, z.shape[1:])
         plan = _make_plan(vae, stages, z.shape, max_memory, dev, tile_size)

@@ -227,17 +227,37 @@ class LANDPipeline:
     ) -> tuple[torch.Tensor, Volume, MaskSet | None]:
         """Masks -> (latent-grid conditioning (1, C, d, h, w), model-grid reference, masks on the model grid);
         C is 2 for U-Nets that take the nodule-fraction channel, else 1. ``fit``: :meth:`model_grid_masks`."""
+        full, ref, masks = self.model_grid_conditioning(masks, mode, strict, fit)
+        return self.pool_conditioning(full), ref, masks
+
+    def pool_conditioning(self, full: np.ndarray) -> torch.Tensor:
+        """The model-grid conditioning mask pooled to the latent grid for the U-Net (1, C, d, h, w)."""
+        return pool_to_latent(
+            full, self.config.vae.compression, nodule_fraction=self.config.unet.nodule_fraction
+        )
+
+    def decoder_condition(self, full: np.ndarray) -> torch.Tensor | None:
+        """The VAE decoder's condition (1, 1, D, H, W) from the model-grid conditioning mask; None for a plain
+        decoder (``vae.mask_decoder`` none). The decoder derives its channels from it
+        (:func:`land.models.mask_decoder.decoder_condition`)."""
+        if self.config.vae.mask_decoder == "none":
+            return None
+        return torch.from_numpy(np.ascontiguousarray(full, dtype=np.float32))[None, None]
+
+    def model_grid_conditioning(
+        self, masks: MaskSet | None, mode: str, strict: bool = False, fit: str = "crop"
+    ) -> tuple[np.ndarray, Volume, MaskSet | None]:
+        """Masks -> (encoded conditioning mask on the model grid (D, H, W) float32, model-grid reference,
+        masks on the model grid); all zeros without masks or in mode ``none``. Nodules outside the lungs
+        are judged where the user painted, before any resampling; ``fit``: :meth:`model_grid_masks`."""
         if masks is not None and masks.reference is not None and mode != "none":
-            check_nodules_inside(masks, strict)  # judged where the user painted, before any resampling
+            check_nodules_inside(masks, strict)
         masks, ref = self.model_grid_masks(masks, fit)
         if masks is None or mode == "none":
             cond = np.zeros(ref.array.shape, np.float32)
         else:
             cond = encode_conditioning(masks, mode, check_outside=False).array
-        pooled = pool_to_latent(
-            cond, self.config.vae.compression, nodule_fraction=self.config.unet.nodule_fraction
-        )
-        return pooled, ref, masks
+        return cond, ref, masks
 
     @torch.inference_mode()
     def generate(
@@ -293,8 +313,10 @@ class LANDPipeline:
         dev = resolve_device(device)
         precision = resolve_precision(precision, dev)
         check_fit(fit)
-        cond, ref, grid_masks = self.prepare_conditioning(conditioning, mode, strict, fit)
-        cond = cond.to(dev)
+        full, ref, grid_masks = self.model_grid_conditioning(conditioning, mode, strict, fit)
+        cond = self.pool_conditioning(full).to(dev)
+        mask = self.decoder_condition(full)
+        del full
 
         def report(stage: str) -> Callable[[int, int], None]:
             def on_step(i: int, n: int) -> None:
@@ -314,7 +336,7 @@ class LANDPipeline:
         self.unet.to("cpu")
         self.vae.to(dev)
         image = self.decode(z, method=decode, max_memory=max_memory, progress=report("decode"),
-                            temp_dir=temp_dir)  # fmt: skip
+                            temp_dir=temp_dir, cond=mask)  # fmt: skip
         self.vae.to("cpu")
         ct = Volume.like(ref, np.rint(self.to_hu(image)).astype(np.int16))
         ct.metadata = self.provenance(grid_masks, mode, sampler, steps, seed, dev, (scale, gmode), precision)
@@ -370,16 +392,18 @@ class LANDPipeline:
         max_memory: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         temp_dir: str | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The image in [0, 1]-scaled intensities (float32, CPU) of a latent from :meth:`denoise`, decoded
-        where the VAE is: ``tiled`` (exact, within ``max_memory``) or ``full``."""
+        where the VAE is: ``tiled`` (exact, within ``max_memory``) or ``full``. ``cond``: a mask decoder's
+        condition on the model grid (:meth:`decoder_condition`; None: no mask); plain decoders take none."""
         z = z / self.config.latent_scale
         if method == "tiled":
             dev = next(self.vae.parameters()).device
             image = decode_tiled(self.vae, z, max_memory=max_memory, device=dev, progress=progress,
-                                 spill_dir=temp_dir)  # fmt: skip
+                                 spill_dir=temp_dir, cond=cond)  # fmt: skip
         else:
-            image = decode_full(self.vae, z).cpu()
+            image = decode_full(self.vae, z, cond).cpu()
         _check_finite(image, "decoded image")
         return image
 

@@ -23,6 +23,7 @@ from ..io import read_volume
 from .folder import (
     CASE_FILES,
     IMAGE_FILE,
+    IMAGE_WITHOUT_NODULES_FILE,
     LUNG_FILE,
     NODULES_FILE,
     TEXTURES_FILE,
@@ -153,7 +154,8 @@ def check_case(
     if missing:
         report.problems.append(f"missing file(s): {', '.join(missing)}")
     headers: dict[str, _Header] = {}
-    for name in (IMAGE_FILE, LUNG_FILE, NODULES_FILE):
+    optional = (IMAGE_WITHOUT_NODULES_FILE,) if files.image_without_nodules.is_file() else ()
+    for name in (IMAGE_FILE, LUNG_FILE, NODULES_FILE, *optional):
         if name in missing:
             continue
         try:

@@ -10,9 +10,13 @@ Layout::
     DATA/<case>/textures.json      {"1": 5, "2": 3, ...}: texture 1..5 per nodule label, nothing else
                                    (older datasets kept metadata here: non-integer keys are ignored)
     DATA/<case>/case.json          optional metadata: diameters_mm, centres_mm (LPS), source, ...
+    DATA/<case>/image_without_nodules.nii.gz
+                                   optional: the same anatomy rendered without its nodules (HU, the
+                                   image's geometry), for paired decoder training (``vae.paired_fraction``)
 
 This module owns the format: :func:`write_case` writes a case folder (``land phantoms``, ``land
-prepare-lidc``), :func:`load_case` / :func:`read_textures` / :func:`read_case_meta` read it.
+prepare-lidc``), :func:`load_case` / :func:`read_textures` / :func:`read_case_meta` /
+:func:`read_image_without_nodules` read it.
 
 Images are fed to the VAE in [0, 1]: HU clipped to [hu_min, hu_max] (default [-1000, 1000]) and scaled
 linearly, the mapping stored in ``model.json``.
@@ -42,9 +46,9 @@ MANIFEST_FILE = "manifest.csv"
 IMAGE_FILE = "image.nii.gz"
 LUNG_FILE = "lung.nii.gz"
 NODULES_FILE = "nodules.nii.gz"
-IMAGE_WITHOUT_NODULES_FILE = "image_without_nodules.nii.gz"  # optional: synthetic cases only
 TEXTURES_FILE = "textures.json"
 CASE_META_FILE = "case.json"
+IMAGE_WITHOUT_NODULES_FILE = "image_without_nodules.nii.gz"  # optional
 CASE_FILES = (IMAGE_FILE, LUNG_FILE, NODULES_FILE, TEXTURES_FILE)
 CASE_COLUMNS = ("case", "case_id", "id", "folder", "name")
 _INT_KEY = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -74,6 +78,10 @@ class CaseFiles:
     @property
     def textures(self) -> Path:
         return self.folder / TEXTURES_FILE
+
+    @property
+    def image_without_nodules(self) -> Path:
+        return self.folder / IMAGE_WITHOUT_NODULES_FILE
 
 
 @dataclass
@@ -166,25 +174,31 @@ def write_case(
     nodules: Volume,
     textures: dict[int, int],
     meta: dict | None = None,
+    *,
     image_without_nodules: Volume | None = None,
 ) -> Path:
     """Write one case folder: CT (int16 HU), lung mask (uint8), nodule labels, optionally the same CT
-    without its nodules (``image_without_nodules.nii.gz``, synthetic data), ``case.json`` (``meta``), and
-    last ``textures.json`` (label -> texture only), whose presence marks the case complete."""
+    rendered without its nodules (int16 HU, the image's geometry), ``case.json`` (``meta``), and last
+    ``textures.json`` (label -> texture only), whose presence marks the case complete."""
     from ..atomic import atomic_path, atomic_write_text
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     labels = nodules.array
     label_type = np.uint8 if labels.size == 0 or labels.max() < 256 else np.uint16
-    arrays = (
-        (IMAGE_FILE, image.with_array(np.clip(np.round(image.array), -32768, 32767).astype(np.int16))),
+    arrays = [
+        (IMAGE_FILE, image.with_array(_hu_int16(image.array))),
         (LUNG_FILE, lung.with_array((lung.array != 0).astype(np.uint8))),
         (NODULES_FILE, nodules.with_array(labels.astype(label_type))),
-    )
+    ]
     if image_without_nodules is not None:
-        clean = np.clip(np.round(image_without_nodules.array), -32768, 32767).astype(np.int16)
-        arrays += ((IMAGE_WITHOUT_NODULES_FILE, image_without_nodules.with_array(clean)),)
+        if not image_without_nodules.same_geometry(image):
+            raise InputError(
+                f"{IMAGE_WITHOUT_NODULES_FILE} ({image_without_nodules.geometry_text()}) must have the "
+                f"image's geometry ({image.geometry_text()})"
+            )
+        arrays.append((IMAGE_WITHOUT_NODULES_FILE, image.with_array(_hu_int16(image_without_nodules.array))))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / IMAGE_WITHOUT_NODULES_FILE).unlink(missing_ok=True)  # a rewritten case keeps no stale pair
     import SimpleITK as sitk
 
     for name, volume in arrays:
@@ -195,6 +209,28 @@ def write_case(
         folder / TEXTURES_FILE, json.dumps({str(k): int(v) for k, v in sorted(textures.items())})
     )
     return folder
+
+
+def _hu_int16(array: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(array), -32768, 32767).astype(np.int16)
+
+
+def read_image_without_nodules(files: CaseFiles, reference: Volume | None = None) -> Volume | None:
+    """The case's CT rendered without its nodules (HU), or None when the case has none; InputError when it
+    cannot be read or its geometry differs from ``reference`` (the case's image, when given)."""
+    path = files.image_without_nodules
+    if not path.is_file():
+        return None
+    try:
+        volume = read_volume(path)
+    except InputError as e:
+        raise InputError(f"case {files.name}: {e}") from e
+    if reference is not None and not volume.same_geometry(reference):
+        raise InputError(
+            f"case {files.name}: {IMAGE_WITHOUT_NODULES_FILE} ({volume.geometry_text()}) and {IMAGE_FILE} "
+            f"({reference.geometry_text()}) differ"
+        )
+    return volume
 
 
 def write_manifest(root: str | Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:

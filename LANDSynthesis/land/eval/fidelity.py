@@ -116,6 +116,20 @@ def _shell(
     return box, (dist > gap_mm) & (dist <= reach)
 
 
+def nodule_ring(
+    nodules: np.ndarray, spacing: Sequence[float], gap_mm: float = GAP_MM, shell_mm: float = SHELL_MM
+) -> np.ndarray:
+    """Boolean [z, y, x] mask of the voxels at (gap, gap + shell] mm from any nodule voxel (``nodules``
+    nonzero; ``spacing`` x, y, z): the surrounding ring that :func:`nodule_stats` measures (there also
+    restricted to the lungs)."""
+    nodule = np.asarray(nodules) != 0
+    ring = np.zeros(nodule.shape, bool)
+    if nodule.any():
+        box, shell = _shell(nodule, np.asarray(tuple(spacing)[::-1], dtype=np.float64), gap_mm, shell_mm)
+        ring[box] = shell
+    return ring
+
+
 def nodule_stats(
     ct_hu: np.ndarray,
     lung_mask: np.ndarray,

@@ -20,6 +20,7 @@ from ..contract import GUIDANCE_DEFAULTS, parse_guidance
 from ..errors import InputError
 from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
+from ..models.mask_decoder import MASK_DECODERS
 from ..models.unet import COND_FEATURES, COND_INJECTIONS, cond_channels_for
 from .config_files import config_path, configs_dir
 
@@ -66,7 +67,7 @@ class VAETrainConfig:
     lr: float
     discriminator_lr: float
     steps: int
-    loss_weights: dict[str, float]  # l1, perceptual, kl, adversarial, nodule_l1
+    loss_weights: dict[str, float]  # l1, perceptual, kl, adversarial, nodule_l1, ring_l1
     adversarial_warmup: int
     discriminator_channels: int
     discriminator_layers: int
@@ -82,6 +83,7 @@ class VAETrainConfig:
     nodule_patch_fraction: float  # share of patches centred on a nodule voxel
     decoder_steps: int = 0  # after `steps`: decoder-only steps on whole volumes (encoder frozen)
     init_from: str | None = None  # model directory whose VAE weights start the training
+    paired_fraction: float = 0.0  # share of decoder steps: image without nodules in, with nodules out
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,14 @@ VAE_DEFAULTS: dict[str, Any] = {
     "lr": 1e-4,
     "discriminator_lr": 1e-4,
     "steps": 100_000,
-    "loss_weights": {"l1": 1.0, "perceptual": 0.3, "kl": 1e-7, "adversarial": 0.1, "nodule_l1": 0.0},
+    "loss_weights": {
+        "l1": 1.0,
+        "perceptual": 0.3,
+        "kl": 1e-7,
+        "adversarial": 0.1,
+        "nodule_l1": 0.0,
+        "ring_l1": 0.0,
+    },
     "adversarial_warmup": 5_000,
     "discriminator": {"channels": 32, "num_layers": 3},
     "perceptual": {
@@ -236,6 +245,8 @@ VAE_DEFAULTS: dict[str, Any] = {
     "nodule_patch_fraction": 0.0,
     "decoder_steps": 0,
     "init_from": None,
+    "mask_decoder": None,
+    "paired_fraction": 0.0,
 }
 LDM_DEFAULTS: dict[str, Any] = {
     "architecture": "paper",
@@ -270,7 +281,7 @@ TOP_DEFAULTS: dict[str, Any] = {
     "vae": VAE_DEFAULTS,
     "ldm": LDM_DEFAULTS,
 }
-LOSS_KEYS = ("l1", "perceptual", "kl", "adversarial", "nodule_l1")
+LOSS_KEYS = ("l1", "perceptual", "kl", "adversarial", "nodule_l1", "ring_l1")
 
 
 def _architecture(sec: _Section, table: dict, cls: type, what: str) -> tuple[Any, str | None]:
@@ -332,6 +343,8 @@ def _vae_steps(sec: _Section, init_from: str | None) -> int:
 def _vae(sec: _Section) -> VAETrainConfig:
     init_from = _init_from(sec)
     arch, arch_name = _architecture(sec, VAE_CONFIGS, VAEConfig, "VAE")
+    if sec.get("mask_decoder") is not None:
+        arch.mask_decoder = sec.choice("mask_decoder", MASK_DECODERS)
     weights = sec.sub("loss_weights")
     disc = sec.sub("discriminator")
     patch = sec.triple("patch_size", int, "positive integers")
@@ -361,6 +374,7 @@ def _vae(sec: _Section) -> VAETrainConfig:
         nodule_patch_fraction=sec.float("nodule_patch_fraction", 0.0, 1.0),
         decoder_steps=sec.int("decoder_steps", 0),
         init_from=init_from,
+        paired_fraction=sec.float("paired_fraction", 0.0, 1.0),
     )
 
 

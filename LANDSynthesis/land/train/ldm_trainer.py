@@ -117,10 +117,10 @@ def make_preview(
     pipe = LANDPipeline(mc, vae, unet)  # both already on ``device``
     cond = cond.to(device)
     z = pipe.denoise(cond, sampler=DEFAULT_SAMPLER, steps=steps, seed=seed, mode=mc.mode)
-    hu = pipe.to_hu(pipe.decode(z))
-    ct = to_uint8(hu, *PREVIEW_WINDOW_HU)
     c = mc.vae.compression
     mask = cond[0, 0].cpu().numpy().repeat(c, 0).repeat(c, 1).repeat(c, 2)
+    hu = pipe.to_hu(pipe.decode(z, cond=pipe.decoder_condition(mask)))  # a mask decoder: the pooled mask
+    ct = to_uint8(hu, *PREVIEW_WINDOW_HU)
     return montage([ct, to_uint8(mask, 0.0, 1.0)])
 
 

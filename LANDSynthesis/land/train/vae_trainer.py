@@ -8,15 +8,25 @@ share of a chest CT; ``nodule_l1 * mean |x' - x| over nodule voxels`` and ``vae.
 ``vae.decoder_steps`` steps (default 0) train only the decoder on whole volumes with the encoder frozen: a VAE
 trained on patches normalises (GroupNorm) with patch statistics but encodes and decodes whole volumes, and its
 whole-volume reconstructions are worse than its patch ones; the latents do not change, so a U-Net trained on
-them stays valid. Validation reconstructs whole volumes (posterior mean, tiled decoding for large volumes).
-At the end the latent scale (1 / std of the posterior means of a few training volumes, LDM-style) is
-computed and OUT becomes a LAND model directory whose U-Net is untrained (``trained: false``,
+them stays valid. ``ring_l1`` weights the mean L1 over the 1-5 mm shell around nodules (sharp edges, no
+halo; decoder steps only). Validation reconstructs whole volumes (posterior mean, tiled decoding for large
+volumes). At the end the latent scale (1 / std of the posterior means of a few training volumes, LDM-style)
+is computed and OUT becomes a LAND model directory whose U-Net is untrained (``trained: false``,
 ``provenance.vae_trained: true``): the ``--vae`` input of ``land train-ldm``.
+
+A mask-aware decoder (``vae.mask_decoder`` spade / additive, :mod:`land.models.mask_decoder`) gets each
+case's conditioning mask (``ldm.mode``) in the decoder steps and validation; the patch steps decode without
+it (all-zero condition). With ``vae.paired_fraction`` a share of the decoder steps is *paired*: the encoder
+sees the case's ``image_without_nodules.nii.gz`` and the decoder, given the mask with the nodules, must
+reproduce ``image.nii.gz`` (cases without that file always give plain reconstructions). A decoder-only run
+(``vae.steps`` 0) from ``vae.init_from`` keeps that model's U-Net, latent scale, grid and conditioning (the
+encoder and so the latents do not change), so OUT is a complete model for ``land generate``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -30,13 +40,24 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..data.check import check_dataset
-from ..data.folder import CaseFiles, PatchDataset, hu_to_unit, load_case, read_manifest, sha256_manifest
+from ..data.folder import (
+    IMAGE_WITHOUT_NODULES_FILE,
+    CaseFiles,
+    PatchDataset,
+    conditioning_array,
+    hu_to_unit,
+    load_case,
+    read_manifest,
+    sha256_manifest,
+)
 from ..data.sampling import case_indices, step_seed
 from ..errors import InputError
-from ..model_dir import save_model_dir
+from ..model_dir import ModelConfig, read_model_json, save_model_dir
 from ..models import LANDUNet, build_vae
+from ..models.mask_decoder import has_mask_decoder
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
+from .decoder_data import DecoderCases, paired_step
 from .distributed import (
     DistContext,
     average_gradients,
@@ -61,7 +82,7 @@ from .loop import (
     stop_on_signals,
     write_debug_hashes,
 )
-from .model_io import base_provenance, init_state
+from .model_io import base_provenance, init_state, load_state
 from .perceptual import build_perceptual
 from .progress import TrainingLog
 
@@ -93,26 +114,39 @@ def encode_mean(vae: torch.nn.Module, image: torch.Tensor, device: torch.device)
 
 
 @torch.no_grad()
-def reconstruct(vae: torch.nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Whole-volume reconstruction from the posterior mean (tiled decoding for large latents), on CPU."""
+def reconstruct(
+    vae: torch.nn.Module, image: torch.Tensor, device: torch.device, cond: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Whole-volume reconstruction from the posterior mean (tiled decoding for large latents), on CPU;
+    ``cond``: a mask decoder's full-resolution conditioning mask."""
     mu = encode_mean(vae, image, device)
     if mu[0, 0].numel() > LARGE_LATENT_VOXELS:
         from ..decoding import decode_tiled
 
-        return decode_tiled(vae, mu, device=device)
-    return vae.decode(mu).float().cpu()
+        return decode_tiled(vae, mu, device=device, cond=cond)
+    if cond is None:
+        return vae.decode(mu).float().cpu()
+    return vae.decode(mu, cond.to(device)).float().cpu()
 
 
 def validate(
-    vae: torch.nn.Module, cases: list[CaseFiles], hu: tuple[float, float], device: torch.device
+    vae: torch.nn.Module,
+    cases: list[CaseFiles],
+    hu: tuple[float, float],
+    device: torch.device,
+    mode: str = "nodule+lung+texture",
 ) -> dict[str, float]:
-    """Mean L1 (in [0, 1] units), MAE in HU and PSNR of whole-volume reconstructions."""
+    """Mean L1 (in [0, 1] units), MAE in HU and PSNR of whole-volume reconstructions (a mask decoder decodes
+    with each case's conditioning mask in ``mode``)."""
     l1s, psnrs = [], []
     with eval_mode(vae):
         for files in cases:
             case = load_case(files)
             x = torch.from_numpy(hu_to_unit(case.image.array, *hu))[None, None]
-            y = reconstruct(vae, x, device).clamp(0, 1)
+            cond = None
+            if has_mask_decoder(vae):
+                cond = torch.from_numpy(conditioning_array(case.masks, mode))[None, None]
+            y = reconstruct(vae, x, device, cond).clamp(0, 1)
             err = (y - x).abs().mean().item()
             mse = (y - x).pow(2).mean().item()
             l1s.append(err)
@@ -141,18 +175,24 @@ def latent_scale(
 
 
 def l1_terms(
-    recon: torch.Tensor, x: torch.Tensor, nodules: torch.Tensor | None, w: dict[str, float]
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    nodules: torch.Tensor | None,
+    w: dict[str, float],
+    ring: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``l1 * mean |recon - x|`` plus, with ``nodules`` (0/1 like ``x``), ``nodule_l1 *`` the mean over nodule
-    voxels (0 for a batch without any); returns the loss and the logged terms."""
+    voxels and, with ``ring`` (0/1), ``ring_l1 *`` the mean over the ring around them (each 0 for a batch
+    without any); returns the loss and the logged terms."""
     error = (recon - x).abs()
     l1 = error.mean()
     loss = w["l1"] * l1
     losses = {"l1": l1.item()}
-    if nodules is not None and w.get("nodule_l1", 0.0) > 0:
-        nodule_l1 = (error * nodules).sum() / nodules.sum().clamp(min=1.0)
-        loss = loss + w["nodule_l1"] * nodule_l1
-        losses["nodule_l1"] = nodule_l1.item()
+    for key, region in (("nodule_l1", nodules), ("ring_l1", ring)):
+        if region is not None and w.get(key, 0.0) > 0:
+            term = (error * region).sum() / region.sum().clamp(min=1.0)
+            loss = loss + w[key] * term
+            losses[key] = term.item()
     return loss, losses
 
 
@@ -283,17 +323,27 @@ def vae_train_step(
 
 
 def decoder_train_step(
-    p: VAEParts, x: torch.Tensor, nodules: torch.Tensor | None, ctx: DistContext
+    p: VAEParts,
+    x: torch.Tensor,
+    nodules: torch.Tensor | None,
+    ctx: DistContext,
+    *,
+    source: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
+    ring: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One decoder-only step on whole volumes: decode the (frozen) encoder's posterior mean, L1 (+ nodule L1).
+    """One decoder-only step on whole volumes: decode the (frozen) encoder's posterior mean of ``source``
+    (default ``x``; a paired step: the image without nodules) under ``cond`` (a mask decoder's conditioning
+    mask), L1 against ``x`` (+ nodule and ring L1).
 
     The encoder gets no gradient, so Adam leaves it (and so the latents) unchanged. Under torchrun the
     decoder's gradients are averaged across ranks here (the DDP wrapper is not used in this phase).
     """
     with torch.no_grad(), p.autocast():
-        mu, _ = p.vae.encode(x)
+        mu, _ = p.vae.encode(x if source is None else source)
     with p.autocast():
-        loss, losses = l1_terms(p.vae.decode(mu.detach()).float(), x, nodules, p.weights)
+        recon = p.vae.decode(mu.detach()) if cond is None else p.vae.decode(mu.detach(), cond)
+        loss, losses = l1_terms(recon.float(), x, nodules, p.weights, ring)
     losses["total"] = loss.item()
     p.opt_g.zero_grad(set_to_none=True)
     p.scaler.scale(loss).backward()
@@ -305,15 +355,21 @@ def decoder_train_step(
 
 
 def init_vae_from(parts: VAEParts, model_dir: str | Path) -> None:
-    """Load a model directory's VAE weights (sha256-checked, same architecture) into ``parts.vae``."""
+    """Load a model directory's VAE weights (sha256-checked, same architecture) into ``parts.vae``. A plain
+    VAE's weights also start a mask-aware one (its mask heads keep their zero initialisation)."""
     weights = init_state(model_dir, "vae", "vae.init_from")
     target = parts.vae.state_dict()
-    if set(weights) != set(target) or any(weights[k].shape != target[k].shape for k in target):
+    missing = set(target) - set(weights)
+    if (
+        set(weights) - set(target)
+        or any(not k.startswith("decoder.mask_") for k in missing)
+        or any(weights[k].shape != target[k].shape for k in weights)
+    ):
         raise InputError(
             f"vae.init_from {model_dir}: its VAE does not fit this config's VAE architecture; "
-            "fix: use the same vae.architecture"
+            "fix: use the same vae.architecture (and a plain or the same vae.mask_decoder)"
         )
-    parts.vae.load_state_dict({k: v.to(target[k].dtype) for k, v in weights.items()})
+    parts.vae.load_state_dict({k: v.to(target[k].dtype) for k, v in weights.items()}, strict=not missing)
 
 
 def train_vae(
@@ -424,7 +480,7 @@ def _train(
         if due(step, vc.log_every, total):
             log.step(step, mean_across_ranks(meter.pop(), ctx), parts.sched_g.get_last_lr()[0])
         if ctx.is_main and val_cases and due(step, vc.val_every, total):
-            last_val = validate(parts.vae, val_cases, hu, dev)
+            last_val = validate(parts.vae, val_cases, hu, dev, cfg.ldm.mode)
             log.event("validation", step, **last_val)
         elapsed = elapsed_before + time.monotonic() - t0
 
@@ -448,17 +504,36 @@ def _train(
     if total > max(start, patch_end):
         first = max(start, patch_end)
         log.notice(f"decoder-only steps {first + 1}-{total} on whole volumes (encoder frozen)")
-        volumes = PatchDataset(
-            train_cases, cfg.data.grid_size, *hu, cache_volumes=vc.cache_volumes, with_nodules=with_nodules
+        masked = has_mask_decoder(parts.vae)
+        if vc.paired_fraction > 0:
+            pair = IMAGE_WITHOUT_NODULES_FILE
+            log.notice(f"paired decoder steps: a share {vc.paired_fraction:g} (of the cases with {pair})")
+        volumes = DecoderCases(
+            train_cases,
+            hu,
+            cfg.ldm.mode,
+            cond=masked,
+            nodules=with_nodules,
+            ring=vc.loss_weights["ring_l1"] > 0,
+            without=vc.paired_fraction > 0,
+            cache_volumes=vc.cache_volumes,
         )
         for s in range(first, total):
             seed_step(cfg.seed, s, ctx.rank)
             index = case_indices(n, cfg.seed, s, 1, ctx.rank, ctx.world_size)[0]
-            item = volumes[(index, step_seed(cfg.seed, s, ctx.rank, 1))]
-            x, nodules = item if with_nodules else (item, None)
-            x = x[None].to(dev)
-            nodules = None if nodules is None else nodules[None].to(dev)
-            meter.add(check_finite_losses(decoder_train_step(parts, x, nodules, ctx), s + 1, out))
+            case = volumes[index]
+            paired = paired_step(cfg.seed, s, ctx.rank, vc.paired_fraction, case.without is not None)
+            losses = decoder_train_step(
+                parts,
+                case.image.to(dev),
+                None if case.nodules is None else case.nodules.to(dev),
+                ctx,
+                source=case.without.to(dev) if paired and case.without is not None else None,
+                cond=None if case.cond is None else case.cond.to(dev),
+                ring=None if case.ring is None else case.ring.to(dev),
+            )
+            losses["paired"] = float(paired)
+            meter.add(check_finite_losses(losses, s + 1, out))
             after_step(s + 1)
 
     wall = elapsed_before + time.monotonic() - t0
@@ -504,19 +579,27 @@ def _write_model_dir(
     amp: str,
     ctx: DistContext,
 ) -> None:
-    mc = cfg.model_config(name=f"land-{cfg.name}-vae")
-    mc.latent_scale = scale
-    mc.trained = False  # the U-Net is untrained
-    torch.manual_seed(cfg.seed)
-    unet = LANDUNet(mc.unet)
+    kept = kept_unet(cfg)
+    if kept is not None:  # decoder-only from a model: its U-Net, latent scale and conditioning stay valid
+        mc, unet_state = kept
+        mc.name = f"land-{cfg.name}"
+        mc.vae = copy.deepcopy(cfg.vae.architecture)
+    else:
+        mc = cfg.model_config(name=f"land-{cfg.name}-vae")
+        mc.latent_scale = scale
+        mc.trained = False  # the U-Net is untrained
+        torch.manual_seed(cfg.seed)
+        unet_state = LANDUNet(mc.unet).state_dict()
     prov = base_provenance(
         "train-vae", data, sha256_manifest(data), cfg.raw, cfg.source, ctx.device, ctx.world_size
     )
     prov.update(
-        stage="vae",
+        stage="vae" if kept is None else "decoder",
         vae_trained=True,
-        unet_trained=False,
-        unet=f"UNTRAINED (random init, seed {cfg.seed}): train it with land train-ldm --vae THIS_DIR",
+        unet_trained=mc.trained,
+        unet=f"UNTRAINED (random init, seed {cfg.seed}): train it with land train-ldm --vae THIS_DIR"
+        if kept is None
+        else f"kept from {cfg.vae.init_from} (the encoder and latent scale are unchanged)",
         vae_steps=steps,
         decoder_only_steps=max(0, steps - cfg.vae.steps),
         init_from=cfg.vae.init_from,
@@ -530,9 +613,38 @@ def _write_model_dir(
         latent_std=std,
     )
     mc.provenance = prov
-    mc.card = (
-        f"VAE trained by land train-vae for {steps} steps (config {cfg.source}); latent scale {scale:.4g}. "
-        "The U-Net is UNTRAINED (random weights): use this directory as --vae of land train-ldm."
-    )
+    if kept is None:
+        mc.card = (
+            f"VAE trained by land train-vae for {steps} steps (config {cfg.source}); latent scale "
+            f"{scale:.4g}. The U-Net is UNTRAINED (random weights): use this directory as --vae of land "
+            "train-ldm."
+        )
+    else:
+        mc.card = (
+            f"The model {cfg.vae.init_from} with its VAE decoder fine-tuned by land train-vae for {steps} "
+            f"decoder-only steps (config {cfg.source}; mask decoder {mc.vae.mask_decoder}); encoder, latent "
+            "scale and U-Net unchanged.\n\n" + mc.card
+        )
     mc.validate()
-    save_model_dir(out, mc, {"vae": vae.state_dict(), "unet": unet.state_dict()})
+    save_model_dir(out, mc, {"vae": vae.state_dict(), "unet": unet_state})
+
+
+def kept_unet(cfg: TrainConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]] | None:
+    """For a decoder-only run (``vae.steps`` 0) from ``vae.init_from`` on that model's grid and intensity
+    window: its ModelConfig and U-Net weights, which stay valid (the encoder does not change); else None."""
+    vc = cfg.vae
+    if vc.steps != 0 or not vc.init_from:
+        return None
+    meta = read_model_json(vc.init_from)
+    init = ModelConfig.from_json(meta)
+    same_vae = {**init.vae.to_dict(), "mask_decoder": "none"} == {
+        **vc.architecture.to_dict(),
+        "mask_decoder": "none",
+    }
+    same_grid = tuple(init.grid_size) == tuple(cfg.data.grid_size) and np.allclose(
+        init.spacing, cfg.data.spacing
+    )
+    same_hu = (init.intensity["hu_min"], init.intensity["hu_max"]) == (cfg.data.hu_min, cfg.data.hu_max)
+    if not (same_vae and same_grid and same_hu):
+        return None
+    return init, load_state(vc.init_from, "unet", meta)
