@@ -55,9 +55,13 @@ def vae_dir(data, tmp_path_factory) -> Path:
 
 
 def test_bundled_configs_and_errors_name_the_key():
-    for name in ("paper", "small", "tiny", "demo", "demo-finetune"):
+    for name in ("paper", "small", "tiny", "demo", "demo-finetune", "demo-wide"):
         cfg = load_config(name)
         cfg.model_config().validate()
+    with pytest.raises(InputError, match="needs vae.init_from or --init-from"):  # a decoder-only fine-tune
+        load_config("demo-wide-decoder")
+    model = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "land-demo-phantom"
+    load_config("demo-wide-decoder", {"vae": {"init_from": str(model)}}).model_config().validate()
     paper = load_config("paper")
     assert paper.vae.loss_weights == {
         "l1": 1.0,
@@ -98,7 +102,8 @@ def test_bundled_configs_and_errors_name_the_key():
     for change, key in cases:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             parse_config({**raw, **change})
-    with pytest.raises(InputError, match="bundled configs: demo, demo-finetune, paper, small, tiny"):
+    names = "demo, demo-finetune, demo-wide, demo-wide-decoder, paper, small, tiny"
+    with pytest.raises(InputError, match=f"bundled configs: {names}"):
         load_config("nope")
 
 
@@ -373,3 +378,19 @@ def test_ldm_with_nodule_fraction_trains_caches_two_channels_and_generates(vae_d
         warnings.simplefilter("ignore")
         ct = pipe.generate(masks, steps=2, seed=1, device="cpu", guidance=2.0, guidance_mode="nodules")
     assert ct.array.shape == (32, 32, 32) and ct.array.std() > 0
+
+
+def test_init_from_on_the_command_line_completes_a_decoder_only_config(tmp_path, tiny_model_dir):
+    import json as _json
+    import subprocess
+    import sys
+
+    path = tmp_path / "decoder-only.json"
+    _json.dump({"name": "dec", "vae": {"steps": 0, "decoder_steps": 2}}, path.open("w"))
+    with pytest.raises(InputError, match="needs vae.init_from or --init-from"):
+        load_config(path)
+    assert load_config(path, {"vae": {"init_from": str(tiny_model_dir)}}).vae.steps == 0
+    run = subprocess.run([sys.executable, "-m", "land", "train-vae", "--config", str(path), "--data",
+                          str(tmp_path / "no-data"), "--out", str(tmp_path / "out"), "--init-from",
+                          str(tiny_model_dir)], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2 and "vae.steps" not in run.stderr and "no-data" in run.stderr, run.stderr

@@ -126,7 +126,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     from .vae_trainer import train_vae
 
     _refuse_overwrite(args)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, {"vae": {"init_from": args.init_from}})
     if args.perceptual_weights:
         if cfg.vae.perceptual.network == "none":
             raise InputError(
@@ -134,8 +134,6 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
                 "set the network (e.g. medicalnet_resnet50) in a config file, or drop --perceptual-weights"
             )
         cfg = with_overrides(cfg, "vae", **{"perceptual.weights": args.perceptual_weights})
-    if args.init_from:
-        cfg = with_overrides(cfg, "vae", init_from=args.init_from)
     out = train_vae(
         cfg,
         args.data,

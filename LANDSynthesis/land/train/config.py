@@ -479,8 +479,10 @@ def _check_grid(cfg: TrainConfig) -> None:
         )
 
 
-def load_config(name_or_path: str | Path) -> TrainConfig:
-    """A bundled config by name (``paper``, ``small``, ...) or a JSON file by path."""
+def load_config(name_or_path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
+    """A bundled config by name (``paper``, ``small``, ...) or a JSON file by path; ``overrides``
+    (``{section: {key: value}}``, None values ignored) are applied before it is validated, so a command-line
+    option can complete a config (e.g. ``--init-from`` for ``vae.steps`` 0)."""
     text = str(name_or_path)
     path = config_path(text)
     try:
@@ -490,6 +492,9 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
     except json.JSONDecodeError as e:
         raise InputError(f"training config {path} is not valid JSON: {e}") from e
     source = text if path.parent == configs_dir().resolve() and path.stem == text else str(path)
+    for section, values in (overrides or {}).items():
+        if isinstance(raw, dict):
+            raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return parse_config(raw, source)
 
 
