@@ -48,9 +48,9 @@ EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL, EXIT_CANCELLED, EXIT_BROKEN_PIPE = 0,
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
     EXIT_BUG: "a bug in LAND (a Python traceback; please report it)",
-    EXIT_INPUT: "bad input, an output that would overwrite an input (refused before any work), or an output "
-    "that could not be written (the message names the problem and the fix; nothing is left at the output "
-    "path)",
+    EXIT_INPUT: "bad input, an output that would overwrite an input or cannot be written (a folder not "
+    "writable, a read-only file system, a file where a folder belongs: refused before any work), an output "
+    "whose write failed (the message names the problem and the fix; nothing is left at the output path)",
     EXIT_MODEL: "a model problem (missing, corrupt or non-finite weights, incompatible model.json) or "
     "training that diverged (the last good checkpoint is kept)",
     EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step); a "

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import preflight_outputs
 from .conditioning import MaskSet
 from .contract import (
     DEFAULT_SAMPLER,
@@ -619,6 +620,7 @@ def register(sub, command) -> None:
 
     @command("demo-masks")
     def cmd_demo_masks(args: argparse.Namespace) -> int:
+        preflight_outputs({}, folders={"--out": args.out})
         path = write_demo_masks(Path(args.out), args.size, args.spacing)
         print(f"wrote {path}")
         return 0
@@ -654,6 +656,7 @@ def register(sub, command) -> None:
         if args.n < 1:
             raise InputError(f"--n must be at least 1, got {args.n}")
         model = Path(args.model) if args.model else default_model_dir()
+        preflight_outputs({"--model": model, "--masks": args.masks}, folders={"--out": args.out})
         out = Path(args.out) if args.out else None
         save = out / "ct" if (out and args.save_ct) else None
         if args.masks:
@@ -680,6 +683,7 @@ def register(sub, command) -> None:
 
     @command("train-demo")
     def cmd_train_demo(args: argparse.Namespace) -> int:
+        preflight_outputs({}, folders={"--out": args.out})
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         finetune = None if args.finetune_config == "none" else args.finetune_config
         train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune)

@@ -1141,6 +1141,9 @@ def register(sub, command) -> None:
 
     @command("phantoms")
     def cmd_phantoms(args) -> int:
+        from .atomic import preflight_outputs
+
+        preflight_outputs({}, folders={"--out": args.out})
         if not 0.0 <= args.lung_from_ct <= 1.0:
             raise InputError(f"--lung-from-ct must be a share in 0..1, got {args.lung_from_ct}")
         extra = {"deform": True} if args.deform else {}

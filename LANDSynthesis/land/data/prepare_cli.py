@@ -45,12 +45,13 @@ def register(sub: Any, command: Callable) -> None:
 
     @command("prepare-lidc")
     def cmd_prepare_lidc(args: argparse.Namespace) -> int:
-        from ..atomic import refuse_input_overwrite
+        from ..atomic import preflight_outputs
         from ..events import Reporter
         from .prepare import prepare_lidc
 
-        refuse_input_overwrite(
-            {"--out": args.out}, {"--dicom-root": args.dicom_root, "--lung-weights": args.lung_weights}
+        preflight_outputs(
+            {"--dicom-root": args.dicom_root, "--lung-weights": args.lung_weights},
+            folders={"--out": args.out},
         )
         patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
         style = "none" if args.no_progress else args.progress

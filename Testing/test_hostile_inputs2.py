@@ -1,0 +1,170 @@
+"""Issue 26, the second hostile battery, items 7 on: resources, permissions, model.json types, quiet
+nonsense, misleading messages and sidecars. Every case runs the real command on real files in ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import make_masks
+
+from land.cli import main
+from land.io import write_seg_nrrd
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("LANDSynthesis", "LANDTraining", "Testing")),
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def run_land(
+    *argv: str, prefix: tuple[str, ...] = (), timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess:
+    """``python -m land ARGV`` in a child process (``prefix``: a command that wraps it; ``env``: added)."""
+    return subprocess.run([*prefix, sys.executable, "-m", "land", *argv], capture_output=True, text=True,
+                          env={**ENV, **env}, timeout=timeout)  # fmt: skip
+
+
+def _dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.csv").write_text("case_id\n", encoding="utf-8")
+    return folder
+
+
+def writing_commands(tmp_path: Path, model: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that writes, with ``out`` as its output and inputs that exist."""
+    data = _dataset(tmp_path / "data")
+    return {
+        "generate": ["generate", "--model", str(model), "--progress", "none",
+                     "--out", str(out / "ct.nii.gz")],
+        "init-model": ["init-model", "--config", "small", "--out", str(out)],
+        "teaching-set": ["teaching-set", "--cases", "1", "--model", str(model), "--progress", "none",
+                         "--out", str(out)],
+        "sample-set": ["sample-set", "--model", str(model), "--unconditional", "--n", "1",
+                       "--progress", "none", "--out", str(out)],
+        "evaluate": ["evaluate", "--real", str(data), "--generated", str(data), "--no-fid",
+                     "--out", str(out)],
+        "prepare-lidc": ["prepare-lidc", "--dicom-root", str(data), "--progress", "none", "--out", str(out)],
+        "train-vae": ["train-vae", "--data", str(data), "--config", "tiny", "--progress", "none",
+                      "--out", str(out)],
+        "train-ldm": ["train-ldm", "--data", str(data), "--config", "tiny", "--vae", str(model),
+                      "--progress", "none", "--out", str(out)],
+        "train-pipeline": ["train-pipeline", "--data", str(data), "--config", "tiny", "--progress", "none",
+                           "--out", str(out)],
+        "phantoms": ["phantoms", "--n", "1", "--size", "16", "--out", str(out)],
+        "demo-masks": ["demo-masks", "--size", "16", "--out", str(out)],
+        "demo-fidelity": ["demo-fidelity", "--model", str(model), "--n", "1", "--out", str(out)],
+        "train-demo": ["train-demo", "--out", str(out)],
+    }  # fmt: skip
+
+
+WRITING_COMMANDS = "generate init-model teaching-set sample-set evaluate prepare-lidc train-vae train-ldm \
+train-pipeline phantoms demo-masks demo-fidelity train-demo".split()
+
+
+# ------------------------------------------------------------------ 8, 9, 14. outputs checked before any work
+@pytest.mark.parametrize("command", WRITING_COMMANDS)
+def test_an_output_below_a_file_is_refused_before_any_work(command, tiny_model_dir, tmp_path, capsys):
+    """``--out in/lung.nii.gz/...``: the message says the file is a file (not "the folder does not exist")."""
+    a_file = tmp_path / "lung.nii.gz"
+    a_file.write_bytes(b"not a folder")
+    argv = writing_commands(tmp_path, tiny_model_dir, a_file / "sub")[command]
+    assert main(argv) == 2
+    assert f"{a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("command", [c for c in WRITING_COMMANDS if c != "generate"])
+def test_an_output_folder_that_is_an_existing_file_is_refused(command, tiny_model_dir, tmp_path, capsys):
+    a_file = tmp_path / "out"
+    a_file.write_bytes(b"mine")
+    assert main(writing_commands(tmp_path, tiny_model_dir, a_file)[command]) == 2
+    assert f"{a_file} is an existing file, not a folder" in capsys.readouterr().err
+    assert a_file.read_bytes() == b"mine"
+
+
+def _read_only_mount() -> tuple[str, ...] | None:
+    """A prefix that runs a command with a read-only file system mounted at ``$RO`` (None: not possible)."""
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return None
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o ro tmpfs /mnt"], capture_output=True
+    )
+    return (
+        None
+        if probe.returncode
+        else ("unshare", "-m", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$RO" && exec "$@"', "sh")
+    )
+
+
+@pytest.mark.parametrize("command", ["generate", "teaching-set", "sample-set", "phantoms"])
+def test_a_read_only_file_system_is_refused_before_any_work(command, tiny_model_dir, tmp_path):
+    prefix = _read_only_mount()
+    if prefix is None:
+        pytest.skip("cannot mount a read-only file system here (needs unshare -m and mount)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = writing_commands(tmp_path, tiny_model_dir, ro / "set")[command]
+    if command == "generate":
+        argv[argv.index("--progress") + 1] = "json"
+        argv[-1] = str(ro / "ct.nii.gz")
+    r = run_land(*argv, prefix=prefix, RO=str(ro))
+    assert r.returncode == 2, r.stderr
+    assert "read-only file system" in r.stderr and "Traceback" not in r.stderr
+    assert '"stage"' not in r.stdout  # refused before generating anything
+
+
+@pytest.fixture
+def as_nobody(tiny_model_dir: Path):
+    """(prefix that runs a command as user nobody, a folder nobody can read holding a copy of the tiny
+    model and a seg.nrrd); skips where that cannot be done. Root ignores permission bits, nobody does not."""
+    setpriv = shutil.which("setpriv")
+    if not setpriv or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    prefix = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups")
+    if subprocess.run(
+        [*prefix, sys.executable, "-c", "import land"], env=ENV, capture_output=True
+    ).returncode:
+        pytest.skip("this Python (or the checkout) cannot be run by user nobody here")
+    shared = Path(tempfile.mkdtemp(prefix="land-nobody-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copytree(tiny_model_dir, shared / "model")
+        write_seg_nrrd(shared / "m.seg.nrrd", make_masks())
+        (shared / "w").mkdir(mode=0o777)
+        (shared / "w").chmod(0o777)
+        yield prefix, shared
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(as_nobody):
+    prefix, shared = as_nobody
+    locked = shared / "locked"
+    locked.mkdir(mode=0o755)
+    argv = ["generate", "--model", str(shared / "model"), "--mask", str(shared / "m.seg.nrrd"),
+            "--steps", "1", "--device", "cpu", "--progress", "json",
+            "--out", str(locked / "ct.nii.gz")]  # fmt: skip
+    r = run_land(*argv, prefix=prefix, MPLCONFIGDIR=str(shared / "w"))
+    assert r.returncode == 2 and "permission denied" in r.stderr and "Traceback" not in r.stderr
+    assert '"stage"' not in r.stdout and not any(locked.iterdir())
+
+
+@pytest.mark.parametrize("unreadable", ["m.seg.nrrd", "model", "model/model.json"])
+def test_an_unreadable_input_is_an_error_not_a_traceback(unreadable, as_nobody):
+    prefix, shared = as_nobody
+    (shared / unreadable).chmod(0o700 if (shared / unreadable).is_dir() else 0o600)
+    argv = ["generate", "--model", str(shared / "model"), "--mask", str(shared / "m.seg.nrrd"),
+            "--steps", "1", "--device", "cpu", "--progress", "none",
+            "--out", str(shared / "w" / "ct.nii.gz")]  # fmt: skip
+    r = run_land(*argv, prefix=prefix, MPLCONFIGDIR=str(shared / "w"))
+    assert r.returncode in (2, 3) and "Traceback" not in r.stderr, r.stderr
+    assert "ermission denied" in r.stderr and str(shared / unreadable) in r.stderr
