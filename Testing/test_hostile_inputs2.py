@@ -3,6 +3,7 @@ nonsense, misleading messages and sidecars. Every case runs the real command on 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -168,3 +169,60 @@ def test_an_unreadable_input_is_an_error_not_a_traceback(unreadable, as_nobody):
     r = run_land(*argv, prefix=prefix, MPLCONFIGDIR=str(shared / "w"))
     assert r.returncode in (2, 3) and "Traceback" not in r.stderr, r.stderr
     assert "ermission denied" in r.stderr and str(shared / unreadable) in r.stderr
+
+
+# ------------------------------------------------------------------ 10. model.json of the wrong types
+def _set(meta: dict, key: str, value: object) -> dict:
+    *parents, last = key.split(".")
+    node = meta
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    return meta
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "found"),
+    [
+        ("unet", [1, 2], "'unet' is a list, expected an object"),
+        ("unet", None, "'unet' is null, expected an object"),
+        ("vae", None, "'vae' is null, expected an object"),
+        ("grid.size", "64", "'grid.size' is a string (\"64\"), expected a list of whole numbers"),
+        ("grid.spacing", [4.0, None, 4.0], "'grid.spacing[1]' is null, expected a finite number"),
+        ("vae.channels", [8, "16", 16], "'vae.channels[1]' is a string (\"16\"), expected a whole number"),
+        ("unet.attention_levels", [0, 0, 0, 1, 1],
+         "'unet.attention_levels[0]' is a whole number (0), expected true or false"),
+        ("unet.cond_injection", 3, "'unet.cond_injection' is a whole number (3), expected a string"),
+        ("trained", "yes", "'trained' is a string (\"yes\"), expected true or false"),
+        ("name", None, "'name' is null, expected a string"),
+        ("intensity", None, "'intensity' is null, expected an object"),
+        ("intensity.hu_min", "-1000", "'intensity.hu_min' is a string"),
+        ("conditioning", {}, "'conditioning.mode' is missing"),
+        ("guidance.scale", "2", "'guidance.scale' is a string (\"2\"), expected a finite number"),
+        ("provenance", [], "'provenance' is a list, expected an object"),
+        ("weights", None, "'weights' is null, expected an object"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["generate", "info", "info --json"])
+def test_a_model_json_of_the_wrong_types_is_a_model_error(
+    command, key, value, found, tiny_model_dir, tmp_path, capsys
+):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    (model / "model.json").write_text(json.dumps(_set(meta, key, value)), encoding="utf-8")
+    argv = [*command.split(), "--model", str(model)]
+    if command == "generate":
+        argv += ["--progress", "none", "--out", str(tmp_path / "ct.nrrd")]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert found in err and str(model / "model.json") in err
+    assert not (tmp_path / "ct.nrrd").exists()
+
+
+def test_a_model_json_that_is_not_an_object_is_a_model_error(tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.json").write_text("[1, 2]", encoding="utf-8")
+    assert main(["info", "--model", str(model)]) == 3
+    assert "is a list, expected an object" in capsys.readouterr().err
