@@ -226,3 +226,30 @@ def test_a_model_json_that_is_not_an_object_is_a_model_error(tiny_model_dir, tmp
     (model / "model.json").write_text("[1, 2]", encoding="utf-8")
     assert main(["info", "--model", str(model)]) == 3
     assert "is a list, expected an object" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 11. evaluate on a plain install
+WITHOUT_MATPLOTLIB = (  # an interpreter on which "import matplotlib" fails, as on an install without it
+    "import sys; sys.modules['matplotlib'] = None; from land.cli import main; raise SystemExit(main())"
+)
+
+
+def test_evaluate_without_matplotlib_writes_the_numbers_and_says_why_no_figures(tmp_path):
+    """matplotlib is optional (not in pyproject's core dependencies, as in the Slicer extension's list): a
+    plain install evaluates fully and says that figures were not drawn and how to get them."""
+    from land.phantom import write_phantom_dataset
+
+    real = tmp_path / "real"
+    write_phantom_dataset(real, 2, seed=0, size=32, spacing=8.0, n_nodules=(1, 1))
+    out = tmp_path / "report"
+    argv = ["evaluate", "--real", str(real), "--generated", str(real), "--no-fid", "--ms-ssim-kernel", "3",
+            "--cache", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, *argv], capture_output=True, text=True,
+                       env=ENV, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "matplotlib is not installed" in r.stderr and "pip install matplotlib" in r.stderr
+    assert "no figures" in r.stdout and "Traceback" not in r.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["figures"] == {} and {"fid", "ms_ssim"} <= set(report)
+    assert "Figures not drawn: matplotlib is not installed" in (out / "report.md").read_text(encoding="utf-8")
+    assert not list(out.glob("*.png"))

@@ -133,7 +133,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             if ms["available"]
             else f"MS-SSIM unavailable: {ms['reason']}"
         )
-        print(f"wrote {Path(args.out) / 'report.md'}, report.json and {len(report['figures'])} figures")
+        drawn = f"{len(report['figures'])} figures" if report["figures"] else "no figures"
+        print(f"wrote {Path(args.out) / 'report.md'}, report.json and {drawn}")
+        if "figures_not_drawn" in report:
+            print(f"note: {report['figures_not_drawn']}", file=sys.stderr)
     return 0
 
 
