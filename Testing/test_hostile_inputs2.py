@@ -253,3 +253,35 @@ def test_evaluate_without_matplotlib_writes_the_numbers_and_says_why_no_figures(
     assert report["figures"] == {} and {"fid", "ms_ssim"} <= set(report)
     assert "Figures not drawn: matplotlib is not installed" in (out / "report.md").read_text(encoding="utf-8")
     assert not list(out.glob("*.png"))
+
+
+# ------------------------------------------------------------------ 7. counts are bounded, refused at once
+BOUNDED = "ulimit -v 4000000; exec \"$@\""  # a runaway plan fails fast here instead of filling the machine
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        (["teaching-set", "--cases", "1000000000"], "--cases 1000000000 is out of range: use a whole number "
+         "from 1 to 10,000; fix: make several sets"),
+        (["sample-set", "--unconditional", "--n", "1000000000"], "--n 1000000000 is out of range"),
+        (["phantoms", "--n", "1000000000"], "--n 1000000000 is out of range"),
+        (["phantoms", "--n", "1", "--size", "100000"], "--size 100000 is out of range: use a whole number "
+         "from 16 to 1,024"),
+        (["demo-masks", "--size", "100000"], "--size 100000 is out of range"),
+        (["demo-fidelity", "--n", "1000000000"], "--n 1000000000 is out of range"),
+        (["benchmark", "--size", "100000"], "--size 100000 is out of range"),
+        (["prepare-lidc", "--dicom-root", ".", "--workers", "1000000000"], "--workers 1000000000 is out of"),
+        (["generate", "--steps", "1000000000"], "invalid step count 1000000000: use a whole number from 1"),
+    ],
+)  # fmt: skip
+def test_a_huge_count_is_refused_at_once(argv, found, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    if argv[0] in ("teaching-set", "sample-set", "demo-fidelity", "generate", "benchmark"):
+        argv = [*argv, "--model", str(tiny_model_dir)]
+    if argv[0] != "benchmark":
+        argv = [*argv, "--out", str(out / "ct.nii.gz" if argv[0] == "generate" else out)]
+    r = run_land(*argv, prefix=("sh", "-c", BOUNDED, "sh"), timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert found in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

@@ -29,7 +29,10 @@ from .contract import (
     FIT_HELP,
     FITS,
     GUIDANCE_DEFAULTS,
+    MAX_FIDELITY_CASES,
+    MAX_GRID_SIDE,
     SAMPLERS,
+    count_argument,
     guidance_text,
     sampler_help,
     steps_help,
@@ -615,7 +618,8 @@ def register(sub, command) -> None:
     """Add ``land demo-masks``, ``land demo-fidelity`` and ``land train-demo`` to the CLI."""
     p = sub.add_parser("demo-masks", help="write the default mask set (lungs + nodules of textures 1, 3, 5)")
     p.add_argument("--out", required=True, help="folder for demo_masks.seg.nrrd")
-    p.add_argument("--size", type=int, default=128, help="voxels per side")
+    p.add_argument("--size", type=count_argument("--size", 16, MAX_GRID_SIDE), default=128,
+                   help="voxels per side")  # fmt: skip
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
 
     @command("demo-masks")
@@ -627,7 +631,8 @@ def register(sub, command) -> None:
 
     p = sub.add_parser("demo-fidelity", help="measure conditional fidelity on held-out phantom masks")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
-    p.add_argument("--n", type=int, default=FIDELITY_CASES, help="number of held-out cases")
+    p.add_argument("--n", type=count_argument("--n", 1, MAX_FIDELITY_CASES), default=FIDELITY_CASES,
+                   help="number of held-out cases")  # fmt: skip
     p.add_argument("--seed", type=int, default=FIDELITY_SEED,
                    help="first held-out phantom seed (with --masks: the seed of every CT)")  # fmt: skip
     p.add_argument("--steps", type=int, help=steps_help())
@@ -653,8 +658,6 @@ def register(sub, command) -> None:
     def cmd_demo_fidelity(args: argparse.Namespace) -> int:
         from .cli import default_model_dir
 
-        if args.n < 1:
-            raise InputError(f"--n must be at least 1, got {args.n}")
         model = Path(args.model) if args.model else default_model_dir()
         preflight_outputs({"--model": model, "--masks": args.masks}, folders={"--out": args.out})
         out = Path(args.out) if args.out else None
