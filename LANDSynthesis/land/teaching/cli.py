@@ -55,7 +55,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     from ..cli import cancel_on_signals, model_dir_or_default
     from ..contract import parse_diameters, parse_textures
     from ..pipeline import LANDPipeline
-    from .build import make_teaching_set
+    from .build import make_teaching_set, refuse_foreign_folder
     from .plan import TeachingSettings
 
     try:
@@ -77,6 +77,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     settings.validate()
     model_dir = model_dir_or_default(opts.model)
     preflight_outputs({"--model": model_dir, "--lung-masks": opts.lung_masks}, folders={"--out": opts.out})
+    refuse_foreign_folder(opts.out)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
         progress.reporter.warning(
