@@ -319,3 +319,15 @@ def test_teaching_set_refuses_a_folder_that_holds_other_things(tiny_model_dir, t
     assert code == 2
     assert "holds other things (case_000, manifest.csv), not a teaching set" in capsys.readouterr().err
     assert sorted(p.name for p in data.iterdir()) == ["case_000", "manifest.csv"]
+
+
+# ------------------------------------------------------------------ 14. help that does not mislead
+@pytest.mark.parametrize(
+    ("command", "flag"), [("generate", "--no-compress"), ("teaching-set", "--no-burn-in")]
+)
+def test_a_switch_off_does_not_say_default_true(command, flag, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.rindex(flag)  # its help line, after the usage
+    assert "(default: True)" not in text[start : text.index(" --", start + len(flag))]

@@ -245,7 +245,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one."""
+    """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one (not
+    for a switch such as --no-compress, whose "default: True" would read as if it were on)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -254,7 +255,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             action.option_strings
             and default not in (None, False, argparse.SUPPRESS)
             and "default" not in text
-            and not isinstance(action, argparse._VersionAction)
+            and not isinstance(action, (argparse._VersionAction, argparse._StoreFalseAction))
         ):
             text += " (default: %(default)s)"
         return text
