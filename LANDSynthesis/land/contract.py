@@ -280,7 +280,9 @@ def count_argument(option: str, least: int, most: int, fix: str = "") -> Any:
 
 def check_teaching_cases(cases: object) -> int:
     """A teaching set's number of cases, 1..:data:`MAX_TEACHING_CASES` (:class:`InputError` otherwise)."""
-    return check_count("--cases", cases, 1, MAX_TEACHING_CASES, "make several sets with different --seed")
+    return check_count(
+        "the number of cases --cases", cases, 1, MAX_TEACHING_CASES, "make several sets with different --seed"
+    )
 
 
 def check_steps(steps: object) -> int | None:
@@ -580,7 +582,11 @@ class SampleSetOptions:
     def validate(self) -> SampleSetOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
         check_count(
-            "--n", self.n, 1, MAX_SAMPLES, "split the set into several --out folders with other --seed"
+            "the number of samples --n",
+            self.n,
+            1,
+            MAX_SAMPLES,
+            "split the set into several --out folders with other --seed",
         )
         if (self.masks is None) == (not self.unconditional):
             raise InputError("give a mask dataset (--masks DIR) or --unconditional, not both and not neither")
