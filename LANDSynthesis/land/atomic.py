@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -87,8 +88,18 @@ def check_target(target: str | os.PathLike) -> Path:
             f"cannot write {p}: it is an existing folder; fix: give a file name, e.g. {p / 'ct.nii.gz'}"
         )
     if not p.parent.is_dir():
-        raise InputError(f"cannot write {p}: folder {p.parent} does not exist; fix: create it first")
+        raise InputError(f"cannot write {p}: {_missing_folder(p.parent)}")
     return p
+
+
+def _missing_folder(folder: Path) -> str:
+    """Why the folder ``folder`` (which is not an existing folder) cannot hold an output, with the fix."""
+    above = folder
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if os.path.lexists(above) and not above.is_dir():
+        return f"{above} is a file, not a folder; fix: choose a path inside a folder"
+    return f"folder {folder} does not exist; fix: create it first"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -134,6 +145,65 @@ def refuse_input_overwrite(outputs: PathArgs, inputs: PathArgs) -> None:
             )
 
 
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why new files cannot be made in the existing folder ``folder``, or None when they can: a file is
+    made there and removed (permission bits do not bind root; a read-only file system binds everyone)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".land-write-test-", dir=folder)
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            return "is on a read-only file system"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return "is not writable by you (permission denied)"
+        return f"cannot hold new files ({_REASONS.get(e.errno or 0) or e.strerror or e})"
+    os.close(fd)
+    _remove(Path(probe))
+    return None
+
+
+def refuse_unwritable_outputs(files: PathArgs | None = None, folders: PathArgs | None = None) -> None:
+    """InputError (exit 2) before any work when an output cannot be written: ``files`` and ``folders`` map
+    what the user typed (``"--out"``) to output files and output folders (None: not given). A file must
+    not be a folder and must lie in an existing folder; a folder must not be a file and is made, with its
+    parents, inside the nearest existing folder; that folder must be writable (permission, read-only file
+    system)."""
+    wanted = [(n, p, False) for n, p in (files or {}).items()] + [
+        (n, p, True) for n, p in (folders or {}).items()
+    ]
+    for name, given, is_folder in wanted:
+        if given is None or not str(given):
+            continue
+        out = Path(given)
+        if is_folder and os.path.lexists(out) and not out.is_dir():
+            raise InputError(
+                f"{name} {out} is an existing file, not a folder; fix: choose a new or empty folder; "
+                "nothing was written"
+            )
+        if is_folder:
+            home = out
+            while not os.path.lexists(home) and home != home.parent:
+                home = home.parent
+        else:
+            home = check_target(out).parent
+        if not home.is_dir():
+            raise InputError(f"cannot write {name} {out}: {_missing_folder(home)}")
+        reason = unwritable_reason(home)
+        if reason is not None:
+            raise InputError(
+                f"cannot write {name} {out}: folder {home} {reason}; fix: choose an {name} in a folder you "
+                "can write to; nothing was written"
+            )
+
+
+def preflight_outputs(
+    inputs: PathArgs, files: PathArgs | None = None, folders: PathArgs | None = None
+) -> None:
+    """The checks every writing command makes before any work: no output is an input
+    (:func:`refuse_input_overwrite`) and every output can be written (:func:`refuse_unwritable_outputs`)."""
+    refuse_input_overwrite({**(files or {}), **(folders or {})}, inputs)
+    refuse_unwritable_outputs(files, folders)
+
+
 def _remove(path: Path) -> None:
     try:
         if path.is_dir() and not path.is_symlink():
@@ -153,7 +223,7 @@ def atomic_path(
     removed. ``target`` may be a file or, written as a folder, a directory tree (replaced as a whole)."""
     final = Path(target)
     if not final.parent.is_dir():
-        raise InputError(f"cannot write {final}: folder {final.parent} does not exist; fix: create it first")
+        raise InputError(f"cannot write {final}: {_missing_folder(final.parent)}")
     clean_stale_partials(final)
     tmp = partial_path(final, suffix)
     try:

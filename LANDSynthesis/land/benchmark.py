@@ -94,14 +94,22 @@ def run_benchmark(
 
 def register(sub: argparse._SubParsersAction, command) -> None:
     from .cli import parse_memory
-    from .contract import DEFAULT_SAMPLER, add_precision_argument, sampler_help, steps_help
+    from .contract import (
+        DEFAULT_SAMPLER,
+        MAX_GRID_SIDE,
+        add_precision_argument,
+        count_argument,
+        sampler_help,
+        steps_help,
+    )
     from .diffusion import SAMPLERS
 
     p = sub.add_parser("benchmark", help="time and peak memory of generating one volume on this machine")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model directory (default: a random-weights --config model)")
     src.add_argument("--config", choices=["paper", "small"], default=None, help="untrained architecture")
-    p.add_argument("--size", type=int, help="grid size S (S^3 voxels; default: the model's grid)")
+    p.add_argument("--size", type=count_argument("--size", 16, MAX_GRID_SIDE),
+                   help="grid size S (S^3 voxels; default: the model's grid)")  # fmt: skip
     p.add_argument("--steps", type=int, help=steps_help())
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--device", default="auto")

@@ -118,8 +118,10 @@ def command(name: str) -> Callable[[Command], Command]:
 # ---------------------------------------------------------------------------------------------- commands
 @command("init-model")
 def cmd_init_model(args: argparse.Namespace) -> int:
+    from .atomic import preflight_outputs
     from .pipeline import LANDPipeline
 
+    preflight_outputs({}, folders={"--out": args.out})
     pipe = LANDPipeline.from_config(args.config, seed=args.seed)
     if args.name:
         pipe.config.name = args.name
@@ -159,7 +161,7 @@ def _load_masks(args: GenerateOptions):
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .atomic import refuse_input_overwrite
+    from .atomic import preflight_outputs
     from .io import sidecar_path, write_volume
     from .pipeline import LANDPipeline
 
@@ -169,14 +171,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = Path(opts.out)
     if not out.name.endswith((".nii.gz", ".nii", ".nrrd")):
         raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist; create it or choose another --out")
     model_dir = model_dir_or_default(opts.model)
     mask = opts.mask if opts.mask is not None or opts.nodules is not None else default_mask_path()
     sidecar = sidecar_path(out) if not out.name.endswith(".nrrd") else None
-    refuse_input_overwrite(
-        {"--out": out, "--out's JSON sidecar": sidecar},
+    preflight_outputs(
         {"--mask": mask, "--nodules": opts.nodules, "--model": model_dir},
+        files={"--out": out, "--out's JSON sidecar": sidecar},
     )
 
     masks = _load_masks(opts)
@@ -247,7 +247,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one."""
+    """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one (not
+    for a switch such as --no-compress, whose "default: True" would read as if it were on)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -256,7 +257,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             action.option_strings
             and default not in (None, False, argparse.SUPPRESS)
             and "default" not in text
-            and not isinstance(action, argparse._VersionAction)
+            and not isinstance(action, (argparse._VersionAction, argparse._StoreFalseAction))
         ):
             text += " (default: %(default)s)"
         return text
@@ -373,7 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _ARGV = None if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        try:
+            return _COMMANDS[args.command](args)
+        except PermissionError as e:  # a file or folder this user may not read (writes say so themselves)
+            raise InputError(
+                f"cannot open {e.filename}: permission denied; fix: make it readable for you, or run as a "
+                "user who may read it"
+            ) from None
     except LANDError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if getattr(args, "progress", None) == "json":

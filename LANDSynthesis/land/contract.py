@@ -48,9 +48,9 @@ EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL, EXIT_CANCELLED, EXIT_BROKEN_PIPE = 0,
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
     EXIT_BUG: "a bug in LAND (a Python traceback; please report it)",
-    EXIT_INPUT: "bad input, an output that would overwrite an input (refused before any work), or an output "
-    "that could not be written (the message names the problem and the fix; nothing is left at the output "
-    "path)",
+    EXIT_INPUT: "bad input, an output that would overwrite an input or cannot be written (a folder not "
+    "writable, a read-only file system, a file where a folder belongs: refused before any work), an output "
+    "whose write failed (the message names the problem and the fix; nothing is left at the output path)",
     EXIT_MODEL: "a model problem (missing, corrupt or non-finite weights, incompatible model.json) or "
     "training that diverged (the last good checkpoint is kept)",
     EXIT_CANCELLED: "cancelled by Ctrl-C / SIGINT / SIGTERM (training first checkpoints the current step); a "
@@ -240,13 +240,61 @@ def parse_diameters(text: object) -> tuple[float, float]:
     return d
 
 
+# Count-like options have an upper bound: a plan (case ids, seeds, a permutation) is held in memory and the
+# work is proportional, so an absurd count is refused at once instead of filling memory or disk for hours.
+MAX_TEACHING_CASES = 10_000  # a course needs tens to hundreds; 10,000 cases take days to generate
+MAX_SAMPLES = 100_000  # an evaluation set (the protocol uses 1,000)
+MAX_PHANTOM_CASES = 100_000
+MAX_FIDELITY_CASES = 1_000
+MAX_GRID_SIDE = 1024  # voxels per side of a phantom, demo mask set or benchmark grid (1024³: 4 GiB float32)
+MAX_WORKERS = 256
+
+
+def check_count(option: str, value: object, least: int, most: int, fix: str = "") -> int:
+    """``value`` as an int when it is a whole number in ``least..most``, else :class:`InputError` naming
+    ``option``, the range and ``fix`` (how to do more: e.g. several runs)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= int(value) <= most:
+        raise InputError(
+            f"{option} {value!r} is out of range: use a whole number from {least:,} to {most:,}"
+            + (f"; fix: {fix}" if fix else "")
+        )
+    return int(value)
+
+
+def count_argument(option: str, least: int, most: int, fix: str = "") -> Any:
+    """An argparse ``type`` for a count option (:func:`check_count`; a bad value exits 2 with usage)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        try:
+            return check_count(option, value, least, most, fix)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def check_teaching_cases(cases: object) -> int:
+    """A teaching set's number of cases, 1..:data:`MAX_TEACHING_CASES` (:class:`InputError` otherwise)."""
+    return check_count(
+        "the number of cases --cases", cases, 1, MAX_TEACHING_CASES, "make several sets with different --seed"
+    )
+
+
 def check_steps(steps: object) -> int | None:
     """``None`` (the sampler's default) or a whole number of steps 1..1000, else :class:`InputError`."""
     if steps is None:
         return None
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= int(steps) <= 1000:
-        raise InputError(f"invalid step count {steps!r}: use a whole number from 1 to 1000 (or the default)")
-    return int(steps)
+    try:
+        return check_count("the step count", steps, 1, 1000, "use fewer steps, or the sampler's default")
+    except InputError:
+        raise InputError(
+            f"invalid step count {steps!r}: use a whole number from 1 to 1000 (or the default)"
+        ) from None
 
 
 def _check_guidance_and_progress(scale: float | None, mode: str | None, progress: str) -> None:
@@ -484,12 +532,7 @@ class TeachingSetOptions:
 
     def validate(self) -> TeachingSetOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
-        if (
-            isinstance(self.cases, bool)
-            or not isinstance(self.cases, numbers.Integral)
-            or not 1 <= self.cases
-        ):
-            raise InputError(f"the number of cases must be a whole number >= 1, got {self.cases!r}")
+        check_teaching_cases(self.cases)
         if self.nodule_rate is not None and not 0.0 <= float(self.nodule_rate) <= 1.0:
             raise InputError(
                 f"the nodule rate (--nodule-rate) is a share of cases, 0..1, got {self.nodule_rate!r}"
@@ -538,9 +581,13 @@ class SampleSetOptions:
 
     def validate(self) -> SampleSetOptions:
         """Raise :class:`InputError` naming the first bad option; returns ``self``."""
-        n = self.n
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n:
-            raise InputError(f"the number of samples must be a whole number >= 1, got {n!r}")
+        check_count(
+            "the number of samples --n",
+            self.n,
+            1,
+            MAX_SAMPLES,
+            "split the set into several --out folders with other --seed",
+        )
         if (self.masks is None) == (not self.unconditional):
             raise InputError("give a mask dataset (--masks DIR) or --unconditional, not both and not neither")
         check_device(self.device)

@@ -22,13 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import preflight_outputs
 from .conditioning import MaskSet
 from .contract import (
     DEFAULT_SAMPLER,
     FIT_HELP,
     FITS,
     GUIDANCE_DEFAULTS,
+    MAX_FIDELITY_CASES,
+    MAX_GRID_SIDE,
     SAMPLERS,
+    count_argument,
     guidance_text,
     sampler_help,
     steps_help,
@@ -614,18 +618,21 @@ def register(sub, command) -> None:
     """Add ``land demo-masks``, ``land demo-fidelity`` and ``land train-demo`` to the CLI."""
     p = sub.add_parser("demo-masks", help="write the default mask set (lungs + nodules of textures 1, 3, 5)")
     p.add_argument("--out", required=True, help="folder for demo_masks.seg.nrrd")
-    p.add_argument("--size", type=int, default=128, help="voxels per side")
+    p.add_argument("--size", type=count_argument("--size", 16, MAX_GRID_SIDE), default=128,
+                   help="voxels per side")  # fmt: skip
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
 
     @command("demo-masks")
     def cmd_demo_masks(args: argparse.Namespace) -> int:
+        preflight_outputs({}, folders={"--out": args.out})
         path = write_demo_masks(Path(args.out), args.size, args.spacing)
         print(f"wrote {path}")
         return 0
 
     p = sub.add_parser("demo-fidelity", help="measure conditional fidelity on held-out phantom masks")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
-    p.add_argument("--n", type=int, default=FIDELITY_CASES, help="number of held-out cases")
+    p.add_argument("--n", type=count_argument("--n", 1, MAX_FIDELITY_CASES), default=FIDELITY_CASES,
+                   help="number of held-out cases")  # fmt: skip
     p.add_argument("--seed", type=int, default=FIDELITY_SEED,
                    help="first held-out phantom seed (with --masks: the seed of every CT)")  # fmt: skip
     p.add_argument("--steps", type=int, help=steps_help())
@@ -651,9 +658,8 @@ def register(sub, command) -> None:
     def cmd_demo_fidelity(args: argparse.Namespace) -> int:
         from .cli import default_model_dir
 
-        if args.n < 1:
-            raise InputError(f"--n must be at least 1, got {args.n}")
         model = Path(args.model) if args.model else default_model_dir()
+        preflight_outputs({"--model": model, "--masks": args.masks}, folders={"--out": args.out})
         out = Path(args.out) if args.out else None
         save = out / "ct" if (out and args.save_ct) else None
         if args.masks:
@@ -680,6 +686,7 @@ def register(sub, command) -> None:
 
     @command("train-demo")
     def cmd_train_demo(args: argparse.Namespace) -> int:
+        preflight_outputs({}, folders={"--out": args.out})
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         finetune = None if args.finetune_config == "none" else args.finetune_config
         train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +153,102 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _network_schema(config_class: type) -> dict[str, Any]:
+    """The JSON types of a network config class's fields, from their defaults."""
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    schema: dict[str, Any] = {}
+    for name, f in config_class.__dataclass_fields__.items():
+        default = f.default
+        if isinstance(default, (tuple, list)) and default:
+            schema[name] = [kinds[type(default[0])]]
+        elif type(default) in kinds:
+            schema[name] = kinds[type(default)]
+    return schema
+
+
+# model.json's JSON types: "integer", "number", "string", "boolean", "object", ["integer"] (a list of them),
+# or a nested schema (an object with these keys). Required keys are marked "!"; others may be absent.
+# The networks' sections follow their config classes' fields (see _network_schema).
+MODEL_JSON_SCHEMA: dict[str, Any] = {
+    "format!": "string",
+    "name!": "string",
+    "trained": "boolean",
+    "vae!": _network_schema(VAEConfig),
+    "unet!": _network_schema(UNetConfig),
+    "grid!": {"size!": ["integer"], "spacing!": ["number"]},
+    "intensity": {"hu_min!": "number", "hu_max!": "number"},
+    "conditioning!": {"mode!": "string", "encoding": "string"},
+    "diffusion": {"num_train_timesteps": "integer", "schedule": "string", "beta_start": "number",
+                  "beta_end": "number", "prediction_type": "string"},
+    "guidance": {"scale": "number", "mode": "string"},
+    "latent_scale": "number",
+    "provenance": "object",
+    "card": "string",
+    "weights": "object",
+}  # fmt: skip
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a whole number",
+               float: "a number", type(None): "null"}  # fmt: skip
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"string": str, "object": dict}[kind])
+
+
+def _expected(kind: Any) -> str:
+    if isinstance(kind, dict):
+        return "an object"
+    if isinstance(kind, list):
+        return f"a list of {_expected(kind[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {"integer": "a whole number", "number": "a finite number", "string": "a string",
+            "boolean": "true or false", "object": "an object"}[kind]  # fmt: skip
+
+
+def check_model_json(meta: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``meta`` when its keys have the JSON types of :data:`MODEL_JSON_SCHEMA`, else ModelError (exit 3)
+    naming the first wrong key, what it holds and what it should hold."""
+
+    def fail(key: str, value: Any, kind: Any) -> ModelError:
+        held = _JSON_NAMES.get(type(value), type(value).__name__)
+        shown = "" if value is None or isinstance(value, (dict, list)) else f" ({json.dumps(value)[:40]})"
+        return ModelError(
+            f"{path}: '{key}' is {held}{shown}, expected {_expected(kind)}; fix: restore {MODEL_JSON} from "
+            "where the model came from (it does not match the LAND model format)"
+        )
+
+    def walk(value: Any, kind: Any, key: str) -> None:
+        if isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise fail(key, value, kind)
+            for name, sub in kind.items():
+                name, required = name.rstrip("!"), name.endswith("!")
+                if name in value:
+                    walk(value[name], sub, f"{key}.{name}" if key else name)
+                elif required:
+                    raise ModelError(f"{path}: '{key + '.' if key else ''}{name}' is missing")
+        elif isinstance(kind, list):
+            if not isinstance(value, list):
+                raise fail(key, value, kind)
+            for i, item in enumerate(value):
+                if not _type_ok(item, kind[0]):
+                    raise fail(f"{key}[{i}]", item, kind[0])
+        elif not _type_ok(value, kind):
+            raise fail(key, value, kind)
+
+    if not isinstance(meta, dict):
+        raise fail("(the whole file)", meta, MODEL_JSON_SCHEMA)
+    walk(meta, MODEL_JSON_SCHEMA, "")
+    return meta
+
+
 def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The raw ``model.json`` of a model directory (ModelError when missing or not JSON)."""
+    """The ``model.json`` of a model directory, its types checked (ModelError when missing, not JSON or not
+    of the model format's types: :func:`check_model_json`)."""
     path = Path(model_dir) / MODEL_JSON
     if Path(model_dir).is_file():
         raise ModelError(
@@ -167,7 +262,7 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"{path} is missing; a LAND model directory holds {MODEL_JSON} and *.safetensors")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return check_model_json(json.loads(path.read_text(encoding="utf-8")), path)
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from e
     except OSError as e:

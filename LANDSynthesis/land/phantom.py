@@ -1120,14 +1120,17 @@ def write_phantom_dataset(
 
 def register(sub, command) -> None:
     """Add ``land phantoms`` to the CLI."""
+    from .contract import MAX_GRID_SIDE, MAX_PHANTOM_CASES, count_argument
 
     def int_range(text: str) -> tuple[int, int]:
         lo, _, hi = text.partition("-")
         return (int(lo), int(hi or lo))
 
     p = sub.add_parser("phantoms", help="write procedural chest CT phantoms in the folder dataset format")
-    p.add_argument("--n", type=int, required=True, help="number of cases")
-    p.add_argument("--size", type=int, default=128, help="voxels per side")
+    p.add_argument("--n", type=count_argument("--n", 0, MAX_PHANTOM_CASES), required=True,
+                   help="number of cases")  # fmt: skip
+    p.add_argument("--size", type=count_argument("--size", 16, MAX_GRID_SIDE), default=128,
+                   help="voxels per side")  # fmt: skip
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.add_argument("--seed", type=int, default=0, help="case i uses seed + i")
     p.add_argument("--nodules", type=int_range, default=(1, 3), help="nodules per case, e.g. 1-3 or 0")
@@ -1141,6 +1144,9 @@ def register(sub, command) -> None:
 
     @command("phantoms")
     def cmd_phantoms(args) -> int:
+        from .atomic import preflight_outputs
+
+        preflight_outputs({}, folders={"--out": args.out})
         if not 0.0 <= args.lung_from_ct <= 1.0:
             raise InputError(f"--lung-from-ct must be a share in 0..1, got {args.lung_from_ct}")
         extra = {"deform": True} if args.deform else {}

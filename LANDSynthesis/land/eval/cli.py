@@ -18,13 +18,13 @@ from ..contract import (
 
 
 def _sample_set(args: argparse.Namespace) -> int:
-    from ..atomic import refuse_input_overwrite
+    from ..atomic import preflight_outputs
     from ..cli import cancel_on_signals
     from ..events import Reporter
     from .sample_set import run_sample_set
 
     opts = options_from_namespace(SampleSetOptions, args).validate()
-    refuse_input_overwrite({"--out": opts.out}, {"--model": opts.model, "--masks": opts.masks})
+    preflight_outputs({"--model": opts.model, "--masks": opts.masks}, folders={"--out": opts.out})
     reporter = Reporter(opts.progress)
     reporter.show_warnings()
     cancel = cancel_on_signals()
@@ -73,13 +73,13 @@ def _sample_set(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..atomic import refuse_input_overwrite
+    from ..atomic import preflight_outputs
     from .report import EvalOptions, evaluate
 
-    refuse_input_overwrite(
-        {"--out": args.out, "--cache": args.cache},
+    preflight_outputs(
         {"--real": args.real, "--generated": args.generated, "--masks": args.masks,
          "--feature-weights": args.feature_weights},
+        folders={"--out": args.out, "--cache": args.cache},
     )  # fmt: skip
     argv = ["land", "evaluate", "--real", args.real, "--generated", args.generated]
     for flag, value in (
@@ -133,7 +133,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             if ms["available"]
             else f"MS-SSIM unavailable: {ms['reason']}"
         )
-        print(f"wrote {Path(args.out) / 'report.md'}, report.json and {len(report['figures'])} figures")
+        drawn = f"{len(report['figures'])} figures" if report["figures"] else "no figures"
+        print(f"wrote {Path(args.out) / 'report.md'}, report.json and {drawn}")
+        if "figures_not_drawn" in report:
+            print(f"note: {report['figures_not_drawn']}", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,19 @@ import numpy as np
 from ..volume import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
+NOT_DRAWN = (
+    "figures not drawn: matplotlib is not installed (it is optional; the numbers are complete); fix: pip "
+    "install matplotlib (or the engine with its [eval] extra) and rerun the same command"
+)
+
+
+def can_draw() -> bool:
+    """Whether matplotlib, which draws the figures, is importable (it is not a core dependency)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _figure(width: float, height: float):

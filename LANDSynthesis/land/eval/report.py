@@ -206,7 +206,7 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
     """Compute every metric and write the report; returns the report dict (also ``report.json``)."""
     from ..io import read_volume
     from .fidelity import fidelity_summary
-    from .figures import hu_histogram_png, montage_png, nodule_hu_boxplot_png
+    from .figures import NOT_DRAWN, can_draw, hu_histogram_png, montage_png, nodule_hu_boxplot_png
     from .msssim import ms_ssim_diversity
 
     try:
@@ -303,6 +303,11 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
                 }
 
     hist = {"real": _histogram(real, cache, log), "generated": _histogram(gen, cache, log)}
+    report["figures"] = {}
+    if not can_draw():
+        report["figures_not_drawn"] = NOT_DRAWN
+        log(f"note: {NOT_DRAWN}")
+        return _write_report(out, report)
     figures = {
         "montage": montage_png(
             [read_volume(real.files[0])] + [read_volume(f) for f in gen.files[: opts.montage]],
@@ -322,6 +327,11 @@ def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _lo
             groups["real"] = _hu_by_texture(report["fidelity_real"]["per_case"])
         figures["nodule_hu_by_texture"] = nodule_hu_boxplot_png(groups, out / "nodule_hu_by_texture.png").name
     report["figures"] = figures
+    return _write_report(out, report)
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write ``report.json`` and ``report.md``; returns ``report``."""
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     atomic_write_text(out / "report.md", markdown(report))
     return report
@@ -451,6 +461,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     lines += ["## Figures", ""]
+    if "figures_not_drawn" in report:
+        lines += [report["figures_not_drawn"][0].upper() + report["figures_not_drawn"][1:] + ".", ""]
     for name, file in report["figures"].items():
         lines += [f"**{name.replace('_', ' ')}**", "", f"![{name}]({file})", ""]
     return "\n".join(lines)

@@ -88,7 +88,26 @@ def full_settings(
     }
 
 
+SET_ENTRIES = frozenset({"teaching.json", "dicom", "key"})
+
+
+def refuse_foreign_folder(out: str | os.PathLike) -> None:
+    """InputError (exit 2) when ``out`` is a folder holding something other than a teaching set (a dataset,
+    a home folder): a set is written into a new or empty folder, or resumed in its own."""
+    p = Path(out)
+    if not p.is_dir() or (p / "teaching.json").is_file():
+        return
+    foreign = sorted(e.name for e in p.iterdir() if e.name not in SET_ENTRIES and not e.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(
+            f"--out {p} is a folder that holds other things ({shown}), not a teaching set; fix: choose a new "
+            "or empty folder (a set is resumed only in the folder it was started in); nothing was written"
+        )
+
+
 def _check_folder(out: Path, settings: dict) -> str:
+    refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("dicom", "key/cases", "key/segmentations", "key/thumbnails"):
         (out / sub).mkdir(parents=True, exist_ok=True)

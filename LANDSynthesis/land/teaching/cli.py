@@ -51,11 +51,11 @@ class _Progress:
 
 
 def cmd_teaching_set(args: argparse.Namespace) -> int:
-    from ..atomic import refuse_input_overwrite
+    from ..atomic import preflight_outputs
     from ..cli import cancel_on_signals, model_dir_or_default
     from ..contract import parse_diameters, parse_textures
     from ..pipeline import LANDPipeline
-    from .build import make_teaching_set
+    from .build import make_teaching_set, refuse_foreign_folder
     from .plan import TeachingSettings
 
     try:
@@ -76,7 +76,8 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
     )
     settings.validate()
     model_dir = model_dir_or_default(opts.model)
-    refuse_input_overwrite({"--out": opts.out}, {"--model": model_dir, "--lung-masks": opts.lung_masks})
+    preflight_outputs({"--model": model_dir, "--lung-masks": opts.lung_masks}, folders={"--out": opts.out})
+    refuse_foreign_folder(opts.out)
     pipe = LANDPipeline.from_pretrained(model_dir)
     if not pipe.config.trained:
         progress.reporter.warning(

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..conditioning import MaskSet
-from ..contract import parse_diameters, parse_textures
+from ..contract import check_teaching_cases, parse_diameters, parse_textures
 from ..errors import InputError
 from ..volume import Volume
 
@@ -52,8 +52,7 @@ class TeachingSettings:
     lung_masks: str | None = None
 
     def validate(self) -> None:
-        if self.cases < 1:
-            raise InputError(f"--cases must be at least 1, got {self.cases}")
+        check_teaching_cases(self.cases)
         if self.seed < 0:
             raise InputError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if not 0.0 <= self.nodule_rate <= 1.0:

@@ -40,13 +40,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _refuse_overwrite(args: argparse.Namespace, *extra: str) -> None:
     """The shared refusal (land.atomic) for a trainer: --out must not be or lie in any of its inputs."""
-    from ..atomic import refuse_input_overwrite
+    from ..atomic import preflight_outputs
 
     names = ("data", "config", "init_from", "perceptual_weights", "vae", *extra)
     inputs = {"--" + n.replace("_", "-"): getattr(args, n, None) for n in names}
     if not os.path.isfile(str(args.config)):
         inputs["--config"] = None  # a built-in config's name, not a file
-    refuse_input_overwrite({"--out": args.out, "--cache-dir": getattr(args, "cache_dir", None)}, inputs)
+    preflight_outputs(inputs, folders={"--out": args.out, "--cache-dir": getattr(args, "cache_dir", None)})
 
 
 def _is_main_rank() -> bool:
