@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -101,6 +102,24 @@ def register(subparsers: Any, command: Callable) -> None:
         "(land.events; the stages' output goes to stderr); none: only the summary",
     )
     command("train-pipeline")(cmd_train_pipeline)
+    p = subparsers.add_parser(
+        "snapshot",
+        help="a generating model directory from the latest checkpoints of running fine-tunes (U-Net and VAE)",
+    )
+    p.add_argument("--unet", required=True, help="train-ldm run folder (its checkpoint's EMA U-Net)")
+    p.add_argument("--vae", required=True, help="train-vae run folder (its checkpoint's VAE) or a model folder")
+    p.add_argument("--out", required=True, help="model directory to write")
+    command("snapshot")(cmd_snapshot)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from ..atomic import preflight_outputs
+    from .snapshot import snapshot_model
+
+    preflight_outputs({"--unet": args.unet, "--vae": args.vae}, folders={"--out": args.out})
+    out = snapshot_model(Path(args.unet), Path(args.vae), Path(args.out))
+    print(f"wrote model directory {out}")
+    return 0
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> int:
