@@ -107,7 +107,7 @@ def register(subparsers: Any, command: Callable) -> None:
         help="a generating model directory from the latest checkpoints of running fine-tunes (U-Net and VAE)",
     )
     p.add_argument("--unet", required=True, help="train-ldm run folder (its checkpoint's EMA U-Net)")
-    p.add_argument("--vae", required=True, help="train-vae run folder (its checkpoint's VAE) or a model folder")
+    p.add_argument("--vae", required=True, help="train-vae run folder (its checkpoint's VAE) or a model")
     p.add_argument("--out", required=True, help="model directory to write")
     command("snapshot")(cmd_snapshot)
 

@@ -62,7 +62,7 @@ def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path) -> Path:
         "vae_step": vae_step,
         "latent_scale_from": str(base_dir),
     }
-    mc.card = f"Snapshot of running fine-tunes: U-Net {ldm_run} step {ldm['step']}, {vae_note}. SYNTHETIC outputs."
+    mc.card = f"Snapshot of fine-tunes: U-Net {ldm_run} step {ldm['step']}, {vae_note}. SYNTHETIC outputs."
     mc.validate()
     return save_model_dir(dest, mc, {"vae": vae_state, "unet": unet_state})
 
