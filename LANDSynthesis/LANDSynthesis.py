@@ -22,6 +22,7 @@ from LANDSynthesisLib.logic import (
     BUNDLED_MODEL_NAME,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    FITS,
     GUIDANCE_MODES,
     MAX_GUIDANCE,
     MODES,
@@ -58,6 +59,10 @@ GUIDANCE_MODE_TIPS = {  # keys: land.contract.GUIDANCE_MODES
     "nodules": "Contrast with the same lungs without nodules: makes the nodules show (recommended).",
 }
 DEVICE_TITLES = (("auto", "Auto (GPU if available)"), ("cuda", "GPU (CUDA)"), ("cpu", "CPU"))
+FIT_TITLES = {  # keys: land.contract.FITS
+    "crop": "Model's voxel size (a larger chest is cut off)",
+    "scale": "Whole chest (larger voxels when the lungs fill the grid)",
+}
 MODEL_SOURCES = (("bundled", f"Bundled demo model ({BUNDLED_MODEL_NAME})"), ("directory", "Model directory"))
 TABLE_COLUMNS = ("Nodule", "Volume (mL)", "Diameter (mm)", "Texture", "Meaning")
 POLL_INTERVAL_MS = 100
@@ -121,6 +126,8 @@ class LANDSynthesisWidget(
             self.ui.samplerComboBox.addItem(f"{sampler} - {SAMPLER_TITLES[sampler]}", sampler)
         for value, title in DEVICE_TITLES:
             self.ui.deviceComboBox.addItem(title, value)
+        for fit in FITS:
+            self.ui.fitComboBox.addItem(FIT_TITLES[fit], fit)
         for mode in GUIDANCE_MODES:
             self.ui.guidanceModeComboBox.addItem(mode, mode)
             self.ui.guidanceModeComboBox.setItemData(
@@ -184,6 +191,7 @@ class LANDSynthesisWidget(
         self.ui.guidanceSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.guidanceModeComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.fitComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.replacePreviousCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.noduleDiameterSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.noduleTextureSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
@@ -297,6 +305,7 @@ class LANDSynthesisWidget(
             custom = not self.ui.guidanceFromModelCheckBox.checked
             self.ui.guidanceSpinBox.enabled = self.ui.guidanceModeComboBox.enabled = custom
             self._setCombo(self.ui.deviceComboBox, node.GetParameter("Device"))
+            self._setCombo(self.ui.fitComboBox, node.GetParameter("Fit"))
             self.ui.replacePreviousCheckBox.checked = node.GetParameter("ReplacePrevious") == "true"
             self.ui.noduleDiameterSpinBox.value = float(node.GetParameter("NoduleDiameter") or 10)
             self.ui.noduleTextureSpinBox.value = int(node.GetParameter("NoduleTexture") or 5)
@@ -330,6 +339,7 @@ class LANDSynthesisWidget(
             node.SetParameter("Guidance", f"{self.ui.guidanceSpinBox.value:g}")
             node.SetParameter("GuidanceMode", self.ui.guidanceModeComboBox.currentData or "nodules")
             node.SetParameter("Device", self.ui.deviceComboBox.currentData or "auto")
+            node.SetParameter("Fit", self.ui.fitComboBox.currentData or "crop")
             node.SetParameter(
                 "ReplacePrevious", "true" if self.ui.replacePreviousCheckBox.checked else "false"
             )
@@ -481,6 +491,7 @@ class LANDSynthesisWidget(
             "steps": self.ui.stepsSpinBox.value,
             "seed": None if self.ui.randomSeedCheckBox.checked else self.ui.seedSpinBox.value,
             "device": self.ui.deviceComboBox.currentData,
+            "fit": self.ui.fitComboBox.currentData or "crop",
             "replacePrevious": self.ui.replacePreviousCheckBox.checked,
             **self.guidanceParameters(),
         }

@@ -303,7 +303,8 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
     opts = GenerateOptions(out="ct.nrrd", model="m", mask="a.seg.nrrd", nodules="n.nrrd", texture="1=5",
                            steps=7, seed=3, mode="nodule", guidance=2.0, guidance_mode="nodules",
                            precision="fp32", strict=True, compress=False, decode="full", max_memory="3G",
-                           match_input=True, progress="json", device="cpu", sampler="ddim")  # fmt: skip
+                           match_input=True, progress="json", device="cpu", sampler="ddim",
+                           fit="scale")  # fmt: skip
     a = build_parser().parse_args(opts.to_argv())
     assert a.command == "generate" and options_from_namespace(GenerateOptions, a) == opts  # every field
     assert a.compress is False and "--no-compress" in opts.to_argv()
@@ -324,7 +325,7 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
             (dict(guidance_mode="strong"), "guidance mode"), (dict(mode="x"), "mode"),
             (dict(precision="fp8"), "precision"),
             (dict(guidance=99.0, guidance_mode="nodules"), "guidance"),
-            (dict(max_memory="lots"), "memory"))  # fmt: skip
+            (dict(max_memory="lots"), "memory"), (dict(fit="stretch"), "--fit"))  # fmt: skip
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             GenerateOptions(out="x", **bad).to_argv()

@@ -125,3 +125,13 @@ def test_model_guidance_and_parameter_node_defaults(land_logic, mrml, tmp_path):
     node.SetParameter("Guidance", "7.5")
     land_logic.setDefaultParameters(node)  # keeps what the user set
     assert node.GetParameter("GuidanceFromModel") == "false" and node.GetParameter("Guidance") == "7.5"
+
+
+def test_the_panels_field_of_view_reaches_the_engine():
+    from LANDSynthesisLib.options import GenerationParameters, LANDInputError
+
+    argv = GenerationParameters(fit="scale").engineOptions("ct.nrrd").to_argv()
+    assert argv[argv.index("--fit") + 1] == "scale"
+    assert GenerationParameters().engineOptions("ct.nrrd").fit == "crop"
+    with pytest.raises(LANDInputError, match="unknown --fit 'stretch'"):
+        GenerationParameters(fit="stretch").check()

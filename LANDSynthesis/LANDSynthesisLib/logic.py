@@ -38,6 +38,7 @@ from land.childproc import ChildProcess, python_executable
 from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    FITS,
     GUIDANCE_DEFAULTS,
     GUIDANCE_MODES,
     MAX_GUIDANCE,

@@ -67,6 +67,7 @@ class GenerationParameters:
     steps: int | None = None
     seed: int | None = 0
     device: str = "auto"
+    fit: str = "crop"  # land.contract.FITS: crop the chest at the model's voxel size, or scale it to fit
     replacePrevious: bool = False
     strict: bool = False
     outputName: str | None = None
@@ -92,6 +93,7 @@ class GenerationParameters:
             guidance=None if self.guidanceFromModel else self.guidanceScale,
             guidance_mode=None if self.guidanceFromModel else self.guidanceMode,
             strict=self.strict,
+            fit=self.fit,
             compress=False,  # a raw NRRD loads several times faster on the GUI thread
             progress="json",
             extra=[str(a) for a in self.extraArguments],
