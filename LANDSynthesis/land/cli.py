@@ -174,9 +174,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model_dir = model_dir_or_default(opts.model)
     mask = opts.mask if opts.mask is not None or opts.nodules is not None else default_mask_path()
     sidecar = sidecar_path(out) if not out.name.endswith(".nrrd") else None
+    pair_out = Path(opts.pair_out()) if opts.pair is not None else None
+    pair_sidecar = sidecar_path(pair_out) if pair_out is not None and sidecar is not None else None
     preflight_outputs(
         {"--mask": mask, "--nodules": opts.nodules, "--model": model_dir},
-        files={"--out": out, "--out's JSON sidecar": sidecar},
+        files={"--out": out, "--out's JSON sidecar": sidecar, "--pair's output": pair_out,
+               "--pair's JSON sidecar": pair_sidecar},  # fmt: skip
     )
 
     masks = _load_masks(opts)
@@ -188,14 +191,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
 
     cancel = cancel_on_signals()
+    pair = None
     try:
-        ct = pipe.generate(masks, progress=reporter, cancel=cancel, **opts.pipeline_arguments())
+        if opts.pair is not None:
+            from .matched_pairs import generate_pair
+
+            ct, pair_ct, figures = generate_pair(pipe, masks, opts.pair, progress=reporter, cancel=cancel,
+                                                 **opts.pipeline_arguments())  # fmt: skip
+            pair = (pair_out, pair_ct, figures)
+        else:
+            ct = pipe.generate(masks, progress=reporter, cancel=cancel, **opts.pipeline_arguments())
     except KeyboardInterrupt:
         from .errors import Cancelled
 
         raise Cancelled("generation cancelled") from None
     finally:
         reporter.close()
+    if pair is not None:  # the pair first: a complete --out means a complete pair
+        write_volume(pair[0], pair[1], pair[1].metadata, compress=opts.compress, cancel=cancel)
     write_volume(
         out, ct, ct.metadata, compress=opts.compress, cancel=cancel
     )  # a signal until the rename: 130
@@ -204,6 +217,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     reporter.done(out=str(out))
     if opts.progress != "json":
         print(f"wrote SYNTHETIC CT {out} ({ct.metadata['description']})")
+        if pair is not None:
+            f = pair[2]
+            print(f"wrote its matched pair {pair[0]} without nodule {f['nodule']}: identical beyond "
+                  f"{f['margin_mm']:g} mm of it (decoded, before blending, they differed there by at most "
+                  f"{f['max_abs_hu_beyond_margin_decoded']:g} HU)")  # fmt: skip
     return 0
 
 

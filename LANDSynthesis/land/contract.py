@@ -455,6 +455,13 @@ class GenerateOptions:
     )
     match_input: bool = option(False, "resample the CT back into the mask's geometry", action="store_true")
     fit: str = option("crop", FIT_HELP, choices=FITS)
+    pair: int | None = option(
+        None,
+        "matched pair: also write the same CT without nodule N (identical beyond a margin around it) as "
+        "OUT_without_nodule_N",
+        kind=int,
+        metavar="N",
+    )
     guidance: float | None = option(None, GUIDANCE_HELP, kind=float, metavar="W")
     guidance_mode: str | None = option(None, GUIDANCE_MODE_HELP, choices=GUIDANCE_MODES)
     precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=PRECISIONS)
@@ -479,12 +486,23 @@ class GenerateOptions:
         check_precision(self.precision)
         check_mode(self.mode)
         check_fit(self.fit)
+        if self.pair is not None and (isinstance(self.pair, bool) or self.pair < 1):
+            raise InputError(f"--pair takes a nodule label (1, 2, ...), got {self.pair}")
         if self.max_memory is not None:
             parse_memory(self.max_memory)
         if self.temp_dir is not None and not os.path.isdir(self.temp_dir):
             raise InputError(f"--temp-dir {self.temp_dir} is not a folder; create it or choose another")
         _check_guidance_and_progress(self.guidance, self.guidance_mode, self.progress)
         return self
+
+    def pair_out(self) -> str | None:
+        """The matched pair's output file (``ct_without_nodule_2.nii.gz`` beside ``ct.nii.gz``), or None."""
+        if self.pair is None:
+            return None
+        name = os.path.basename(self.out)
+        ext = next((e for e in (".nii.gz", ".nii", ".nrrd") if name.endswith(e)), "")
+        stem = name[: len(name) - len(ext)] if ext else name
+        return os.path.join(os.path.dirname(self.out), f"{stem}_without_nodule_{self.pair}{ext}")
 
     def to_argv(self) -> list[str]:
         """``generate ...``, checked by :meth:`validate` first."""
@@ -494,7 +512,7 @@ class GenerateOptions:
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``LANDPipeline.generate`` these options set (every field but the inputs,
         the model, the output and how progress is shown, which are the command's own)."""
-        own = {"model", "mask", "nodules", "texture", "progress", "compress", "out", "extra"}
+        own = {"model", "mask", "nodules", "texture", "progress", "compress", "out", "extra", "pair"}
         arguments = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own}
         arguments["max_memory"] = parse_memory(self.max_memory) if self.max_memory else None
         return arguments

@@ -323,6 +323,38 @@ def _unipc_update(
     return x - a_new * b_h * res
 
 
+class KnownLatent:
+    """Inpainting in latent space for matched pairs: ``record()`` stores the state every step of a sample
+    passes to the model (and its result); ``keep(recorded, where)`` makes another sample take those values
+    wherever ``where`` (bool, broadcastable to the latent) is True, at every step and in its result, so it
+    equals the first sample there exactly and is denoised freely, in context, elsewhere."""
+
+    def __init__(self, states: list[Tensor] | None = None, where: Tensor | None = None) -> None:
+        self.states: list[Tensor] = [] if states is None else states
+        self.where = where
+
+    @classmethod
+    def record(cls) -> KnownLatent:
+        return cls()
+
+    @classmethod
+    def keep(cls, recorded: KnownLatent, where: Tensor) -> KnownLatent:
+        if not recorded.states:
+            raise InputError("nothing recorded to keep: run the first sample with KnownLatent.record()")
+        return cls(recorded.states, where)
+
+    def __call__(self, i: int, x: Tensor) -> Tensor:
+        """The state at step ``i`` (``i`` = number of steps: the result)."""
+        if self.where is None:
+            if i != len(self.states):
+                raise InputError("KnownLatent.record() must see one sample's steps in order")
+            self.states.append(x.detach().clone())
+            return x
+        if i >= len(self.states):
+            raise InputError(f"the recorded sample has {len(self.states) - 1} steps; this one has more")
+        return torch.where(self.where.to(x.device), self.states[i].to(device=x.device, dtype=x.dtype), x)
+
+
 @torch.no_grad()
 def sample(
     model_fn: ModelFn,
@@ -339,6 +371,7 @@ def sample(
     x_T: Tensor | None = None,
     schedule: NoiseSchedule | None = None,
     timesteps: Sequence[int] | None = None,
+    known: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Draw samples from a v-prediction denoiser ``model_fn(x_t, t) -> v`` (``t``: int64, shape ``(N,)``).
 
@@ -356,6 +389,8 @@ def sample(
       ``dtype`` is float64).
     - ``progress(i, steps)`` is called after each step (``i`` from 1); ``cancel`` is checked before each
       step and raises :class:`land.errors.Cancelled`.
+    - ``known(i, x) -> x`` (e.g. :class:`KnownLatent`) sees the state passed to the model at step ``i``
+      and the result (``i`` = number of steps) and may replace it.
     """
     _check_sampler(sampler)
     schedule = schedule or NoiseSchedule()
@@ -402,6 +437,8 @@ def sample(
         abar_t, abar_p = schedule.abar(t), schedule.abar(t_prev)
         a_t, s_t = math.sqrt(abar_t), math.sqrt(1.0 - abar_t)
 
+        if known is not None:
+            x = known(i, x)
         t_batch = torch.full((shape[0],), t, dtype=torch.int64, device=device)
         v = model_fn(x.to(dtype), t_batch)
         if tuple(v.shape) != shape:
@@ -439,4 +476,6 @@ def sample(
 
         if progress is not None:
             progress(i + 1, n_steps)
+    if known is not None:
+        x = known(n_steps, x)
     return x.to(dtype)

@@ -27,7 +27,7 @@ from .contract import (
     guidance_text,
 )
 from .decoding import decode_full, decode_tiled
-from .diffusion import NoiseSchedule, default_steps, sample
+from .diffusion import KnownLatent, NoiseSchedule, default_steps, sample
 from .errors import Cancelled, InputError, ModelError
 from .guidance import check_guidance, guided_denoiser
 from .host_memory import reuse_freed_memory
@@ -280,6 +280,7 @@ class LANDPipeline:
         precision: str = DEFAULT_PRECISION,
         temp_dir: str | None = None,
         fit: str = "crop",
+        known: KnownLatent | None = None,
     ) -> Volume:
         """Synthesize one CT. Returns an int16 HU volume on the model grid (or the input's, ``match_input``).
 
@@ -292,7 +293,8 @@ class LANDPipeline:
         stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`. ``temp_dir``: where
         streamed decoding keeps layer outputs that do not fit ``max_memory`` (default: the system temporary
         folder); its free space is checked before denoising. ``fit``: how lungs larger than the model's
-        grid are handled, ``crop`` or ``scale`` (:meth:`model_grid_masks`).
+        grid are handled, ``crop`` or ``scale`` (:meth:`model_grid_masks`). ``known``: latent voxels kept
+        from another sample's trajectory, or recorded for one (matched pairs, :mod:`land.matched_pairs`).
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         check_mode(mode)
@@ -332,7 +334,7 @@ class LANDPipeline:
         self.unet.to(dev)
         z = self.denoise(cond, sampler=sampler, steps=steps, seed=seed, guidance=scale,
                          guidance_mode=gmode, mode=mode, precision=precision, progress=report("denoise"),
-                         cancel=cancel)  # fmt: skip
+                         cancel=cancel, known=known)  # fmt: skip
         self.unet.to("cpu")
         self.vae.to(dev)
         image = self.decode(z, method=decode, max_memory=max_memory, progress=report("decode"),
@@ -363,9 +365,11 @@ class LANDPipeline:
         precision: str = "fp32",
         progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None,
+        known: KnownLatent | None = None,
     ) -> torch.Tensor:
         """A latent (1, C, *grid) sampled for the latent-grid condition ``cond``, on ``cond``'s device (where
-        the U-Net must be), with the model's own noise schedule; ``precision`` as resolved (not ``auto``)."""
+        the U-Net must be), with the model's own noise schedule; ``precision`` as resolved (not ``auto``).
+        ``known`` records the trajectory or keeps part of a recorded one (:class:`KnownLatent`)."""
         dev = cond.device
         latent_shape = (1, self.config.unet.latent_channels, *cond.shape[2:])
         denoiser = guided_denoiser(self.unet, cond, guidance, guidance_mode, mode or self.config.mode)
@@ -380,6 +384,7 @@ class LANDPipeline:
                 progress=progress,
                 cancel=cancel,
                 schedule=self.noise_schedule(),
+                known=known,
             )
         _check_finite(z, "latent")
         return z
