@@ -158,13 +158,42 @@ def test_model_problems_exit_3(tiny_model_dir, tmp_path, damage):
     assert not (tmp_path / "ct.nii.gz").exists()
 
 
-def test_missing_default_model_is_explained(tmp_path, monkeypatch, capsys):
-    import land.cli
+MODEL_COMMANDS = {  # every command whose --model defaults to the bundled demo model, without --model
+    "generate": ["--progress", "none", "--out", "ct.nii.gz"],
+    "teaching-set": ["--cases", "1", "--progress", "none", "--out", "set"],
+    "sample-set": ["--unconditional", "--n", "1", "--progress", "none", "--out", "samples"],
+    "demo-fidelity": ["--n", "1", "--out", "fidelity"],
+    "info": [],
+}
 
-    monkeypatch.setattr(land.cli, "default_model_dir", lambda: tmp_path / "no-model")
-    code = land.cli.main(["generate", "--out", str(tmp_path / "ct.nii.gz")])
-    assert code == 3 and "no trained default model" in capsys.readouterr().err
-    assert not (tmp_path / "ct.nii.gz").exists()
+
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+def test_missing_default_model_is_explained(command, tmp_path, monkeypatch, capsys):
+    """One rule for --model: without it every command uses the bundled demo model, and an installation
+    without one is exit 3 with the same fix, before anything is written."""
+    import land.cli
+    import land.resources
+
+    monkeypatch.setattr(land.resources, "demo_model_dir", lambda: tmp_path / "no-model")
+    monkeypatch.chdir(tmp_path)
+    code = land.cli.main([command, *MODEL_COMMANDS[command]])
+    err = capsys.readouterr().err
+    assert code == 3 and "no trained default model is bundled" in err and "--model DIR" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sample_set_defaults_to_the_bundled_model(tmp_path):
+    from land.resources import demo_model_dir, has_demo_model
+
+    if not has_demo_model():
+        pytest.skip("no demo model bundled in this checkout")
+    out = tmp_path / "samples"
+    result = run("sample-set", "--unconditional", "--n", "1", "--steps", "1", "--progress", "none",
+                 "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (sample,) = out.glob("*.nii.gz")
+    prov = read_provenance(sample)
+    assert prov["model"].startswith(f"{demo_model_dir().name}@") and prov["model_trained"] == "true"
 
 
 def test_sigterm_cancels_cleanly_without_partial_output(tiny_model_dir, tmp_path):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from land.cli import default_mask_path, default_model_dir
 from land.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
 from land.errors import InputError
 from land.io import read_masks
+from land.resources import demo_masks_path, demo_model_dir
 
 LAND = [sys.executable, "-m", "land"]
 
@@ -23,8 +23,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_bundled_demo_masks_are_the_reproducible_demo_set():
-    path = default_mask_path()
-    assert path.is_file(), f"{path} missing; run land demo-masks --out Resources/DemoMasks"
+    path = demo_masks_path()
+    assert path.is_file(), f"{path} missing; run land demo-masks --out {path.parent}"
     bundled = read_masks(path)
     fresh = make_demo_masks()
     assert bundled.lung.array.shape == (128, 128, 128)
@@ -39,11 +39,11 @@ def test_bundled_demo_masks_are_the_reproducible_demo_set():
 
 
 def test_demo_masks_match_the_bundled_model_grid():
-    model = default_model_dir()
+    model = demo_model_dir()
     if not (model / "model.json").is_file():
         pytest.skip("no demo model bundled in this checkout")
     meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
-    masks = read_masks(default_mask_path())
+    masks = read_masks(demo_masks_path())
     assert list(masks.lung.array.shape[::-1]) == list(meta["grid"]["size"])
     assert list(masks.lung.spacing) == pytest.approx(meta["grid"]["spacing"])
 
@@ -84,7 +84,7 @@ def test_fidelity_runs_on_held_out_masks(tiny_model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def bundled_model():
-    model = default_model_dir()
+    model = demo_model_dir()
     if not (model / "model.json").is_file():
         pytest.skip("no demo model bundled in this checkout")
     from land.pipeline import LANDPipeline
@@ -97,15 +97,15 @@ def test_bundled_model_is_trained_and_labelled(bundled_model):
     assert cfg.trained
     assert cfg.mode == "nodule+lung+texture"
     assert "PHANTOM" in cfg.card.upper() and "not patients" in cfg.card
-    card = (default_model_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
+    card = (demo_model_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
     for needle in ("land train-demo", "Not for", "Lung Dice", "Spearman"):
         assert needle in card
-    size = sum(p.stat().st_size for p in default_model_dir().iterdir())
+    size = sum(p.stat().st_size for p in demo_model_dir().iterdir())
     assert size <= 50 * 1024 * 1024
 
 
 def test_bundled_model_generates_from_the_demo_masks(bundled_model):
-    masks = read_masks(default_mask_path())
+    masks = read_masks(demo_masks_path())
     ct = bundled_model.generate(masks, steps=3, seed=1)
     assert ct.array.shape == (128, 128, 128) and ct.array.dtype == np.int16
     assert ct.metadata["description"].startswith("SYNTHETIC")

@@ -25,7 +25,7 @@ from land.train.decoder_data import paired_step
 from land.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "Resources" / "Models" / "land-demo-phantom"
+BUNDLED = REPO / "LANDSynthesis" / "land" / "resources" / "models" / "land-demo-phantom"
 TINY = dict(channels=(8, 16, 16), num_res_blocks=(1, 1, 1), latent_channels=4, norm_num_groups=8)
 
 

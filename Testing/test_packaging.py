@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ("LANDSynthesis", "LANDTraining")
-DEMO_MODEL = "Resources/Models/land-demo-phantom"
+DEMO_MODEL = "land/resources/models/land-demo-phantom"  # relative to LANDSynthesis/
 DEMO_MODEL_FILES = {
     f"{DEMO_MODEL}/{n}" for n in ("model.json", "vae.safetensors", "unet.safetensors", "MODEL_CARD.md")
 }
@@ -167,14 +167,6 @@ def on_disk(folder: Path, pattern: str) -> set[str]:
     }
 
 
-def shared_resources(cmake: dict) -> set[str]:
-    """Repository-relative shared resources the LANDSynthesis CMake file lists (installed or warned about)."""
-    text = (REPO / "LANDSynthesis" / "CMakeLists.txt").read_text(encoding="utf-8")
-    m = re.search(r"set\(LAND_SHARED_RESOURCES\s(.*?)\)", text, re.S)
-    assert m, "LANDSynthesis/CMakeLists.txt has no set(LAND_SHARED_RESOURCES ...)"
-    return {w for w in m.group(1).split() if not w.startswith("#")}
-
-
 # ---------------------------------------------------------------------------------------------- file lists
 def test_cmake_parses_and_builds_both_modules(cmake):
     calls = cmake["calls"]
@@ -226,26 +218,16 @@ def test_every_listed_module_file_exists(cmake, module):
     assert not absent, f"{module}/CMakeLists.txt lists files that do not exist: {absent}"
 
 
-def test_shared_resources_listed_and_installed(cmake):
-    listed = shared_resources(cmake)
-    expected = (
-        on_disk(REPO, "Resources/Configs/*.json")
-        | on_disk(REPO, f"{DEMO_MODEL}/*")
-        | on_disk(REPO, "Resources/DemoMasks/**/*")
-        | DEMO_MODEL_FILES
-    )
-    assert {"Resources/Configs/paper.json", "Resources/Configs/small.json"} <= expected
-    missing = sorted(expected - listed)
-    assert not missing, f"LAND_SHARED_RESOURCES does not list {missing}; run Utilities/update_cmake_lists.py"
-    absent = sorted(f for f in listed - DEMO_MODEL_FILES if not (REPO / f).is_file())
-    assert not absent, f"LAND_SHARED_RESOURCES lists files that do not exist: {absent}"
-    installed = {(Path(src).resolve(), dest) for src, dest in cmake["installs"]}
-    for resource in sorted(listed):
-        if (REPO / resource).is_file():  # present: installed next to the scripted modules, same sub-folder
-            dest = f"lib/Slicer-5.10/qt-scripted-modules/{Path(resource).parent.as_posix()}"
-            assert ((REPO / resource).resolve(), dest) in installed, f"{resource} is not installed to {dest}"
-        else:  # listed ahead of time (the demo model in training): CMake warns instead of failing
-            assert resource in cmake["warnings"], f"no CMake warning for the missing {resource}"
+def test_engine_resources_are_module_resources(cmake):
+    """The engine's package data (demo model, demo masks, configs) is a resource of LANDSynthesis, so Slicer
+    copies it beside the engine's code (qt-scripted-modules/land/resources), where land.resources looks."""
+    folder = REPO / "LANDSynthesis"
+    expected = {f for f in on_disk(folder, "land/resources/**/*") if not f.endswith(".py")}
+    shipped = {"configs/paper.json", "configs/small.json", "demo_masks/demo_masks.seg.nrrd"}
+    assert DEMO_MODEL_FILES | {f"land/resources/{f}" for f in shipped} <= expected
+    missing = sorted(expected - set(cmake["resources"]["LANDSynthesis"]))
+    assert not missing, f"LAND_ENGINE_RESOURCES does not list {missing}; run Utilities/update_cmake_lists.py"
+    assert not (REPO / "Resources" / "Models").exists(), "the demo model lives in land/resources/models"
 
 
 def test_update_script_lists_are_current():
@@ -268,7 +250,6 @@ def test_update_script_rewrites_a_stale_block(tmp_path):
         shutil.copytree(
             REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
-    shutil.copytree(REPO / "Resources", tmp_path / "Resources")
     cmake_file = tmp_path / "LANDTraining" / "CMakeLists.txt"
     original = cmake_file.read_text(encoding="utf-8")
     stale = re.sub(

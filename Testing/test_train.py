@@ -19,6 +19,7 @@ from land.conditioning import MaskSet
 from land.errors import InputError
 from land.io import read_volume
 from land.pipeline import LANDPipeline
+from land.resources import demo_model_dir
 from land.train.config import PerceptualConfig, load_config, parse_config, with_overrides
 from land.train.ldm_trainer import nodule_weighted_mse, train_ldm
 from land.train.perceptual import build_perceptual
@@ -60,7 +61,7 @@ def test_bundled_configs_and_errors_name_the_key():
         cfg.model_config().validate()
     with pytest.raises(InputError, match="needs vae.init_from or --init-from"):  # a decoder-only fine-tune
         load_config("demo-wide-decoder")
-    model = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "land-demo-phantom"
+    model = demo_model_dir()
     load_config("demo-wide-decoder", {"vae": {"init_from": str(model)}}).model_config().validate()
     paper = load_config("paper")
     assert paper.vae.loss_weights == {

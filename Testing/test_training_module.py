@@ -40,6 +40,8 @@ from land.train.pipeline_run import (  # noqa: E402
     TrainingRun,
 )
 
+TINY_CONFIG = REPO / "LANDSynthesis" / "land" / "resources" / "configs" / "tiny.json"  # the checkout's own
+
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -108,7 +110,7 @@ def test_module_imports_without_qt(mrml):
 def test_configs_found():
     configs = bundled_configs()
     assert {"paper", "small", "demo", "tiny"} <= set(configs)
-    assert pipeline.resolve_config("tiny") == (REPO / "Resources" / "Configs" / "tiny.json").resolve()
+    assert pipeline.resolve_config("tiny") == (TINY_CONFIG).resolve()
     with pytest.raises(pipeline.TrainingInputError, match="paper"):
         pipeline.resolve_config("nonexistent")
     assert "32x32x32" in config_summary("tiny")
@@ -170,7 +172,7 @@ def test_stage_commands(phantoms, tmp_path):
     args = {s: stage_arguments(s, run) for s in STAGES}
     assert args["prepare"][:5] == ["prepare-lidc", "--dicom-root", str(phantoms), "--out", str(phantoms)]
     assert args["vae"][:2] == ["train-vae", "--data"] and "--resume" not in args["vae"]
-    assert args["vae"][args["vae"].index("--config") + 1] == str(REPO / "Resources" / "Configs" / "tiny.json")
+    assert args["vae"][args["vae"].index("--config") + 1] == str(TINY_CONFIG)
     assert args["ldm"][args["ldm"].index("--vae") + 1] == str(out / "vae")
     assert args["sample"] == [
         "sample-set", "--model", str(out / "ldm"), "--masks", str(phantoms), "--n", "8", "--out",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from land.cli import default_mask_path, default_model_dir
 from land.io import read_masks
 from land.pipeline import LANDPipeline
+from land.resources import demo_masks_path, demo_model_dir
 
 TEXTURE_WORDS = {1: "non-solid", 2: "non-solid/part-solid", 3: "part-solid", 4: "part-solid/solid",
                  5: "solid"}  # fmt: skip
@@ -32,8 +32,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pipe = LANDPipeline.from_pretrained(default_model_dir())
-    masks = read_masks(default_mask_path())
+    pipe = LANDPipeline.from_pretrained(demo_model_dir())
+    masks = read_masks(demo_masks_path())
     ct = pipe.generate(masks, steps=args.steps, seed=args.seed, match_input=True)
     hu = ct.array.astype(np.float32)
     lung = masks.lung.array > 0

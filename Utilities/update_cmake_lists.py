@@ -4,10 +4,9 @@
     python Utilities/update_cmake_lists.py --check  # exit 1 (naming the differences) when a list is stale
 
 Each block is ``# BEGIN LAND FILE LIST <name> ...``, ``set(<VARIABLE> ...)``, ``# END LAND FILE LIST <name>``.
-Paths are relative to the block's base folder (the module folder, or the repository root for the shared
-``Resources``). ``EXPECTED`` files are listed even before they exist (the demo model being trained); CMake
-warns about and skips listed files that are missing. Testing/test_packaging.py checks the lists
-independently of this script.
+Paths are relative to the block's base folder (the module folder). The engine's package data
+(``land/resources``: demo model, demo masks, configs) is listed as resources of LANDSynthesis.
+Testing/test_packaging.py checks the lists independently of this script.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,20 +33,23 @@ class FileList:
     variable: str
     base: str  # folder the paths are relative to (relative to the repository; "" = the repository)
     patterns: tuple[str, ...]  # globs relative to ``base``
-    expected: tuple[str, ...] = field(default=())  # listed even when absent (relative to ``base``)
+    exclude: tuple[str, ...] = field(default=())  # file-name globs left out (the package's own code)
 
     def files(self, repo: Path = REPO) -> list[str]:
         base = repo / self.base
-        found: set[str] = set(self.expected)
+        found: set[str] = set()
         for pattern in self.patterns:
             for path in base.glob(pattern):
-                if path.is_file() and path.name not in IGNORED_NAMES and not IGNORED_PARTS & set(path.parts):
+                if (
+                    path.is_file()
+                    and path.name not in IGNORED_NAMES
+                    and not IGNORED_PARTS & set(path.parts)
+                    and not any(fnmatch(path.name, x) for x in self.exclude)
+                ):
                     found.add(path.relative_to(base).as_posix())
         return sorted(found)
 
 
-DEMO_MODEL = "Resources/Models/land-demo-phantom"
-DEMO_MODEL_FILES = ("model.json", "vae.safetensors", "unet.safetensors", "MODEL_CARD.md")
 FILE_LISTS: tuple[FileList, ...] = (
     FileList("LANDSynthesis/CMakeLists.txt", "module-lib", "MODULE_LIB_SCRIPTS", "LANDSynthesis",
              ("LANDSynthesisLib/*.py",)),
@@ -54,14 +57,8 @@ FILE_LISTS: tuple[FileList, ...] = (
              ("land/**/*.py",)),
     FileList("LANDSynthesis/CMakeLists.txt", "module-resources", "MODULE_PYTHON_RESOURCES", "LANDSynthesis",
              ("Resources/**/*",)),
-    FileList(
-        "LANDSynthesis/CMakeLists.txt",
-        "shared-resources",
-        "LAND_SHARED_RESOURCES",
-        "",
-        ("Resources/Configs/*.json", f"{DEMO_MODEL}/*", "Resources/DemoMasks/**/*"),
-        tuple(f"{DEMO_MODEL}/{n}" for n in DEMO_MODEL_FILES),
-    ),
+    FileList("LANDSynthesis/CMakeLists.txt", "engine-resources", "LAND_ENGINE_RESOURCES", "LANDSynthesis",
+             ("land/resources/**/*",), exclude=("*.py",)),
     FileList("LANDTraining/CMakeLists.txt", "module-lib", "MODULE_LIB_SCRIPTS", "LANDTraining",
              ("LANDTrainingLib/*.py",)),
     FileList("LANDTraining/CMakeLists.txt", "module-scripts", "MODULE_SCRIPT_FILES", "LANDTraining",

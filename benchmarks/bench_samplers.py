@@ -60,12 +60,12 @@ def demo_model(
     cache: str | None = None,
     ref_sampler: str = "dpmpp2m",
 ) -> None:
-    from land.cli import default_model_dir
     from land.demo import make_demo_masks
     from land.eval.fidelity import nodule_stats
     from land.pipeline import LANDPipeline
+    from land.resources import demo_model_dir
 
-    pipe = LANDPipeline.from_pretrained(default_model_dir())
+    pipe = LANDPipeline.from_pretrained(demo_model_dir())
     masks = make_demo_masks()
     lung = masks.lung.array
     labels = masks.nodules.array

@@ -35,8 +35,9 @@ def parity(device: str, steps: int) -> dict:
     from land.decoding import decode_full, decode_tiled
     from land.demo import make_demo_masks
     from land.pipeline import LANDPipeline, resolve_device
+    from land.resources import demo_model_dir
 
-    pipe = LANDPipeline.from_pretrained(REPO / "Resources" / "Models" / "land-demo-phantom")
+    pipe = LANDPipeline.from_pretrained(demo_model_dir())
     masks = make_demo_masks()
     out: dict = {"auto_device": resolve_device("auto").type, "steps": steps}
     t0 = time.perf_counter()

@@ -68,7 +68,6 @@ from .maskexport import (  # noqa: F401 - re-exported
 )
 from .modelinfo import (  # noqa: F401 - re-exported
     ModelInfo,
-    bundledModelCandidates,
     bundledModelDirectory,
     bundledModelMissingMessage,
     engineDirectory,

@@ -15,6 +15,7 @@ from land.contract import (
     parse_guidance,
 )
 from land.contract import format_duration as formatDuration  # noqa: F401 - the panels' one formatter
+from land.resources import demo_model_dir, has_demo_model
 
 from .options import BUNDLED_MODEL_NAME, LANDSynthesisError
 
@@ -71,30 +72,9 @@ def readModelInfo(modelDirectory: str | os.PathLike) -> ModelInfo:
         raise LANDSynthesisError(f"{meta_path} is not a valid LAND model description: {e}") from e
 
 
-def bundledModelCandidates() -> list[Path]:
-    """Where the bundled demo model may be: next to the module (installed extension), or the repository's
-    ``Resources/Models`` (the engine's default, ``land.cli.default_model_dir()``)."""
-    here = Path(__file__).resolve().parent.parent  # the module folder (LANDSynthesis/)
-    candidates = [
-        here / "Resources" / "Models" / BUNDLED_MODEL_NAME,
-        here.parent / "Resources" / "Models" / BUNDLED_MODEL_NAME,
-    ]
-    try:
-        from land.cli import default_model_dir
-
-        candidates.append(Path(default_model_dir()))
-    except Exception:  # noqa: BLE001 - an engine without this helper must not break the module
-        pass
-    unique: list[Path] = []
-    for c in candidates:
-        if c not in unique:
-            unique.append(c)
-    return unique
-
-
 def bundledModelDirectory() -> Path | None:
-    """The bundled demo model's directory, or None when this installation does not have it (yet)."""
-    return next((c for c in bundledModelCandidates() if (c / "model.json").is_file()), None)
+    """The bundled demo model's directory (``land.resources``), or None when this installation lacks it."""
+    return demo_model_dir() if has_demo_model() else None
 
 
 def bundledModelMissingMessage() -> str:

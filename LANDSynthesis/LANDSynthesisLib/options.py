@@ -19,9 +19,10 @@ from land.contract import (
     parse_textures,
 )
 from land.errors import InputError
+from land.resources import DEMO_MODEL_NAME
 
 MODULE_NAME = "LANDSynthesis"
-BUNDLED_MODEL_NAME = "land-demo-phantom"
+BUNDLED_MODEL_NAME = DEMO_MODEL_NAME
 SAMPLERS = tuple(SAMPLER_TITLES)  # the panel's order (land.contract)
 LUNG_WINDOW, LUNG_LEVEL = 1500.0, -600.0
 DENOISE_SHARE = 0.9  # share of the progress bar for denoising; decoding gets the rest

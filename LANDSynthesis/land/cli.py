@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import resources
 from .contract import (
     EXIT_INPUT,
     WARNING_UNTRAINED_MODEL,
@@ -44,43 +45,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def bundled_resources() -> Path:
-    """The extension's ``Resources`` folder (repository checkout or installed Slicer extension)."""
-    return Path(__file__).resolve().parents[2] / "Resources"
-
-
-def default_model_dir() -> Path:
-    """The bundled demo model: in the repository's Resources or beside the engine (installed extension)."""
-    here = Path(__file__).resolve().parent
-    candidates = [bundled_resources(), here.parent / "Resources"]
-    for resources in candidates:
-        if (resources / "Models" / "land-demo-phantom" / "model.json").is_file():
-            return resources / "Models" / "land-demo-phantom"
-    return candidates[0] / "Models" / "land-demo-phantom"
-
-
-def model_dir_or_default(model: str | None) -> Path:
-    """``--model``, or the bundled demo model (ModelError with the fix when this installation has none)."""
+def model_dir_or_default(model: str | Path | None) -> Path:
+    """``--model``, or the bundled demo model: the one rule of every command that takes ``--model``
+    (ModelError with the fix when this installation has no demo model)."""
     if model:
         return Path(model)
-    model_dir = default_model_dir()
-    if not (model_dir / "model.json").is_file():
+    if not resources.has_demo_model():
         raise ModelError(
-            "no trained default model is bundled with this installation yet; pass --model DIR with a LAND "
-            "model directory (train one with land train-ldm, or make an untrained test model with "
-            "land init-model --config small --out DIR)"
+            f"no trained default model is bundled with this installation ({resources.demo_model_dir()} "
+            "has no model.json); pass --model DIR with a LAND model directory (train one with land "
+            "train-ldm, or make an untrained test model with land init-model --config small --out DIR)"
         )
-    return model_dir
-
-
-def default_mask_path() -> Path:
-    """The bundled demo mask set (lungs + nodules of textures 1, 3, 5) used when no --mask is given."""
-    here = Path(__file__).resolve().parent
-    candidates = [bundled_resources(), here.parent / "Resources"]
-    for resources in candidates:
-        if (resources / "DemoMasks" / "demo_masks.seg.nrrd").is_file():
-            return resources / "DemoMasks" / "demo_masks.seg.nrrd"
-    return candidates[0] / "DemoMasks" / "demo_masks.seg.nrrd"
+    return resources.demo_model_dir()
 
 
 def parse_memory(text: str) -> int:
@@ -144,7 +120,7 @@ def _load_masks(args: GenerateOptions):
             if overrides:
                 raise InputError("--texture was given with --mode none; drop --texture or the mode")
             return None
-        demo = default_mask_path()
+        demo = resources.demo_masks_path()
         if not demo.is_file():
             raise InputError(
                 f"no --mask given and the bundled demo masks ({demo}) are missing; pass --mask, or "
@@ -172,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not out.name.endswith((".nii.gz", ".nii", ".nrrd")):
         raise InputError(f"--out {out} must end in .nii.gz, .nii or .nrrd")
     model_dir = model_dir_or_default(opts.model)
-    mask = opts.mask if opts.mask is not None or opts.nodules is not None else default_mask_path()
+    mask = opts.mask if opts.mask is not None or opts.nodules is not None else resources.demo_masks_path()
     sidecar = sidecar_path(out) if not out.name.endswith(".nrrd") else None
     pair_out = Path(opts.pair_out()) if opts.pair is not None else None
     pair_sidecar = sidecar_path(pair_out) if pair_out is not None and sidecar is not None else None
@@ -231,7 +207,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .model_dir import ModelConfig, read_model_json
     from .pipeline import LANDPipeline
 
-    model_dir = Path(args.model) if args.model else default_model_dir()
+    model_dir = model_dir_or_default(args.model)
     meta = read_model_json(model_dir)
     cfg = ModelConfig.from_json(meta)
     if args.json:

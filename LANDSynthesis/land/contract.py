@@ -578,7 +578,7 @@ class SampleSetOptions:
     """The options of ``land sample-set``, its parser built from these fields (see :class:`GenerateOptions`):
     ``masks`` a mask dataset whose cases are reused in turn, or ``unconditional``."""
 
-    model: str = option("", "model directory", required=True)
+    model: str | None = option(None, "model directory (default: the bundled demo model)")
     masks: str | None = option(
         None, "folder dataset of masks (manifest.csv + case folders, e.g. land phantoms)"
     )

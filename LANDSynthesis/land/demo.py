@@ -38,6 +38,7 @@ from .contract import (
     steps_help,
 )
 from .errors import InputError
+from .resources import demo_model_dir
 from .volume import Volume
 
 if TYPE_CHECKING:
@@ -489,7 +490,7 @@ def train_demo(
     result = measure_fidelity(model, log=log)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     write_model_card(model, out, result, config)
-    log(f"[train-demo] model directory: {model} (copy it to Resources/Models/land-demo-phantom)")
+    log(f"[train-demo] model directory: {model} (copy it to {demo_model_dir()} to bundle it)")
     return model
 
 
@@ -669,9 +670,9 @@ def register(sub, command) -> None:
 
     @command("demo-fidelity")
     def cmd_demo_fidelity(args: argparse.Namespace) -> int:
-        from .cli import default_model_dir
+        from .cli import model_dir_or_default
 
-        model = Path(args.model) if args.model else default_model_dir()
+        model = model_dir_or_default(args.model)
         preflight_outputs({"--model": model, "--masks": args.masks}, folders={"--out": args.out})
         out = Path(args.out) if args.out else None
         save = out / "ct" if (out and args.save_ct) else None

@@ -104,7 +104,7 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 class LANDPipeline:
     """A VAE + denoiser pair with its ``model.json`` configuration.
 
-    >>> pipe = LANDPipeline.from_pretrained("Resources/Models/land-demo-phantom")  # doctest: +SKIP
+    >>> pipe = LANDPipeline.from_pretrained(land.resources.demo_model_dir())  # doctest: +SKIP
     >>> ct = pipe.generate(masks, steps=12, sampler="unipc", seed=0)  # doctest: +SKIP
     """
 

@@ -19,12 +19,13 @@ from ..contract import (
 
 def _sample_set(args: argparse.Namespace) -> int:
     from ..atomic import preflight_outputs
-    from ..cli import cancel_on_signals
+    from ..cli import cancel_on_signals, model_dir_or_default
     from ..events import Reporter
     from .sample_set import run_sample_set
 
     opts = options_from_namespace(SampleSetOptions, args).validate()
-    preflight_outputs({"--model": opts.model, "--masks": opts.masks}, folders={"--out": opts.out})
+    model_dir = model_dir_or_default(opts.model)
+    preflight_outputs({"--model": model_dir, "--masks": opts.masks}, folders={"--out": opts.out})
     reporter = Reporter(opts.progress)
     reporter.show_warnings()
     cancel = cancel_on_signals()
@@ -43,7 +44,7 @@ def _sample_set(args: argparse.Namespace) -> int:
 
     try:
         summary = run_sample_set(
-            opts.model,
+            model_dir,
             opts.out,
             opts.n,
             opts.masks,

@@ -1,4 +1,4 @@
-"""Training configurations: JSON files with sections ``data``, ``vae`` and ``ldm`` (see Resources/Configs).
+"""Training configurations: JSON files with sections ``data``, ``vae`` and ``ldm`` (see land.resources).
 
 ``--config`` takes a bundled name (``paper``, ``small``, ``tiny``) or a path. Every value is validated and a
 bad one raises :class:`InputError` naming its key (``vae.loss_weights.kl``). Keys starting with ``_`` are
@@ -22,7 +22,8 @@ from ..model_dir import ModelConfig
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 from ..models.mask_decoder import MASK_DECODERS
 from ..models.unet import COND_FEATURES, COND_INJECTIONS, cond_channels_for
-from .config_files import config_path, configs_dir
+from ..resources import configs_dir
+from .config_files import config_path
 
 PERCEPTUAL_NETWORKS = (
     "none",

@@ -9,13 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-
-
-def configs_dir() -> Path:
-    """The bundled ``Resources/Configs``: in the repository, or beside the engine (installed extension)."""
-    package = Path(__file__).resolve().parents[1]  # the land package
-    candidates = [package.parents[1] / "Resources" / "Configs", package.parent / "Resources" / "Configs"]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+from ..resources import configs_dir
 
 
 def bundled_configs() -> dict[str, Path]:
