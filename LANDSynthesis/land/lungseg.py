@@ -12,11 +12,15 @@ CT, reoriented to LPS), the result brought back to the input grid by linear inte
 3. **Trachea and main bronchi**: the trachea is found in the upper slices as a small round air region
    (7-34 mm equivalent diameter, lumen below -900 HU) within 30 mm of the body's left-right midline. From
    it the airway lumen is grown in 3D below -900 HU (lowered step by step to -990 HU when the region leaks
-   into the parenchyma: more than 250 mL or 10% of the air). The carina is the first slice below the seed
-   where the airway splits into two parts; the trachea above it and the airway within 40 mm (geodesic,
-   along the airway) below it are removed, widened by one voxel for the wall's partial volume. Smaller
-   intrapulmonary airways stay in the lungs. Without a trachea found (e.g. a scan starting below the
-   carina) this step is skipped.
+   into the parenchyma: more than 250 mL or 10% of the air). The trachea is followed slice by slice from
+   the seed, up to the top of the scan and down to the carina: the first slice where it splits into two
+   large parts (10 mm^2 each) that lead into separate branches going on downwards (10 mm, or as far as the
+   grown airway goes). Other air joined to the airway, also in the seed's slice (a paratracheal air pocket
+   or diverticulum, a lung apex reached through the bronchi), is no branch, so a scan whose top slice
+   cuts the trachea below the larynx gets its carina where it is. The trachea and the airway within 40 mm
+   (geodesic, along the airway) of it are removed, widened by one voxel for the wall's partial volume.
+   Smaller intrapulmonary airways stay in the lungs. Without a trachea found (e.g. a scan starting below
+   the carina) this step is skipped.
 4. **Lungs**: 3D components of what remains with at least 3% of the largest's volume (in practice the
    two lungs, joined where they touch; they are not split).
 5. **Filling**: a closing (radius ~6 mm) of each lung separately, so that juxtapleural nodules and
@@ -55,6 +59,7 @@ TRACHEA_DIAMETER_MM = (7.0, 34.0)
 TRACHEA_MIDLINE_MM = 30.0
 AIRWAY_LEAK_ML = 250.0
 MAIN_BRONCHI_MM = 40.0
+BRANCH_MM = 10.0
 CLOSING_MM = 6.0
 MAX_HOLE_2D_MM2 = 400.0
 MAX_HOLE_3D_ML = 500.0
@@ -286,25 +291,68 @@ def _grow_airway(
     return None, None
 
 
-def _main_airways(airway: np.ndarray, seed_z: int, spacing_zyx: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """Trachea + main bronchi part of a grown airway, and the carina slice (None when not found)."""
-    pix = float(spacing_zyx[1] * spacing_zyx[2])
-    min_area = 10.0 / pix
-    carina = None
-    for z in range(seed_z, -1, -1):
-        labels, counts = _components(airway[z])
-        if (counts >= min_area).sum() >= 2:
-            carina = z
+def _trunk_parts(airway: np.ndarray, trunk_next: np.ndarray, z: int) -> list[np.ndarray]:
+    """The 2D regions of ``airway[z]`` that touch ``trunk_next`` (the trachea in the neighbouring slice)."""
+    labels, _ = ndi.label(airway[z])
+    return [labels == lab for lab in np.unique(labels[trunk_next & (labels > 0)])]
+
+
+def _is_split(
+    airway: np.ndarray, parts: list[np.ndarray], z: int, min_area: float, branch_slices: int
+) -> bool:
+    """Whether two large ``parts`` of slice ``z`` lead into separate airway branches that both go on
+    ``branch_slices`` slices further down, or as far as the grown airway goes (on thick slices it loses the
+    bronchi soon after the carina); a blind pocket or a ring that joins again below is no split."""
+    large = [p for p in parts if p.sum() >= min_area]
+    if len(large) < 2:
+        return False
+    below, _ = ndi.label(airway[: z + 1])
+    bottom = int(np.flatnonzero(below.any(axis=(1, 2)))[0])
+    need = min(branch_slices, z - bottom - 1)
+    branches = set()
+    for part in large:
+        lab = int(np.bincount(below[z][part]).argmax())
+        if lab and z - int(np.flatnonzero((below == lab).any(axis=(1, 2)))[0]) >= need:
+            branches.add(lab)
+    return len(branches) >= 2
+
+
+def _main_airways(
+    airway: np.ndarray, seed: tuple[int, int, int], spacing_zyx: np.ndarray
+) -> tuple[np.ndarray, int | None]:
+    """Trachea + main bronchi part of a grown airway, and the carina slice (None when not found).
+
+    The trachea is followed slice by slice from the seed's 2D region, up to the airway's top and down to the
+    carina: the first slice where it splits into two large branches that both go on downwards. Air joined
+    to the airway elsewhere in the seed's slice (a lung apex reached through the bronchi, a paratracheal
+    air pocket) is not taken for a branch.
+    """
+    z0 = seed[0]
+    labels, _ = ndi.label(airway[z0])
+    trunk = np.zeros_like(airway)
+    trunk[z0] = labels == labels[seed[1:]]
+    for z in range(z0 + 1, airway.shape[0]):  # the trachea above the seed (z grows superior)
+        parts = _trunk_parts(airway, trunk[z - 1], z)
+        if not parts:
             break
-        if not counts.any():
+        trunk[z] = np.logical_or.reduce(parts)
+    min_area = 10.0 / float(spacing_zyx[1] * spacing_zyx[2])
+    branch_slices = max(1, int(math.ceil(BRANCH_MM / float(spacing_zyx[0]))))
+    carina = None
+    for z in range(z0 - 1, -1, -1):
+        parts = _trunk_parts(airway, trunk[z + 1], z)
+        if not parts:
+            break
+        trunk[z] = np.logical_or.reduce(parts)
+        if _is_split(airway, parts, z, min_area, branch_slices):
+            carina = z
             break
     if carina is None:
         return airway.copy(), None
     sl = ndi.find_objects(airway.astype(np.uint8))[0]
     sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
     tube = airway[sl]
-    reached = tube.copy()
-    reached[: max(carina - sl[0].start, 0)] = False  # the trachea: above the carina (z grows superior)
+    reached = trunk[sl]  # the trachea down to the carina
     # geodesic growth along the airway, alternating 6- and 26-neighbourhoods (~Euclidean steps)
     step = float(np.mean(spacing_zyx))
     struct6 = ndi.generate_binary_structure(3, 1)
@@ -346,7 +394,7 @@ def _classical(ct: Volume) -> tuple[np.ndarray, LungSegInfo]:
         else:
             info.trachea_found = True
             info.airway_threshold_hu = threshold
-            removed, carina = _main_airways(airway, seed[0], spacing)
+            removed, carina = _main_airways(airway, seed, spacing)
             if carina is None:
                 info.notes.append("carina not found: the whole grown airway was removed")
             else:
