@@ -37,9 +37,13 @@ otherwise, which fails offline).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,7 +52,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .volume import Volume
 
-__all__ = ["LUNGMASK_WEIGHTS_URL", "LungSegInfo", "lung_volume_litres", "segment_lungs"]
+__all__ = ["LUNGMASK_WEIGHTS_URL", "LungSegInfo", "lung_volume_litres", "read_ct", "segment_lungs", "summary"]
 
 LUNGMASK_WEIGHTS_URL = "https://github.com/JoHof/lungmask/releases/download/v0.0/unet_r231-d5d2fc3d.pth"
 WORK_SPACING_MM = 2.0
@@ -459,3 +463,91 @@ def _to_input_grid(mask: np.ndarray, work: sitk.Image, image: sitk.Image) -> np.
     back = sitk.Resample(small, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     result[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = sitk.GetArrayViewFromImage(back) >= 0.5
     return result
+
+
+# ------------------------------------------------------------------------------------------ land lungs
+
+MASK_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """A CT in HU from a DICOM folder (:func:`land.data.prepare.read_dicom_series`) or an image file
+    (:func:`land.io.read_volume`: NIfTI, NRRD, MetaImage)."""
+    if Path(path).is_dir():
+        from .data.prepare import read_dicom_series
+
+        return read_dicom_series(path, series_uid).volume
+    if series_uid is not None:
+        raise InputError(f"--series picks a series in a DICOM folder; {path} is a file; fix: drop --series")
+    from .io import read_volume
+
+    return read_volume(path)
+
+
+def summary(mask: Volume) -> str:
+    """One line: the lung volume, parts, and the carina (classical method) from the mask's metadata."""
+    meta = mask.metadata
+    parts = int(meta.get("LAND.LungSeg.Components", 0))
+    text = f"lungs {lung_volume_litres(mask):.2f} L in {parts} part{'s' if parts != 1 else ''}"
+    if meta.get("LAND.LungSeg.Method") == "lungmask":
+        return text + " (lungmask R231)"
+    if "LAND.LungSeg.CarinaZmm" in meta:
+        text += f", carina found at z {meta['LAND.LungSeg.CarinaZmm']} mm (trachea and main bronchi left out)"
+    notes = meta.get("LAND.LungSeg.Notes")
+    if "LAND.LungSeg.CarinaZmm" not in meta and "carina not found" not in (notes or ""):
+        text += ", carina not found"
+    return text + (f" ({notes})" if notes else "")
+
+
+def register(sub: Any, command: Callable) -> None:
+    """Add ``land lungs`` to the CLI."""
+    p = sub.add_parser(
+        "lungs",
+        help="segment the lungs of a chest CT (the lung mask to paint nodules on and generate from)",
+        description="Segment the lungs of a chest CT in HU, as the Slicer module's 'Lungs from CT' does: "
+        "trachea and main bronchi left out, vessels and nodules inside the lungs included. Writes a Slicer "
+        "segmentation (.seg.nrrd, one 'Lungs' segment: add nodule segments in 3D Slicer, then land generate "
+        "--mask FILE) or a lung label image (.nii.gz, .nii, .nrrd: 1 lung, 0 elsewhere).",
+        epilog="examples:\n  land lungs DICOM_FOLDER --out lungs.seg.nrrd\n"
+        "  land lungs ct.nii.gz --out lungs.nii.gz --method lungmask --lung-weights unet_r231-d5d2fc3d.pth\n",
+    )
+    p.add_argument("ct", help="the CT: a DICOM folder (one series) or a NIfTI / NRRD / MetaImage file")
+    p.add_argument("--out", required=True, help="lung mask to write: .seg.nrrd, .nii.gz, .nii or .nrrd")
+    p.add_argument(
+        "--method",
+        choices=["classical", "lungmask"],
+        default="classical",
+        help="classical: thresholds and the airway tree (seconds, no download); lungmask: the R231 U-Net "
+        "(pip install lungmask; needs --lung-weights)",
+    )
+    p.add_argument("--lung-weights", help=f"lungmask R231 weights file ({LUNGMASK_WEIGHTS_URL})")
+    p.add_argument("--series", help="the series UID to read when the DICOM folder holds several")
+
+    @command("lungs")
+    def cmd_lungs(args: argparse.Namespace) -> int:
+        from .atomic import preflight_outputs
+        from .conditioning import MaskSet
+        from .io import write_mask, write_seg_nrrd
+
+        out = Path(args.out)
+        if not out.name.lower().endswith(MASK_OUTPUTS):
+            raise InputError(
+                f"--out {out} must end in {', '.join(MASK_OUTPUTS)}; fix: name it lungs.seg.nrrd (a Slicer "
+                "segmentation to paint nodules in) or lungs.nii.gz (a label image)"
+            )
+        preflight_outputs({"CT": args.ct, "--lung-weights": args.lung_weights}, files={"--out": out})
+        ct = read_ct(args.ct, args.series)
+        mask = segment_lungs(ct, args.method, args.lung_weights)
+        if not mask.array.any():
+            notes = mask.metadata.get("LAND.LungSeg.Notes")
+            raise InputError(
+                f"no lungs found in {args.ct}" + (f" ({notes})" if notes else "") + "; fix: give a chest CT "
+                "in HU (air about -1000, soft tissue 0..100), or paint the lungs in 3D Slicer; nothing was "
+                "written"
+            )
+        if out.name.lower().endswith(".seg.nrrd"):
+            write_seg_nrrd(out, MaskSet(lung=mask))
+        else:
+            write_mask(out, mask, mask.metadata)
+        print(f"wrote {out}: {summary(mask)}")
+        return 0
