@@ -13,7 +13,7 @@ from land.cli import main
 from land.data import hu_to_unit
 from land.errors import InputError
 from land.eval.features import WEIGHTS_FILE, medicalnet_resnet50
-from land.eval.report import EvalOptions, evaluate, feature_stats
+from land.eval.report import HISTOGRAM_NOTE, EvalOptions, evaluate, feature_stats
 from land.eval.sample_set import plan_jobs, run_sample_set
 from land.eval.sets import list_volumes, wdm_unit
 from land.io import read_provenance, read_volume, sidecar_path, write_volume
@@ -107,6 +107,9 @@ def test_evaluate_end_to_end(tiny_model_dir, phantoms, tmp_path, monkeypatch, ca
         assert (out / name).stat().st_size > 1000
     md = (out / "report.md").read_text(encoding="utf-8")
     assert report["command"] in md and "| model | FID | FID (x10^3) | MS-SSIM | memory (GB) |" in md
+    assert " over 3 pairs of generated samples" in md and HISTOGRAM_NOTE in md
+    if report["fidelity"]["texture_hu_spearman_rho"] is not None and report["fidelity"]["nodules"] < 10:
+        assert "a small sample, the rho is unreliable" in md
 
     # the real set's statistics are cached per set content and extractor (a small pluggable extractor here)
     small = torch.nn.Sequential(

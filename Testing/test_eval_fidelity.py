@@ -188,3 +188,14 @@ def test_false_nodules_count_compact_unpainted_blobs_only():
     assert found[0]["diameter_mm"] == pytest.approx(12.0, rel=0.15) and found[0]["mean_hu"] == 30.0
     assert len(false_nodules(ct, lung, labels, spacing, threshold_hu=-600)) == 2  # the ground glass too
     assert false_nodules(ct, lung, np.where(ct > -300, 1, 0) * lung, spacing) == []  # all painted
+
+
+def test_spearman_over_few_nodules_carries_a_small_sample_note():
+    def case(n: int) -> dict:
+        return {"lung_dice": 1.0, "nodules": [{"texture": 1 + i % 5, "mean_hu": -700.0 + 50 * (i % 5) + i}
+                                              for i in range(n)]}  # fmt: skip
+
+    few = fidelity_summary([case(4)])
+    assert few["texture_hu_spearman_rho"] is not None
+    assert few["texture_hu_spearman_note"] == "over 4 nodules only: a small sample, the rho is unreliable"
+    assert fidelity_summary([case(12)])["texture_hu_spearman_note"] is None

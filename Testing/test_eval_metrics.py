@@ -291,3 +291,11 @@ def test_unit_volumes_apply_the_protocol_and_name_it(tmp_path):
         "wdm (HU clipped to [-1000, per-volume 99.9th percentile], min-max to [0,1] per volume)"
     )
     assert describe_intensity_protocol("fixed-window").startswith("fixed-window (HU clipped to [-1000, 1000]")
+
+
+def test_ms_ssim_text_counts_pairs_and_says_one_pair_is_no_diversity_figure():
+    from land.eval.report import ms_ssim_text
+
+    assert ms_ssim_text({"mean": 0.5, "std": 0.01, "pairs": 3}) == "MS-SSIM 0.5000 ± 0.0100 over 3 pairs"
+    one = ms_ssim_text({"mean": 0.9, "std": 0.0, "pairs": 1})
+    assert one.startswith("MS-SSIM 0.9000 ± 0.0000 over 1 pair (") and "not a diversity figure" in one

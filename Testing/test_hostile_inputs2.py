@@ -47,6 +47,7 @@ def writing_commands(tmp_path: Path, model: Path, out: Path) -> dict[str, list[s
         "generate": ["generate", "--model", str(model), "--progress", "none",
                      "--out", str(out / "ct.nii.gz")],
         "init-model": ["init-model", "--config", "small", "--out", str(out)],
+        "lungs": ["lungs", str(data / "manifest.csv"), "--out", str(out / "lungs.seg.nrrd")],
         "teaching-set": ["teaching-set", "--cases", "1", "--model", str(model), "--progress", "none",
                          "--out", str(out)],
         "sample-set": ["sample-set", "--model", str(model), "--unconditional", "--n", "1",
@@ -67,8 +68,8 @@ def writing_commands(tmp_path: Path, model: Path, out: Path) -> dict[str, list[s
     }  # fmt: skip
 
 
-WRITING_COMMANDS = "generate init-model teaching-set sample-set evaluate prepare-lidc train-vae train-ldm \
-train-pipeline phantoms demo-masks demo-fidelity train-demo".split()
+WRITING_COMMANDS = "generate lungs init-model teaching-set sample-set evaluate prepare-lidc train-vae \
+train-ldm train-pipeline phantoms demo-masks demo-fidelity train-demo".split()
 
 
 # ------------------------------------------------------------------ 8, 9, 14. outputs checked before any work
@@ -83,7 +84,7 @@ def test_an_output_below_a_file_is_refused_before_any_work(command, tiny_model_d
     assert a_file.read_bytes() == b"not a folder"
 
 
-@pytest.mark.parametrize("command", [c for c in WRITING_COMMANDS if c != "generate"])
+@pytest.mark.parametrize("command", [c for c in WRITING_COMMANDS if c not in ("generate", "lungs")])
 def test_an_output_folder_that_is_an_existing_file_is_refused(command, tiny_model_dir, tmp_path, capsys):
     a_file = tmp_path / "out"
     a_file.write_bytes(b"mine")

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 
 from land.errors import InputError
 from land.lungseg import lung_volume_litres, segment_lungs
-from land.phantom import make_phantom
+from land.phantom import _sample_anatomy, make_phantom
 from land.volume import Volume
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
@@ -53,6 +53,46 @@ def test_phantom_dice_and_trachea_excluded(phantom):
     # every nodule of the phantom lies inside the lung mask (holes and juxtapleural bumps are filled)
     nodules = phantom.nodules.array > 0
     assert np.count_nonzero(mask.array[nodules]) > 0.95 * nodules.sum()
+
+
+def cropped_phantom(seed: int, top_mm: float, pocket: bool) -> tuple[Volume, np.ndarray]:
+    """A 128 x 2.5 mm phantom cut off at ``top_mm`` (its top slice cuts the trachea, as a scan starting below
+    the larynx), optionally with a paratracheal air pocket (a tracheal diverticulum) in the top slices that
+    opens into the trachea through a short duct; and the phantom's trachea and main bronchi lumen."""
+    ph = make_phantom(seed, 128, 2.5, n_nodules=0)
+    img = ph.image
+    z_mm = img.origin[2] + np.arange(img.array.shape[0]) * img.spacing[2]
+    k = int(np.searchsorted(z_mm, top_mm))
+    ct = Volume(img.array[:k].copy(), img.spacing, img.origin, img.direction)
+    airway = central_airway(ct, ph.lung.array[:k])
+    if pocket:
+        ys, xs = np.nonzero(airway[-1])
+        cy, cx = ys.mean(), xs.mean()
+        sxy, sz = img.spacing[0], img.spacing[2]
+        zz, yy, xx = np.indices(ct.array.shape)
+        dz = (zz - (k - 1)) * sz  # mm below the top slice
+        px, py = cx - 14.0 / sxy, cy + 4.0 / sxy
+        sac = ((xx - px) * sxy / 6) ** 2 + ((yy - py) * sxy / 6) ** 2 + (dz / 16) ** 2 <= 1
+        duct = (np.abs(dz + 12) <= 2.6) & (np.abs(yy - cy) * sxy <= 3.0) & (xx >= px) & (xx <= cx)
+        ct.array[sac | duct] = -1000.0
+    return ct, airway
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("pocket", [False, True], ids=["plain", "pocket"])
+def test_scan_starting_below_the_larynx(seed, pocket):
+    """Top slice through the trachea: the carina where the trachea divides (not the top slice, which has
+    two air regions when a paratracheal pocket opens into the trachea), no trachea or bronchus as lung."""
+    ct, airway = cropped_phantom(seed, 100.0, pocket)
+    mask = segment_lungs(ct)
+    assert mask.metadata["LAND.LungSeg.TracheaFound"] == "true"
+    assert float(mask.metadata["LAND.LungSeg.CarinaZmm"]) == pytest.approx(
+        _sample_anatomy(seed).carina_z, abs=5.0
+    )
+    assert airway.sum() > 400
+    assert np.count_nonzero(mask.array[airway]) == 0
+    if pocket:  # the pocket is airway too, not lung
+        assert np.count_nonzero(mask.array[ct.array == -1000.0]) == 0
 
 
 def test_anisotropic_flipped_geometry():
@@ -127,6 +167,9 @@ def top_trachea(ct: Volume) -> np.ndarray:
     return best, (0 if z_top == 0 else ct.array.shape[0] - 1)
 
 
+CARINA_Z_MM = {"A0001": -249.0, "A0002": 232.0}  # slice z of the carina (5 mm and 8 mm slices)
+
+
 @pytest.mark.skipif(not REAL_CT.is_dir(), reason="real chest CT samples (../shared/data) not available")
 @pytest.mark.parametrize("case", ["A0001", "A0002"])
 def test_real_chest_ct(case):
@@ -146,3 +189,12 @@ def test_real_chest_ct(case):
     trachea, z = top_trachea(ct)
     assert np.count_nonzero(mask.array[z][trachea]) == 0
     assert mask.metadata["LAND.LungSeg.TracheaFound"] == "true"
+    # the carina where the trachea divides (read on these scans), well below the top slice
+    assert float(mask.metadata["LAND.LungSeg.CarinaZmm"]) == pytest.approx(CARINA_Z_MM[case], abs=4.0)
+    # cut off 40 mm above the carina (the top slice through the trachea): the same carina, no trachea as lung
+    top = ct.to_sitk().TransformPhysicalPointToIndex((0.0, 0.0, CARINA_Z_MM[case] + 40.0))[2]
+    cut = Volume(ct.array[: top + 1], ct.spacing, ct.origin, ct.direction)
+    cut_mask = segment_lungs(cut)
+    assert cut_mask.metadata["LAND.LungSeg.CarinaZmm"] == mask.metadata["LAND.LungSeg.CarinaZmm"]
+    trachea, z = top_trachea(cut)
+    assert np.count_nonzero(cut_mask.array[z][trachea]) == 0

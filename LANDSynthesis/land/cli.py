@@ -37,6 +37,7 @@ _COMMANDS: dict[str, Command] = {}
 COMMAND_MODULES: tuple[str, ...] = (
     "land.benchmark",
     "land.phantom",
+    "land.lungseg",
     "land.train.cli",
     "land.data.prepare_cli",
     "land.eval.cli",

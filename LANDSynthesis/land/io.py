@@ -384,6 +384,18 @@ def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
         _write_sitk(image, tmp, p)
 
 
+def write_mask(path: PathLike, mask: Volume, fields: Mapping[str, str] | None = None) -> None:
+    """Write a mask as a label image (uint8; NIfTI or NRRD), atomically; not marked synthetic (it is drawn
+    on the user's own scan). NRRD keeps ``fields`` (e.g. ``LAND.LungSeg.*``) as key/value fields."""
+    p, ext = _check_output(path, WRITE_EXTENSIONS)
+    image = Volume.like(mask, (mask.array != 0).astype(np.uint8)).to_sitk()
+    if ext == ".nrrd":
+        for key, value in (fields or {}).items():
+            image.SetMetaData(key, _one_line(value))
+    with atomic_path(p, ext) as tmp:
+        _write_sitk(image, tmp, p)
+
+
 def sidecar_path(path: PathLike) -> Path:
     """The JSON sidecar of a NIfTI file: ``ct.nii.gz`` -> ``ct.json``."""
     p = Path(path)

@@ -12,11 +12,15 @@ CT, reoriented to LPS), the result brought back to the input grid by linear inte
 3. **Trachea and main bronchi**: the trachea is found in the upper slices as a small round air region
    (7-34 mm equivalent diameter, lumen below -900 HU) within 30 mm of the body's left-right midline. From
    it the airway lumen is grown in 3D below -900 HU (lowered step by step to -990 HU when the region leaks
-   into the parenchyma: more than 250 mL or 10% of the air). The carina is the first slice below the seed
-   where the airway splits into two parts; the trachea above it and the airway within 40 mm (geodesic,
-   along the airway) below it are removed, widened by one voxel for the wall's partial volume. Smaller
-   intrapulmonary airways stay in the lungs. Without a trachea found (e.g. a scan starting below the
-   carina) this step is skipped.
+   into the parenchyma: more than 250 mL or 10% of the air). The trachea is followed slice by slice from
+   the seed, up to the top of the scan and down to the carina: the first slice where it splits into two
+   large parts (10 mm^2 each) that lead into separate branches going on downwards (10 mm, or as far as the
+   grown airway goes). Other air joined to the airway, also in the seed's slice (a paratracheal air pocket
+   or diverticulum, a lung apex reached through the bronchi), is no branch, so a scan whose top slice
+   cuts the trachea below the larynx gets its carina where it is. The trachea and the airway within 40 mm
+   (geodesic, along the airway) of it are removed, widened by one voxel for the wall's partial volume.
+   Smaller intrapulmonary airways stay in the lungs. Without a trachea found (e.g. a scan starting below
+   the carina) this step is skipped.
 4. **Lungs**: 3D components of what remains with at least 3% of the largest's volume (in practice the
    two lungs, joined where they touch; they are not split).
 5. **Filling**: a closing (radius ~6 mm) of each lung separately, so that juxtapleural nodules and
@@ -33,9 +37,13 @@ otherwise, which fails offline).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,7 +52,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .volume import Volume
 
-__all__ = ["LUNGMASK_WEIGHTS_URL", "LungSegInfo", "lung_volume_litres", "segment_lungs"]
+__all__ = ["LUNGMASK_WEIGHTS_URL", "LungSegInfo", "lung_volume_litres", "read_ct", "segment_lungs", "summary"]
 
 LUNGMASK_WEIGHTS_URL = "https://github.com/JoHof/lungmask/releases/download/v0.0/unet_r231-d5d2fc3d.pth"
 WORK_SPACING_MM = 2.0
@@ -55,6 +63,7 @@ TRACHEA_DIAMETER_MM = (7.0, 34.0)
 TRACHEA_MIDLINE_MM = 30.0
 AIRWAY_LEAK_ML = 250.0
 MAIN_BRONCHI_MM = 40.0
+BRANCH_MM = 10.0
 CLOSING_MM = 6.0
 MAX_HOLE_2D_MM2 = 400.0
 MAX_HOLE_3D_ML = 500.0
@@ -286,25 +295,68 @@ def _grow_airway(
     return None, None
 
 
-def _main_airways(airway: np.ndarray, seed_z: int, spacing_zyx: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """Trachea + main bronchi part of a grown airway, and the carina slice (None when not found)."""
-    pix = float(spacing_zyx[1] * spacing_zyx[2])
-    min_area = 10.0 / pix
-    carina = None
-    for z in range(seed_z, -1, -1):
-        labels, counts = _components(airway[z])
-        if (counts >= min_area).sum() >= 2:
-            carina = z
+def _trunk_parts(airway: np.ndarray, trunk_next: np.ndarray, z: int) -> list[np.ndarray]:
+    """The 2D regions of ``airway[z]`` that touch ``trunk_next`` (the trachea in the neighbouring slice)."""
+    labels, _ = ndi.label(airway[z])
+    return [labels == lab for lab in np.unique(labels[trunk_next & (labels > 0)])]
+
+
+def _is_split(
+    airway: np.ndarray, parts: list[np.ndarray], z: int, min_area: float, branch_slices: int
+) -> bool:
+    """Whether two large ``parts`` of slice ``z`` lead into separate airway branches that both go on
+    ``branch_slices`` slices further down, or as far as the grown airway goes (on thick slices it loses the
+    bronchi soon after the carina); a blind pocket or a ring that joins again below is no split."""
+    large = [p for p in parts if p.sum() >= min_area]
+    if len(large) < 2:
+        return False
+    below, _ = ndi.label(airway[: z + 1])
+    bottom = int(np.flatnonzero(below.any(axis=(1, 2)))[0])
+    need = min(branch_slices, z - bottom - 1)
+    branches = set()
+    for part in large:
+        lab = int(np.bincount(below[z][part]).argmax())
+        if lab and z - int(np.flatnonzero((below == lab).any(axis=(1, 2)))[0]) >= need:
+            branches.add(lab)
+    return len(branches) >= 2
+
+
+def _main_airways(
+    airway: np.ndarray, seed: tuple[int, int, int], spacing_zyx: np.ndarray
+) -> tuple[np.ndarray, int | None]:
+    """Trachea + main bronchi part of a grown airway, and the carina slice (None when not found).
+
+    The trachea is followed slice by slice from the seed's 2D region, up to the airway's top and down to the
+    carina: the first slice where it splits into two large branches that both go on downwards. Air joined
+    to the airway elsewhere in the seed's slice (a lung apex reached through the bronchi, a paratracheal
+    air pocket) is not taken for a branch.
+    """
+    z0 = seed[0]
+    labels, _ = ndi.label(airway[z0])
+    trunk = np.zeros_like(airway)
+    trunk[z0] = labels == labels[seed[1:]]
+    for z in range(z0 + 1, airway.shape[0]):  # the trachea above the seed (z grows superior)
+        parts = _trunk_parts(airway, trunk[z - 1], z)
+        if not parts:
             break
-        if not counts.any():
+        trunk[z] = np.logical_or.reduce(parts)
+    min_area = 10.0 / float(spacing_zyx[1] * spacing_zyx[2])
+    branch_slices = max(1, int(math.ceil(BRANCH_MM / float(spacing_zyx[0]))))
+    carina = None
+    for z in range(z0 - 1, -1, -1):
+        parts = _trunk_parts(airway, trunk[z + 1], z)
+        if not parts:
+            break
+        trunk[z] = np.logical_or.reduce(parts)
+        if _is_split(airway, parts, z, min_area, branch_slices):
+            carina = z
             break
     if carina is None:
         return airway.copy(), None
     sl = ndi.find_objects(airway.astype(np.uint8))[0]
     sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
     tube = airway[sl]
-    reached = tube.copy()
-    reached[: max(carina - sl[0].start, 0)] = False  # the trachea: above the carina (z grows superior)
+    reached = trunk[sl]  # the trachea down to the carina
     # geodesic growth along the airway, alternating 6- and 26-neighbourhoods (~Euclidean steps)
     step = float(np.mean(spacing_zyx))
     struct6 = ndi.generate_binary_structure(3, 1)
@@ -346,7 +398,7 @@ def _classical(ct: Volume) -> tuple[np.ndarray, LungSegInfo]:
         else:
             info.trachea_found = True
             info.airway_threshold_hu = threshold
-            removed, carina = _main_airways(airway, seed[0], spacing)
+            removed, carina = _main_airways(airway, seed, spacing)
             if carina is None:
                 info.notes.append("carina not found: the whole grown airway was removed")
             else:
@@ -411,3 +463,91 @@ def _to_input_grid(mask: np.ndarray, work: sitk.Image, image: sitk.Image) -> np.
     back = sitk.Resample(small, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     result[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = sitk.GetArrayViewFromImage(back) >= 0.5
     return result
+
+
+# ------------------------------------------------------------------------------------------ land lungs
+
+MASK_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """A CT in HU from a DICOM folder (:func:`land.data.prepare.read_dicom_series`) or an image file
+    (:func:`land.io.read_volume`: NIfTI, NRRD, MetaImage)."""
+    if Path(path).is_dir():
+        from .data.prepare import read_dicom_series
+
+        return read_dicom_series(path, series_uid).volume
+    if series_uid is not None:
+        raise InputError(f"--series picks a series in a DICOM folder; {path} is a file; fix: drop --series")
+    from .io import read_volume
+
+    return read_volume(path)
+
+
+def summary(mask: Volume) -> str:
+    """One line: the lung volume, parts, and the carina (classical method) from the mask's metadata."""
+    meta = mask.metadata
+    parts = int(meta.get("LAND.LungSeg.Components", 0))
+    text = f"lungs {lung_volume_litres(mask):.2f} L in {parts} part{'s' if parts != 1 else ''}"
+    if meta.get("LAND.LungSeg.Method") == "lungmask":
+        return text + " (lungmask R231)"
+    if "LAND.LungSeg.CarinaZmm" in meta:
+        text += f", carina found at z {meta['LAND.LungSeg.CarinaZmm']} mm (trachea and main bronchi left out)"
+    notes = meta.get("LAND.LungSeg.Notes")
+    if "LAND.LungSeg.CarinaZmm" not in meta and "carina not found" not in (notes or ""):
+        text += ", carina not found"
+    return text + (f" ({notes})" if notes else "")
+
+
+def register(sub: Any, command: Callable) -> None:
+    """Add ``land lungs`` to the CLI."""
+    p = sub.add_parser(
+        "lungs",
+        help="segment the lungs of a chest CT (the lung mask to paint nodules on and generate from)",
+        description="Segment the lungs of a chest CT in HU, as the Slicer module's 'Lungs from CT' does: "
+        "trachea and main bronchi left out, vessels and nodules inside the lungs included. Writes a Slicer "
+        "segmentation (.seg.nrrd, one 'Lungs' segment: add nodule segments in 3D Slicer, then land generate "
+        "--mask FILE) or a lung label image (.nii.gz, .nii, .nrrd: 1 lung, 0 elsewhere).",
+        epilog="examples:\n  land lungs DICOM_FOLDER --out lungs.seg.nrrd\n"
+        "  land lungs ct.nii.gz --out lungs.nii.gz --method lungmask --lung-weights unet_r231-d5d2fc3d.pth\n",
+    )
+    p.add_argument("ct", help="the CT: a DICOM folder (one series) or a NIfTI / NRRD / MetaImage file")
+    p.add_argument("--out", required=True, help="lung mask to write: .seg.nrrd, .nii.gz, .nii or .nrrd")
+    p.add_argument(
+        "--method",
+        choices=["classical", "lungmask"],
+        default="classical",
+        help="classical: thresholds and the airway tree (seconds, no download); lungmask: the R231 U-Net "
+        "(pip install lungmask; needs --lung-weights)",
+    )
+    p.add_argument("--lung-weights", help=f"lungmask R231 weights file ({LUNGMASK_WEIGHTS_URL})")
+    p.add_argument("--series", help="the series UID to read when the DICOM folder holds several")
+
+    @command("lungs")
+    def cmd_lungs(args: argparse.Namespace) -> int:
+        from .atomic import preflight_outputs
+        from .conditioning import MaskSet
+        from .io import write_mask, write_seg_nrrd
+
+        out = Path(args.out)
+        if not out.name.lower().endswith(MASK_OUTPUTS):
+            raise InputError(
+                f"--out {out} must end in {', '.join(MASK_OUTPUTS)}; fix: name it lungs.seg.nrrd (a Slicer "
+                "segmentation to paint nodules in) or lungs.nii.gz (a label image)"
+            )
+        preflight_outputs({"CT": args.ct, "--lung-weights": args.lung_weights}, files={"--out": out})
+        ct = read_ct(args.ct, args.series)
+        mask = segment_lungs(ct, args.method, args.lung_weights)
+        if not mask.array.any():
+            notes = mask.metadata.get("LAND.LungSeg.Notes")
+            raise InputError(
+                f"no lungs found in {args.ct}" + (f" ({notes})" if notes else "") + "; fix: give a chest CT "
+                "in HU (air about -1000, soft tissue 0..100), or paint the lungs in 3D Slicer; nothing was "
+                "written"
+            )
+        if out.name.lower().endswith(".seg.nrrd"):
+            write_seg_nrrd(out, MaskSet(lung=mask))
+        else:
+            write_mask(out, mask, mask.metadata)
+        print(f"wrote {out}: {summary(mask)}")
+        return 0

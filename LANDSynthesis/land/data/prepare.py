@@ -147,12 +147,21 @@ class DicomStack:
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomStack:
-    """Read a CT series (HU, float32, clipped to [-1024, 3071]) with SimpleITK."""
+    """Read a CT series (HU, float32, clipped to [-1024, 3071]) with SimpleITK; ``series_uid`` may be left
+    out when ``folder`` holds one series."""
     folder = str(folder)
     uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if series_uid is None:
         if not uids:
-            raise InputError(f"no DICOM series in {folder}")
+            raise InputError(
+                f"no DICOM series in {folder}; fix: give the folder that holds the series' .dcm files (or a "
+                "NIfTI/NRRD file)"
+            )
+        if len(uids) > 1:
+            raise InputError(
+                f"{folder} holds {len(uids)} DICOM series ({', '.join(uids)}); fix: pick one (--series UID), "
+                "or give a folder with one series"
+            )
         series_uid = uids[0]
     elif series_uid not in uids:
         raise InputError(f"series {series_uid} not found in {folder}")

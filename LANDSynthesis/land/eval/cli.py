@@ -75,7 +75,7 @@ def _sample_set(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..atomic import preflight_outputs
-    from .report import EvalOptions, evaluate
+    from .report import EvalOptions, evaluate, ms_ssim_text
 
     preflight_outputs(
         {"--real": args.real, "--generated": args.generated, "--masks": args.masks,
@@ -129,11 +129,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             if fid["available"]
             else f"FID unavailable: {fid['reason']}"
         )
-        print(
-            f"MS-SSIM {ms['mean']:.4f} ± {ms['std']:.4f} over {ms['pairs']} pairs"
-            if ms["available"]
-            else f"MS-SSIM unavailable: {ms['reason']}"
-        )
+        print(ms_ssim_text(ms) if ms["available"] else f"MS-SSIM unavailable: {ms['reason']}")
         drawn = f"{len(report['figures'])} figures" if report["figures"] else "no figures"
         print(f"wrote {Path(args.out) / 'report.md'}, report.json and {drawn}")
         if "figures_not_drawn" in report:

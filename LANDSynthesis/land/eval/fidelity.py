@@ -241,6 +241,16 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+SPEARMAN_MIN_RELIABLE = 10  # fewer nodules with a texture: the rank correlation is a small-sample figure
+
+
+def spearman_note(n: int) -> str | None:
+    """The caveat of a Spearman rho over ``n`` nodules (None from :data:`SPEARMAN_MIN_RELIABLE` up)."""
+    if n >= SPEARMAN_MIN_RELIABLE:
+        return None
+    return f"over {n} nodule{'s' if n != 1 else ''} only: a small sample, the rho is unreliable"
+
+
 def _nodule_figures(nodules: Sequence[dict]) -> dict:
     """Count, Spearman rho (and p) of texture vs mean HU, and share visible of a list of nodule dicts."""
     from scipy.stats import spearmanr
@@ -257,6 +267,8 @@ def _nodule_figures(nodules: Sequence[dict]) -> dict:
         "nodules": len(nodules),
         "texture_hu_spearman_rho": rho,
         "texture_hu_spearman_p": p,
+        "texture_hu_spearman_n": len(with_texture),
+        "texture_hu_spearman_note": spearman_note(len(with_texture)) if rho is not None else None,
         "share_visible": float(np.mean(visible)) if visible else None,
     }
 
@@ -312,6 +324,7 @@ def fidelity_summary(per_case: Sequence[Mapping], size_split_mm: float = SIZE_SP
         "nodules": len(nodules),
         "texture_hu_spearman_rho": rho,
         "texture_hu_spearman_p": p,
+        "texture_hu_spearman_note": figures["texture_hu_spearman_note"],
         "share_visible": figures["share_visible"],
         "share_outside_lung": share(inside < 0.5),
         "share_partly_outside_lung": share(inside < 1.0),

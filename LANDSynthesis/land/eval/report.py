@@ -72,6 +72,22 @@ def _cache_dir(opts: EvalOptions) -> Path:
     return Path(opts.cache_dir) if opts.cache_dir else land_cache_dir() / "eval"
 
 
+HISTOGRAM_NOTE = (
+    "Every voxel of every volume is counted, padding included: a CT generated with --match-input holds "
+    "-1000 HU wherever the input's grid reaches beyond the model's field of view, which adds to the "
+    "-1000 HU bin (air) of the generated set."
+)
+
+
+def ms_ssim_text(ms: dict) -> str:
+    """``MS-SSIM 0.8123 ± 0.0100 over 6 pairs``; one pair is said to be no diversity figure."""
+    pairs = int(ms["pairs"])
+    text = f"MS-SSIM {ms['mean']:.4f} ± {ms['std']:.4f} over {pairs} pair{'s' if pairs != 1 else ''}"
+    if pairs == 1:
+        text += " (one pair: the similarity of two samples, not a diversity figure; generate more samples)"
+    return text
+
+
 def _histogram(vset: VolumeSet, cache: Path, log: Callable[[str], None]) -> np.ndarray:
     """Summed voxel HU histogram of a set (cached by the set's fingerprint)."""
     from ..io import read_volume
@@ -406,7 +422,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if ms["available"]:
         lines.append(
-            f"* MS-SSIM: {ms['pairs']} pairs of generated samples, kernel {ms['kernel_size']}, data range 1"
+            f"* {ms_ssim_text(ms)} of generated samples, kernel {ms['kernel_size']}, data range 1"
             + (f", random subset (seed {ms['seed']})" if ms.get("seed") is not None else "")
         )
     lines.append("")
@@ -431,7 +447,9 @@ def markdown(report: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {label} | {f['cases']} | {dice} | {f['nodules']} "
-                f"| {_fmt(f['texture_hu_spearman_rho'], 3)} "
+                f"| {_fmt(f['texture_hu_spearman_rho'], 3)}"
+                + (f" ({f['texture_hu_spearman_note']})" if f.get("texture_hu_spearman_note") else "")
+                + " "
                 f"| {_pct(f['share_visible'])} | {_pct(f['share_outside_lung'])} "
                 f"| {_fmt(f['cnr_median'], 3)} |"
             )
@@ -465,4 +483,6 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [report["figures_not_drawn"][0].upper() + report["figures_not_drawn"][1:] + ".", ""]
     for name, file in report["figures"].items():
         lines += [f"**{name.replace('_', ' ')}**", "", f"![{name}]({file})", ""]
+        if name == "hu_histograms":
+            lines += [HISTOGRAM_NOTE, ""]
     return "\n".join(lines)
