@@ -335,7 +335,7 @@ def test_headless_script_exit_codes(phantoms, tmp_path):
     empty.mkdir()
     failed = run_script("--data", str(empty), "--out", str(tmp_path / "c"), "--stage", "prepare")
     assert failed.returncode == 2, failed.stdout + failed.stderr
-    assert "no case was prepared" in failed.stdout + failed.stderr
+    assert "--dicom-root" in failed.stdout + failed.stderr and "nothing was written" in failed.stdout
     assert (tmp_path / "c" / "logs" / "prepare.log").is_file()
     # a child that exits non-zero (a config the engine rejects, exit 2): its code passes through, named
     config = tmp_path / "broken.json"
