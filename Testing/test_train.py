@@ -350,6 +350,21 @@ def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
     ):
         with_overrides(tiny, "vae", steps=0)
 
+    # land snapshot: the U-Net run's EMA weights and the decoder run's VAE, from their checkpoints
+    from land.pipeline import LANDPipeline
+    from land.train.snapshot import snapshot_model
+
+    snap = snapshot_model(out, tmp_path / "vae_ft", tmp_path / "snap")
+    s_meta = json.loads((snap / "model.json").read_text(encoding="utf-8"))
+    assert s_meta["latent_scale"] == json.loads((vae_dir / "model.json").read_text())["latent_scale"]
+    for name, ref in (("unet", out), ("vae", tuned)):
+        got, want = load_file(snap / f"{name}.safetensors"), load_file(ref / f"{name}.safetensors")
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
+    assert s_meta["provenance"]["unet_step"] == 2 and s_meta["provenance"]["vae_step"] == 2
+    assert LANDPipeline.from_pretrained(snap).generate(None, steps=1).array.dtype == np.int16
+    with pytest.raises(InputError, match="--latents-from"):
+        snapshot_model(out, tuned, tmp_path / "snap2", latents_from=tmp_path / "nowhere")
+
 
 def test_ldm_with_nodule_fraction_trains_caches_two_channels_and_generates(vae_dir, data, tmp_path):
     """ldm.cond_features occupancy+texture+fraction: the U-Net takes a 2-channel latent condition (scalar +

@@ -108,6 +108,8 @@ def register(subparsers: Any, command: Callable) -> None:
     )
     p.add_argument("--unet", required=True, help="train-ldm run folder (its checkpoint's EMA U-Net)")
     p.add_argument("--vae", required=True, help="train-vae run folder (its checkpoint's VAE) or a model")
+    p.add_argument("--latents-from", help="model whose VAE encoded the U-Net's training latents (default: "
+                   "the run's --vae)")  # fmt: skip
     p.add_argument("--out", required=True, help="model directory to write")
     command("snapshot")(cmd_snapshot)
 
@@ -116,8 +118,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from ..atomic import preflight_outputs
     from .snapshot import snapshot_model
 
-    preflight_outputs({"--unet": args.unet, "--vae": args.vae}, folders={"--out": args.out})
-    out = snapshot_model(Path(args.unet), Path(args.vae), Path(args.out))
+    preflight_outputs({"--unet": args.unet, "--vae": args.vae, "--latents-from": args.latents_from},
+                      folders={"--out": args.out})  # fmt: skip
+    latents = Path(args.latents_from) if args.latents_from else None
+    out = snapshot_model(Path(args.unet), Path(args.vae), Path(args.out), latents)
     print(f"wrote model directory {out}")
     return 0
 

@@ -18,9 +18,11 @@ from ..errors import InputError
 __all__ = ["snapshot_model"]
 
 
-def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path) -> Path:
+def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path, latents_from: Path | None = None) -> Path:
     """Write ``dest`` from the LDM run's checkpoint (EMA U-Net, grid, mode, guidance) and ``vae_source``: a
-    VAE run folder (its checkpoint's VAE and ``vae.mask_decoder``) or a model directory (its VAE as is)."""
+    VAE run folder (its checkpoint's VAE and ``vae.mask_decoder``) or a model directory (its VAE as is).
+    ``latents_from``: the model whose VAE made the U-Net's training latents (default: the one its run
+    recorded); its latent scale is the snapshot's."""
     import torch
 
     from ..model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
@@ -30,12 +32,14 @@ def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path) -> Path:
     ldm_run, vae_source, dest = Path(ldm_run), Path(vae_source), Path(dest)
     ldm = load_checkpoint(ldm_run / "checkpoint.pt", "ldm")
     cfg = parse_config(ldm["config"], str(ldm["config"].get("name", ldm_run)))
-    start = _progress_start(ldm_run)
-    base_dir = Path(start.get("vae") or "")
+    base_dir = Path(latents_from or _progress_start(ldm_run).get("vae") or "")
     if not (base_dir / "model.json").is_file():
-        raise InputError(f"{ldm_run}: its progress.jsonl does not name the VAE model it was trained with")
+        raise InputError(
+            f"{ldm_run}: the model its U-Net's latents came from ({base_dir}) is not a model directory; fix: "
+            "name it with --latents-from"
+        )
     base_meta = read_model_json(base_dir)
-    if (vae_source / "model.json").is_file():
+    if not (vae_source / "checkpoint.pt").is_file():  # a model directory; a run folder: its checkpoint
         meta = read_model_json(vae_source)
         vae_cfg = ModelConfig.from_json(meta).vae
         vae_state = load_weights(vae_source, meta)["vae"]
