@@ -224,8 +224,9 @@ def measure_fidelity(
             image = phantom.image.array.astype(np.float32)
             refs["phantom"].append(measure(image, masks, seed + i))
             x = torch.from_numpy(hu_to_unit(image, lo, hi))[None, None]
+            mask = pipe.decoder_condition(pipe.model_grid_conditioning(masks, cfg.mode)[0])  # mask decoders
             with torch.no_grad():
-                y = reconstruct(pipe.vae.eval(), x, resolve_device(device))[0, 0].clamp(0, 1).numpy()
+                y = reconstruct(pipe.vae.eval(), x, resolve_device(device), mask)[0, 0].clamp(0, 1).numpy()
             refs["vae_reconstruction"].append(measure(y * (hi - lo) + lo, masks, seed + i))
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
