@@ -452,6 +452,8 @@ def package_demo_model(src: Path, dest: Path) -> Path:
 
 
 FINETUNE_CONFIG = "demo-finetune"
+WIDE_CONFIG, WIDE_DECODER_CONFIG = "demo-wide", "demo-wide-decoder"  # the 320 mm wide-field fine-tunes
+WIDE_CASES = 200
 
 
 def train_demo(
@@ -461,9 +463,13 @@ def train_demo(
     ldm_steps: int | None,
     log=print,
     finetune: str | None = FINETUNE_CONFIG,
+    wide: bool = True,
 ) -> Path:
     """Phantoms -> train-vae -> train-ldm -> (fine-tune, ``finetune`` config: mask injection and condition
-    dropout for guidance, from the U-Net just trained) -> float16 package -> fidelity -> model card."""
+    dropout for guidance, from the U-Net just trained) -> (``wide``: deformed phantoms at 128^3 x 2.5 mm,
+    the U-Net fine-tuned on them (``demo-wide``) beside a decoder-only fine-tune with the mask decoder
+    (``demo-wide-decoder``), joined by :func:`land.train.snapshot.snapshot_model`) -> float16 package ->
+    fidelity -> model card."""
     from .train.pipeline_run import resume_arguments, training_finished
 
     out = Path(out)
@@ -472,21 +478,37 @@ def train_demo(
     phantoms = ["phantoms", "--n", str(TRAIN_CASES), "--size", "128", "--spacing", "2",
                 "--seed", str(TRAIN_SEED), "--out", str(data)]  # fmt: skip
     timings["phantoms"] = _run("phantoms", phantoms, log)
-    stages = [("vae", config, vae, [], vae_steps), ("ldm", config, ldm, ["--vae", str(vae)], ldm_steps)]
+    stages = [("vae", config, vae, [], vae_steps, data),
+              ("ldm", config, ldm, ["--vae", str(vae)], ldm_steps, data)]  # fmt: skip
     if finetune:
         tuned = ["--vae", str(ldm), "--init-from", str(ldm)]
-        stages.append(("ldm", finetune, out / "ldm-finetune", tuned, None))
-    for name, cfg, folder, extra, steps in stages:
+        stages.append(("ldm", finetune, out / "ldm-finetune", tuned, None, data))
+    base = out / "ldm-finetune" if finetune else ldm
+    wide_data = out / "wide-data"
+    if wide:
+        phantoms = ["phantoms", "--n", str(WIDE_CASES), "--size", "128", "--spacing", "2.5", "--seed",
+                    str(TRAIN_SEED), "--nodules", "2-4", "--deform", "--without-nodules", "--lung-from-ct",
+                    "0.5", "--out", str(wide_data)]  # fmt: skip
+        timings["wide phantoms"] = _run("phantoms (wide)", phantoms, log)
+        stages.append(("ldm", WIDE_CONFIG, out / "ldm-wide", ["--vae", str(base), "--init-from", str(base)],
+                       None, wide_data))  # fmt: skip
+        stages.append(("vae", WIDE_DECODER_CONFIG, out / "decoder-wide", ["--init-from", str(base)], None,
+                       wide_data))  # fmt: skip
+    for name, cfg, folder, extra, steps, stage_data in stages:
         if training_finished(folder):  # the training pipeline's rules: finished stages are skipped...
             log(f"[train-demo] train-{name} ({folder.name}): already trained")
             continue
-        argv = [f"train-{name}", "--data", str(data), "--config", cfg, "--out", str(folder), *extra,
+        argv = [f"train-{name}", "--data", str(stage_data), "--config", cfg, "--out", str(folder), *extra,
                 "--progress", "none"]  # fmt: skip
         if steps is not None:
             argv += ["--max-steps", str(steps)]
         argv += resume_arguments(folder)  # ...and interrupted ones resume from their checkpoint
         timings[folder.name] = _run(f"train-{name} ({folder.name})", argv, log)
-    final = out / "ldm-finetune" if finetune else ldm
+    final = base
+    if wide:
+        from .train.snapshot import snapshot_model
+
+        final = snapshot_model(out / "ldm-wide", out / "decoder-wide", out / "wide", latents_from=base)
     model = package_demo_model(final, out / "land-demo-phantom")
     result = measure_fidelity(model, log=log)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -698,13 +720,16 @@ def register(sub, command) -> None:
     p.add_argument("--ldm-steps", type=int, help="LDM steps (default: the config's)")
     p.add_argument("--finetune-config", default=FINETUNE_CONFIG,
                    help=f"fine-tuning stage's config (default {FINETUNE_CONFIG}; none: skip)")  # fmt: skip
+    p.add_argument("--no-wide", action="store_true",
+                   help=f"skip the wide-field stages ({WIDE_CONFIG}, {WIDE_DECODER_CONFIG}: 128^3 at 2.5 mm)")
 
     @command("train-demo")
     def cmd_train_demo(args: argparse.Namespace) -> int:
         preflight_outputs({}, folders={"--out": args.out})
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         finetune = None if args.finetune_config == "none" else args.finetune_config
-        train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune)
+        train_demo(Path(args.out), args.config, args.vae_steps, args.ldm_steps, finetune=finetune,
+                   wide=not args.no_wide)  # fmt: skip
         return 0
 
 
