@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from land.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
-from land.errors import InputError
-from land.io import read_masks
+from land.imaging.io import read_masks
+from land.interface.errors import InputError
 from land.resources import demo_masks_path, demo_model_dir
+from land.world.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
 
 LAND = [sys.executable, "-m", "land"]
 
@@ -117,7 +117,7 @@ def test_unmet_targets_names_each_missed_target():
     """Issue-25 targets: Dice over all cases; rho and visibility over nodules >= 6 mm; texture means rising
     1 < 3 < 5 and within 100 HU of the phantoms'; the ring around nodules within 100 HU of the phantoms';
     lung parenchyma within 50 HU of the phantoms'."""
-    from land.demo import unmet_targets
+    from land.world.demo import unmet_targets
 
     def summary(dice, rho, visible, tex, lung=(-800.0, 100.0), ring=-740.0):
         return {"lung_dice_mean": dice, "texture_hu_spearman_rho": 0.1, "share_visible": 0.1,
@@ -147,7 +147,7 @@ def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
     from conftest import make_masks
 
     from land.data.folder import write_case
-    from land.io import write_seg_nrrd
+    from land.imaging.io import write_seg_nrrd
 
     folder = tmp_path / "masks"
     folder.mkdir()

@@ -13,16 +13,16 @@ import torch
 from monai.networks.nets import AutoencoderKL
 
 from land.data.folder import read_image_without_nodules, read_manifest, write_case, write_manifest
-from land.decode_stream import decode_stream, plan_stream
-from land.decoding import choose_method, decode_full, decode_tiled
-from land.errors import InputError, ModelError
-from land.model_dir import ModelConfig, read_model_json
+from land.decoding.streamed import decode_stream, plan_stream
+from land.decoding.tiled import choose_method, decode_full, decode_tiled
+from land.imaging.volume import Volume
+from land.interface.errors import InputError, ModelError
 from land.models import VAEConfig, build_vae
 from land.models.mask_decoder import MaskAutoencoderKL, decoder_condition, pool_condition
+from land.models.model_dir import ModelConfig, read_model_json
 from land.pipeline import LANDPipeline
 from land.train.config import load_config, parse_config, with_overrides
 from land.train.decoder_data import paired_step
-from land.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "LANDSynthesis" / "land" / "resources" / "models" / "land-demo-phantom"
@@ -184,7 +184,7 @@ def test_paired_step_is_a_deterministic_draw():
 
 
 def _paired_dataset(root: Path) -> Path:
-    from land.phantom import make_phantom
+    from land.world.phantom import make_phantom
 
     ph = make_phantom(0, size=32, spacing=8.0, n_nodules=2, diameter_range_mm=(24.0, 40.0))
     nod = ph.nodules.array != 0
@@ -283,7 +283,7 @@ def test_paired_decoder_steps_resume_exactly(tmp_path):
 
 
 def test_write_case_refuses_a_pair_on_another_grid(tmp_path):
-    from land.phantom import make_phantom
+    from land.world.phantom import make_phantom
 
     ph = make_phantom(1, size=16, spacing=8.0, n_nodules=1)
     other = Volume(np.zeros((8, 16, 16), np.int16), ph.image.spacing, ph.image.origin)

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 import torch
 from test_dataset import write_dataset
 
-from land.conditioning import MaskSet
-from land.errors import InputError
-from land.io import read_volume
+from land.imaging.io import read_volume
+from land.imaging.maskset import MaskSet
+from land.interface.errors import InputError
 from land.pipeline import LANDPipeline
 from land.resources import demo_model_dir
 from land.train.config import PerceptualConfig, load_config, parse_config, with_overrides
