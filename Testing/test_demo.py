@@ -156,13 +156,13 @@ def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
     image = masks.lung.with_array(np.full(masks.lung.array.shape, -800, np.int16))
     write_case(folder / "lungs_only", image, masks.lung, masks.nodules.with_array(
         np.zeros_like(masks.nodules.array)), {})  # fmt: skip
-    (folder / "notes.txt").write_text("not a case")
+    (folder / "notes.txt").write_text("not a case", encoding="utf-8")
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "land", "demo-fidelity", "--model", str(tiny_model_dir),
                           "--masks", str(folder), "--steps", "1", "--out", str(out), "--save-ct"],
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    result = json.loads((out / "fidelity.json").read_text())
+    result = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))
     assert [c["case"] for c in result["cases"]] == ["lungs_only", "painted"]
     painted = result["cases"][1]
     assert sorted(n["texture"] for n in painted["nodules"]) == [1, 5]

@@ -64,7 +64,7 @@ def test_generate_refuses_a_nifti_sidecar_that_is_an_input(tiny_model_dir, tmp_p
     """ct.nii.gz writes ct.json beside it: that name must not be an input either."""
     model = tmp_path / "ct"
     model.mkdir()
-    (model / "model.json").write_text("{}")
+    (model / "model.json").write_text("{}", encoding="utf-8")
     code = main(["generate", "--model", str(tmp_path / "ct"), "--out", str(tmp_path / "ct.nii.gz"),
                  "--mask", str(tmp_path / "ct.json")])  # fmt: skip
     assert code == 2 and REFUSED in capsys.readouterr().err

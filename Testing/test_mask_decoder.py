@@ -230,7 +230,7 @@ def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path, capsys):
         **{"loss_weights.nodule_l1": 1.0, "loss_weights.ring_l1": 1.0},
     )
     out = train_vae(cfg, data, tmp_path / "out", device="cpu", progress="none")
-    steps = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (out / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     losses = [e["losses"] for e in steps if e["event"] == "step"]
     assert len(losses) == 8 and all(
         e["paired"] == 1.0 and e["ring_l1"] > 0 and e["nodule_l1"] > 0 for e in losses
@@ -277,7 +277,7 @@ def test_paired_decoder_steps_resume_exactly(tmp_path):
     resumed = train_vae(cfg, data, tmp_path / "b", resume=True, device="cpu", progress="none")
     a, b = load_file(straight / "vae.safetensors"), load_file(resumed / "vae.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = [json.loads(x) for x in (straight / "progress.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (straight / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     paired = [e["losses"]["paired"] for e in lines if e["event"] == "step"]
     assert paired == [float(paired_step(tiny.seed, s, 0, 0.5, True)) for s in range(4)]
 
