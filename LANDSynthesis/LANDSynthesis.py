@@ -53,13 +53,13 @@ MODE_TITLES = {
     "nodule+lung": "nodules + lungs",
     "nodule+lung+texture": "nodules + lungs + texture",
 }
-GUIDANCE_MODE_TIPS = {  # keys: land.contract.GUIDANCE_MODES
+GUIDANCE_MODE_TIPS = {  # keys: land.interface.contract.GUIDANCE_MODES
     "none": "No guidance: plain conditional sampling (the scale is not used).",
     "full": "Contrast with no mask: follow the whole mask (lungs and nodules) more strongly.",
     "nodules": "Contrast with the same lungs without nodules: makes the nodules show (recommended).",
 }
 DEVICE_TITLES = (("auto", "Auto (GPU if available)"), ("cuda", "GPU (CUDA)"), ("cpu", "CPU"))
-FIT_TITLES = {  # keys: land.contract.FITS
+FIT_TITLES = {  # keys: land.interface.contract.FITS
     "crop": "Model's voxel size (a larger chest is cut off)",
     "scale": "Whole chest (larger voxels when the lungs fill the grid)",
 }

@@ -34,7 +34,7 @@ from LANDSynthesisLib.application import (  # noqa: E402
 )
 from LANDTrainingLib.logic import LANDTrainingLogic  # noqa: E402
 
-from land.contract import format_duration  # noqa: E402
+from land.interface.contract import format_duration  # noqa: E402
 from land.train.config_files import bundled_configs, config_summary  # noqa: E402
 from land.train.pipeline_run import (  # noqa: E402
     FAILED,

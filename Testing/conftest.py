@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from land.conditioning import MaskSet
-from land.model_dir import ModelConfig
+from land.imaging.maskset import MaskSet
+from land.imaging.volume import Volume
 from land.models import UNetConfig, VAEConfig
+from land.models.model_dir import ModelConfig
 from land.pipeline import LANDPipeline
-from land.volume import Volume
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_masks
 
-from land.contract import DEFAULT_SAMPLER
-from land.io import read_provenance, write_seg_nrrd
+from land.imaging.io import read_provenance, write_seg_nrrd
+from land.interface.contract import DEFAULT_SAMPLER
 
 LAND = [sys.executable, "-m", "land"]
 
@@ -293,8 +293,8 @@ def test_every_command_help_has_a_description_option_help_and_the_exit_codes():
     import argparse
 
     from land.cli import build_parser
-    from land.contract import EXIT_CANCELLED, EXIT_CODES, EXIT_INPUT, EXIT_MODEL
-    from land.errors import Cancelled, InputError, ModelError, TrainingDiverged
+    from land.interface.contract import EXIT_CANCELLED, EXIT_CODES, EXIT_INPUT, EXIT_MODEL
+    from land.interface.errors import Cancelled, InputError, ModelError, TrainingDiverged
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in sub.choices.items():
@@ -326,8 +326,8 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
     from dataclasses import fields
 
     from land.cli import build_parser
-    from land.contract import DEFAULT_PRECISION, GenerateOptions, options_from_namespace
-    from land.errors import InputError
+    from land.interface.contract import DEFAULT_PRECISION, GenerateOptions, options_from_namespace
+    from land.interface.errors import InputError
 
     opts = GenerateOptions(out="ct.nrrd", model="m", mask="a.seg.nrrd", nodules="n.nrrd", texture="1=5",
                            steps=7, seed=3, mode="nodule", guidance=2.0, guidance_mode="nodules",
@@ -364,8 +364,8 @@ def test_generate_options_to_argv_round_trips_through_the_parser():
 
 def test_teaching_set_options_round_trip_through_the_parser():
     from land.cli import build_parser
-    from land.contract import TeachingSetOptions, options_from_namespace
-    from land.errors import InputError
+    from land.interface.contract import TeachingSetOptions, options_from_namespace
+    from land.interface.errors import InputError
 
     opts = TeachingSetOptions(out="set", cases=4, model="m", nodule_rate=0.5, textures="1,5",
                               diameters="6-20", steps=9, seed=2, guidance=2.0, guidance_mode="nodules",
@@ -390,10 +390,11 @@ def test_teaching_set_options_round_trip_through_the_parser():
      ("1", "25-4", False), ("1", "0-4", False), ("1", "4-150", False), ("1", "8", True)],
 )  # fmt: skip
 def test_textures_and_diameters_have_one_rule_for_cli_python_and_panel(textures, diameters, ok):
-    """land.contract.parse_textures / parse_diameters decide for `land teaching-set`, the Python API's
+    """land.interface.contract.parse_textures / parse_diameters decide for `land teaching-set`, the Python
+    API's
     TeachingSettings and the Slicer panel (whose list forms are normalised through the same functions)."""
-    from land.contract import TeachingSetOptions, parse_diameters, parse_textures
-    from land.errors import InputError
+    from land.interface.contract import TeachingSetOptions, parse_diameters, parse_textures
+    from land.interface.errors import InputError
     from land.teaching.plan import TeachingSettings
 
     def verdicts() -> list[bool]:
@@ -425,8 +426,8 @@ def test_textures_and_diameters_have_one_rule_for_cli_python_and_panel(textures,
 def test_sample_set_options_round_trip_through_the_parser():
     """land sample-set's parser is built from SampleSetOptions: to_argv() parses back to the same options."""
     from land.cli import build_parser
-    from land.contract import SampleSetOptions, options_from_namespace
-    from land.errors import InputError
+    from land.interface.contract import SampleSetOptions, options_from_namespace
+    from land.interface.errors import InputError
 
     opts = SampleSetOptions(model="m", out="s", n=8, masks="d", steps=12, seed=4, mode="nodule+lung",
                             max_memory="1G", guidance=2.0, progress="json", precision="fp32")  # fmt: skip

@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from land.conditioning import (
-    MODES,
-    MaskSet,
-    NoduleOutsideLungWarning,
-    encode_conditioning,
-    nodule_region,
-    parse_texture_overrides,
-    pool_to_latent,
-)
-from land.errors import InputError
-from land.volume import Volume
+from land.conditioning.encode import encode_conditioning, nodule_region, pool_to_latent
+from land.imaging.maskset import MODES, MaskSet, NoduleOutsideLungWarning, parse_texture_overrides
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
 
 GEOMETRY = dict(spacing=(0.8, 0.9, 2.5), origin=(-10.5, 20.25, -30.0), direction=(0, 1, 0, -1, 0, 0, 0, 0, 1))
 BG, LUNG, NOD1, NOD2 = (0, 0, 0), (1, 1, 1), (3, 3, 3), (5, 5, 5)

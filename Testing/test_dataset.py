@@ -13,7 +13,7 @@ import torch
 
 from land.cli import main
 from land.data import FolderDataset, PatchDataset, case_indices, check_dataset, hu_to_unit, read_manifest
-from land.errors import InputError
+from land.interface.errors import InputError
 
 SPACING = (8.0, 8.0, 8.0)
 ORIGIN = (-124.0, -124.0, -124.0)
@@ -82,7 +82,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def test_phantom_generator_output_is_accepted_when_available(tmp_path):
-    phantom = pytest.importorskip("land.phantom")
+    phantom = pytest.importorskip("land.world.phantom")
     out = tmp_path / "ph"
     phantom.write_phantom_dataset(out, n=2, seed=0, size=32, spacing=8.0)
     report = check_dataset(out)
@@ -199,7 +199,7 @@ def test_case_metadata_lives_in_case_json_and_old_folders_still_read(tmp_path):
     """textures.json holds label -> texture only (the documented format); other metadata goes to case.json;
     a case folder written before case.json (metadata mixed into textures.json) reads the same."""
     from land.data.folder import read_case_meta, read_textures, write_case
-    from land.phantom import make_phantom
+    from land.world.phantom import make_phantom
 
     case = make_phantom(4, size=(24, 24, 24), spacing=(6.0, 6.0, 6.0), n_nodules=1)
     folder = write_case(tmp_path / "new", case.image, case.lung, case.nodules, case.textures, {"source": "x"})

@@ -1,4 +1,4 @@
-"""Streaming decoding (land.decode_stream): equals full decoding, each layer once, spill files removed."""
+"""Streaming decoding (land.decoding.streamed): equals full decoding, each layer once, spill files removed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_decoding import make_vae, structured_latent
 
-from land import decode_stream as ds
-from land.decode_stream import decode_stream, plan_stream, streamable
-from land.decoding import CPU_OVERHEAD_BYTES, choose_method, decode_full, decode_tiled
+from land.decoding import streamed as ds
+from land.decoding.streamed import decode_stream, plan_stream, streamable
+from land.decoding.tiled import CPU_OVERHEAD_BYTES, choose_method, decode_full, decode_tiled
 
 EXACT_ABS = 1e-5  # the issue's bar: max |stream - full|
 
@@ -133,7 +133,7 @@ def test_unsupported_layers_are_named() -> None:
 
 
 def test_unusable_spill_folder_is_a_clear_input_error(case, tmp_path: Path) -> None:
-    from land.errors import InputError
+    from land.interface.errors import InputError
 
     vae, z, _ = case
     not_a_folder = tmp_path / "file"
@@ -145,7 +145,7 @@ def test_unusable_spill_folder_is_a_clear_input_error(case, tmp_path: Path) -> N
 def test_disk_space_is_checked_before_any_work(case, tmp_path: Path) -> None:
     """A spill folder without room for the plan's files is refused up front (the pipeline does this before
     denoising), with the space needed and the fix."""
-    from land.errors import InputError
+    from land.interface.errors import InputError
 
     vae, z, _ = case
     plan = plan_stream(vae, z.shape, max_memory=_budget_spilling(vae, z))
@@ -158,7 +158,7 @@ def test_disk_space_is_checked_before_any_work(case, tmp_path: Path) -> None:
 def test_generate_puts_the_decoders_files_in_temp_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
     """``land generate --temp-dir`` (GenerateOptions.temp_dir): a CT that does not fit --max-memory is
     decoded with its spill files in that folder, which is empty again afterwards."""
-    from land.contract import GenerateOptions
+    from land.interface.contract import GenerateOptions
     from land.pipeline import LANDPipeline
 
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from monai.networks.nets import AutoencoderKL
 
-from land import decoding
-from land.decoding import (
+from land.decoding import tiled as decoding
+from land.decoding.tiled import (
     CPU_OVERHEAD_BYTES,
     DEFAULT_CPU_MAX_MEMORY,
     DecodePlan,

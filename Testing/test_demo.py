@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from land.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
-from land.errors import InputError
-from land.io import read_masks
+from land.imaging.io import read_masks
+from land.interface.errors import InputError
 from land.resources import demo_masks_path, demo_model_dir
+from land.world.demo import DEMO_NODULES, fidelity_table, make_demo_masks, measure_fidelity
 
 LAND = [sys.executable, "-m", "land"]
 
@@ -117,7 +117,7 @@ def test_unmet_targets_names_each_missed_target():
     """Issue-25 targets: Dice over all cases; rho and visibility over nodules >= 6 mm; texture means rising
     1 < 3 < 5 and within 100 HU of the phantoms'; the ring around nodules within 100 HU of the phantoms';
     lung parenchyma within 50 HU of the phantoms'."""
-    from land.demo import unmet_targets
+    from land.world.demo import unmet_targets
 
     def summary(dice, rho, visible, tex, lung=(-800.0, 100.0), ring=-740.0):
         return {"lung_dice_mean": dice, "texture_hu_spearman_rho": 0.1, "share_visible": 0.1,
@@ -147,7 +147,7 @@ def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
     from conftest import make_masks
 
     from land.data.folder import write_case
-    from land.io import write_seg_nrrd
+    from land.imaging.io import write_seg_nrrd
 
     folder = tmp_path / "masks"
     folder.mkdir()
@@ -156,13 +156,13 @@ def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
     image = masks.lung.with_array(np.full(masks.lung.array.shape, -800, np.int16))
     write_case(folder / "lungs_only", image, masks.lung, masks.nodules.with_array(
         np.zeros_like(masks.nodules.array)), {})  # fmt: skip
-    (folder / "notes.txt").write_text("not a case")
+    (folder / "notes.txt").write_text("not a case", encoding="utf-8")
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "land", "demo-fidelity", "--model", str(tiny_model_dir),
                           "--masks", str(folder), "--steps", "1", "--out", str(out), "--save-ct"],
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    result = json.loads((out / "fidelity.json").read_text())
+    result = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))
     assert [c["case"] for c in result["cases"]] == ["lungs_only", "painted"]
     painted = result["cases"][1]
     assert sorted(n["texture"] for n in painted["nodules"]) == [1, 5]

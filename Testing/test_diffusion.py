@@ -1,4 +1,5 @@
-"""Tests of land.diffusion: schedule vs MONAI, v-prediction algebra, Min-SNR weights and the samplers.
+"""Tests of land.sampling.diffusion: schedule vs MONAI, v-prediction algebra, Min-SNR weights and the
+samplers.
 
 The samplers are checked with an analytic denoiser: for data x0 ~ N(mu, s^2) (per element) the optimal
 v-prediction is closed form, and the probability-flow ODE has an exact solution
@@ -14,7 +15,8 @@ import threading
 import pytest
 import torch
 
-from land.diffusion import (
+from land.interface.errors import Cancelled, InputError
+from land.sampling.diffusion import (
     SAMPLERS,
     NoiseSchedule,
     default_steps,
@@ -22,7 +24,6 @@ from land.diffusion import (
     sample,
     timesteps_for,
 )
-from land.errors import Cancelled, InputError
 
 MU, S = 0.3, 0.5
 SCHED = NoiseSchedule()
@@ -343,7 +344,7 @@ def test_ode_samplers_converge_to_exact_flow(x_T):
 def test_unipc_logsnr_timesteps():
     """Warped log-SNR targets lambda_T + (lambda(t_last) - lambda_T) * u**rho, met up to the integer grid,
     from t = 999 to t_last = min(UNIPC_FINAL_TIMESTEP, 1000 - steps)."""
-    from land.diffusion import UNIPC_FINAL_TIMESTEP, UNIPC_SPACING_POWER, _logsnr_timesteps
+    from land.sampling.diffusion import UNIPC_FINAL_TIMESTEP, UNIPC_SPACING_POWER, _logsnr_timesteps
 
     lam = 0.5 * (SCHED.alphas_cumprod / (1 - SCHED.alphas_cumprod)).log()
     assert 0 < UNIPC_SPACING_POWER < 1  # denser at the clean end
@@ -381,7 +382,7 @@ def test_unipc_default_steps_beat_dpmpp2m_25():
     """unipc at its default and at 12 steps is far closer to the exact flow than dpmpp2m at 25 (RMS, 4096
     values); with many steps its only error left is the final jump from t_last to clean data, and run to
     t = 0 instead it converges to the exact flow."""
-    from land.diffusion import UNIPC_FINAL_TIMESTEP, _logsnr_timesteps
+    from land.sampling.diffusion import UNIPC_FINAL_TIMESTEP, _logsnr_timesteps
 
     x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = exact_flow(x)

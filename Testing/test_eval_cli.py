@@ -11,13 +11,13 @@ import torch
 
 from land.cli import main
 from land.data import hu_to_unit
-from land.errors import InputError
 from land.eval.features import WEIGHTS_FILE, medicalnet_resnet50
 from land.eval.report import HISTOGRAM_NOTE, EvalOptions, evaluate, feature_stats
 from land.eval.sample_set import plan_jobs, run_sample_set
 from land.eval.sets import list_volumes, wdm_unit
-from land.io import read_provenance, read_volume, sidecar_path, write_volume
-from land.phantom import write_phantom_dataset
+from land.imaging.io import read_provenance, read_volume, sidecar_path, write_volume
+from land.interface.errors import InputError
+from land.world.phantom import write_phantom_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from land.errors import InputError
 from land.eval.fidelity import NoduleStat, dice, fidelity_summary, lung_dice, nodule_stats
+from land.interface.errors import InputError
 
 SHAPE = (64, 64, 64)
 

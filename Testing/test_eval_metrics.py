@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from land.errors import InputError
 from land.eval.features import (
     WEIGHTS_FILE,
     extract_features,
@@ -26,8 +25,9 @@ from land.eval.sets import (
     volume_to_unit,
     wdm_unit,
 )
-from land.io import write_volume
-from land.volume import Volume
+from land.imaging.io import write_volume
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
 
 
 def fid_eigen(mu1, s1, mu2, s2) -> float:

@@ -1,4 +1,5 @@
-"""land.events: the one progress protocol of every command, read by both Slicer modules with parse_event."""
+"""land.interface.events: the one progress protocol of every command, read by both Slicer modules with
+parse_event."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import sys
 import pytest
 from conftest import make_masks
 
-from land.contract import EXIT_INPUT, WARNING_UNTRAINED_MODEL
-from land.events import (
+from land.imaging.io import write_seg_nrrd
+from land.interface.contract import EXIT_INPUT, WARNING_UNTRAINED_MODEL
+from land.interface.events import (
     DoneEvent,
     ErrorEvent,
     ProgressEvent,
@@ -20,7 +22,6 @@ from land.events import (
     event_line,
     parse_event,
 )
-from land.io import write_seg_nrrd
 
 LAND = [sys.executable, "-m", "land"]
 

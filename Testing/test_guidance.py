@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import make_masks, perturb_zero_weights, tiny_config
 
-from land.conditioning import LUNG_VALUE, SCALE, encode_conditioning, nodule_region, pool_to_latent
-from land.errors import InputError, ModelError
-from land.guidance import check_guidance, drop_condition, guided_denoiser
+from land.conditioning.encode import LUNG_VALUE, SCALE, encode_conditioning, nodule_region, pool_to_latent
+from land.interface.errors import InputError, ModelError
 from land.models import LANDUNet
 from land.pipeline import LANDPipeline
+from land.sampling.guidance import check_guidance, drop_condition, guided_denoiser
 
 
 def _unet(**changes) -> LANDUNet:
@@ -44,7 +44,7 @@ def test_drop_nodules_keeps_the_lungs_and_fills_nodules_with_lung():
 
 
 def test_guidance_one_is_plain_conditional_sampling_bit_for_bit():
-    from land.diffusion import sample
+    from land.sampling.diffusion import sample
 
     net, cond = _unet(), _cond()
     x = torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -141,7 +141,7 @@ def test_every_level_injection_starts_as_the_plain_unet_and_learns_from_the_mask
 
 
 def test_training_nodule_dropout_equals_training_on_the_dropped_mask():
-    from land.diffusion import NoiseSchedule
+    from land.sampling.diffusion import NoiseSchedule
     from land.train.ldm_trainer import LDMParts, ldm_train_step
 
     def parts(nodule_dropout: float) -> LDMParts:

@@ -1,4 +1,4 @@
-"""land.host_memory: freed memory kept for reuse while denoising, given back afterwards (glibc).
+"""land.decoding.host_memory: freed memory kept for reuse while denoising, given back afterwards (glibc).
 
 Runs in a fresh interpreter: the heap of a long test session is fragmented by earlier tests.
 """
@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from land import host_memory
+from land.decoding import host_memory
 
 pytestmark = pytest.mark.skipif(host_memory._LIBC is None, reason="glibc's allocator only")
 
 SCRIPT = r"""
 import os
 import torch
-from land.host_memory import release_freed_memory, reuse_freed_memory
+from land.decoding.host_memory import release_freed_memory, reuse_freed_memory
 
 MIB = 2**20
 

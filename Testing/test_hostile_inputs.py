@@ -19,9 +19,9 @@ import SimpleITK as sitk
 from conftest import make_masks
 
 from land.cli import main
-from land.conditioning import outside_lung_counts
-from land.errors import InputError
-from land.io import read_masks, write_seg_nrrd
+from land.imaging.io import read_masks, write_seg_nrrd
+from land.imaging.maskset import outside_lung_counts
+from land.interface.errors import InputError
 
 REFUSED = "would overwrite your input"
 
@@ -64,7 +64,7 @@ def test_generate_refuses_a_nifti_sidecar_that_is_an_input(tiny_model_dir, tmp_p
     """ct.nii.gz writes ct.json beside it: that name must not be an input either."""
     model = tmp_path / "ct"
     model.mkdir()
-    (model / "model.json").write_text("{}")
+    (model / "model.json").write_text("{}", encoding="utf-8")
     code = main(["generate", "--model", str(tmp_path / "ct"), "--out", str(tmp_path / "ct.nii.gz"),
                  "--mask", str(tmp_path / "ct.json")])  # fmt: skip
     assert code == 2 and REFUSED in capsys.readouterr().err
@@ -208,7 +208,7 @@ def _anisotropic_case(tmp_path: Path, x0: int = 99, lung_end: int = 170) -> tupl
 
 
 def test_resampling_keeps_a_thin_nodule_at_its_size(tmp_path):
-    from land.io import to_model_grid
+    from land.conditioning.model_grid import to_model_grid
 
     lung, nodules, painted = _anisotropic_case(tmp_path)
     masks = read_masks(lung, nodules)
@@ -235,7 +235,7 @@ def test_strict_judges_nodules_on_the_painted_grid(tiny_model_dir, tmp_path, cap
 
 
 def test_a_nodule_smaller_than_a_model_voxel_is_kept_and_named(tmp_path):
-    from land.io import FieldOfViewWarning, to_model_grid
+    from land.conditioning.model_grid import FieldOfViewWarning, to_model_grid
 
     shape = (20, 40, 40)
     lung = np.zeros(shape, np.uint8)

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_masks
 
 from land.cli import main
-from land.io import write_seg_nrrd
+from land.imaging.io import write_seg_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {
@@ -238,7 +238,7 @@ WITHOUT_MATPLOTLIB = (  # an interpreter on which "import matplotlib" fails, as 
 def test_evaluate_without_matplotlib_writes_the_numbers_and_says_why_no_figures(tmp_path):
     """matplotlib is optional (not in pyproject's core dependencies, as in the Slicer extension's list): a
     plain install evaluates fully and says that figures were not drawn and how to get them."""
-    from land.phantom import write_phantom_dataset
+    from land.world.phantom import write_phantom_dataset
 
     real = tmp_path / "real"
     write_phantom_dataset(real, 2, seed=0, size=32, spacing=8.0, n_nodules=(1, 1))
@@ -295,7 +295,7 @@ def test_prepare_lidc_on_a_folder_of_random_files_is_an_error(tmp_path):
     from test_prepare import StubScan
 
     from land.data.prepare import prepare_lidc
-    from land.errors import InputError
+    from land.interface.errors import InputError
 
     root = tmp_path / "downloads"
     root.mkdir()

@@ -17,9 +17,9 @@ from test_dataset import write_dataset
 
 from land.data.check import check_dataset
 from land.data.folder import load_case, read_manifest
-from land.errors import InputError
-from land.image_data import check_image_data, check_orientation
-from land.io import read_volume
+from land.imaging.image_data import check_image_data, check_orientation
+from land.imaging.io import read_volume
+from land.interface.errors import InputError
 
 FORMATS = [("x.nii.gz", True), ("x.nii", False), ("x.nrrd", True), ("x.nrrd", False), ("x.mha", True),
            ("x.mha", False)]  # fmt: skip
@@ -116,7 +116,7 @@ def test_sheared_orientation_is_refused_without_itk_text(tmp_path):
         read_volume(nrrd)
     script = "\n".join([
         "import sys",
-        "from land.io import read_volume",
+        "from land.imaging.io import read_volume",
         "try:",
         "    read_volume(sys.argv[1])",
         "except Exception as e:",

@@ -1,4 +1,5 @@
-"""Tests of land.io: volumes, masks (.seg.nrrd and label images), model grid resampling, synthetic output."""
+"""Tests of land.imaging.io: volumes, masks (.seg.nrrd and label images), model grid resampling, synthetic
+output."""
 
 from __future__ import annotations
 
@@ -11,21 +12,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from land import io as land_io
-from land.conditioning import MaskSet, NoduleOutsideLungWarning, encode_conditioning
-from land.errors import InputError
-from land.io import (
-    FieldOfViewWarning,
+from land.conditioning.encode import encode_conditioning
+from land.conditioning.model_grid import FieldOfViewWarning, from_model_grid, to_model_grid
+from land.imaging import io as land_io
+from land.imaging.io import (
     SegmentationWarning,
-    from_model_grid,
     read_masks,
     read_provenance,
     read_volume,
-    to_model_grid,
     write_seg_nrrd,
     write_volume,
 )
-from land.volume import Volume
+from land.imaging.maskset import MaskSet, NoduleOutsideLungWarning
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
 
 
 def rotation(deg_z: float, deg_x: float) -> tuple[float, ...]:

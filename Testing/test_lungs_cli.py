@@ -12,11 +12,11 @@ import SimpleITK as sitk
 from conftest import SHARED_DATA
 
 from land.cli import main
-from land.conditioning import MaskSet
-from land.io import read_masks, read_volume, write_seg_nrrd
-from land.phantom import make_phantom
-from land.segment_style import LUNG_COLOR, LUNG_SEGMENT_NAME
-from land.volume import Volume
+from land.imaging.io import read_masks, read_volume, write_seg_nrrd
+from land.imaging.maskset import MaskSet
+from land.imaging.volume import Volume
+from land.interface.segment_style import LUNG_COLOR, LUNG_SEGMENT_NAME
+from land.world.phantom import make_phantom
 
 REAL_CT = SHARED_DATA / "lung-pet-ct-dx"
 

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from land.errors import InputError
-from land.lungseg import lung_volume_litres, segment_lungs
-from land.phantom import _sample_anatomy, make_phantom
-from land.volume import Volume
+from land.imaging.lungseg import lung_volume_litres, segment_lungs
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
+from land.world.phantom import _sample_anatomy, make_phantom
 
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx"
 

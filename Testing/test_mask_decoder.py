@@ -13,16 +13,16 @@ import torch
 from monai.networks.nets import AutoencoderKL
 
 from land.data.folder import read_image_without_nodules, read_manifest, write_case, write_manifest
-from land.decode_stream import decode_stream, plan_stream
-from land.decoding import choose_method, decode_full, decode_tiled
-from land.errors import InputError, ModelError
-from land.model_dir import ModelConfig, read_model_json
+from land.decoding.streamed import decode_stream, plan_stream
+from land.decoding.tiled import choose_method, decode_full, decode_tiled
+from land.imaging.volume import Volume
+from land.interface.errors import InputError, ModelError
 from land.models import VAEConfig, build_vae
 from land.models.mask_decoder import MaskAutoencoderKL, decoder_condition, pool_condition
+from land.models.model_dir import ModelConfig, read_model_json
 from land.pipeline import LANDPipeline
 from land.train.config import load_config, parse_config, with_overrides
 from land.train.decoder_data import paired_step
-from land.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "LANDSynthesis" / "land" / "resources" / "models" / "land-demo-phantom"
@@ -184,7 +184,7 @@ def test_paired_step_is_a_deterministic_draw():
 
 
 def _paired_dataset(root: Path) -> Path:
-    from land.phantom import make_phantom
+    from land.world.phantom import make_phantom
 
     ph = make_phantom(0, size=32, spacing=8.0, n_nodules=2, diameter_range_mm=(24.0, 40.0))
     nod = ph.nodules.array != 0
@@ -230,7 +230,7 @@ def test_paired_decoder_only_fine_tune_from_a_plain_model(tmp_path, capsys):
         **{"loss_weights.nodule_l1": 1.0, "loss_weights.ring_l1": 1.0},
     )
     out = train_vae(cfg, data, tmp_path / "out", device="cpu", progress="none")
-    steps = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (out / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     losses = [e["losses"] for e in steps if e["event"] == "step"]
     assert len(losses) == 8 and all(
         e["paired"] == 1.0 and e["ring_l1"] > 0 and e["nodule_l1"] > 0 for e in losses
@@ -277,13 +277,13 @@ def test_paired_decoder_steps_resume_exactly(tmp_path):
     resumed = train_vae(cfg, data, tmp_path / "b", resume=True, device="cpu", progress="none")
     a, b = load_file(straight / "vae.safetensors"), load_file(resumed / "vae.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = [json.loads(x) for x in (straight / "progress.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (straight / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
     paired = [e["losses"]["paired"] for e in lines if e["event"] == "step"]
     assert paired == [float(paired_step(tiny.seed, s, 0, 0.5, True)) for s in range(4)]
 
 
 def test_write_case_refuses_a_pair_on_another_grid(tmp_path):
-    from land.phantom import make_phantom
+    from land.world.phantom import make_phantom
 
     ph = make_phantom(1, size=16, spacing=8.0, n_nodules=1)
     other = Volume(np.zeros((8, 16, 16), np.int16), ph.image.spacing, ph.image.origin)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import make_masks
 
-from land.diffusion import KnownLatent, sample
-from land.errors import InputError
-from land.io import read_volume
-from land.matched_pairs import generate_pair, without_nodule
+from land.imaging.io import read_volume
+from land.interface.errors import InputError
 from land.pipeline import LANDPipeline
+from land.sampling.diffusion import KnownLatent, sample
+from land.sampling.matched_pairs import generate_pair, without_nodule
 
 
 def test_known_latent_keeps_the_recorded_trajectory_where_asked():
@@ -62,7 +62,7 @@ def test_the_pair_differs_only_near_the_removed_nodule(tiny_model_dir):
 
 
 def test_generate_pair_on_the_command_line(tiny_model_dir, tmp_path):
-    from land.io import write_seg_nrrd
+    from land.imaging.io import write_seg_nrrd
 
     masks = make_masks(textures={1: 5, 2: 1})
     write_seg_nrrd(tmp_path / "m.seg.nrrd", masks)

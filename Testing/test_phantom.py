@@ -1,4 +1,5 @@
-"""Tests of land.phantom: geometry, HU, mask consistency, textures, determinism and the dataset writer."""
+"""Tests of land.world.phantom: geometry, HU, mask consistency, textures, determinism and the dataset
+writer."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from land.errors import InputError
-from land.phantom import (
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
+from land.world.phantom import (
     PhantomCase,
     lung_mask_phantom,
     make_phantom,
@@ -21,7 +23,6 @@ from land.phantom import (
     write_case,
     write_phantom_dataset,
 )
-from land.volume import Volume
 
 SIZE, SPACING = 64, 4.0
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from land.grid import bounding_box
-from land.phantom import make_phantom
-from land.phantom_deform import JITTER_MM
+from land.imaging.grid import bounding_box
+from land.world.phantom import make_phantom
+from land.world.phantom_deform import JITTER_MM
 
 SIZE, SPACING = 64, 5.0  # 320 mm field of view, as the wide-field demo grid
 

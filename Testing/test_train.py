@@ -15,9 +15,9 @@ import SimpleITK as sitk
 import torch
 from test_dataset import write_dataset
 
-from land.conditioning import MaskSet
-from land.errors import InputError
-from land.io import read_volume
+from land.imaging.io import read_volume
+from land.imaging.maskset import MaskSet
+from land.interface.errors import InputError
 from land.pipeline import LANDPipeline
 from land.resources import demo_model_dir
 from land.train.config import PerceptualConfig, load_config, parse_config, with_overrides
@@ -356,7 +356,10 @@ def test_init_from_fine_tunes_from_another_model(vae_dir, data, tmp_path):
 
     snap = snapshot_model(out, tmp_path / "vae_ft", tmp_path / "snap")
     s_meta = json.loads((snap / "model.json").read_text(encoding="utf-8"))
-    assert s_meta["latent_scale"] == json.loads((vae_dir / "model.json").read_text())["latent_scale"]
+    assert (
+        s_meta["latent_scale"]
+        == json.loads((vae_dir / "model.json").read_text(encoding="utf-8"))["latent_scale"]
+    )
     for name, ref in (("unet", out), ("vae", tuned)):
         got, want = load_file(snap / f"{name}.safetensors"), load_file(ref / f"{name}.safetensors")
         assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
@@ -402,7 +405,7 @@ def test_init_from_on_the_command_line_completes_a_decoder_only_config(tmp_path,
     import sys
 
     path = tmp_path / "decoder-only.json"
-    _json.dump({"name": "dec", "vae": {"steps": 0, "decoder_steps": 2}}, path.open("w"))
+    _json.dump({"name": "dec", "vae": {"steps": 0, "decoder_steps": 2}}, path.open("w", encoding="utf-8"))
     with pytest.raises(InputError, match="needs vae.init_from or --init-from"):
         load_config(path)
     assert load_config(path, {"vae": {"init_from": str(tiny_model_dir)}}).vae.steps == 0

@@ -15,7 +15,7 @@ from conftest import train_tiny_vae
 from safetensors.torch import load_file
 from test_dataset import write_dataset
 
-from land.events import DoneEvent, ProgressEvent, WarningEvent, parse_event
+from land.interface.events import DoneEvent, ProgressEvent, WarningEvent, parse_event
 
 LAND = [sys.executable, "-m", "land"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: one thread per process is fastest
@@ -71,7 +71,7 @@ def test_resume_after_sigkill_is_exact(command, data, vae_dir, tmp_path):
     result = run([*args, "--out", str(cut), "--progress", "json", "--resume"])
     assert result.returncode == 0, result.stderr
     events = [parse_event(line) for line in result.stdout.splitlines()]
-    assert all(e is not None for e in events), result.stdout  # only land.events on stdout
+    assert all(e is not None for e in events), result.stdout  # only land.interface.events on stdout
     progress = [(e.stage, e.step, e.total) for e in events if isinstance(e, ProgressEvent)]
     assert progress == [(command, 3, 5), (command, 4, 5), (command, 5, 5)]  # starts from the checkpoint
     assert isinstance(events[-1], DoneEvent) and events[-1].details["out"] == str(cut)

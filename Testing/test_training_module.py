@@ -20,7 +20,7 @@ import pytest
 from slicer_fixtures import *  # noqa: F403
 from slicer_fixtures import REPO
 
-from land.contract import DEFAULT_SAMPLER, DEFAULT_STEPS
+from land.interface.contract import DEFAULT_SAMPLER, DEFAULT_STEPS
 from land.train.checkpoint import load_checkpoint
 
 TRAINING_DIR = REPO / "LANDTraining"
@@ -319,7 +319,8 @@ def test_other_data_or_config_in_the_same_output_is_refused(training_logic, phan
 
 
 def test_headless_script_exit_codes(phantoms, tmp_path):
-    """The script runs `land train-pipeline`; its exit codes are the engine's contract (land.contract)."""
+    """The script runs `land train-pipeline`; its exit codes are the engine's contract
+    (land.interface.contract)."""
     # a prepared dataset: prepare is skipped, exit 0
     ok = run_script("--data", str(phantoms), "--out", str(tmp_path / "a"), "--stage", "prepare")
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -355,9 +356,10 @@ def test_headless_script_exit_codes(phantoms, tmp_path):
 
 
 def test_train_pipeline_progress_json_is_land_events(phantoms, tmp_path):
-    """`land train-pipeline --progress json`: stdout carries only land.events (stage progress with its
+    """`land train-pipeline --progress json`: stdout carries only land.interface.events (stage progress with
+    its
     state, then done or the error with the process's exit code); the stages' output goes to stderr."""
-    from land.events import DoneEvent, ErrorEvent, ProgressEvent, parse_event
+    from land.interface.events import DoneEvent, ErrorEvent, ProgressEvent, parse_event
 
     land = [sys.executable, "-m", "land", "train-pipeline", "--data", str(phantoms), "--progress", "json"]
     ok = subprocess.run([*land, "--out", str(tmp_path / "a"), "--stage", "prepare"], capture_output=True,

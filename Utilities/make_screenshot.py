@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from land.io import read_masks
+from land.imaging.io import read_masks
 from land.pipeline import LANDPipeline
 from land.resources import demo_masks_path, demo_model_dir
 

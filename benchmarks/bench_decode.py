@@ -108,8 +108,8 @@ def child_decode(work: Path, mode: str, seed: int, max_memory: int | None) -> di
     import numpy as np
     import torch
 
-    from land.decode_stream import plan_stream
-    from land.decoding import choose_method, decode_full, decode_tiled, plan_tiles
+    from land.decoding.streamed import plan_stream
+    from land.decoding.tiled import choose_method, decode_full, decode_tiled, plan_tiles
 
     vae = build_vae(seed)
     vae.load_state_dict(torch.load(work / "vae.pt"))

@@ -27,7 +27,7 @@ MU, S = 0.3, 0.5
 
 
 def analytic(steps_list: tuple[int, ...]) -> None:
-    from land.diffusion import SAMPLERS, NoiseSchedule, sample
+    from land.sampling.diffusion import SAMPLERS, NoiseSchedule, sample
 
     sched = NoiseSchedule()
 
@@ -60,10 +60,10 @@ def demo_model(
     cache: str | None = None,
     ref_sampler: str = "dpmpp2m",
 ) -> None:
-    from land.demo import make_demo_masks
     from land.eval.fidelity import nodule_stats
     from land.pipeline import LANDPipeline
     from land.resources import demo_model_dir
+    from land.world.demo import make_demo_masks
 
     pipe = LANDPipeline.from_pretrained(demo_model_dir())
     masks = make_demo_masks()

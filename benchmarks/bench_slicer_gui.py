@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"        worker masks identical to Slicer's export: {same}")
 
     # ---------------------------------------------------------------- result loading
-    from land.io import write_volume
-    from land.volume import Volume
+    from land.imaging.io import write_volume
+    from land.imaging.volume import Volume
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "synthetic_ct.nrrd"

@@ -62,7 +62,7 @@ def bench_vae(patch: int, repeats: int, perceptual: str, device: str = "cpu") ->
 def bench_ldm(latent: int, repeats: int, checkpointing: bool, device: str = "cpu") -> dict:
     import torch
 
-    from land.model_dir import DIFFUSION_DEFAULTS
+    from land.models.model_dir import DIFFUSION_DEFAULTS
     from land.train.config import load_config, with_overrides
     from land.train.ldm_trainer import build_ldm_parts, ldm_train_step
 

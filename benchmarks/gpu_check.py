@@ -32,10 +32,10 @@ def parity(device: str, steps: int) -> dict:
     import numpy as np
     import torch
 
-    from land.decoding import decode_full, decode_tiled
-    from land.demo import make_demo_masks
+    from land.decoding.tiled import decode_full, decode_tiled
     from land.pipeline import LANDPipeline, resolve_device
     from land.resources import demo_model_dir
+    from land.world.demo import make_demo_masks
 
     pipe = LANDPipeline.from_pretrained(demo_model_dir())
     masks = make_demo_masks()
@@ -60,7 +60,7 @@ def parity(device: str, steps: int) -> dict:
 
 
 def generation(config: str, size: int, steps: int, device: str) -> dict:
-    from land.benchmark import run_benchmark
+    from land.eval.benchmark import run_benchmark
 
     return {p: run_benchmark(None, config, steps, "dpmpp2m", device, size=size, precision=p)
             for p in ("fp32", "bf16")}  # fmt: skip

@@ -6,8 +6,8 @@ import logging
 import time
 from pathlib import Path
 
-from land.contract import WARNING_NODULE_OUTSIDE_LUNG
-from land.events import ErrorEvent, ProgressEvent, WarningEvent, parse_event
+from land.interface.contract import WARNING_NODULE_OUTSIDE_LUNG
+from land.interface.events import ErrorEvent, ProgressEvent, WarningEvent, parse_event
 
 from .jobs import EngineJob, GenerationJob, TeachingSetJob
 from .modelinfo import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from land.childproc import ChildProcess
+from land.interface.childproc import ChildProcess
 
 from .maskexport import LayerCopy, MaskInputs, SegmentSource
 from .modelinfo import ModelInfo, engineDirectory

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import slicer
 
-from land.childproc import ChildProcess, python_executable
-from land.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
+from land.interface.childproc import ChildProcess, python_executable
+from land.interface.contract import (  # noqa: F401 - the modes, the limit and is_guided: re-exported for the widget
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     FITS,

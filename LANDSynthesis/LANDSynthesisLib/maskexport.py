@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from land.masks import restore_lung
+from land.interface.masks import restore_lung
 
 from . import segments as seglib
 from .nrrd import RAS_TO_LPS, write_nrrd
@@ -126,7 +126,7 @@ def combineMasks(
 
     Nodules get labels 1..K in order (empty ones are skipped with a warning; overlaps go to the later one).
     The lung under nodules painted over it counts as lung (Segment Editor's "overwrite other segments" cuts
-    them out of the lung; :func:`land.masks.restore_lung`).
+    them out of the lung; :func:`land.interface.masks.restore_lung`).
     """
     lung = np.zeros(shape, bool)
     for a in lungArrays:
@@ -196,7 +196,8 @@ def writeEngineInputs(inputs: MaskInputs, folder: str | os.PathLike) -> dict[str
 
 
 def engineMaskOptions(inputs: MaskInputs, paths: Mapping[str, Path | None]) -> dict[str, Any]:
-    """``land.contract.GenerateOptions`` fields for the written inputs (textures as ``label=texture``); the
+    """``land.interface.contract.GenerateOptions`` fields for the written inputs (textures as
+    ``label=texture``); the
     CT comes back in the masks' geometry (``match_input``)."""
     options: dict[str, Any] = {"mask": str(paths["mask"]), "match_input": True}
     if paths.get("nodules") is not None:

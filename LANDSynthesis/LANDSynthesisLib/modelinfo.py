@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from land.contract import (
+from land.interface.contract import (
     DEFAULT_STEPS,
     GUIDANCE_DEFAULTS,
     parse_guidance,
 )
-from land.contract import format_duration as formatDuration  # noqa: F401 - the panels' one formatter
+from land.interface.contract import format_duration as formatDuration  # noqa: F401 - the panels' one formatter
 from land.resources import demo_model_dir, has_demo_model
 
 from .options import BUNDLED_MODEL_NAME, LANDSynthesisError

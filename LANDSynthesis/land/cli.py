@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import resources
-from .contract import (
+from .interface.contract import (
     EXIT_INPUT,
     WARNING_UNTRAINED_MODEL,
     GenerateOptions,
@@ -27,22 +27,22 @@ from .contract import (
     sampler_help,
     steps_help,
 )
-from .errors import Cancelled, InputError, LANDError, ModelError
-from .events import ErrorEvent, Reporter, write_event
+from .interface.errors import Cancelled, InputError, LANDError, ModelError
+from .interface.events import ErrorEvent, Reporter, write_event
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
 # Modules that add sub-commands: each has ``register(subparsers, command)`` which adds its parsers and
 # registers its handlers with the ``command(name)`` decorator.
 COMMAND_MODULES: tuple[str, ...] = (
-    "land.benchmark",
-    "land.phantom",
-    "land.lungseg",
+    "land.eval.benchmark",
+    "land.world.phantom",
+    "land.imaging.lungseg",
     "land.train.cli",
     "land.data.prepare_cli",
     "land.eval.cli",
     "land.teaching.cli",
-    "land.demo",
+    "land.world.demo",
 )
 
 
@@ -61,8 +61,9 @@ def model_dir_or_default(model: str | Path | None) -> Path:
 
 
 def parse_memory(text: str) -> int:
-    """'2G', '1536M', '500000000' -> bytes; an argparse ``type`` (land.contract.parse_memory's rule)."""
-    from .contract import parse_memory as parse
+    """'2G', '1536M', '500000000' -> bytes; an argparse ``type`` (land.interface.contract.parse_memory's
+    rule)."""
+    from .interface.contract import parse_memory as parse
 
     try:
         return parse(text)
@@ -95,7 +96,7 @@ def command(name: str) -> Callable[[Command], Command]:
 # ---------------------------------------------------------------------------------------------- commands
 @command("init-model")
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from .atomic import preflight_outputs
+    from .imaging.atomic import preflight_outputs
     from .pipeline import LANDPipeline
 
     preflight_outputs({}, folders={"--out": args.out})
@@ -112,8 +113,8 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 
 def _load_masks(args: GenerateOptions):
-    from .conditioning import parse_texture_overrides
-    from .io import read_masks
+    from .imaging.io import read_masks
+    from .imaging.maskset import parse_texture_overrides
 
     overrides = parse_texture_overrides(args.texture) if args.texture else None
     if args.mask is None and args.nodules is None:
@@ -138,8 +139,8 @@ def _load_masks(args: GenerateOptions):
 
 @command("generate")
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .atomic import preflight_outputs
-    from .io import sidecar_path, write_volume
+    from .imaging.atomic import preflight_outputs
+    from .imaging.io import sidecar_path, write_volume
     from .pipeline import LANDPipeline
 
     opts = options_from_namespace(GenerateOptions, args).validate()
@@ -171,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pair = None
     try:
         if opts.pair is not None:
-            from .matched_pairs import generate_pair
+            from .sampling.matched_pairs import generate_pair
 
             ct, pair_ct, figures = generate_pair(pipe, masks, opts.pair, progress=reporter, cancel=cancel,
                                                  **opts.pipeline_arguments())  # fmt: skip
@@ -179,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         else:
             ct = pipe.generate(masks, progress=reporter, cancel=cancel, **opts.pipeline_arguments())
     except KeyboardInterrupt:
-        from .errors import Cancelled
+        from .interface.errors import Cancelled
 
         raise Cancelled("generation cancelled") from None
     finally:
@@ -204,8 +205,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 @command("info")
 def cmd_info(args: argparse.Namespace) -> int:
-    from .contract import guidance_text
-    from .model_dir import ModelConfig, read_model_json
+    from .interface.contract import guidance_text
+    from .models.model_dir import ModelConfig, read_model_json
     from .pipeline import LANDPipeline
 
     model_dir = model_dir_or_default(args.model)
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "textures 1, 3 and 5).",
         epilog=GENERATE_EXAMPLES,
     )
-    add_option_arguments(p, GenerateOptions)  # one argument per option field (land.contract)
+    add_option_arguments(p, GenerateOptions)  # one argument per option field (land.interface.contract)
 
     p = sub.add_parser("info", help="print a model's card")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # an optional part of the engine that this installation does not have
         module.register(sub, command)
-    from .contract import exit_codes_text
+    from .interface.contract import exit_codes_text
 
     summaries = {a.dest: a.help for a in sub._choices_actions}
     for name, sp in sub.choices.items():  # every command: a description, defaults shown, the exit codes

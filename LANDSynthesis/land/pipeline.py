@@ -14,9 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .conditioning import MaskSet, check_nodules_inside, encode_conditioning, pool_to_latent
-from .contract import (
+from .conditioning import model_grid
+from .conditioning.encode import pool_to_latent
+from .decoding.host_memory import reuse_freed_memory
+from .decoding.tiled import decode_full, decode_tiled
+from .imaging.maskset import MaskSet
+from .imaging.volume import Volume
+from .interface import __version__
+from .interface.contract import (
     DEFAULT_PRECISION,
     DEFAULT_SAMPLER,
     check_fit,
@@ -26,14 +31,11 @@ from .contract import (
     check_seed,
     guidance_text,
 )
-from .decoding import decode_full, decode_tiled
-from .diffusion import KnownLatent, NoiseSchedule, default_steps, sample
-from .errors import Cancelled, InputError, ModelError
-from .guidance import check_guidance, guided_denoiser
-from .host_memory import reuse_freed_memory
-from .model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
+from .interface.errors import Cancelled, InputError, ModelError
 from .models import LANDUNet, build_vae, count_parameters
-from .volume import Volume
+from .models.model_dir import ModelConfig, load_weights, named_config, read_model_json, save_model_dir
+from .sampling.diffusion import KnownLatent, NoiseSchedule, default_steps, sample
+from .sampling.guidance import check_guidance, guided_denoiser
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -157,8 +159,8 @@ class LANDPipeline:
     ) -> None:
         """Refuse before denoising when streamed decoding of a latent on ``grid`` would not find its temporary
         disk space."""
-        from .decode_stream import check_disk_space, plan_stream
-        from .decoding import choose_method
+        from .decoding.streamed import check_disk_space, plan_stream
+        from .decoding.tiled import choose_method
 
         vae_shape = (1, self.config.vae.latent_channels, *grid)
         if choose_method(self.vae, vae_shape, max_memory, dev) == "stream":
@@ -186,41 +188,16 @@ class LANDPipeline:
     # ------------------------------------------------------------------ generation
     def grid_reference(self) -> Volume:
         """The model grid with identity direction, centred at the origin (for unconditional samples)."""
-        size, spacing = self.config.grid_size, self.config.spacing
-        origin = tuple(-(n - 1) * s / 2.0 for n, s in zip(size, spacing, strict=True))
-        return Volume(np.zeros(tuple(reversed(size)), np.uint8), tuple(spacing), origin)
+        return model_grid.grid_reference(self.config.grid_size, self.config.spacing)
 
     def on_model_grid(self, reference: Volume) -> bool:
         """True when a volume already has the model's grid size and spacing."""
-        return tuple(reference.size) == tuple(self.config.grid_size) and bool(
-            np.allclose(reference.spacing, self.config.spacing, atol=1e-4)
-        )
+        return model_grid.on_model_grid(reference, self.config.grid_size, self.config.spacing)
 
     def model_grid_masks(self, masks: MaskSet | None, fit: str = "crop") -> tuple[MaskSet | None, Volume]:
-        """Masks on the model grid and the grid as a reference volume (:func:`land.io.to_model_grid`).
-
-        ``fit`` ``crop``: the model's voxel size (a chest larger than the grid is cut off, with a
-        :class:`land.io.FieldOfViewWarning` that says what); ``scale``: voxels :func:`land.grid.fit_factor`
-        times larger when the lungs fill more of the grid than the model was trained on.
-        """
-        check_fit(fit)
-        if masks is None or masks.reference is None:
-            return None, self.grid_reference()
-        if self.on_model_grid(masks.reference):
-            return masks, Volume.like(masks.reference, np.zeros(masks.reference.array.shape, np.uint8))
-        from .grid import crop_note, fit_factor, lung_extent_mm
-        from .io import FieldOfViewWarning, to_model_grid
-
-        size, spacing = self.config.grid_size, self.config.spacing
-        extent = lung_extent_mm(masks.lung, masks.lung.array != 0) if masks.lung is not None else None
-        if fit == "scale":
-            factor = fit_factor(extent, size, spacing)
-            spacing = tuple(float(s) * factor for s in spacing)
-        else:
-            note = crop_note(extent, size, spacing)
-            if note:
-                warnings.warn(FieldOfViewWarning(note), stacklevel=3)
-        return to_model_grid(masks, size, spacing)  # type: ignore[arg-type]
+        """Masks on the model grid and the grid as a reference volume
+        (:func:`land.conditioning.model_grid.masks_to_model_grid`; ``fit`` ``crop`` or ``scale``)."""
+        return model_grid.masks_to_model_grid(masks, self.config.grid_size, self.config.spacing, fit)
 
     def prepare_conditioning(
         self, masks: MaskSet | None, mode: str, strict: bool = False, fit: str = "crop"
@@ -248,16 +225,11 @@ class LANDPipeline:
         self, masks: MaskSet | None, mode: str, strict: bool = False, fit: str = "crop"
     ) -> tuple[np.ndarray, Volume, MaskSet | None]:
         """Masks -> (encoded conditioning mask on the model grid (D, H, W) float32, model-grid reference,
-        masks on the model grid); all zeros without masks or in mode ``none``. Nodules outside the lungs
-        are judged where the user painted, before any resampling; ``fit``: :meth:`model_grid_masks`."""
-        if masks is not None and masks.reference is not None and mode != "none":
-            check_nodules_inside(masks, strict)
-        masks, ref = self.model_grid_masks(masks, fit)
-        if masks is None or mode == "none":
-            cond = np.zeros(ref.array.shape, np.float32)
-        else:
-            cond = encode_conditioning(masks, mode, check_outside=False).array
-        return cond, ref, masks
+        masks on the model grid): :func:`land.conditioning.model_grid.model_grid_condition` (check, place the
+        grid, resample keeping every nodule, encode) on this model's grid."""
+        return model_grid.model_grid_condition(
+            masks, mode, self.config.grid_size, self.config.spacing, strict, fit
+        )
 
     @torch.inference_mode()
     def generate(
@@ -288,13 +260,15 @@ class LANDPipeline:
         lungs) or None (unconditional). Same seed, sampler, steps and device give an identical volume.
         ``progress`` receives ``{"stage": "denoise"|"decode", "step": i, "total": n}``; setting ``cancel``
         stops at the next step with :class:`land.Cancelled`. ``guidance`` / ``guidance_mode``: classifier-free
-        guidance (:mod:`land.guidance`); default the model's recommended ``guidance`` from model.json.
+        guidance (:mod:`land.sampling.guidance`); default the model's recommended ``guidance`` from
+        model.json.
         ``precision`` ``bf16``/``fp16`` runs the U-Net under autocast (the sampler's state and the VAE decoder
         stay float32); ``fp32`` is exact; ``auto`` (default): :func:`resolve_precision`. ``temp_dir``: where
         streamed decoding keeps layer outputs that do not fit ``max_memory`` (default: the system temporary
         folder); its free space is checked before denoising. ``fit``: how lungs larger than the model's
         grid are handled, ``crop`` or ``scale`` (:meth:`model_grid_masks`). ``known``: latent voxels kept
-        from another sample's trajectory, or recorded for one (matched pairs, :mod:`land.matched_pairs`).
+        from another sample's trajectory, or recorded for one (matched pairs,
+        :mod:`land.sampling.matched_pairs`).
         """
         mode = mode or (self.config.mode if conditioning is not None else "none")
         check_mode(mode)
@@ -345,7 +319,7 @@ class LANDPipeline:
         ct.metadata["fit"] = fit
         ct.metadata["grid_spacing_mm"] = "x".join(f"{v:.4g}" for v in ref.spacing)
         if match_input and conditioning is not None and conditioning.reference is not None:
-            from .io import from_model_grid
+            from .conditioning.model_grid import from_model_grid
 
             meta = ct.metadata
             ct = from_model_grid(ct, conditioning.reference, default_hu=int(self.config.intensity["hu_min"]))

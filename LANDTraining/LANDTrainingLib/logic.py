@@ -18,7 +18,7 @@ import numpy as np
 import slicer
 from LANDSynthesisLib.mrml import moduleParameterNode
 
-from land.childproc import python_executable
+from land.interface.childproc import python_executable
 from land.train.pipeline import PipelineRunner, poll_until_done
 from land.train.pipeline_run import (
     STAGES,

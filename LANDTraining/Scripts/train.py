@@ -33,7 +33,7 @@ def in_slicer_application() -> bool:
 def land_arguments(argv: Sequence[str], in_slicer: bool) -> list[str]:
     """``land`` arguments for this script's ``argv`` (Slicer's ``--`` separator dropped; in the Slicer
     application the stages run with PythonSlicer unless ``--python`` says otherwise)."""
-    from land.childproc import python_executable
+    from land.interface.childproc import python_executable
 
     argv = list(argv)
     if argv and argv[0] == "--":  # Slicer --python-script FILE -- ARGS

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..conditioning import check_labels, check_lung_mask, label_counts
-from ..errors import InputError
-from ..image_data import check_image_data, check_orientation
-from ..io import read_volume
+from ..imaging.image_data import check_image_data, check_orientation
+from ..imaging.io import read_volume
+from ..imaging.maskset import check_labels, check_lung_mask, label_counts
+from ..interface.errors import InputError
 from .folder import (
     CASE_FILES,
     IMAGE_FILE,

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..conditioning import MaskSet, check_labels, encode_conditioning, label_counts
-from ..errors import InputError
-from ..io import read_volume
-from ..volume import Volume
+from ..conditioning.encode import encode_conditioning
+from ..imaging.io import read_volume
+from ..imaging.maskset import MaskSet, check_labels, label_counts
+from ..imaging.volume import Volume
+from ..interface.errors import InputError
 
 MANIFEST_FILE = "manifest.csv"
 IMAGE_FILE = "image.nii.gz"
@@ -130,7 +131,7 @@ def read_manifest(root: str | Path) -> list[CaseFiles]:
 
 def sha256_manifest(root: str | Path) -> str:
     """sha256 of ``manifest.csv`` (recorded in a trained model's provenance)."""
-    from ..model_dir import sha256_file
+    from ..models.model_dir import sha256_file
 
     return sha256_file(Path(root) / MANIFEST_FILE)
 
@@ -180,7 +181,7 @@ def write_case(
     """Write one case folder: CT (int16 HU), lung mask (uint8), nodule labels, optionally the same CT
     rendered without its nodules (int16 HU, the image's geometry), ``case.json`` (``meta``), and last
     ``textures.json`` (label -> texture only), whose presence marks the case complete."""
-    from ..atomic import atomic_path, atomic_write_text
+    from ..imaging.atomic import atomic_path, atomic_write_text
 
     folder = Path(folder)
     labels = nodules.array
@@ -235,7 +236,7 @@ def read_image_without_nodules(files: CaseFiles, reference: Volume | None = None
 
 def write_manifest(root: str | Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
     """Write ``root/manifest.csv`` (first column ``case``) atomically; returns its path."""
-    from ..atomic import atomic_path
+    from ..imaging.atomic import atomic_path
 
     path = Path(root) / MANIFEST_FILE
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:

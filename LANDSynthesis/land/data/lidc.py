@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
+from ..interface.errors import InputError
 
 __all__ = [
     "NoduleRecord",

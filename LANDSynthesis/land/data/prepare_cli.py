@@ -9,7 +9,7 @@ from typing import Any
 
 def register(sub: Any, command: Callable) -> None:
     """Add ``land prepare-lidc`` to the CLI."""
-    from ..contract import MAX_WORKERS, count_argument
+    from ..interface.contract import MAX_WORKERS, count_argument
 
     p = sub.add_parser(
         "prepare-lidc",
@@ -48,8 +48,8 @@ def register(sub: Any, command: Callable) -> None:
 
     @command("prepare-lidc")
     def cmd_prepare_lidc(args: argparse.Namespace) -> int:
-        from ..atomic import preflight_outputs
-        from ..events import Reporter
+        from ..imaging.atomic import preflight_outputs
+        from ..interface.events import Reporter
         from .prepare import prepare_lidc
 
         preflight_outputs(

@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import InputError
+from ..interface.errors import InputError
 
 __all__ = ["import_pylidc", "patch_numpy"]
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..contract import (
+from ..interface.contract import (
     SampleSetOptions,
     add_option_arguments,
     options_from_namespace,
@@ -18,9 +18,9 @@ from ..contract import (
 
 
 def _sample_set(args: argparse.Namespace) -> int:
-    from ..atomic import preflight_outputs
     from ..cli import cancel_on_signals, model_dir_or_default
-    from ..events import Reporter
+    from ..imaging.atomic import preflight_outputs
+    from ..interface.events import Reporter
     from .sample_set import run_sample_set
 
     opts = options_from_namespace(SampleSetOptions, args).validate()
@@ -74,7 +74,7 @@ def _sample_set(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..atomic import preflight_outputs
+    from ..imaging.atomic import preflight_outputs
     from .report import EvalOptions, evaluate, ms_ssim_text
 
     preflight_outputs(
@@ -154,7 +154,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p = sub.add_parser(
         "sample-set", help="generate many CTs (one NIfTI per sample; resumable; torchrun-aware)"
     )
-    add_option_arguments(p, SampleSetOptions)  # one argument per option field (land.contract)
+    add_option_arguments(p, SampleSetOptions)  # one argument per option field (land.interface.contract)
     command("sample-set")(_sample_set)
 
     p = sub.add_parser("evaluate", help="FID, MS-SSIM, memory and mask fidelity of generated vs real CT")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..interface.errors import InputError
 
 WEIGHTS_FILE = "resnet_50_23dataset.pth"
 WEIGHTS_SOURCE = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import linalg
 
-from ..atomic import atomic_path
+from ..imaging.atomic import atomic_path
 
 FID_EPS = 1e-6
 

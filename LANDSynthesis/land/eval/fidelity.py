@@ -1,6 +1,7 @@
 """Conditional fidelity: does a generated CT obey the masks it was generated from?
 
-* :func:`lung_dice`: the lungs segmented in the generated CT (``land.lungseg``'s classical, threshold-based
+* :func:`lung_dice`: the lungs segmented in the generated CT (``land.imaging.lungseg``'s classical,
+threshold-based
   method: body, air below -320 HU inside it, airways removed, holes filled) vs the input lung mask.
 * :func:`nodule_stats`: per nodule, its mean HU, the mean / std of the surrounding lung (a shell of
   ``shell_mm`` around the nodule beyond a ``gap_mm`` partial-volume margin, inside the lung mask, outside
@@ -11,7 +12,8 @@
 * :func:`fidelity_summary`: aggregates over cases, also split at ``size_split_mm`` (default 6 mm: below it
   a nodule is a handful of voxels at 2 mm and partial volume hides it even in a perfect image).
 
-Arrays are indexed [z, y, x] (like :class:`land.volume.Volume`); ``spacing`` is (x, y, z) in mm, ITK order,
+Arrays are indexed [z, y, x] (like :class:`land.imaging.volume.Volume`); ``spacing`` is (x, y, z) in mm, ITK
+order,
 as ``Volume.spacing``.
 """
 
@@ -24,8 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from ..volume import Volume
+from ..imaging.volume import Volume
+from ..interface.errors import InputError
 
 SHELL_MM = 4.0
 GAP_MM = 1.0
@@ -74,8 +76,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def segment_generated_lungs(ct_hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Lung mask (bool [z, y, x]) of a CT by ``land.lungseg``'s classical threshold-based method."""
-    from ..lungseg import segment_lungs
+    """Lung mask (bool [z, y, x]) of a CT by ``land.imaging.lungseg``'s classical threshold-based method."""
+    from ..imaging.lungseg import segment_lungs
 
     vol = Volume(np.asarray(ct_hu), spacing=tuple(float(s) for s in spacing))
     return segment_lungs(vol).array != 0

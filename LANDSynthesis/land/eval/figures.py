@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..volume import Volume
+from ..imaging.volume import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
 NOT_DRAWN = (

@@ -3,7 +3,7 @@
 ``DIR`` holds one case per entry, in formats this project already owns:
 
 * ``NAME.seg.nrrd``: a Slicer segmentation (``Lung*`` segments are the lungs, the others nodules with their
-  ``LAND.Texture`` tags; :func:`land.io.read_masks`), or
+  ``LAND.Texture`` tags; :func:`land.imaging.io.read_masks`), or
 * ``NAME/``: a dataset case folder with ``lung.nii.gz`` and optionally ``nodules.nii.gz`` and
   ``textures.json`` (:mod:`land.data.folder`), e.g. a lung mask from ``land lungs`` or "Lungs from CT".
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..conditioning import MaskSet
-from ..errors import InputError
+from ..imaging.maskset import MaskSet
+from ..interface.errors import InputError
 
 __all__ = ["find_mask_cases", "measure_mask_cases", "read_mask_case"]
 
@@ -50,7 +50,7 @@ def case_name(path: Path) -> str:
 def read_mask_case(path: Path) -> MaskSet:
     """One case of a mask folder as a :class:`MaskSet`."""
     from ..data.folder import LUNG_FILE, NODULES_FILE, TEXTURES_FILE, read_textures
-    from ..io import read_masks
+    from ..imaging.io import read_masks
 
     if path.is_file():
         return read_masks(path)
@@ -92,8 +92,8 @@ def measure_mask_cases(
     log=print,
 ) -> dict[str, Any]:
     """Generate one CT per case of ``folder`` (seed ``seed``) and measure it (see the module doc)."""
-    from ..contract import DEFAULT_SAMPLER
-    from ..io import write_volume
+    from ..imaging.io import write_volume
+    from ..interface.contract import DEFAULT_SAMPLER
     from ..pipeline import LANDPipeline
     from .fidelity import fidelity_summary
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..atomic import atomic_write_text
-from ..errors import InputError
+from ..imaging.atomic import atomic_write_text
+from ..interface import __version__
+from ..interface.errors import InputError
 from .fid import FeatureStats, fid_from_stats, stats_key
 from .sets import (
     INTENSITY_PROTOCOLS,
@@ -90,7 +90,7 @@ def ms_ssim_text(ms: dict) -> str:
 
 def _histogram(vset: VolumeSet, cache: Path, log: Callable[[str], None]) -> np.ndarray:
     """Summed voxel HU histogram of a set (cached by the set's fingerprint)."""
-    from ..io import read_volume
+    from ..imaging.io import read_volume
 
     key = stats_key(
         vset.fingerprint(), "hu-histogram", {"edges": [HIST_EDGES[0], HIST_EDGES[-1], len(HIST_EDGES)]}
@@ -162,7 +162,7 @@ def _resolve_extractor(opts: EvalOptions, extractor) -> tuple[Any, str | None]:
 def _fidelity_cases(vset: VolumeSet, masks_root: Path, by_provenance: bool, log) -> list[dict]:
     """Per-file fidelity against the masks of its case (generated: the provenance's case; real: same name)."""
     from ..data.folder import load_case, read_manifest
-    from ..io import read_volume
+    from ..imaging.io import read_volume
     from .fidelity import lung_dice, nodule_stats
     from .sets import resample_like, source_case
 
@@ -190,7 +190,7 @@ def _fidelity_cases(vset: VolumeSet, masks_root: Path, by_provenance: bool, log)
 
 
 def _memory(vset: VolumeSet) -> dict[str, Any]:
-    from ..io import read_provenance
+    from ..imaging.io import read_provenance
 
     peaks, seconds, devices, kinds = [], [], set(), set()
     for f in vset.files:
@@ -220,7 +220,7 @@ def _memory(vset: VolumeSet) -> dict[str, Any]:
 
 def evaluate(opts: EvalOptions, extractor=None, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Compute every metric and write the report; returns the report dict (also ``report.json``)."""
-    from ..io import read_volume
+    from ..imaging.io import read_volume
     from .fidelity import fidelity_summary
     from .figures import NOT_DRAWN, can_draw, hu_histogram_png, montage_png, nodule_hu_boxplot_png
     from .msssim import ms_ssim_diversity
@@ -472,7 +472,8 @@ def markdown(report: dict[str, Any]) -> str:
                 )
         lines += [
             "",
-            "Lung Dice: lungs segmented in the CT (land.lungseg, classical) vs the input lung mask. A nodule "
+            "Lung Dice: lungs segmented in the CT (land.imaging.lungseg, classical) vs the input lung mask. "
+            "A nodule "
             "is visible when |mean HU - surrounding lung mean| exceeds the surrounding lung's std (shell "
             "1-5 mm around it, inside the lung, outside nodules); outside lung: under half its voxels in "
             "the lung mask.",

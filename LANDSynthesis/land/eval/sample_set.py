@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
-from ..errors import Cancelled, InputError
-from ..io import sidecar_path
+from ..imaging.io import sidecar_path
+from ..interface.contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
+from ..interface.errors import Cancelled, InputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,11 +82,11 @@ def run_sample_set(
     """
     import torch
 
-    from ..benchmark import peak_rss_bytes
     from ..data.folder import load_case, read_manifest
-    from ..io import write_volume
+    from ..imaging.io import write_volume
+    from ..interface.sharding import rank_and_world, rank_share
     from ..pipeline import LANDPipeline, resolve_device
-    from ..sharding import rank_and_world, rank_share
+    from .benchmark import peak_rss_bytes
 
     if rank is None or world is None:
         rank, world = rank_and_world()

@@ -13,9 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..data.folder import MANIFEST_FILE, hu_to_unit, read_manifest
-from ..errors import InputError
-from ..io import READ_EXTENSIONS, read_provenance, read_volume
-from ..volume import Volume
+from ..imaging.io import READ_EXTENSIONS, read_provenance, read_volume
+from ..imaging.volume import Volume
+from ..interface.errors import InputError
 
 
 @dataclass

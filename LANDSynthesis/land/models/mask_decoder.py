@@ -57,7 +57,8 @@ def check_mask_decoder(value: object) -> str:
 
 def decoder_condition(cond: torch.Tensor) -> torch.Tensor:
     """The decoder's 3 condition channels (N, 3, *spatial), float32, from LAND's scalar conditioning mask
-    (N, 1, *spatial; :func:`land.conditioning.encode_conditioning`) or returned as is when already 3 channels.
+    (N, 1, *spatial; :func:`land.conditioning.encode.encode_conditioning`) or returned as is when already 3
+    channels.
 
     Channels: lung occupancy (lung outside nodules), nodule occupancy, texture / 5 inside nodules; the same
     features as the U-Net's ``occupancy+texture`` injection, so every conditioning mode maps consistently
@@ -71,7 +72,7 @@ def decoder_condition(cond: torch.Tensor) -> torch.Tensor:
     cond = cond.float()
     if cond.shape[1] == CONDITION_CHANNELS:
         return cond
-    from ..conditioning import nodule_region
+    from ..conditioning.encode import nodule_region
 
     nodule = nodule_region(cond)
     lung = (cond > 0) & ~nodule

@@ -31,7 +31,8 @@ FRACTION_FEATURES = "occupancy+texture+fraction"
 
 def cond_channels_for(cond_features: str) -> int:
     """Channels of the latent-grid condition a U-Net with these features takes: the paper's scalar, plus
-    the nodule fraction (:func:`land.conditioning.pool_to_latent` ``nodule_fraction``) for ``+fraction``."""
+    the nodule fraction (:func:`land.conditioning.encode.pool_to_latent` ``nodule_fraction``) for
+    ``+fraction``."""
     return 2 if cond_features == FRACTION_FEATURES else 1
 
 
@@ -41,7 +42,7 @@ def mask_features(cond: torch.Tensor, how: str) -> torch.Tensor:
     condition's second channel, the share of each latent voxel covered by nodules."""
     if how == "scalar":
         return cond
-    from ..conditioning import nodule_region
+    from ..conditioning.encode import nodule_region
 
     scalar = cond[:, :1]
     nodule = nodule_region(scalar)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
-from ..errors import InputError
+from ..imaging.atomic import atomic_write_text
+from ..interface.errors import InputError
 
 FORMAT = "land-teaching-answers/1"
 CSV_FIELDS = ("case", "nodule", "x_mm", "y_mm", "z_mm", "slice", "diameter_mm", "texture", "texture_name")

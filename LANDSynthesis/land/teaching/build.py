@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
-from ..contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
-from ..errors import InputError
-from ..guidance import is_guided
-from ..io import write_seg_nrrd
+from ..imaging.atomic import atomic_write_text
+from ..imaging.io import write_seg_nrrd
+from ..imaging.volume import Volume
+from ..interface.contract import DEFAULT_PRECISION, DEFAULT_SAMPLER
+from ..interface.errors import InputError
+from ..interface.sharding import rank_and_world, rank_share
 from ..pipeline import LANDPipeline, resolve_device, resolve_precision
-from ..sharding import rank_and_world, rank_share
-from ..volume import Volume
+from ..sampling.guidance import is_guided
 from .answers import write_answers
 from .dicom_export import LABEL, write_ct_series
 from .plan import (

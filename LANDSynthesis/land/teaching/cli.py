@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..contract import TeachingSetOptions, add_option_arguments, options_from_namespace
-from ..errors import Cancelled, LANDError
-from ..events import Reporter
+from ..interface.contract import TeachingSetOptions, add_option_arguments, options_from_namespace
+from ..interface.errors import Cancelled, LANDError
+from ..interface.events import Reporter
 
 
 class _Progress:
@@ -51,9 +51,9 @@ class _Progress:
 
 
 def cmd_teaching_set(args: argparse.Namespace) -> int:
-    from ..atomic import preflight_outputs
     from ..cli import cancel_on_signals, model_dir_or_default
-    from ..contract import parse_diameters, parse_textures
+    from ..imaging.atomic import preflight_outputs
+    from ..interface.contract import parse_diameters, parse_textures
     from ..pipeline import LANDPipeline
     from .build import make_teaching_set, refuse_foreign_folder
     from .plan import TeachingSettings
@@ -134,7 +134,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
     p = sub.add_parser(
         "teaching-set", help="SYNTHETIC teaching cases as DICOM, with answer key and instructor sheet"
     )
-    add_option_arguments(p, TeachingSetOptions)  # one argument per option field (land.contract)
+    add_option_arguments(p, TeachingSetOptions)  # one argument per option field (land.interface.contract)
     command("teaching-set")(cmd_teaching_set)
 
     p = sub.add_parser("teaching-score", help="score a trainee's marks against a teaching set's key")

@@ -21,9 +21,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from .. import __version__
-from ..atomic import atomic_path
-from ..volume import Volume
+from ..imaging.atomic import atomic_path
+from ..imaging.volume import Volume
+from ..interface import __version__
 from .font import burn_text
 
 RESCALE_INTERCEPT = -1024

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..conditioning import MaskSet
-from ..contract import check_teaching_cases, parse_diameters, parse_textures
-from ..errors import InputError
-from ..volume import Volume
+from ..imaging.maskset import MaskSet
+from ..imaging.volume import Volume
+from ..interface.contract import check_teaching_cases, parse_diameters, parse_textures
+from ..interface.errors import InputError
 
 TEXTURE_NAMES = {
     1: "non-solid (ground-glass)",
@@ -154,10 +154,11 @@ def _lung_on_grid(
     spacing: tuple[float, float, float],
 ) -> tuple[Volume, str]:
     if source is None:
-        from ..phantom import lung_mask_phantom
+        from ..world.phantom import lung_mask_phantom
 
         return lung_mask_phantom(phantom_seed, grid_size, spacing), f"phantom seed {phantom_seed}"
-    from ..io import read_masks, to_model_grid
+    from ..conditioning.model_grid import to_model_grid
+    from ..imaging.io import read_masks
 
     masks = read_masks(source)
     if masks.lung is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..interface.errors import InputError
 from .answers import KeyNodule, read_answers
 from .plan import TEXTURE_NAMES
 

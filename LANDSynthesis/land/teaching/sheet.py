@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path, atomic_write_text
+from ..imaging.atomic import atomic_path, atomic_write_text
 from .answers import COORDINATES
 from .plan import TEXTURE_NAMES
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_text
-from ..errors import InputError, TrainingDiverged
-from ..model_dir import non_finite, sha256_file
+from ..imaging.atomic import atomic_path, atomic_write_text
+from ..interface.errors import InputError, TrainingDiverged
+from ..models.model_dir import non_finite, sha256_file
 
 FORMAT = "land-train-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"

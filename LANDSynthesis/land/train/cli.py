@@ -40,8 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _refuse_overwrite(args: argparse.Namespace, *extra: str) -> None:
-    """The shared refusal (land.atomic) for a trainer: --out must not be or lie in any of its inputs."""
-    from ..atomic import preflight_outputs
+    """The shared refusal (land.imaging.atomic) for a trainer: --out must not be or lie in any of its
+    inputs."""
+    from ..imaging.atomic import preflight_outputs
 
     names = ("data", "config", "init_from", "perceptual_weights", "vae", *extra)
     inputs = {"--" + n.replace("_", "-"): getattr(args, n, None) for n in names}
@@ -79,7 +80,7 @@ def register(subparsers: Any, command: Callable) -> None:
     )
     command("train-ldm")(cmd_train_ldm)
 
-    from ..contract import add_option_arguments
+    from ..interface.contract import add_option_arguments
     from .pipeline_run import STAGES, TrainingOptions
 
     p = subparsers.add_parser(
@@ -99,7 +100,7 @@ def register(subparsers: Any, command: Callable) -> None:
         choices=["text", "json", "none"],
         default="text",
         help="text: the stages' output on stdout; json: progress, warning, error and done events on stdout "
-        "(land.events; the stages' output goes to stderr); none: only the summary",
+        "(land.interface.events; the stages' output goes to stderr); none: only the summary",
     )
     command("train-pipeline")(cmd_train_pipeline)
     p = subparsers.add_parser(
@@ -115,7 +116,7 @@ def register(subparsers: Any, command: Callable) -> None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from ..atomic import preflight_outputs
+    from ..imaging.atomic import preflight_outputs
     from .snapshot import snapshot_model
 
     preflight_outputs({"--unet": args.unet, "--vae": args.vae, "--latents-from": args.latents_from},
@@ -144,7 +145,7 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
-    from ..errors import InputError
+    from ..interface.errors import InputError
     from .config import load_config, with_overrides
     from .vae_trainer import train_vae
 
@@ -203,8 +204,8 @@ def cmd_train_pipeline(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from ..contract import EXIT_BUG, EXIT_CANCELLED, EXIT_OK
-    from ..events import DoneEvent, ErrorEvent, ProgressEvent, write_event
+    from ..interface.contract import EXIT_BUG, EXIT_CANCELLED, EXIT_OK
+    from ..interface.events import DoneEvent, ErrorEvent, ProgressEvent, write_event
     from .pipeline import PipelineRunner
     from .pipeline_run import PENDING, TrainingOptions, TrainingRun, parse_stages
 

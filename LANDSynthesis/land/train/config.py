@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..conditioning import MODES
-from ..contract import GUIDANCE_DEFAULTS, parse_guidance
-from ..errors import InputError
-from ..model_dir import ModelConfig
+from ..imaging.maskset import MODES
+from ..interface.contract import GUIDANCE_DEFAULTS, parse_guidance
+from ..interface.errors import InputError
 from ..models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 from ..models.mask_decoder import MASK_DECODERS
+from ..models.model_dir import ModelConfig
 from ..models.unet import COND_FEATURES, COND_INJECTIONS, cond_channels_for
 from ..resources import configs_dir
 from .config_files import config_path

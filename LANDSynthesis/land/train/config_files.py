@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import InputError
+from ..interface.errors import InputError
 from ..resources import configs_dir
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError
+from ..interface.errors import InputError
 
 
 @dataclass(frozen=True)

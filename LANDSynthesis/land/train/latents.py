@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from ..conditioning import pool_to_latent
+from ..conditioning.encode import pool_to_latent
 from ..data.folder import CaseFiles, conditioning_array, hu_to_unit, load_case
-from ..errors import InputError
+from ..imaging.atomic import atomic_path
+from ..interface.errors import InputError
 from .distributed import DistContext, barrier
 
 INDEX_FILE = "index.json"

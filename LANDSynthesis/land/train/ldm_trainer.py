@@ -4,7 +4,8 @@ Per step: latents ``z`` (posterior mean x latent scale) and latent-grid conditio
 ``t ~ U{0..999}``, ``x_t = alpha_t z + sigma_t eps``; the U-Net predicts ``v = alpha_t eps - sigma_t z`` and
 the loss is the Min-SNR-gamma weighted MSE (``min(SNR, gamma) / (SNR + 1)`` per sample). With probability
 ``ldm.cond_dropout`` a sample's conditioning is replaced by zeros, with probability ``ldm.nodule_dropout``
-only its nodules are dropped (set to the lung value): what classifier-free guidance (``land.guidance``)
+only its nodules are dropped (set to the lung value): what classifier-free guidance
+(``land.sampling.guidance``)
 contrasts with at sampling time. ``ldm.init_from`` starts from another model's U-Net weights (fine-tuning;
 levels the source lacks, e.g. ``cond_injection`` projections, keep their zero initialisation, so training
 starts from exactly the source model). ``ldm.nodule_loss_weight`` w > 0 makes
@@ -28,16 +29,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..conditioning import nodule_region
-from ..contract import DEFAULT_SAMPLER
+from ..conditioning.encode import nodule_region
 from ..data.check import check_dataset
 from ..data.folder import read_manifest, sha256_manifest
 from ..data.sampling import case_indices, step_seed
-from ..diffusion import NoiseSchedule, min_snr_weight
-from ..errors import InputError
-from ..guidance import drop_condition
-from ..model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
+from ..interface.contract import DEFAULT_SAMPLER
+from ..interface.errors import InputError
 from ..models import LANDUNet
+from ..models.model_dir import WEIGHT_FILES, ModelConfig, save_model_dir
+from ..sampling.diffusion import NoiseSchedule, min_snr_weight
+from ..sampling.guidance import drop_condition
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import LDMTrainConfig, TrainConfig
 from .distributed import DistContext, barrier, init_distributed, mean_across_ranks, shutdown

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data.sampling import step_seed
-from ..errors import Cancelled, InputError, TrainingDiverged
+from ..interface.errors import Cancelled, InputError, TrainingDiverged
 from .checkpoint import CHECKPOINT_FILE, FALLBACK_KEY, PREVIOUS_FILE, rng_state, save_checkpoint
 from .distributed import DistContext, barrier
 

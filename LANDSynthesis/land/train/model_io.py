@@ -11,10 +11,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .. import __version__
-from ..errors import InputError, ModelError
-from ..model_dir import WEIGHT_FILES, ModelConfig, check_finite_weights, read_model_json, sha256_file
+from ..interface import __version__
+from ..interface.errors import InputError, ModelError
 from ..models import build_vae
+from ..models.model_dir import WEIGHT_FILES, ModelConfig, check_finite_weights, read_model_json, sha256_file
 
 
 def load_state(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..interface.errors import InputError
 from .config import PerceptualConfig
 
 WEIGHTS_HINT = (
@@ -146,7 +146,7 @@ def build_perceptual(cfg: PerceptualConfig) -> tuple[nn.Module | None, dict[str,
         depth = int(cfg.network.removeprefix("medicalnet_resnet"))
         loss = MedicalNetPerceptualLoss(depth, cfg.weights, cfg.layers, cfg.distance)
         info.update(used=True, weights=str(Path(cfg.weights).resolve()), **loss.load_summary)
-        from ..model_dir import sha256_file
+        from ..models.model_dir import sha256_file
 
         info["weights_sha256"] = sha256_file(cfg.weights)
         return loss, info

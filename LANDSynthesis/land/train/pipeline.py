@@ -14,7 +14,7 @@ Slicer, ``sys.executable -m land ...`` elsewhere), one after another, and every 
 
 Non-blocking use: :meth:`PipelineRunner.start`, then :meth:`PipelineRunner.poll` until it returns False; each
 poll does a bounded amount of work. :meth:`PipelineRunner.run` is the blocking form;
-:meth:`PipelineRunner.stop` stops the child's whole process tree (:mod:`land.childproc`).
+:meth:`PipelineRunner.stop` stops the child's whole process tree (:mod:`land.interface.childproc`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..childproc import ChildProcess
-from ..contract import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT, EXIT_OK, SampleSetOptions, format_duration
-from ..errors import InputError
-from ..events import ErrorEvent, ProgressEvent, parse_event
+from ..interface.childproc import ChildProcess
+from ..interface.contract import (
+    EXIT_BUG,
+    EXIT_CANCELLED,
+    EXIT_INPUT,
+    EXIT_OK,
+    SampleSetOptions,
+    format_duration,
+)
+from ..interface.errors import InputError
+from ..interface.events import ErrorEvent, ProgressEvent, parse_event
 from .pipeline_run import (
     DONE,
     FAILED,
@@ -432,7 +439,8 @@ class PipelineRunner:
             status.step = status.total = int(event.get("step") or status.total)
 
     def handle_output_line(self, status: StageStatus, line: str) -> None:
-        """Progress and errors from a child's event lines (land.events; prepare-lidc, sample-set, eval)."""
+        """Progress and errors from a child's event lines (land.interface.events; prepare-lidc, sample-set,
+        eval)."""
         event = parse_event(line)
         if isinstance(event, ProgressEvent):
             if event.stage in ("denoise", "decode") and status.stage == "sample":

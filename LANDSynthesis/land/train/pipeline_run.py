@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contract import (
+from ..interface.contract import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     SAMPLERS,
@@ -31,11 +31,11 @@ from ..contract import (
     sampler_help,
     steps_help,
 )
-from ..errors import InputError, LANDError
+from ..interface.errors import InputError, LANDError
 from .config_files import config_path
 
 if TYPE_CHECKING:
-    from ..childproc import ChildProcess
+    from ..interface.childproc import ChildProcess
 
 STAGES = ("prepare", "vae", "ldm", "sample", "evaluate")
 STAGE_TITLES = {

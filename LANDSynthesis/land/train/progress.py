@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
-from ..contract import WARNING_TRAINING_NOTICE
-from ..events import DoneEvent, Event, ProgressEvent, WarningEvent, write_event
+from ..imaging.atomic import atomic_write_text
+from ..interface.contract import WARNING_TRAINING_NOTICE
+from ..interface.events import DoneEvent, Event, ProgressEvent, WarningEvent, write_event
 
 PROGRESS_FILE = "progress.jsonl"
 TENSORBOARD_NOTICE = (
@@ -50,7 +50,8 @@ def _truncate_after(path: Path, step: int) -> None:
 
 
 def stdout_event(obj: dict[str, Any], command: str) -> Event | None:
-    """What ``--progress json`` prints for a ``progress.jsonl`` entry (land.events; None: the file only).
+    """What ``--progress json`` prints for a ``progress.jsonl`` entry (land.interface.events; None: the file
+    only).
 
     ``start`` and ``step`` are progress of the stage named ``command`` (``train-vae``, ...; ``start``: the
     step it starts from), ``notice`` a warning, ``done`` the last line; validation, previews and checkpoints

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..interface.errors import InputError
 
 __all__ = ["snapshot_model"]
 
@@ -25,7 +25,7 @@ def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path, latents_from: Pa
     recorded); its latent scale is the snapshot's."""
     import torch
 
-    from ..model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
+    from ..models.model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
     from .checkpoint import load_checkpoint
     from .config import parse_config
 

@@ -51,10 +51,10 @@ from ..data.folder import (
     sha256_manifest,
 )
 from ..data.sampling import case_indices, step_seed
-from ..errors import InputError
-from ..model_dir import ModelConfig, read_model_json, save_model_dir
+from ..interface.errors import InputError
 from ..models import LANDUNet, build_vae
 from ..models.mask_decoder import has_mask_decoder
+from ..models.model_dir import ModelConfig, read_model_json, save_model_dir
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state
 from .config import TrainConfig, VAETrainConfig
 from .decoder_data import DecoderCases, paired_step
@@ -86,7 +86,7 @@ from .model_io import base_provenance, init_state, load_state
 from .perceptual import build_perceptual
 from .progress import TrainingLog
 
-LARGE_LATENT_VOXELS = 32**3  # decode bigger latents with land.decoding.decode_tiled
+LARGE_LATENT_VOXELS = 32**3  # decode bigger latents with land.decoding.tiled.decode_tiled
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ def reconstruct(
     ``cond``: a mask decoder's full-resolution conditioning mask."""
     mu = encode_mean(vae, image, device)
     if mu[0, 0].numel() > LARGE_LATENT_VOXELS:
-        from ..decoding import decode_tiled
+        from ..decoding.tiled import decode_tiled
 
         return decode_tiled(vae, mu, device=device, cond=cond)
     if cond is None:

@@ -37,10 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoding import _TRIM_MIN_BYTES, CPU_OVERHEAD_BYTES, DEFAULT_CPU_MAX_MEMORY
-from .errors import InputError
-from .host_memory import release_freed_memory
-from .models.upconv import fusable_conv, phase_weights, upsample_conv3d
+from ..interface.errors import InputError
+from ..models.upconv import fusable_conv, phase_weights, upsample_conv3d
+from .host_memory import _TRIM_MIN_BYTES, CPU_OVERHEAD_BYTES, DEFAULT_CPU_MAX_MEMORY, release_freed_memory
 
 __all__ = ["StreamPlan", "StreamSegment", "check_disk_space", "decode_stream", "plan_stream", "streamable"]
 
@@ -119,7 +118,7 @@ def _check_vae(vae: nn.Module) -> dict[tuple[int, str], str]:
     by (block index, site) (empty for a plain decoder)."""
     from monai.networks.nets.autoencoderkl import AutoencoderKL, Decoder
 
-    from .models.mask_decoder import MaskAutoencoderKL, MaskDecoder
+    from ..models.mask_decoder import MaskAutoencoderKL, MaskDecoder
 
     pairs = {AutoencoderKL: Decoder, MaskAutoencoderKL: MaskDecoder}
     owner = next((c for c in pairs if isinstance(vae, c) and type(vae).decode is c.decode), None)
@@ -437,7 +436,7 @@ def _last_use(segments: list[_Segment]) -> dict[int, int]:
 def _head_cost(channels: int, factor: int) -> int:
     """Float32 values per level voxel of a mask head on a slab: the image-resolution condition read (up to
     3 channels, and its features) for ``factor**3`` voxels, the pooled features, the embedding, the output."""
-    from .models.mask_decoder import CONDITION_CHANNELS, EMBED_CHANNELS
+    from ..models.mask_decoder import CONDITION_CHANNELS, EMBED_CHANNELS
 
     return 2 * CONDITION_CHANNELS * factor**3 + CONDITION_CHANNELS + EMBED_CHANNELS + 2 * channels
 
@@ -592,7 +591,7 @@ class _Condition:
 
     def _level(self, factor: int, lo: int, hi: int, plane: tuple[int, ...]) -> torch.Tensor:
         """Condition features pooled to level ``factor``, its rows ``[lo, hi)`` (1, 3, rows, *plane)."""
-        from .models.mask_decoder import CONDITION_CHANNELS, decoder_condition, pool_condition
+        from ..models.mask_decoder import CONDITION_CHANNELS, decoder_condition, pool_condition
 
         if self.cond is None:
             return torch.zeros(1, CONDITION_CHANNELS, hi - lo, *plane, device=self.device)

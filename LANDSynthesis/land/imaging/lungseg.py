@@ -49,7 +49,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from .errors import InputError
+from ..interface.errors import InputError
 from .volume import Volume
 
 __all__ = ["LUNGMASK_WEIGHTS_URL", "LungSegInfo", "lung_volume_litres", "read_ct", "segment_lungs", "summary"]
@@ -471,10 +471,10 @@ MASK_OUTPUTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
 
 
 def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """A CT in HU from a DICOM folder (:func:`land.data.prepare.read_dicom_series`) or an image file
-    (:func:`land.io.read_volume`: NIfTI, NRRD, MetaImage)."""
+    """A CT in HU from a DICOM folder (:func:`land.imaging.dicom.read_dicom_series`) or an image file
+    (:func:`land.imaging.io.read_volume`: NIfTI, NRRD, MetaImage)."""
     if Path(path).is_dir():
-        from .data.prepare import read_dicom_series
+        from .dicom import read_dicom_series
 
         return read_dicom_series(path, series_uid).volume
     if series_uid is not None:
@@ -526,8 +526,8 @@ def register(sub: Any, command: Callable) -> None:
     @command("lungs")
     def cmd_lungs(args: argparse.Namespace) -> int:
         from .atomic import preflight_outputs
-        from .conditioning import MaskSet
         from .io import write_mask, write_seg_nrrd
+        from .maskset import MaskSet
 
         out = Path(args.out)
         if not out.name.lower().endswith(MASK_OUTPUTS):

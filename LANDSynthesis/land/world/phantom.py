@@ -60,8 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume
+from ..imaging.volume import Volume
+from ..interface.errors import InputError
 
 __all__ = [
     "PhantomCase",
@@ -903,10 +903,11 @@ def make_phantom(
     (min, max) range; nodule diameters are log-uniform in ``diameter_range_mm`` (shrunk towards the minimum
     when a large one does not fit inside the lungs; a nodule that cannot be placed is dropped) and each
     texture is drawn from ``textures``. ``deform`` warps the whole phantom (image and masks together) by a
-    random scale, rotation and elastic field and centres its lungs (:mod:`land.phantom_deform`); nodules
+    random scale, rotation and elastic field and centres its lungs (:mod:`land.world.phantom_deform`); nodules
     cut off by the grid are dropped and the rest relabelled 1..K. ``keep_without_nodules`` also returns the
     same image (anatomy, deformation, noise) without the nodules. ``lung_from_ct`` makes the lung mask the
-    one :func:`land.lungseg.segment_lungs` draws on the image (vessels, airways and nodules inside the lungs
+    one :func:`land.imaging.lungseg.segment_lungs` draws on the image (vessels, airways and nodules inside
+    the lungs
     included), as "Lungs from CT" does for a user, instead of the anatomical mask (a float: that share of
     the seeds).
     """
@@ -950,7 +951,7 @@ def make_phantom(
     if not isinstance(lung_from_ct, bool):  # a share of the cases, decided per seed
         lung_from_ct = bool(np.random.default_rng([seed, 6]).uniform() < float(lung_from_ct))
     if lung_from_ct:
-        from .lungseg import segment_lungs
+        from ..imaging.lungseg import segment_lungs
 
         drawn = segment_lungs(_volume(grid, images[0])).array > 0  # type: ignore[arg-type]
         lung = (drawn | (labels > 0)).astype(np.uint8)
@@ -1020,7 +1021,7 @@ _FILES = ("image.nii.gz", "lung.nii.gz", "nodules.nii.gz", "textures.json")
 def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Path:
     """Write a phantom as a dataset case (:func:`land.data.folder.write_case`, the format's owner):
     ``case.json`` holds ``diameters_mm``, ``centres_mm`` (physical LPS) and ``extra``."""
-    from .data.folder import write_case as write_case_folder
+    from ..data.folder import write_case as write_case_folder
 
     meta = {
         "diameters_mm": {str(k): float(v) for k, v in sorted(case.diameters_mm.items())},
@@ -1033,8 +1034,8 @@ def write_case(case: PhantomCase, folder: Path, extra: dict | None = None) -> Pa
 
 def read_case(folder: Path) -> PhantomCase:
     """Read a case folder written by ``write_case`` (or any dataset case: metadata may be absent)."""
-    from .data.folder import read_case_meta, read_textures
-    from .image_data import check_image_data
+    from ..data.folder import read_case_meta, read_textures
+    from ..imaging.image_data import check_image_data
 
     folder = Path(folder)
     meta = read_case_meta(folder)
@@ -1060,7 +1061,7 @@ def read_case(folder: Path) -> PhantomCase:
 
 def _complete(folder: Path, expect: dict) -> dict | None:
     """The case's metadata if all files exist and it was made with the same parameters."""
-    from .data.folder import read_case_meta
+    from ..data.folder import read_case_meta
 
     if not all((folder / f).is_file() for f in _FILES):
         return None
@@ -1101,7 +1102,7 @@ def write_phantom_dataset(
             write_case(case, folder, extra={"phantom": expect})
             textures = case.textures
         else:
-            from .data.folder import read_textures
+            from ..data.folder import read_textures
 
             textures = read_textures(folder / "textures.json")[0]
         rows.append(
@@ -1113,14 +1114,14 @@ def write_phantom_dataset(
                 "textures": ";".join(f"{k}:{v}" for k, v in sorted(textures.items())),
             }
         )
-    from .data.folder import write_manifest
+    from ..data.folder import write_manifest
 
     return write_manifest(out, ["case", "size", "spacing", "nodule_count", "textures"], rows)
 
 
 def register(sub, command) -> None:
     """Add ``land phantoms`` to the CLI."""
-    from .contract import MAX_GRID_SIDE, MAX_PHANTOM_CASES, count_argument
+    from ..interface.contract import MAX_GRID_SIDE, MAX_PHANTOM_CASES, count_argument
 
     def int_range(text: str) -> tuple[int, int]:
         lo, _, hi = text.partition("-")
@@ -1144,7 +1145,7 @@ def register(sub, command) -> None:
 
     @command("phantoms")
     def cmd_phantoms(args) -> int:
-        from .atomic import preflight_outputs
+        from ..imaging.atomic import preflight_outputs
 
         preflight_outputs({}, folders={"--out": args.out})
         if not 0.0 <= args.lung_from_ct <= 1.0:

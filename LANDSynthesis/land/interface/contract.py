@@ -102,7 +102,8 @@ GUIDANCE_DEFAULTS = {"scale": 1.0, "mode": "none"}  # model.json / ldm.guidance 
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-FITS: tuple[str, ...] = ("crop", "scale")  # how lungs meet the model's field of view (land.grid.fit_factor)
+# how lungs meet the model's field of view (land.imaging.grid.fit_factor)
+FITS: tuple[str, ...] = ("crop", "scale")
 FIT_HELP = (
     "crop: the model's grid at its own voxel size, centred on the lungs (a chest larger than the grid is cut "
     "off); scale: larger voxels when the lungs fill more than 85%% of the grid, so the whole chest fits "

@@ -7,9 +7,9 @@ Under ``--progress json`` a command prints one JSON object per line on stdout; a
   ``total`` done in ``stage`` (``denoise``, ``decode``, ``case``, ``sample``, ``prepare``, ``train-vae``, a
   training-pipeline stage, ...); details are stage-specific (``case``, ``out``, ``losses``, ...);
 - warning ``{"warning": str, "code": str}``: ``code`` is one of the stable ``WARNING_*`` codes of
-  :mod:`land.contract` (act on the code, never on the text);
+  :mod:`land.interface.contract` (act on the code, never on the text);
 - error ``{"error": str, "exit_code": int}``: the last line of a failed command; the exit code is the
-  process's (see ``land.contract.EXIT_CODES``);
+  process's (see ``land.interface.contract.EXIT_CODES``);
 - done ``{"done": bool, ...result}``: the last line of a command that finished (``done`` false: finished
   with failures it reports, e.g. prepare-lidc's failed cases).
 
@@ -60,7 +60,7 @@ class ProgressEvent:
 
 @dataclass(frozen=True)
 class WarningEvent:
-    """A warning with its stable code (``land.contract.WARNING_*``)."""
+    """A warning with its stable code (``land.interface.contract.WARNING_*``)."""
 
     message: str
     code: str = WARNING_OTHER

@@ -19,9 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .conditioning import LUNG_VALUE, SCALE, nodule_region
-from .contract import GUIDANCE_MODES, MAX_GUIDANCE, check_guidance, is_guided
-from .errors import InputError
+from ..conditioning.encode import LUNG_VALUE, SCALE, nodule_region
+from ..interface.contract import GUIDANCE_MODES, MAX_GUIDANCE, check_guidance, is_guided
+from ..interface.errors import InputError
 
 __all__ = [
     "GUIDANCE_MODES",
@@ -39,7 +39,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, cond) -> v
 def drop_condition(cond: Tensor, what: str, cond_mode: str) -> Tensor:
     """The conditioning with ``what`` dropped: ``full`` -> zeros; ``nodules`` -> nodule voxels set to the
     lung value (to 0 in modes without lungs), everything else unchanged; a nodule-fraction channel (see
-    :func:`land.conditioning.pool_to_latent`) becomes 0. Works on any grid."""
+    :func:`land.conditioning.encode.pool_to_latent`) becomes 0. Works on any grid."""
     if what == "full":
         return torch.zeros_like(cond)
     if what != "nodules":
@@ -55,7 +55,8 @@ def drop_condition(cond: Tensor, what: str, cond_mode: str) -> Tensor:
 def guided_denoiser(
     net: Denoiser, cond: Tensor, scale: float, mode: str, cond_mode: str
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """A ``model_fn(x_t, t) -> v`` for :func:`land.diffusion.sample` that applies guidance to ``net``.
+    """A ``model_fn(x_t, t) -> v`` for :func:`land.sampling.diffusion.sample` that applies guidance to
+    ``net``.
 
     Unguided (see :func:`is_guided`), or when dropping changes nothing (e.g. ``nodules`` on a mask without
     nodules), it is exactly ``net(x, t, cond)``.
@@ -78,7 +79,7 @@ def guided_denoiser(
 
 def add_guidance_arguments(parser) -> None:
     """``--guidance W`` and ``--guidance-mode M`` for every command that generates (argparse parser)."""
-    from .contract import GUIDANCE_HELP, GUIDANCE_MODE_HELP
+    from ..interface.contract import GUIDANCE_HELP, GUIDANCE_MODE_HELP
 
     parser.add_argument("--guidance", type=float, metavar="W", help=GUIDANCE_HELP)
     parser.add_argument("--guidance-mode", choices=GUIDANCE_MODES, help=GUIDANCE_MODE_HELP)

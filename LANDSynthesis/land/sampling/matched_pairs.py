@@ -4,7 +4,8 @@ Radiology teaching compares a finding with the same anatomy without it. :func:`g
 CT with every nodule, recording the latent the U-Net sees at every step; then samples it again, same seed,
 from the masks without the chosen nodule (its voxels become lung), keeping the recorded latent outside the
 nodule's latent neighbourhood (the latent voxels it touches, dilated by ``margin`` voxels) at every step, so
-only that neighbourhood is denoised anew, in context (:class:`land.diffusion.KnownLatent`). Both latents are
+only that neighbourhood is denoised anew, in context (:class:`land.sampling.diffusion.KnownLatent`). Both
+latents are
 decoded with their own masks. The decoder reaches several latent voxels (measured on the demo model: up to
 hundreds of HU within 3 latent voxels of the changed ones, a few HU beyond 5), so the CT without the nodule
 blends into the first CT over ``band`` latent voxels beyond the regenerated ones and equals it beyond them
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .conditioning import MaskSet
-from .errors import InputError
-from .volume import Volume
+from ..imaging.maskset import MaskSet
+from ..imaging.volume import Volume
+from ..interface.errors import InputError
 
 __all__ = ["PAIR_MARGIN", "generate_pair", "without_nodule"]
 
@@ -112,7 +113,7 @@ def generate_pair(pipe: Any, masks: MaskSet, label: int, margin: int = PAIR_MARG
     without_ct = without_ct.with_array(blended)
     without_ct.metadata = meta
     if match_input and masks.reference is not None:
-        from .io import from_model_grid
+        from ..conditioning.model_grid import from_model_grid
 
         hu_min = int(pipe.config.intensity["hu_min"])
         pair = []

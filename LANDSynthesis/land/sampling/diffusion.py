@@ -47,8 +47,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, check_sampler  # noqa: F401 - SAMPLERS re-exported
-from .errors import Cancelled, InputError, ModelError
+from ..interface.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, check_sampler  # noqa: F401 - SAMPLERS re-exported
+from ..interface.errors import Cancelled, InputError, ModelError
 
 __all__ = [
     "SAMPLERS",
@@ -174,7 +174,8 @@ UNIPC_FINAL_TIMESTEP = 14
 
 
 def default_steps(sampler: str) -> int:
-    """Default step count (``land.contract.DEFAULT_STEPS``): ddpm 1000, ddim 50, dpmpp2m 25, unipc 12."""
+    """Default step count (``land.interface.contract.DEFAULT_STEPS``): ddpm 1000, ddim 50, dpmpp2m 25, unipc
+    12."""
     return _DEFAULT_STEPS[_check_sampler(sampler)]
 
 
@@ -388,7 +389,7 @@ def sample(
     - ``dtype`` is the model input / output dtype; the solver state is kept in float32 (float64 if
       ``dtype`` is float64).
     - ``progress(i, steps)`` is called after each step (``i`` from 1); ``cancel`` is checked before each
-      step and raises :class:`land.errors.Cancelled`.
+      step and raises :class:`land.interface.errors.Cancelled`.
     - ``known(i, x) -> x`` (e.g. :class:`KnownLatent`) sees the state passed to the model at step ``i``
       and the result (``i`` = number of steps) and may replace it.
     """

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .host_memory import release_freed_memory
+from .host_memory import (
+    _TRIM_MIN_BYTES,
+    CPU_OVERHEAD_BYTES,
+    DEFAULT_CPU_MAX_MEMORY,
+    release_freed_memory,
+)
 
 __all__ = [
     "CPU_OVERHEAD_BYTES",
@@ -39,17 +44,12 @@ __all__ = [
     "plan_tiles",
 ]
 
-DEFAULT_CPU_MAX_MEMORY = 2 * 1024**3
-"""Default ``max_memory`` (bytes) of :func:`decode_tiled` on CPU."""
-CPU_OVERHEAD_BYTES = 512 * 1024**2
-"""Fixed allowance on CPU for the interpreter, libtorch/MONAI and allocator slack (part of ``max_memory``)."""
 CUDA_OVERHEAD_BYTES = 256 * 1024**2
 """Fixed allowance on CUDA for the caching allocator, cuDNN workspaces and fragmentation."""
 _CUDA_FREE_FRACTION = 0.9  # margin on torch.cuda.mem_get_info() free memory when max_memory is not given
 _LIVE_TENSORS = 4  # activations of the widest layer alive at once (input, norm, act, conv out / workspace)
 _TILE_COST_VOXELS = 16**3  # fixed per-tile cost (kernel launches, python) in stage-input voxels
 _PROBE_SIZE = 4  # spatial size (latent voxels) of the shape-probing forward
-_TRIM_MIN_BYTES = 32 * 1024**2  # return freed heap memory to the OS after tiles at least this large
 
 ProgressFn = Callable[[int, int], None]
 
@@ -760,7 +760,7 @@ def decode_full(vae: nn.Module, z: torch.Tensor, cond: torch.Tensor | None = Non
 
 
 def _check_cond(vae: nn.Module) -> None:
-    from .models.mask_decoder import has_mask_decoder
+    from ..models.mask_decoder import has_mask_decoder
 
     if not has_mask_decoder(vae):
         raise ValueError("this VAE's decoder takes no mask (vae.mask_decoder is 'none'); pass cond=None")
@@ -794,7 +794,7 @@ def choose_method(
     cache_memory: int | None = None,
 ) -> str:
     """The method :func:`decode_tiled` uses: ``"stream"`` or ``"passes"`` (see there)."""
-    from .models.mask_decoder import has_mask_decoder
+    from ..models.mask_decoder import has_mask_decoder
 
     if method != "auto":
         return method
@@ -802,7 +802,7 @@ def choose_method(
         return "stream"
     if tile_size is not None or cache_memory is not None or device.type != "cpu":
         return "passes"
-    from .decode_stream import streamable
+    from .streamed import streamable
 
     if not streamable(vae):
         return "passes"
@@ -827,7 +827,7 @@ def decode_tiled(
 ) -> torch.Tensor:
     """Decode ``z`` (N, C, *spatial) exactly like ``vae.decode`` but within ``max_memory`` bytes.
 
-    Two exact methods: ``"stream"`` (:mod:`land.decode_stream`: every convolution once, slab by slab,
+    Two exact methods: ``"stream"`` (:mod:`land.decoding.streamed`: every convolution once, slab by slab,
     layer outputs that do not fit spilled to disk) and ``"passes"`` (this module: tiles in memory, each
     stage recomputed once per GroupNorm to gather its statistics; any supported decoder, also MAISI's).
     ``"auto"`` decodes whole when the volume fits ``max_memory``, else streams on CPU when the decoder
@@ -847,7 +847,7 @@ def decode_tiled(
             are options of ``"passes"`` and select it under ``"auto"``.
         spill_dir: folder for the streaming method's spill files (default: the system temporary folder).
         cond: a mask decoder's condition at image resolution (N, 1 or 3, *image spatial), read slab by slab
-            (see :func:`land.decode_stream.decode_stream`); None: no mask.
+            (see :func:`land.decoding.streamed.decode_stream`); None: no mask.
 
     Returns:
         float32 CPU tensor (N, out_channels, *spatial * compression).
@@ -858,10 +858,10 @@ def decode_tiled(
         raise ValueError(f"method must be 'auto', 'stream' or 'passes', not {method!r}")
     dev = _resolve_device(vae, device)
     if choose_method(vae, z.shape, max_memory, dev, method, tile_size, cache_memory) == "stream":
-        from .decode_stream import decode_stream
+        from .streamed import decode_stream
 
         return decode_stream(vae, z, max_memory, dev, progress, spill_dir=spill_dir, cond=cond)
-    from .models.mask_decoder import has_mask_decoder
+    from ..models.mask_decoder import has_mask_decoder
 
     if has_mask_decoder(vae):
         raise NotImplementedError("a mask-aware decoder decodes with method 'stream' or 'auto', not 'passes'")

@@ -18,7 +18,14 @@ import ctypes.util
 import threading
 from collections.abc import Iterator
 
-__all__ = ["release_freed_memory", "reuse_freed_memory"]
+__all__ = ["CPU_OVERHEAD_BYTES", "DEFAULT_CPU_MAX_MEMORY", "release_freed_memory", "reuse_freed_memory"]
+
+# the host memory budget of decoding, shared by the tiled (.tiled) and the streamed (.streamed) decoder
+DEFAULT_CPU_MAX_MEMORY = 2 * 1024**3
+"""Default ``max_memory`` (bytes) of :func:`land.decoding.tiled.decode_tiled` on CPU."""
+CPU_OVERHEAD_BYTES = 512 * 1024**2
+"""Fixed allowance on CPU for the interpreter, libtorch/MONAI and allocator slack (part of ``max_memory``)."""
+_TRIM_MIN_BYTES = 32 * 1024**2  # return freed heap memory to the OS after tiles at least this large
 
 # mallopt parameters (glibc malloc.h) and their defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4

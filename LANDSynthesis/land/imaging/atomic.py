@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from ..interface.errors import InputError
 
 PARTIAL = ".partial"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..interface.errors import InputError
 
 _CHUNK = 1 << 20
 

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError
+from ..interface.errors import InputError
 
 __all__ = ["nodule_shape", "nodule_shape_info", "annotation_table", "N_CANDIDATES"]
 
@@ -41,7 +41,7 @@ _PAD = 2  # voxels of background around pylidc's mask before resampling
 
 
 def _pylidc():
-    from .data.pylidc_compat import import_pylidc
+    from ..data.pylidc_compat import import_pylidc
 
     return import_pylidc()  # InputError naming ``pip install pylidc`` when it is not installed
 

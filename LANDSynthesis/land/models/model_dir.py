@@ -17,10 +17,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path
-from .contract import GUIDANCE_DEFAULTS, parse_guidance
-from .errors import InputError, ModelError
-from .models import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
+from ..imaging.atomic import atomic_path
+from ..interface.contract import GUIDANCE_DEFAULTS, parse_guidance
+from ..interface.errors import InputError, ModelError
+from . import UNET_CONFIGS, VAE_CONFIGS, UNetConfig, VAEConfig
 
 FORMAT = "land-model/1"
 MODEL_JSON = "model.json"
@@ -52,7 +52,7 @@ class ModelConfig:
     diffusion: dict[str, Any] = field(default_factory=lambda: dict(DIFFUSION_DEFAULTS))
     provenance: dict[str, Any] = field(default_factory=dict)
     card: str = ""
-    # recommended classifier-free guidance (land.guidance), measured for this model; scale 1 = none
+    # recommended classifier-free guidance (land.sampling.guidance), measured for this model; scale 1 = none
     guidance: dict[str, Any] = field(default_factory=lambda: dict(GUIDANCE_DEFAULTS))
 
     @property

@@ -36,8 +36,8 @@ def run_benchmark(
     ``size`` overrides the model's grid (``size``^3 voxels at the model's spacing), e.g. to time 128^3 on a
     256^3 model; it must be divisible by the networks' total down-sampling.
     """
-    from .diffusion import default_steps
-    from .pipeline import LANDPipeline, resolve_device, resolve_precision
+    from ..pipeline import LANDPipeline, resolve_device, resolve_precision
+    from ..sampling.diffusion import default_steps
 
     steps = default_steps(sampler) if steps is None else steps
 
@@ -45,7 +45,7 @@ def run_benchmark(
         LANDPipeline.from_pretrained(model_dir) if model_dir else LANDPipeline.from_config(config or "small")
     )
     if size is not None:
-        from .errors import InputError
+        from ..interface.errors import InputError
 
         c = pipe.config.vae.compression * 2 ** (len(pipe.config.unet.channels) - 1)
         if size < c or size % c:
@@ -93,8 +93,8 @@ def run_benchmark(
 
 
 def register(sub: argparse._SubParsersAction, command) -> None:
-    from .cli import parse_memory
-    from .contract import (
+    from ..cli import parse_memory
+    from ..interface.contract import (
         DEFAULT_SAMPLER,
         MAX_GRID_SIDE,
         add_precision_argument,
@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction, command) -> None:
         sampler_help,
         steps_help,
     )
-    from .diffusion import SAMPLERS
+    from ..sampling.diffusion import SAMPLERS
 
     p = sub.add_parser("benchmark", help="time and peak memory of generating one volume on this machine")
     src = p.add_mutually_exclusive_group()

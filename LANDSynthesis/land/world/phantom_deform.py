@@ -9,7 +9,7 @@ smooth transform per case:
 * a rotation (up to 8 degrees about the cranio-caudal axis, 3 degrees about the others),
 * an elastic displacement (a smooth random field, 60 mm correlation, up to about 8 mm),
 * a translation that centres the lungs' bounding box on the grid (within a few mm), as ``land generate``
-  centres a user's lungs on the model grid (:func:`land.grid.lung_centred_grid`).
+  centres a user's lungs on the model grid (:func:`land.imaging.grid.lung_centred_grid`).
 
 The image is sampled linearly, masks by nearest neighbour, so every mask stays aligned with the image it
 labels. Coordinates are physical mm (x, y, z), arrays ``[z, y, x]``, identity direction.
@@ -80,7 +80,7 @@ def canvas_size(
 
 def lung_box_centre(lung: np.ndarray, origin: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Physical centre (x, y, z) of the bounding box of a [z, y, x] mask (the grid's centre when empty)."""
-    from .grid import bounding_box
+    from ..imaging.grid import bounding_box
 
     box = bounding_box(lung)
     if box is None:

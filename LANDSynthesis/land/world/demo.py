@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import preflight_outputs
-from .conditioning import MaskSet
-from .contract import (
+from ..imaging.atomic import preflight_outputs
+from ..imaging.maskset import MaskSet
+from ..imaging.volume import Volume
+from ..interface.contract import (
     DEFAULT_SAMPLER,
     FIT_HELP,
     FITS,
@@ -37,9 +38,8 @@ from .contract import (
     sampler_help,
     steps_help,
 )
-from .errors import InputError
-from .resources import demo_model_dir
-from .volume import Volume
+from ..interface.errors import InputError
+from ..resources import demo_model_dir
 
 if TYPE_CHECKING:
     from .phantom import PhantomCase
@@ -95,7 +95,7 @@ def _nodule_centre(lung: Volume, dist: np.ndarray, nodule: DemoNodule, taken: li
 
 def _lung_mid_x(lung: Volume) -> float:
     """Physical x (LPS: right to left) of the centre of the lung mask's bounding box."""
-    from .grid import bounding_box
+    from ..imaging.grid import bounding_box
 
     box = bounding_box(lung.array > 0)
     if box is None:
@@ -140,7 +140,7 @@ def paint_demo_nodules(
 
 def write_demo_masks(out: Path, size: int = 128, spacing: float = 2.0) -> Path:
     """Write the default mask set as a Slicer segmentation ``out/demo_masks.seg.nrrd``."""
-    from .io import write_seg_nrrd
+    from ..imaging.io import write_seg_nrrd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def heldout_phantom(
     seed: int, size: tuple[int, int, int], spacing: tuple[float, float, float], deform: bool = False
 ) -> PhantomCase:
     """The held-out phantom ``seed`` on the given grid (1-3 nodules, textures 1..5; ``deform``: warped as
-    the wide-field training phantoms are, :mod:`land.phantom_deform`)."""
+    the wide-field training phantoms are, :mod:`land.world.phantom_deform`)."""
     from .phantom import make_phantom
 
     return make_phantom(seed, size, spacing, n_nodules=(1, 3), deform=deform)
@@ -188,12 +188,12 @@ def measure_fidelity(
     """
     import torch
 
-    from .data.folder import hu_to_unit
-    from .eval.fidelity import fidelity_summary
-    from .eval.mask_cases import measure_case
-    from .io import write_volume
-    from .pipeline import LANDPipeline, resolve_device
-    from .train.vae_trainer import reconstruct
+    from ..data.folder import hu_to_unit
+    from ..eval.fidelity import fidelity_summary
+    from ..eval.mask_cases import measure_case
+    from ..imaging.io import write_volume
+    from ..pipeline import LANDPipeline, resolve_device
+    from ..train.vae_trainer import reconstruct
 
     if seed < TRAIN_SEED + TRAIN_CASES and seed + n > TRAIN_SEED:
         raise InputError(
@@ -435,7 +435,7 @@ def package_demo_model(src: Path, dest: Path) -> Path:
     """
     import torch
 
-    from .model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
+    from ..models.model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
 
     meta = read_model_json(src)
     cfg = ModelConfig.from_json(meta)
@@ -470,7 +470,7 @@ def train_demo(
     the U-Net fine-tuned on them (``demo-wide``) beside a decoder-only fine-tune with the mask decoder
     (``demo-wide-decoder``), joined by :func:`land.train.snapshot.snapshot_model`) -> float16 package ->
     fidelity -> model card."""
-    from .train.pipeline_run import resume_arguments, training_finished
+    from ..train.pipeline_run import resume_arguments, training_finished
 
     out = Path(out)
     data, vae, ldm = out / "data", out / "vae", out / "ldm"
@@ -506,7 +506,7 @@ def train_demo(
         timings[folder.name] = _run(f"train-{name} ({folder.name})", argv, log)
     final = base
     if wide:
-        from .train.snapshot import snapshot_model
+        from ..train.snapshot import snapshot_model
 
         final = snapshot_model(out / "ldm-wide", out / "decoder-wide", out / "wide", latents_from=base)
     model = package_demo_model(final, out / "land-demo-phantom")
@@ -521,7 +521,7 @@ def write_model_card(
     model_dir: Path, run_dir: Path, fidelity: dict[str, Any], config: str, notes: str = ""
 ) -> Path:
     """Write MODEL_CARD.md into ``model_dir`` and put the card's summary into model.json."""
-    from .model_dir import read_model_json, write_model_json
+    from ..models.model_dir import read_model_json, write_model_json
 
     meta = read_model_json(model_dir)
     vae_done = _last_event(run_dir / "vae" / "progress.jsonl", "done")
@@ -557,14 +557,14 @@ def write_model_card(
             f"land train-ldm --data runs/demo/data --config {FINETUNE_CONFIG} --vae runs/demo/ldm \\\n"
             "               --init-from runs/demo/ldm --out runs/demo/ldm-finetune\n"
             "# then a float16 copy of runs/demo/ldm-finetune as runs/demo/land-demo-phantom "
-            "(land.demo.package_demo_model)"
+            "(land.world.demo.package_demo_model)"
         )
         ft_time = ft_done.get("wall_time_s", "-")
         ft_row = f"| LDM fine-tune | {ft_done.get('step', '-')} | {ft_time} s | {ft_losses} |\n"
     else:
         recipe_tail = (
             "# then a float16 copy of runs/demo/ldm as runs/demo/land-demo-phantom "
-            "(land.demo.package_demo_model)"
+            "(land.world.demo.package_demo_model)"
         )
         ft_row = ""
     missed = unmet_targets(fidelity)
@@ -650,7 +650,7 @@ is denser than lung).
 
 # --------------------------------------------------------------------------------------------- CLI
 def register(sub, command) -> None:
-    from .guidance import add_guidance_arguments
+    from ..sampling.guidance import add_guidance_arguments
 
     """Add ``land demo-masks``, ``land demo-fidelity`` and ``land train-demo`` to the CLI."""
     p = sub.add_parser("demo-masks", help="write the default mask set (lungs + nodules of textures 1, 3, 5)")
@@ -693,7 +693,7 @@ def register(sub, command) -> None:
 
     @command("demo-fidelity")
     def cmd_demo_fidelity(args: argparse.Namespace) -> int:
-        from .cli import model_dir_or_default
+        from ..cli import model_dir_or_default
 
         model = model_dir_or_default(args.model)
         preflight_outputs({"--model": model, "--masks": args.masks}, folders={"--out": args.out})
@@ -735,7 +735,7 @@ def register(sub, command) -> None:
 
 def _mask_fidelity(args: argparse.Namespace, model: Path, out: Path | None, save: Path | None) -> int:
     """``land demo-fidelity --masks DIR``: score the model on a folder of the user's own masks."""
-    from .eval.mask_cases import mask_case_table, measure_mask_cases
+    from ..eval.mask_cases import mask_case_table, measure_mask_cases
 
     result = measure_mask_cases(model, args.masks, steps=args.steps, sampler=args.sampler, seed=args.seed,
                                 device=args.device, fit=args.fit, guidance=args.guidance,
