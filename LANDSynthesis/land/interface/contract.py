@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -115,18 +115,21 @@ FIT_HELP = (
 DEFAULT_PRECISION = "auto"
 
 
+def check_choice(value: object, choices: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else :class:`InputError` naming ``what`` and the choices."""
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return str(value)
+
+
 def check_precision(precision: object) -> str:
     """A precision name from :data:`PRECISIONS`, or :class:`InputError`."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    return str(precision)
+    return check_choice(precision, PRECISIONS, "precision")
 
 
 def check_fit(fit: object) -> str:
     """A field-of-view rule from :data:`FITS`, or :class:`InputError`."""
-    if fit not in FITS:
-        raise InputError(f"unknown --fit {fit!r}; choose one of: {', '.join(FITS)}")
-    return str(fit)
+    return check_choice(fit, FITS, "--fit")
 
 
 def add_precision_argument(parser) -> None:
@@ -180,9 +183,7 @@ def check_seed(seed: object) -> int:
 
 def check_sampler(sampler: object) -> str:
     """A sampler name from :data:`SAMPLERS`, or :class:`InputError` listing them."""
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    return str(sampler)
+    return check_choice(sampler, SAMPLERS, "sampler")
 
 
 def check_mode(mode: object) -> str | None:
