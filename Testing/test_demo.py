@@ -171,3 +171,33 @@ def test_fidelity_on_a_folder_of_the_users_masks(tiny_model_dir, tmp_path):
     empty = subprocess.run([sys.executable, "-m", "land", "demo-fidelity", "--model", str(tiny_model_dir),
                             "--masks", str(out / "ct")], capture_output=True, text=True)  # fmt: skip
     assert empty.returncode == 2 and "holds no cases" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_shipped_provenance_names_no_build_machine_paths(tiny_model_dir, tmp_path):
+    """Issue 26 item 15: a packaged model's provenance names its sources, not the machine that built it."""
+    import re
+
+    from land.models.model_dir import read_model_json, write_model_json
+    from land.world.demo import package_demo_model
+
+    src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, src)
+    meta = read_model_json(src)
+    meta["provenance"] = {
+        "init_from": "/home/builder/runs/ldm-finetune",
+        "config": {"vae": {"init_from": "/srv/x/land-demo-phantom"}},
+        "note": "U-Net /tmp/a/b at step 3",
+        "ratio": "1/2",
+    }
+    write_model_json(src, meta)
+    packed = read_model_json(package_demo_model(src, tmp_path / "packed"))["provenance"]
+    text = json.dumps(packed)
+    assert not re.search(r'(?<![\w.])/(?:[^\s/"]+/)+', text), text
+    assert (
+        packed["init_from"] == "ldm-finetune" and packed["config"]["vae"]["init_from"] == "land-demo-phantom"
+    )
+    assert packed["note"] == "U-Net b at step 3" and packed["ratio"] == "1/2"
+    bundled = json.dumps(read_model_json(demo_model_dir())["provenance"])
+    assert not re.search(r'"(?:/work|/home|/root|/tmp)/', bundled)

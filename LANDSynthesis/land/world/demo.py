@@ -427,6 +427,20 @@ def _last_event(progress: Path, event: str) -> dict[str, Any]:
     return last
 
 
+def portable_provenance(value: Any) -> Any:
+    """Provenance without the build machine's paths: every absolute path (in any string, nested) becomes its
+    last component (``/work/runs/ldm`` -> ``ldm``), so a shipped model names its sources, not a machine."""
+    import re
+
+    if isinstance(value, dict):
+        return {k: portable_provenance(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_provenance(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"(?<![\w.])/(?:[^\s/'\"(),;]+/)+([^\s/'\"(),;]+)", r"\1", value)
+    return value
+
+
 def package_demo_model(src: Path, dest: Path) -> Path:
     """Copy the trained model ``src`` to ``dest`` as ``land-demo-phantom`` with float16 weights on disk.
 
@@ -445,7 +459,7 @@ def package_demo_model(src: Path, dest: Path) -> Path:
         for key, sd in weights.items()
     }
     cfg.name = "land-demo-phantom"
-    cfg.provenance = dict(cfg.provenance)
+    cfg.provenance = portable_provenance(dict(cfg.provenance))
     cfg.provenance["weights_dtype"] = "float16 on disk (cast from float32 EMA weights; computed in float32)"
     cfg.provenance["float32_weights_sha256"] = dict(meta.get("weights", {}))
     return save_model_dir(dest, cfg, half)
