@@ -167,3 +167,16 @@ def test_signal_stops_after_the_step_with_a_checkpoint_and_exit_130(command, sig
     name = "vae.safetensors" if command == "train-vae" else "unet.safetensors"
     a, b = load_file(str(full / name)), load_file(str(cut / name))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_warnings_reach_stderr_with_progress_none(tmp_path, capsys):
+    """Issue 26 item 14: 'checkpoint damaged, resuming from the previous one' reaches stderr too."""
+    from land.train.progress import TrainingLog
+
+    log = TrainingLog(tmp_path, "train-ldm", 4, 2, {}, style="none", tensorboard=False)
+    log.notice("checkpoint.pt is damaged; resuming from checkpoint.prev.pt (step 2)", warning=True)
+    log.notice("an ordinary notice")
+    err = capsys.readouterr().err
+    assert "train-ldm: warning: checkpoint.pt is damaged" in err and "ordinary" not in err
+    assert "checkpoint.pt is damaged" in (tmp_path / "progress.jsonl").read_text(encoding="utf-8")
+    log.close()

@@ -316,7 +316,7 @@ def _train(
     }
     log = TrainingLog(out, "train-ldm", total, start, header, enabled=ctx.is_main, style=style)
     for note in notes:
-        log.notice(note)
+        log.notice(note, warning=True)
     if init_info:
         log.notice(
             f"U-Net initialised from {init_info['init_from']} ({init_info['new_parameters']} new "

@@ -130,10 +130,13 @@ class TrainingLog:
         if event is not None:
             write_event(event)
 
-    def notice(self, message: str) -> None:
-        """A one-line notice on stderr (and in progress.jsonl)."""
+    def notice(self, message: str, warning: bool = False) -> None:
+        """A one-line notice on stderr (and in progress.jsonl); a ``warning`` (e.g. a damaged checkpoint
+        skipped on resume) reaches stderr with ``--progress none`` too."""
         if not self.enabled:
             return
+        if warning and self.style == "none":
+            print(f"{self.command}: warning: {message}", file=sys.stderr, flush=True)
         self._console(f"{self.command}: {message}")
         self.write({"event": "notice", "message": message, "time": round(time.time(), 3)})
 

@@ -440,7 +440,7 @@ def _train(
     }
     log = TrainingLog(out, "train-vae", total, start, header, enabled=ctx.is_main, style=style)
     for note in notes:
-        log.notice(note)
+        log.notice(note, warning=True)
     if perceptual is None:
         log.notice("perceptual loss: OFF (vae.perceptual.network is 'none')")
     else:
