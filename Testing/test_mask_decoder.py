@@ -29,12 +29,7 @@ BUNDLED = REPO / "LANDSynthesis" / "land" / "resources" / "models" / "land-demo-
 TINY = dict(channels=(8, 16, 16), num_res_blocks=(1, 1, 1), latent_channels=4, norm_num_groups=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vaes(mode: str) -> tuple[AutoencoderKL, MaskAutoencoderKL]:
