@@ -205,3 +205,18 @@ class TrainingLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def last_progress_event(path: Path, event: str) -> dict[str, Any]:
+    """The last ``event`` record of a ``progress.jsonl`` ({} when there is none or no file); unreadable
+    lines (a run killed mid-write) are skipped."""
+    last: dict[str, Any] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == event:
+                last = rec
+    return last

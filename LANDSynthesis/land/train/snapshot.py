@@ -9,9 +9,7 @@ grid of the LDM run's config and the latent scale the U-Net was trained with. Ch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from ..interface.errors import InputError
 
@@ -28,11 +26,12 @@ def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path, latents_from: Pa
     from ..models.model_dir import ModelConfig, load_weights, read_model_json, save_model_dir
     from .checkpoint import load_checkpoint
     from .config import parse_config
+    from .progress import PROGRESS_FILE, last_progress_event
 
     ldm_run, vae_source, dest = Path(ldm_run), Path(vae_source), Path(dest)
     ldm = load_checkpoint(ldm_run / "checkpoint.pt", "ldm")
     cfg = parse_config(ldm["config"], str(ldm["config"].get("name", ldm_run)))
-    base_dir = Path(latents_from or _progress_start(ldm_run).get("vae") or "")
+    base_dir = Path(latents_from or last_progress_event(ldm_run / PROGRESS_FILE, "start").get("vae") or "")
     if not (base_dir / "model.json").is_file():
         raise InputError(
             f"{ldm_run}: the model its U-Net's latents came from ({base_dir}) is not a model directory; fix: "
@@ -69,17 +68,3 @@ def snapshot_model(ldm_run: Path, vae_source: Path, dest: Path, latents_from: Pa
     mc.card = f"Snapshot of fine-tunes: U-Net {ldm_run} step {ldm['step']}, {vae_note}. SYNTHETIC outputs."
     mc.validate()
     return save_model_dir(dest, mc, {"vae": vae_state, "unet": unet_state})
-
-
-def _progress_start(run: Path) -> dict[str, Any]:
-    """The ``start`` event of a run's ``progress.jsonl`` (which VAE it was trained with)."""
-    path = run / "progress.jsonl"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "start":
-                return event
-    return {}

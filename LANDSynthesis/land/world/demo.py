@@ -414,19 +414,6 @@ def _run(stage: str, argv: list[str], log) -> float:
     return time.monotonic() - t0
 
 
-def _last_event(progress: Path, event: str) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    if progress.is_file():
-        for line in progress.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == event:
-                last = rec
-    return last
-
-
 def portable_provenance(value: Any) -> Any:
     """Provenance without the build machine's paths: every absolute path (in any string, nested) becomes its
     last component (``/work/runs/ldm`` -> ``ldm``), so a shipped model names its sources, not a machine."""
@@ -536,16 +523,17 @@ def write_model_card(
 ) -> Path:
     """Write MODEL_CARD.md into ``model_dir`` and put the card's summary into model.json."""
     from ..models.model_dir import read_model_json, write_model_json
+    from ..train.progress import last_progress_event
 
     meta = read_model_json(model_dir)
-    vae_done = _last_event(run_dir / "vae" / "progress.jsonl", "done")
-    vae_step = _last_event(run_dir / "vae" / "progress.jsonl", "step")
-    vae_val = _last_event(run_dir / "vae" / "progress.jsonl", "validation")
-    ldm_done = _last_event(run_dir / "ldm" / "progress.jsonl", "done")
-    ldm_step = _last_event(run_dir / "ldm" / "progress.jsonl", "step")
+    vae_done = last_progress_event(run_dir / "vae" / "progress.jsonl", "done")
+    vae_step = last_progress_event(run_dir / "vae" / "progress.jsonl", "step")
+    vae_val = last_progress_event(run_dir / "vae" / "progress.jsonl", "validation")
+    ldm_done = last_progress_event(run_dir / "ldm" / "progress.jsonl", "done")
+    ldm_step = last_progress_event(run_dir / "ldm" / "progress.jsonl", "step")
     ft_log = run_dir / "ldm-finetune" / "progress.jsonl"
-    ft_done = _last_event(ft_log, "done") if ft_log.is_file() else {}
-    ft_step = _last_event(ft_log, "step") if ft_log.is_file() else {}
+    ft_done = last_progress_event(ft_log, "done") if ft_log.is_file() else {}
+    ft_step = last_progress_event(ft_log, "step") if ft_log.is_file() else {}
     summary = (
         "LAND demo model trained on PROCEDURAL CHEST PHANTOMS (not patients) with the project's own "
         "trainers. For trying the tool and for tests. Not for research results: its CTs show phantom "
