@@ -57,6 +57,7 @@ def test_freed_memory_is_kept_inside_and_given_back_after():
     assert result.returncode == 0, result.stderr
     mib = {k: int(v) for k, v in (line.split() for line in result.stdout.splitlines())}
     assert mib["default"] < 64 and mib["disabled"] < 64, mib
-    # one step's 512 MiB stay; five more steps add at most half of it (without reuse: 2.5 GiB more)
-    assert mib["kept"] >= 448 and mib["reused"] < 1.5 * mib["kept"], mib
+    # one step's 512 MiB stay; five more steps reuse them: growth stays below one more step's worth
+    # (fragmentation under load measured up to +256 MiB; five steps on fresh pages would add 2.5 GiB)
+    assert mib["kept"] >= 448 and mib["reused"] < 2 * mib["kept"], mib
     assert mib["after"] < 64, mib  # given back on exit
