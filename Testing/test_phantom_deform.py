@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from land.imaging.grid import bounding_box
 from land.world.phantom import make_phantom
-from land.world.phantom_deform import JITTER_MM
+from land.world.phantom_deform import JITTER_MM, LUNG_WIDTH_FRACTION
 
 SIZE, SPACING = 64, 5.0  # 320 mm field of view, as the wide-field demo grid
 
@@ -72,3 +72,17 @@ def test_lung_from_ct_draws_the_mask_from_the_image():
     dice = 2 * np.count_nonzero(drawn & truth) / (drawn.sum() + truth.sum())
     assert 0.8 < dice < 1.0
     assert drawn[case.nodules.array > 0].all()
+
+
+def test_lungs_span_half_to_nearly_all_of_the_grid_width():
+    """The x scale is drawn so the lungs span LUNG_WIDTH_FRACTION of the grid's width, the range real adult
+    lungs cover on a 320 mm grid (the wide end is where real masks lie: 0.96 for a 307 mm chest)."""
+    lo, hi = LUNG_WIDTH_FRACTION
+    fractions = []
+    for seed in range(30, 38):
+        box = bounding_box(make_phantom(seed, SIZE, SPACING, n_nodules=0, deform=True).lung.array > 0)
+        assert box is not None
+        fractions.append((box[1][0] - box[0][0] + 1) / SIZE)
+    # rotation, elastic field and whole voxels move the extent by a few percent
+    assert all(lo - 0.06 <= f <= min(hi + 0.05, 1.0) for f in fractions), fractions
+    assert max(fractions) - min(fractions) > 0.15 and max(fractions) > 0.85, fractions

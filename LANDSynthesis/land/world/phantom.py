@@ -926,13 +926,13 @@ def make_phantom(
     seed = int(seed)
     grid = _Grid(sz, sp)
     canvas, deformation = grid, None
+    anatomy = _sample_anatomy(seed)
     if deform:
         from .phantom_deform import canvas_size, sample_deformation
 
-        deformation = sample_deformation(np.random.default_rng([seed, 5]))
+        deformation = sample_deformation(np.random.default_rng([seed, 5]), _lung_width_fraction(grid, anatomy))
         fov = np.asarray(sz) * np.asarray(sp)
         canvas = _Grid(canvas_size(deformation, sz, sp), sp, anatomy_fov=fov)
-    anatomy = _sample_anatomy(seed)
     masks = _anatomy_masks(canvas, anatomy)
     img = _paint_body(canvas, anatomy, masks, np.random.default_rng([seed, 1]))
     lumen = _paint_mediastinum(canvas, anatomy, masks, img)
@@ -964,6 +964,13 @@ def make_phantom(
         centres_mm=centres,
         image_without_nodules=_volume(grid, images[1]) if images[1] is not None else None,
     )
+
+
+def _lung_width_fraction(grid: _Grid, anatomy: _Anatomy) -> float:
+    """Share of the grid's width (x) spanned by the undeformed lungs (from one axial row of slices)."""
+    lung = _anatomy_masks(grid, anatomy).lung
+    cols = np.flatnonzero(lung.any(axis=(0, 1)))
+    return float((cols[-1] - cols[0] + 1) / grid.size[0]) if cols.size else 1.0
 
 
 def _finish_image(grid: _Grid, img: np.ndarray, seed: int, noise_hu: float) -> np.ndarray:
@@ -1010,7 +1017,10 @@ def _deform(canvas: _Grid, grid: _Grid, deformation, img, clean, lung, labels, t
         z, y, x = (idx.mean() for idx in np.nonzero(sel))
         c = grid.origin + np.array([x, y, z]) * grid.spacing
         centres2[new] = tuple(round(float(v), 3) for v in c)  # type: ignore[assignment]
-    return out["img"], out.get("clean"), out["lung"], new_labels, tex2, diam2, centres2
+    # nodules lie inside the lungs on the canvas; nearest sampling of two masks can split them at the lung
+    # border (a one-voxel nodule most of all), so the warped nodule voxels are lung by rule
+    lung_out = np.where(new_labels > 0, np.ones_like(out["lung"]), out["lung"])
+    return out["img"], out.get("clean"), lung_out, new_labels, tex2, diam2, centres2
 
 
 # ----------------------------------------------------------------------------------------- dataset I/O

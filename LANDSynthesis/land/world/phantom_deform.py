@@ -5,7 +5,9 @@ to nearly all of a 320 mm field of view, deeper from front to back, tilted, asym
 deform=True)`` renders the anatomy on a larger canvas and maps it onto the requested grid with one
 smooth transform per case:
 
-* per-axis scale (x 0.72-1.36, y x times 0.95-1.3 within 0.75-1.45, z 0.8-1.12),
+* per-axis scale: x chosen so the lungs span a uniform 0.6-0.97 of the grid's width (real adult lungs,
+  250-320 mm, fill 0.78-1.0 of a 320 mm grid; a fixed scale range left lungs wider than 0.9 of the grid in
+  17 % of the cases), y x times 0.95-1.3 within 0.75-1.6, z 0.8-1.12,
 * a rotation (up to 8 degrees about the cranio-caudal axis, 3 degrees about the others),
 * an elastic displacement (a smooth random field, 60 mm correlation, up to about 8 mm),
 * a translation that centres the lungs' bounding box on the grid (within a few mm), as ``land generate``
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Deformation", "canvas_size", "lung_box_centre", "sample_deformation", "warp"]
+__all__ = ["LUNG_WIDTH_FRACTION", "Deformation", "canvas_size", "lung_box_centre", "sample_deformation", "warp"]
 
 ELASTIC_CELL_MM = 60.0
 ELASTIC_MM = 4.0  # standard deviation of each displacement component at the coarse nodes
@@ -53,10 +55,18 @@ def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def sample_deformation(rng: np.random.Generator) -> Deformation:
-    """One random deformation (see the module doc for the ranges)."""
-    sx = rng.uniform(0.72, 1.36)
-    sy = float(np.clip(sx * rng.uniform(0.95, 1.3), 0.75, 1.45))
+LUNG_WIDTH_FRACTION = (0.6, 0.97)
+
+
+def sample_deformation(rng: np.random.Generator, lung_width_fraction: float | None = None) -> Deformation:
+    """One random deformation (see the module doc for the ranges); ``lung_width_fraction`` is the share of
+    the grid's width the undeformed lungs span (the x scale then draws the deformed share; without it a
+    scale of 0.72-1.36)."""
+    if lung_width_fraction is None:
+        sx = rng.uniform(0.72, 1.36)
+    else:
+        sx = rng.uniform(*LUNG_WIDTH_FRACTION) / float(lung_width_fraction)
+    sy = float(np.clip(sx * rng.uniform(0.95, 1.3), 0.75, 1.6))
     sz = rng.uniform(0.8, 1.12)
     angles = np.radians([rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-8, 8)])
     return Deformation(
