@@ -930,7 +930,8 @@ def make_phantom(
     if deform:
         from .phantom_deform import canvas_size, sample_deformation
 
-        deformation = sample_deformation(np.random.default_rng([seed, 5]), _lung_width_fraction(grid, anatomy))
+        share = _lung_width_fraction(grid, anatomy)
+        deformation = sample_deformation(np.random.default_rng([seed, 5]), share)
         fov = np.asarray(sz) * np.asarray(sp)
         canvas = _Grid(canvas_size(deformation, sz, sp), sp, anatomy_fov=fov)
     masks = _anatomy_masks(canvas, anatomy)

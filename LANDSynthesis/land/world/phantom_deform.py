@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["LUNG_WIDTH_FRACTION", "Deformation", "canvas_size", "lung_box_centre", "sample_deformation", "warp"]
+__all__ = [
+    "LUNG_WIDTH_FRACTION",
+    "Deformation",
+    "canvas_size",
+    "lung_box_centre",
+    "sample_deformation",
+    "warp",
+]
 
 ELASTIC_CELL_MM = 60.0
 ELASTIC_MM = 4.0  # standard deviation of each displacement component at the coarse nodes
