@@ -328,6 +328,30 @@ def test_segment_hidden_by_another_layer_names_both(tmp_path: Path) -> None:
             read_masks(tmp_path / "s.seg.nrrd")
 
 
+def test_segments_sharing_a_label_value_in_one_layer_are_named_as_such(tmp_path: Path) -> None:
+    """Issue 26 item 14: two segments with the same label value in the same layer are the same voxels; the
+    message says so and how to fix it (it said "hidden ... (another layer)"). Two lung segments may share
+    a value (both are lung)."""
+    write_seg_nrrd(tmp_path / "ok.seg.nrrd", make_masks())
+    image = sitk.ReadImage(str(tmp_path / "ok.seg.nrrd"))
+    assert image.GetMetaData("Segment1_LabelValue") == "2" and image.GetMetaData("Segment2_LabelValue") == "3"
+    image.SetMetaData("Segment2_LabelValue", "2")
+    sitk.WriteImage(image, str(tmp_path / "dup.seg.nrrd"), True)
+    pattern = (
+        r"segments 'Nodule A' and 'Ground glass' of .*dup.seg.nrrd share label value 2 in layer 0.*"
+        r"fix: correct the Segment<N>_LabelValue fields"
+    )
+    with pytest.raises(InputError, match=pattern) as e:
+        read_masks(tmp_path / "dup.seg.nrrd")
+    assert "another layer" not in str(e.value) and "hidden" not in str(e.value)
+    image.SetMetaData("Segment2_LabelValue", "3")
+    image.SetMetaData("Segment1_LabelValue", "1")
+    image.SetMetaData("Segment1_Name", "Lung right")
+    sitk.WriteImage(image, str(tmp_path / "lungs.seg.nrrd"), True)
+    back = read_masks(tmp_path / "lungs.seg.nrrd")
+    assert back.names == {1: "Ground glass"}
+
+
 # ------------------------------------------------------------------------------------- label images
 
 

@@ -85,6 +85,12 @@ def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
         return sitk.ReadImage(str(p))
     except RuntimeError as e:
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        if re.search(r"zero-valued spacing|spacing \(0\)", str(e), re.IGNORECASE):
+            raise InputError(
+                f"{what} {p} has a zero-length axis (spacing 0 in its header: {detail}): the image has no "
+                "extent along it and its geometry cannot be known; fix: write the real voxel size into the "
+                "header (e.g. set the spacing in 3D Slicer's Volumes module and save the file again)"
+            ) from e
         raise InputError(
             f"could not read {what} {p}: {detail}; fix: check that it is a valid NIfTI/NRRD/MHA image"
         ) from e
@@ -160,6 +166,8 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
     lung_layers: set[int] = set()
     nodule_layer: dict[int, int] = {}
     covered_by: dict[int, set[int]] = {}
+    holder: dict[tuple[int, int], str] = {}  # (layer, label value) -> the first segment that holds it
+    seen: set[tuple[int, int]] = set()
     for index in sorted(segments):
         fields = segments[index]
         name = fields.get("Name") or fields.get("ID") or f"Segment {index}"
@@ -171,6 +179,17 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
                 f"{where} is in layer {layer} but the file has {layers} layer(s); "
                 "fix: re-save the segmentation in 3D Slicer"
             )
+        other = holder.setdefault((layer, value), name)
+        if (layer, value) in seen and not (is_lung_segment_name(other) and is_lung_segment_name(name)):
+            # two lung segments may share a value (both are lung); a nodule cannot share one
+            raise InputError(
+                f"segments {other!r} and {name!r} of {path} share label value {value} in layer {layer}, so "
+                "they are the same voxels and which of them each voxel belongs to cannot be told (3D Slicer "
+                "gives every segment of a layer its own value: the header was edited or written by another "
+                "tool); fix: correct the Segment<N>_LabelValue fields of the header, or open the file in 3D "
+                "Slicer, delete or repaint one of the two segments and save it again"
+            )
+        seen.add((layer, value))
         mask = (voxels if layers == 1 else voxels[..., layer]) == value
         if is_lung_segment_name(name):
             has_lung = True
