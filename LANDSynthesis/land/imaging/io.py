@@ -342,8 +342,11 @@ def _write_sitk(image: sitk.Image, tmp: Path, final: Path, compress: bool = True
         raise write_error(final, "the written file came out incomplete (is the disk full?)") from None
 
 
-def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
+def write_seg_nrrd(path: PathLike, masks: MaskSet, provenance: Mapping[str, object] | None = None) -> None:
     """Write masks as a Slicer segmentation (single-layer labelmap ``.seg.nrrd``).
+
+    ``provenance`` (e.g. :func:`derived_record`) says what the masks are: NRRD ``content`` and the
+    ``LAND.Provenance`` field (:func:`read_provenance`).
 
     Segments: "Lungs" (if a lung mask is given) and one per nodule label, named from ``masks.names``
     (default "Nodule k"), with colours, terminology and the tag ``LAND.Texture:<t>`` where known. Nodules
@@ -391,18 +394,45 @@ def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    _set_nrrd_provenance(image, provenance)
     with atomic_path(p, ext) as tmp:
         _write_sitk(image, tmp, p)
 
 
-def write_mask(path: PathLike, mask: Volume, fields: Mapping[str, str] | None = None) -> None:
+def derived_record(description: str, **fields: object) -> dict[str, object]:
+    """Provenance of an output derived from the user's own data (e.g. the lungs of a real CT): ``synthetic``
+    false, ``description``, ``land_version``, ``created`` (UTC) and ``fields``. Only generated CTs are
+    SYNTHETIC (:func:`provenance_record`)."""
+    record: dict[str, object] = {"description": description, "synthetic": "false", **fields}
+    record.setdefault("land_version", __version__)
+    record.setdefault("created", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return record
+
+
+def _set_nrrd_provenance(image: sitk.Image, provenance: Mapping[str, object] | None) -> None:
+    if provenance:
+        image.SetMetaData("NRRD_content", _one_line(provenance.get("description", "")))
+        image.SetMetaData("LAND.Provenance", json.dumps(dict(provenance), sort_keys=True, default=str))
+
+
+def write_mask(
+    path: PathLike,
+    mask: Volume,
+    fields: Mapping[str, str] | None = None,
+    provenance: Mapping[str, object] | None = None,
+) -> None:
     """Write a mask as a label image (uint8; NIfTI or NRRD), atomically; not marked synthetic (it is drawn
-    on the user's own scan). NRRD keeps ``fields`` (e.g. ``LAND.LungSeg.*``) as key/value fields."""
+    on the user's own scan). NRRD keeps ``fields`` (e.g. ``LAND.LungSeg.*``) as key/value fields.
+    ``provenance`` (:func:`derived_record`) says what the mask is: NRRD ``content`` and ``LAND.Provenance``,
+    NIfTI ``descrip`` (its description, 79 characters)."""
     p, ext = _check_output(path, WRITE_EXTENSIONS)
     image = Volume.like(mask, (mask.array != 0).astype(np.uint8)).to_sitk()
     if ext == ".nrrd":
         for key, value in (fields or {}).items():
             image.SetMetaData(key, _one_line(value))
+        _set_nrrd_provenance(image, provenance)
+    elif provenance:
+        image.SetMetaData("ITK_FileNotes", _one_line(provenance.get("description", ""))[:NIFTI_DESCRIP_LEN])
     with atomic_path(p, ext) as tmp:
         _write_sitk(image, tmp, p)
 
