@@ -227,6 +227,47 @@ def test_sigterm_cancels_cleanly_without_partial_output(tiny_model_dir, tmp_path
     assert list(Path(tmp_path).iterdir()) == []
 
 
+def _open_files(pid: int) -> list[str]:
+    try:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # the process is gone, or a descriptor closed while listing
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the files a process reads")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_the_model_loads_exits_130_with_one_line(tiny_model_dir, tmp_path, sig):
+    """Issue 26: a signal while the model is being loaded (before generation installs its cancel handler)
+    ended the process with 143 and no message (SIGTERM's default); it is exit 130 with the one-line
+    "cancelled" message, no traceback, nothing written. The weights file is padded with a 4 GiB hole so that
+    verifying its sha256 takes long enough to be caught at it."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = sorted(model.glob("*.safetensors"))
+    for w in weights:
+        os.truncate(w, w.stat().st_size + (4 << 30))  # sparse: no disk used; the sha256 check reads it all
+    out = tmp_path / "out" / "ct.nii.gz"
+    out.parent.mkdir()
+    proc = subprocess.Popen([*LAND, "generate", "--model", str(model), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    names = {str(w) for w in weights}
+    while proc.poll() is None and time.monotonic() < deadline:
+        if names & set(_open_files(proc.pid)):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    assert names & set(_open_files(proc.pid)), "the weights were never opened"
+    os.kill(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: cancelled by {sig.name}; outputs being written were discarded "
+                     "(checkpoints already written are intact)"], stderr  # fmt: skip
+    assert "Traceback" not in stderr
+    assert list(out.parent.iterdir()) == []
+
+
 def test_progress_json_into_a_closed_pipe_exits_quietly(tiny_model_dir, tmp_path):
     """`land generate --progress json | head -1`: the reader goes away; no traceback, exit 141, no output."""
     masks = make_masks()

@@ -182,9 +182,17 @@ def test_no_masks_at_all() -> None:
         encode_conditioning(MaskSet(), "none")
 
 
+def _lung_from_2() -> MaskSet:
+    """Nodule 2 at (0, 7, 7) outside the lung (2..6 on each axis), no lung voxel among its neighbours."""
+    masks = make_masks(nodule2_at=(0, 7, 7))
+    masks.lung.array[:2] = masks.lung.array[:, :2] = masks.lung.array[:, :, :2] = 0
+    return masks
+
+
 def test_nodule_outside_lung_warns_with_counts() -> None:
-    masks = make_masks(nodule2_at=(7, 7, 7))
+    masks = _lung_from_2()
     masks.nodules.array[0, 0, 0:3] = 1  # 3 voxels of nodule 1 outside too
+    masks.nodules.array[7, 7, 7] = 3  # outside, but touching the lung at (6, 6, 6): counts as inside
     with pytest.warns(NoduleOutsideLungWarning) as record:
         encode_conditioning(masks, "nodule+lung")
     assert len(record) == 1
@@ -196,7 +204,7 @@ def test_nodule_outside_lung_warns_with_counts() -> None:
 
 
 def test_nodule_outside_lung_strict_raises() -> None:
-    masks = make_masks(nodule2_at=(7, 7, 7))
+    masks = _lung_from_2()
     with pytest.raises(InputError, match="outside the lung mask") as e:
         encode_conditioning(masks, "nodule+lung+texture", strict=True)
     assert "'Nodule 2'): 1 of 1" in str(e.value)
@@ -207,6 +215,8 @@ def test_no_warning_inside_lung_or_without_nodule_modes() -> None:
         warnings.simplefilter("error")
         encode_conditioning(make_masks(), "nodule+lung+texture", strict=True)
         encode_conditioning(make_masks(nodule2_at=(7, 7, 7)), "none", strict=True)
+        # issue 26 item 5: a voxel that touches the lung (26-neighbourhood) is not outside it
+        encode_conditioning(make_masks(nodule2_at=(7, 7, 7)), "nodule+lung+texture", strict=True)
 
 
 def test_pool_single_voxel_survives() -> None:

@@ -183,6 +183,25 @@ def test_check_dataset_reports_problems_per_case(tmp_path):
         report.raise_if_bad()
 
 
+def test_check_dataset_counts_nodule_voxels_outside_by_the_masks_rule(tmp_path):
+    """Issue 26 item 5: ``check-dataset`` counts outside voxels by the same rule as ``generate``: a nodule
+    voxel touching the lung (26-neighbourhood) is inside; one further out is reported."""
+    root = write_dataset(tmp_path / "ds", n=1)
+    case = root / "case000"
+    lung = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lung.nii.gz"))) != 0
+    nodules = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "nodules.nii.gz")))
+    zz, yy, xx = np.nonzero(lung)
+    i = int(np.argmax(xx))
+    z, y, edge = int(zz[i]), int(yy[i]), int(xx[i])  # a lung voxel of largest x
+    nodules[z, y, edge + 1] = 1  # touches the lung
+    _write(nodules, case / "nodules.nii.gz")
+    assert check_dataset(root).cases[0].warnings == []
+    nodules[z, y, edge + 3] = 1  # two voxels away from it
+    _write(nodules, case / "nodules.nii.gz")
+    warnings = check_dataset(root).cases[0].warnings
+    assert warnings == ["nodule voxels outside the lung mask (label 1: 1 voxels)"], warnings
+
+
 def test_check_dataset_cli_exit_codes(tmp_path, capsys):
     root = write_dataset(tmp_path / "ds", n=2)
     assert main(["check-dataset", str(root), "--config", "tiny"]) == 0

@@ -128,3 +128,40 @@ def test_sheared_orientation_is_refused_without_itk_text(tmp_path):
     )
     assert result.stdout.strip() == "InputError"
     assert "WARNING" not in result.stderr and "ITK" not in result.stderr
+
+
+def _nrrd_with(path: Path, old: bytes, new: bytes) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(path))
+    text = path.read_bytes()
+    assert old in text
+    path.write_bytes(text.replace(old, new))
+    return path
+
+
+def test_zero_length_axis_is_named_as_such_not_sheared(tmp_path):
+    """Issue 26 item 14: a zero-length axis (spacing 0) is not "sheared": the message says what it is and
+    the fix, whatever the header says it with (NRRD space directions or spacings, NIfTI sform, MetaImage)."""
+    directions = b"space directions: (1,0,0) (0,1,0) (0,0,1)"
+    zero_axis = r"zero-length axis .*spacing 0.*fix: write the real voxel size"
+    nrrd = _nrrd_with(tmp_path / "a.nrrd", directions, b"space directions: (1,0,0) (0,0,0) (0,0,1)")
+    with pytest.raises(InputError, match=r"zero-length axis in its NRRD space directions \(axis 1: "):
+        read_volume(nrrd)
+    spacings = _nrrd_with(tmp_path / "b.nrrd", directions, b"spacings: 1 0 1")
+    text = spacings.read_bytes()
+    spacings.write_bytes(
+        text.replace(b"space: left-posterior-superior\n", b"").replace(b"space origin", b"#")
+    )
+    with pytest.raises(InputError, match=zero_axis) as e:
+        read_volume(spacings)
+    assert "sheared" not in str(e.value)
+    nifti = _sheared_nifti(tmp_path / "c.nii", 0.0)
+    raw = bytearray(nifti.read_bytes())
+    struct.pack_into("<4f", raw, 296, 0.0, 0.0, 0.0, 0.0)  # srow_y: the j axis has no length
+    nifti.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"zero-length axis in its NIfTI sform"):
+        read_volume(nifti)
+    mha = tmp_path / "d.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(mha), False)
+    mha.write_bytes(mha.read_bytes().replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 0 1"))
+    with pytest.raises(InputError, match=zero_axis):
+        read_volume(mha)

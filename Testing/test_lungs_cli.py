@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from conftest import SHARED_DATA
 
 from land.cli import main
-from land.imaging.io import read_masks, read_volume, write_seg_nrrd
+from land.imaging.io import read_masks, read_provenance, read_volume, write_seg_nrrd
 from land.imaging.maskset import MaskSet
 from land.imaging.volume import Volume
 from land.interface.segment_style import LUNG_COLOR, LUNG_SEGMENT_NAME
@@ -80,6 +80,24 @@ def test_lungs_label_image_keeps_what_was_found(phantom_ct, tmp_path):
     assert mask.same_geometry(lung) and dice(mask.array, lung.array) > 0.9
     assert mask.metadata["LAND.LungSeg.TracheaFound"] == "true" and "LAND.LungSeg.CarinaZmm" in mask.metadata
     assert "SYNTHETIC" not in str(mask.metadata)  # a mask drawn on the user's own scan
+
+
+@pytest.mark.parametrize("name", ["lungs.seg.nrrd", "lungs.nrrd", "lungs.nii.gz"])
+def test_lungs_output_says_what_it_is_and_is_not_synthetic(phantom_ct, tmp_path, name):
+    """Issue 26 item 15: a lung mask derived from a real CT says what it is (its source CT and method) in
+    every output format, and is never labelled SYNTHETIC: only generated CTs are."""
+    ct, _ = phantom_ct
+    out = tmp_path / name
+    assert main(["lungs", str(ct), "--out", str(out)]) == 0
+    prov = read_provenance(out)
+    assert prov["description"] == f"Lung mask of the real CT {ct.name} (land lungs, classical), not synthetic"
+    if not name.endswith(".nii.gz"):  # NIfTI has room for the description only (its descrip field)
+        assert prov["synthetic"] == "false" and prov["source"] == ct.name and prov["method"] == "classical"
+        assert prov["created_by"] == "land lungs" and prov["land_version"]
+    header = sitk.ReadImage(str(out))
+    text = " ".join(header.GetMetaData(k) for k in header.GetMetaDataKeys())
+    assert "SYNTHETIC" not in text and '"synthetic": "true"' not in text
+    assert not list(tmp_path.glob("*.json"))  # no sidecar: a mask carries no generation record
 
 
 @pytest.mark.parametrize(

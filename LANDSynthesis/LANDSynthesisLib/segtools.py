@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from land.interface.masks import restore_lung
+from land.interface.masks import outside_lung, restore_lung
 
 from . import segments as seglib
 from .maskexport import _ijkToRasFromLps, _lpsGeometry, outsideLungMessage
@@ -165,7 +165,7 @@ class SegmentationToolsMixin:
             )
         else:
             lung = restore_lung(lung, mask != 0)
-            outside = int(np.count_nonzero((mask != 0) & ~lung))
+            outside = int(np.count_nonzero(outside_lung(lung, mask)))
             if outside:
                 warnings.append(outsideLungMessage(name, outside, int(np.count_nonzero(mask))))
         return segmentId, warnings

@@ -71,6 +71,20 @@ def parse_memory(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def stop_on_signals() -> dict[int, Any] | None:
+    """From the start of every command until it installs its own handling (:func:`cancel_on_signals`, the
+    trainers'), SIGINT and SIGTERM stop it with :class:`KeyboardInterrupt`: exit 130 with one line, also
+    while imports run, masks are read or a model is loaded (SIGTERM's default ended the process with 143 and
+    no message). Returns the previous handlers (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def cancel_on_signals() -> threading.Event:
     """An event set by the first SIGINT/SIGTERM (a clean cancel); a second one raises KeyboardInterrupt."""
     cancel = threading.Event()
@@ -156,8 +170,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pair_sidecar = sidecar_path(pair_out) if pair_out is not None and sidecar is not None else None
     preflight_outputs(
         {"--mask": mask, "--nodules": opts.nodules, "--model": model_dir},
-        files={"--out": out, "--out's JSON sidecar": sidecar, "--pair's output": pair_out,
-               "--pair's JSON sidecar": pair_sidecar},  # fmt: skip
+        files={
+            "--out": out,
+            "--out's JSON sidecar": sidecar,
+            "--pair's output": pair_out,
+            "--pair's JSON sidecar": pair_sidecar,
+        },  # fmt: skip
     )
 
     masks = _load_masks(opts)
@@ -365,12 +383,14 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a reader that 
 
 def main(argv: Sequence[str] | None = None) -> int:
     tolerant_console()
-    parser = build_parser()
-    global _ARGV
-    _ARGV = None if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    previous = stop_on_signals()
+    args = argparse.Namespace()
     try:
         try:
+            parser = build_parser()
+            global _ARGV
+            _ARGV = None if argv is None else list(argv)
+            args = parser.parse_args(argv)
             return _COMMANDS[args.command](args)
         except PermissionError as e:  # a file or folder this user may not read (writes say so themselves)
             raise InputError(
@@ -382,8 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "progress", None) == "json":
             write_event(ErrorEvent(str(e), e.exit_code))
         return e.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while a command was stopping cleanly
-        message = "interrupted; outputs being written were discarded (checkpoints already written are intact)"
+    except KeyboardInterrupt as e:  # a signal before the command's own handling, or a second one after it
+        by = f" by {e.args[0]}" if e.args and str(e.args[0]).startswith("SIG") else ""
+        message = (
+            f"cancelled{by}; outputs being written were discarded (checkpoints already written are intact)"
+        )
         print(f"error: {message}", file=sys.stderr, flush=True)
         if getattr(args, "progress", None) == "json":
             write_event(ErrorEvent(message, Cancelled.exit_code))
@@ -393,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return BROKEN_PIPE_EXIT
+    finally:
+        for sig, handler in (previous or {}).items():  # an in-process caller (tests) gets its own back
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

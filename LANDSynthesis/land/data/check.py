@@ -20,6 +20,7 @@ from ..imaging.image_data import check_image_data, check_orientation
 from ..imaging.io import read_volume
 from ..imaging.maskset import check_labels, check_lung_mask, label_counts
 from ..interface.errors import InputError
+from ..interface.masks import outside_lung
 from .folder import (
     CASE_FILES,
     IMAGE_FILE,
@@ -220,7 +221,7 @@ def _check_masks(files: CaseFiles, textures: dict[int, int], have_lung: bool, re
     if not lung.any():
         report.warnings.append(f"{LUNG_FILE} is empty")
     if lung.shape == nodules.array.shape:
-        outside = label_counts(nodules.array[(~lung) & (nodules.array != 0)])
+        outside = label_counts(nodules.array[outside_lung(lung, nodules.array)])
         if outside:
             parts = ", ".join(f"label {k}: {n} voxels" for k, n in sorted(outside.items()))
             report.warnings.append(f"nodule voxels outside the lung mask ({parts})")

@@ -263,6 +263,21 @@ def _sheared(axes: list[list[float]]) -> bool:
                for i in range(len(unit)) for j in range(i + 1, len(unit)))  # fmt: skip
 
 
+def _degenerate_axis_error(path: Path, where: str, axes: list[list[float]]) -> InputError | None:
+    """InputError for an axis vector of zero (or non-finite) length - a voxel size of 0 - else None."""
+    lengths = [math.sqrt(sum(c * c for c in a)) for a in axes]
+    bad = [i for i, n in enumerate(lengths) if not (math.isfinite(n) and n > 0)]
+    if not bad:
+        return None
+    text = " x ".join(f"{n:g}" for n in lengths)
+    return InputError(
+        f"{path} has a zero-length axis in its {where} (axis {', '.join(str(i) for i in bad)}: voxel size "
+        f"{text} mm, spacing 0): the image has no extent along it and its geometry cannot be known; fix: "
+        "write the real voxel size into the header (e.g. set the spacing in 3D Slicer's Volumes module and "
+        "save the file again)"
+    )
+
+
 def _sheared_error(path: Path, where: str) -> InputError:
     return InputError(
         f"{path} has a sheared (non-orthonormal) orientation matrix ({where}); LAND would have to change the "
@@ -319,6 +334,9 @@ def check_orientation(path: str | os.PathLike) -> None:
                 if struct.unpack(endian + "h", head[254:256])[0] > 0:  # sform_code
                     rows = [struct.unpack(endian + "4f", head[o : o + 16])[:3] for o in (280, 296, 312)]
                     axes = [[rows[r][c] for r in range(3)] for c in range(3)]
+                    degenerate = _degenerate_axis_error(p, "NIfTI sform", axes)
+                    if degenerate is not None:
+                        raise degenerate
                     if _sheared(axes):
                         raise _sheared_error(p, "NIfTI sform")
                 _check_nifti_spacing(p, head, endian, axes)
@@ -335,6 +353,9 @@ def check_orientation(path: str | os.PathLike) -> None:
             axes = [[float(c) for c in v[1:].split(",")] for v in vectors]
         except ValueError:
             return
+        degenerate = _degenerate_axis_error(p, "NRRD space directions", axes)
+        if degenerate is not None:
+            raise degenerate
         if len(axes) >= 2 and _sheared(axes):
             raise _sheared_error(p, "NRRD space directions")
 

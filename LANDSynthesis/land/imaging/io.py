@@ -85,6 +85,12 @@ def _read_image(path: PathLike, what: str = "file") -> sitk.Image:
         return sitk.ReadImage(str(p))
     except RuntimeError as e:
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        if re.search(r"zero-valued spacing|spacing \(0\)", str(e), re.IGNORECASE):
+            raise InputError(
+                f"{what} {p} has a zero-length axis (spacing 0 in its header: {detail}): the image has no "
+                "extent along it and its geometry cannot be known; fix: write the real voxel size into the "
+                "header (e.g. set the spacing in 3D Slicer's Volumes module and save the file again)"
+            ) from e
         raise InputError(
             f"could not read {what} {p}: {detail}; fix: check that it is a valid NIfTI/NRRD/MHA image"
         ) from e
@@ -160,6 +166,8 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
     lung_layers: set[int] = set()
     nodule_layer: dict[int, int] = {}
     covered_by: dict[int, set[int]] = {}
+    holder: dict[tuple[int, int], str] = {}  # (layer, label value) -> the first segment that holds it
+    seen: set[tuple[int, int]] = set()
     for index in sorted(segments):
         fields = segments[index]
         name = fields.get("Name") or fields.get("ID") or f"Segment {index}"
@@ -171,6 +179,17 @@ def _masks_from_segmentation(image: sitk.Image, path: PathLike, overrides: Mappi
                 f"{where} is in layer {layer} but the file has {layers} layer(s); "
                 "fix: re-save the segmentation in 3D Slicer"
             )
+        other = holder.setdefault((layer, value), name)
+        if (layer, value) in seen and not (is_lung_segment_name(other) and is_lung_segment_name(name)):
+            # two lung segments may share a value (both are lung); a nodule cannot share one
+            raise InputError(
+                f"segments {other!r} and {name!r} of {path} share label value {value} in layer {layer}, so "
+                "they are the same voxels and which of them each voxel belongs to cannot be told (3D Slicer "
+                "gives every segment of a layer its own value: the header was edited or written by another "
+                "tool); fix: correct the Segment<N>_LabelValue fields of the header, or open the file in 3D "
+                "Slicer, delete or repaint one of the two segments and save it again"
+            )
+        seen.add((layer, value))
         mask = (voxels if layers == 1 else voxels[..., layer]) == value
         if is_lung_segment_name(name):
             has_lung = True
@@ -323,8 +342,11 @@ def _write_sitk(image: sitk.Image, tmp: Path, final: Path, compress: bool = True
         raise write_error(final, "the written file came out incomplete (is the disk full?)") from None
 
 
-def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
+def write_seg_nrrd(path: PathLike, masks: MaskSet, provenance: Mapping[str, object] | None = None) -> None:
     """Write masks as a Slicer segmentation (single-layer labelmap ``.seg.nrrd``).
+
+    ``provenance`` (e.g. :func:`derived_record`) says what the masks are: NRRD ``content`` and the
+    ``LAND.Provenance`` field (:func:`read_provenance`).
 
     Segments: "Lungs" (if a lung mask is given) and one per nodule label, named from ``masks.names``
     (default "Nodule k"), with colours, terminology and the tag ``LAND.Texture:<t>`` where known. Nodules
@@ -372,18 +394,45 @@ def write_seg_nrrd(path: PathLike, masks: MaskSet) -> None:
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    _set_nrrd_provenance(image, provenance)
     with atomic_path(p, ext) as tmp:
         _write_sitk(image, tmp, p)
 
 
-def write_mask(path: PathLike, mask: Volume, fields: Mapping[str, str] | None = None) -> None:
+def derived_record(description: str, **fields: object) -> dict[str, object]:
+    """Provenance of an output derived from the user's own data (e.g. the lungs of a real CT): ``synthetic``
+    false, ``description``, ``land_version``, ``created`` (UTC) and ``fields``. Only generated CTs are
+    SYNTHETIC (:func:`provenance_record`)."""
+    record: dict[str, object] = {"description": description, "synthetic": "false", **fields}
+    record.setdefault("land_version", __version__)
+    record.setdefault("created", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return record
+
+
+def _set_nrrd_provenance(image: sitk.Image, provenance: Mapping[str, object] | None) -> None:
+    if provenance:
+        image.SetMetaData("NRRD_content", _one_line(provenance.get("description", "")))
+        image.SetMetaData("LAND.Provenance", json.dumps(dict(provenance), sort_keys=True, default=str))
+
+
+def write_mask(
+    path: PathLike,
+    mask: Volume,
+    fields: Mapping[str, str] | None = None,
+    provenance: Mapping[str, object] | None = None,
+) -> None:
     """Write a mask as a label image (uint8; NIfTI or NRRD), atomically; not marked synthetic (it is drawn
-    on the user's own scan). NRRD keeps ``fields`` (e.g. ``LAND.LungSeg.*``) as key/value fields."""
+    on the user's own scan). NRRD keeps ``fields`` (e.g. ``LAND.LungSeg.*``) as key/value fields.
+    ``provenance`` (:func:`derived_record`) says what the mask is: NRRD ``content`` and ``LAND.Provenance``,
+    NIfTI ``descrip`` (its description, 79 characters)."""
     p, ext = _check_output(path, WRITE_EXTENSIONS)
     image = Volume.like(mask, (mask.array != 0).astype(np.uint8)).to_sitk()
     if ext == ".nrrd":
         for key, value in (fields or {}).items():
             image.SetMetaData(key, _one_line(value))
+        _set_nrrd_provenance(image, provenance)
+    elif provenance:
+        image.SetMetaData("ITK_FileNotes", _one_line(provenance.get("description", ""))[:NIFTI_DESCRIP_LEN])
     with atomic_path(p, ext) as tmp:
         _write_sitk(image, tmp, p)
 

@@ -526,7 +526,7 @@ def register(sub: Any, command: Callable) -> None:
     @command("lungs")
     def cmd_lungs(args: argparse.Namespace) -> int:
         from .atomic import preflight_outputs
-        from .io import write_mask, write_seg_nrrd
+        from .io import derived_record, write_mask, write_seg_nrrd
         from .maskset import MaskSet
 
         out = Path(args.out)
@@ -545,9 +545,16 @@ def register(sub: Any, command: Callable) -> None:
                 "in HU (air about -1000, soft tissue 0..100), or paint the lungs in 3D Slicer; nothing was "
                 "written"
             )
+        source = Path(args.ct).name
+        provenance = derived_record(
+            f"Lung mask of the real CT {source} (land lungs, {args.method}), not synthetic",
+            created_by="land lungs",
+            source=source,
+            method=args.method,
+        )
         if out.name.lower().endswith(".seg.nrrd"):
-            write_seg_nrrd(out, MaskSet(lung=mask))
+            write_seg_nrrd(out, MaskSet(lung=mask), provenance)
         else:
-            write_mask(out, mask, mask.metadata)
+            write_mask(out, mask, mask.metadata, provenance)
         print(f"wrote {out}: {summary(mask)}")
         return 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..interface.contract import MODES, WARNING_NODULE_OUTSIDE_LUNG  # noqa: F401 - MODES re-exported
 from ..interface.errors import InputError
+from ..interface.masks import outside_lung
 from ..interface.segment_style import TEXTURE_TAG
 from .volume import Volume
 
@@ -238,16 +239,20 @@ def validate(masks: MaskSet, mode: str) -> list[int]:
 
 
 def outside_lung_counts(masks: MaskSet) -> dict[int, int]:
-    """Number of nodule voxels outside the lung mask, per label (empty without a lung mask or nodules)."""
+    """Number of nodule voxels outside the lung mask, per label (empty without a lung mask or nodules).
+
+    A nodule voxel that touches the lung (a lung voxel among its 26 neighbours) is not outside: painting at
+    the lung's border is ambiguous by a voxel (:func:`land.interface.masks.outside_lung`)."""
     if masks.lung is None or masks.nodules is None:
         return {}
     nod = masks.nodules.array
-    return label_counts(nod[(masks.lung.array == 0) & (nod != 0)])
+    return label_counts(nod[outside_lung(masks.lung.array, nod)])
 
 
 def check_nodules_inside(masks: MaskSet, strict: bool = False) -> None:
     """:class:`NoduleOutsideLungWarning` (``strict``: :class:`InputError`) naming the nodules with voxels
-    outside the lung mask and how many, on the masks' own grid."""
+    outside the lung mask and how many, on the masks' own grid; voxels touching the lung (within one voxel)
+    count as inside (:func:`outside_lung_counts`)."""
     check_geometry(masks)
     counts = outside_lung_counts(masks)
     if not counts:
@@ -257,7 +262,8 @@ def check_nodules_inside(masks: MaskSet, strict: bool = False) -> None:
         f"{masks.describe(k)}: {n} of {totals.get(k, n)} voxels" for k, n in sorted(counts.items())
     )
     message = (
-        f"nodule voxels lie outside the lung mask ({parts}); the LAND paper shows that nodules outside the "
+        f"nodule voxels lie outside the lung mask ({parts}; voxels touching the lung count as inside); "
+        "the LAND paper shows that nodules outside the "
         "lungs give unrealistic images; fix: move or redraw those nodules inside the lungs"
     )
     if strict:

@@ -3,6 +3,11 @@
 Segments in one Slicer labelmap layer cannot overlap: painting a nodule with Segment Editor's default
 "overwrite other segments" cuts it out of the lung segment. :func:`restore_lung` puts the lung back under
 such nodules, so a nodule painted on the lung counts as inside it whatever the file layout.
+
+Which nodule voxels are "outside the lungs" (:func:`outside_lung`): those that are not lung and do not touch
+the lung, i.e. have no lung voxel among their 26 neighbours. A voxel painted at the lung's border is
+partial-volume ambiguous (a convex lung edge drawn a voxel wider or narrower), so one voxel of tolerance is
+given; the part of a nodule that juts out further is reported.
 """
 
 from __future__ import annotations
@@ -58,4 +63,25 @@ def restore_lung(lung: np.ndarray, nodules: np.ndarray, labels: Iterable[int] | 
         nodule = nodules == k
         if not (base & nodule).any():
             out |= lung_under(base, nodule)
+    return out
+
+
+def outside_lung(lung: np.ndarray, nodule: np.ndarray) -> np.ndarray:
+    """Voxels of ``nodule`` (nonzero) outside the lungs by the module's rule: not lung (nonzero ``lung``) and
+    no lung voxel among their 26 neighbours (a voxel touching the lung is inside within partial volume)."""
+    lung, nodule = np.asarray(lung) != 0, np.asarray(nodule) != 0
+    out = nodule & ~lung
+    idx = np.nonzero(out)
+    if not idx[0].size or not lung.any():
+        return out
+    spans = list(zip(idx, lung.shape, strict=True))
+    box = tuple(slice(max(int(i.min()) - 1, 0), min(int(i.max()) + 2, n)) for i, n in spans)
+    near = np.pad(lung[box], 1)  # lung around the candidates, one voxel wider, zeros past the volume's edge
+    touch = np.zeros(lung[box].shape, bool)
+    nz, ny, nx = touch.shape
+    for dz in range(3):
+        for dy in range(3):
+            for dx in range(3):
+                touch |= near[dz : dz + nz, dy : dy + ny, dx : dx + nx]
+    out[box] &= ~touch
     return out
