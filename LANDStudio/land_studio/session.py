@@ -101,7 +101,8 @@ class StudioSession:
             if not p.exists():
                 raise LANDInputError(f"{p} does not exist.")
         files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if f.is_file()]
-        self._clear()
+        if self.logic.isRunning():
+            raise LANDInputError("A generation is running; cancel it before loading something else.")
         try:
             volumes = self.app.io_manager.load_volumes([str(f) for f in files])
         except Exception as e:  # noqa: BLE001 - a reader's failure is a message for the page
@@ -116,6 +117,7 @@ class StudioSession:
         for other in volumes:
             if other is not volume:
                 self.app.scene.RemoveNode(other)
+        self._clear()  # only now: a file that cannot be read leaves the current work as it was
         self.logic.setLungWindow(volume)
         segmentation = self.editor.create_empty_segmentation_node()
         segmentation.SetName("LAND masks")
