@@ -1,6 +1,6 @@
 """pytest fixtures for the LANDSynthesis module on Slicer's real MRML and module logics (no application).
 
-Needs the ``slicer-core`` wheel (``pip install slicer-core==5.13.31053.0``); tests that use these fixtures
+Needs the ``slicer-core`` wheel (``pip install slicer-core==5.11.0.6``); tests that use these fixtures
 are skipped when it is absent. Recipe (see the field notes): one scene with an application logic that has its
 colour logic; the volumes and segmentations logics on the same scene and application logic, registered as
 "Volumes" and "Segmentations"; ``slicer.mrmlScene`` and ``slicer.modules`` set so ``slicer.util`` helpers
@@ -62,12 +62,9 @@ def start_headless_slicer():
     segmentations.SetMRMLScene(scene)
     segmentations.SetMRMLApplicationLogic(app_logic)
     app_logic.SetModuleLogic("Segmentations", segmentations)
-    previous = {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")}
-    slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(
-        volumes=types.SimpleNamespace(logic=lambda: volumes),
-        segmentations=types.SimpleNamespace(logic=lambda: segmentations),
-    )
+    from LANDSynthesisLib.mrml import bindScene
+
+    restore = bindScene(scene, volumes, segmentations)
     core = SlicerCore(
         slicer=slicer,
         scene=scene,
@@ -76,13 +73,6 @@ def start_headless_slicer():
         volumes=volumes,
         segmentations=segmentations,
     )
-
-    def restore():
-        for name, value in previous.items():
-            if value is None:
-                delattr(slicer, name)
-            else:
-                setattr(slicer, name, value)
 
     return core, restore
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -259,6 +260,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+STUDIO_INSTALL = 'pip install -e ".[studio]"'
+
+
+@command("studio")
+def cmd_studio(args: argparse.Namespace) -> int:
+    """LAND Studio lives outside the engine (LANDStudio/land_studio in a checkout): imported only here."""
+    checkout = Path(__file__).resolve().parents[2] / "LANDStudio"
+    if importlib.util.find_spec("land_studio") is None and (checkout / "land_studio").is_dir():
+        sys.path.insert(0, str(checkout))
+    missing = ["land_studio"] if importlib.util.find_spec("land_studio") is None else []
+    if not missing:
+        missing = importlib.import_module("land_studio").missing_requirements()
+    if missing:
+        print(f"error: LAND Studio needs {', '.join(missing)}: run {STUDIO_INSTALL} in a LAND checkout",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return EXIT_INPUT
+    return importlib.import_module("land_studio.app").main(args)
+
+
 # ---------------------------------------------------------------------------------------------- parser
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's layout (examples, exit codes) and shows each option's default where it has one (not
@@ -336,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a model's card")
     p.add_argument("--model", help="model directory (default: the bundled demo model)")
     p.add_argument("--json", action="store_true", help="print model.json")
+
+    p = sub.add_parser(
+        "studio",
+        help="LAND Studio: paint masks and generate in a web browser (needs the studio extra)",
+        description="Serve LAND Studio, the LANDSynthesis panel in a browser (trame-slicer): load a CT or "
+        'the demo masks, paint lungs and nodules, set textures, Generate. Needs pip install -e ".[studio]".',
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument("--token", help="access code the page asks for before anything else")
+    p.add_argument("--ct", help="a CT (file or DICOM folder) to open at start")
+    p.add_argument("--demo", action="store_true", help="open the bundled demo masks at start")
+    p.add_argument("--work-dir", help="folder for uploads, jobs and results (default: a new temporary one)")
+    p.add_argument("--max-upload-mb", type=int, default=512, help="largest upload accepted")
+    p.add_argument("--verbose", action="store_true", help="log the studio's actions")
 
     for module_name in COMMAND_MODULES:
         try:

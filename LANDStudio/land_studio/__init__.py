@@ -1,0 +1,40 @@
+"""LAND Studio: the LANDSynthesis panel in a browser, on trame-slicer (``land studio``; issue 27).
+
+A second front end on the same contract as the desktop module: Slicer's own MRML scene, segmentation nodes
+and segment editor effects run in this process through ``trame-slicer`` (the ``slicer-core`` wheel, rendered
+off-screen); the segment conventions, mask export, options, engine-output handling and the ``land generate``
+child process are ``LANDSynthesisLib``'s (the desktop module's Qt-free logic), used unchanged. Nothing here
+copies a rule of the engine or of the module.
+
+Installed with the ``studio`` extra from a checkout (``pip install -e ".[studio]"``); the engine's wheel does
+not carry it. ``land studio`` imports this package lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# No X server: VTK renders off-screen through EGL (Mesa llvmpipe without a GPU); set before VTK loads.
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+# LANDSynthesisLib lives beside the engine, as on Slicer's module path
+MODULE_DIR = CHECKOUT / "LANDSynthesis"
+
+
+def ensure_module_path() -> None:
+    """Make ``LANDSynthesisLib`` importable (it is the Slicer module's library, not an installed package)."""
+    if (MODULE_DIR / "LANDSynthesisLib").is_dir() and str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+
+
+REQUIRED = ("trame", "trame_slicer", "trame_vuetify", "slicer")
+
+
+def missing_requirements() -> list[str]:
+    """The studio's packages that this environment lacks (empty when ``land studio`` can start)."""
+    import importlib.util
+
+    return [name for name in REQUIRED if importlib.util.find_spec(name) is None]

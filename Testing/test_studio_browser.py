@@ -1,0 +1,251 @@
+"""LAND Studio in a real browser (issue 27): ``land studio`` serves the page, headless Chromium drives it.
+
+Starts the server as a child process (``python -m land studio --demo``), opens the page with selenium and
+Debian's ``chromium``/``chromium-driver``, adds a nodule, paints it with a real mouse drag in Slicer's slice
+view, sets its texture, generates with the bundled demo model at few steps, waits on the page's own state
+(the hidden ``#land-state`` JSON, never a sleep) for the synthetic CT node, downloads it through the page and
+reads the file back: SYNTHETIC in its header and provenance, the demo model's grid.
+
+Skipped with the reason when the studio extra (trame-slicer), selenium or Chromium are missing; ``.ci/run``
+installs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = [
+    what
+    for what, ok in (
+        ("trame-slicer (pip install -e '.[studio]')", importlib.util.find_spec("trame_slicer") is not None),
+        ("selenium (pip install selenium)", importlib.util.find_spec("selenium") is not None),
+        ("chromium (apt-get install chromium)", CHROMIUM is not None),
+        ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER is not None),
+    )
+    if not ok
+]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="LAND Studio browser test needs " + ", ".join(MISSING))
+
+START_TIMEOUT = 120.0
+GENERATE_TIMEOUT = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """``land studio --demo`` on a free port; yields (url, process, seconds to the first HTTP answer)."""
+    work = tmp_path_factory.mktemp("studio")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+    cmd = [
+        sys.executable,
+        "-m",
+        "land",
+        "studio",
+        "--demo",
+        "--port",
+        str(port),
+        "--work-dir",
+        str(work / "w"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    t0 = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"land studio exited with {proc.returncode}:\n{(work / 'server.log').read_text()}"
+                )
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() - t0 > START_TIMEOUT:
+                    pytest.fail(f"land studio did not answer in {START_TIMEOUT:g} s")
+                time.sleep(0.3)
+        yield url, proc, time.monotonic() - t0, work
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,900"):  # fmt: skip
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def page_state(driver) -> dict:
+    from selenium.webdriver.common.by import By
+
+    text = driver.find_element(By.ID, "land-state").get_attribute("textContent")
+    return json.loads(text) if text else {}
+
+
+def wait_for(driver, predicate, timeout: float = 60.0, what: str = "the page"):
+    """The page's state once ``predicate(state)`` holds (polls the hidden #land-state element)."""
+    t0 = time.monotonic()
+    state: dict = {}
+    while time.monotonic() - t0 < timeout:
+        try:
+            state = page_state(driver)
+        except Exception:  # noqa: BLE001 - not rendered yet
+            state = {}
+        if state and predicate(state):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; page state: {state}")
+
+
+def click(driver, element_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.ID, element_id)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    element.click()
+
+
+def lung_point(view) -> tuple[int, int]:
+    """(x, y) in the view element of a lung pixel near the middle of the left lung as rendered: the 'Lungs'
+    overlay (brownish: red > green > blue) in a screenshot of the view."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(view.screenshot_as_png)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    lung = (r - b > 15) & (r > g) & (g > b)
+    lung[:, rgb.shape[1] // 2 :] = False  # the image's left half: the patient's right lung
+    ys, xs = np.nonzero(lung)
+    assert len(xs) > 500, "no lung overlay visible in the slice view"
+    cy, cx = ys.mean(), xs.mean()
+    i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2 + 1e9 * (xs + 12 >= rgb.shape[1] // 2)))
+    return int(xs[i]), int(ys[i])
+
+
+def segment(state: dict, name: str) -> dict | None:
+    return next((s for s in state["segments"] if s["name"] == name), None)
+
+
+def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    import land.imaging.io as landio
+
+    url, _proc, start_s, _work = studio
+    t0 = time.monotonic()
+    browser.get(url)
+    state = wait_for(browser, lambda s: s["ready"] and s["loaded"], what="the demo masks")
+    page_s = time.monotonic() - t0
+    print(f"server answered after {start_s:.1f} s; page with the demo masks after {page_s:.1f} s")
+    names = [s["name"] for s in state["segments"]]
+    assert names == ["Lungs", "Nodule 1", "Nodule 2", "Nodule 3"]
+    assert [s["texture"] for s in state["segments"][1:]] == [1, 3, 5]  # the LAND.Texture tags of the file
+
+    click(browser, "land-add-nodule")
+    state = wait_for(browser, lambda s: segment(s, "Nodule 4") is not None, what="Nodule 4")
+    new = segment(state, "Nodule 4")
+    assert state["active"] == new["id"] and new["voxels"] == 0 and new["texture"] == 5
+
+    click(browser, "land-paint")
+    wait_for(browser, lambda s: s["effect"] == "paint", what="the paint effect")
+    view = browser.find_element(By.CSS_SELECTOR, "img.image-display-area")
+    wait_for(browser, lambda s: view.size["height"] > 100, what="the slice view's first image")
+    x, y = lung_point(view)  # a point of the left lung as the view shows it (its overlay colour)
+    w, h = view.size["width"], view.size["height"]
+    actions = ActionChains(browser, duration=50)
+    actions.move_to_element_with_offset(view, x - w // 2, y - h // 2).click_and_hold()
+    for dx, dy in ((2, 1), (2, 1), (2, 0), (2, -1), (2, -1)):
+        actions.move_by_offset(dx, dy)
+    actions.release().perform()  # a real mouse drag: Slicer's paint effect in the slice view
+    state = wait_for(browser, lambda s: segment(s, "Nodule 4")["voxels"] > 0, what="painted voxels")
+    painted = segment(state, "Nodule 4")
+    assert painted["voxels"] > 0 and segment(state, "Lungs")["voxels"] > 0
+
+    click(browser, "land-tex-" + new["id"] + "-1")
+    wait_for(browser, lambda s: segment(s, "Nodule 4")["texture"] == 1, what="texture 1")
+    click(browser, "land-tex-" + new["id"] + "-5")
+    state = wait_for(browser, lambda s: segment(s, "Nodule 4")["texture"] == 5, what="texture 5")
+    assert segment(state, "Nodule 4")["textureText"] == "5 - solid"
+
+    steps = browser.find_element(By.CSS_SELECTOR, "#land-steps")
+    steps.send_keys(Keys.CONTROL, "a")
+    steps.send_keys("3")
+    click(browser, "land-effect-none")
+    wait_for(browser, lambda s: s["effect"] == "none", what="the view mode")
+    time.sleep(0.5)  # the steps field's change reaches the server on the next state flush
+    click(browser, "land-generate")
+    seen = set()
+
+    def finished(s):
+        seen.add(s["job"]["state"])
+        return s["job"]["state"] in ("succeeded", "failed", "cancelled") or s["error"]
+
+    state = wait_for(browser, finished, timeout=GENERATE_TIMEOUT, what="the generation")
+    assert state["job"]["state"] == "succeeded", state
+    assert "running" in seen  # progress reached the page while the child ran
+    assert state["result"]["name"].startswith("SYNTHETIC CT land-demo-phantom seed 0")
+    assert state["result"]["description"].startswith("SYNTHETIC")
+    browser.save_screenshot(str(tmp_path / "generated.png"))
+
+    click(browser, "land-download")
+    target = browser.downloads / "synthetic_ct.nii.gz"
+    t0 = time.monotonic()
+    while not target.is_file() and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    assert target.is_file(), list(browser.downloads.iterdir())
+    state = wait_for(browser, lambda s: s["result"].get("path"), what="the written result")
+    written = Path(state["result"]["path"])
+    assert target.read_bytes() == written.read_bytes()
+    volume = landio.read_volume(target)
+    assert volume.array.shape == (128, 128, 128)
+    assert -1100 <= int(volume.array.min()) and int(volume.array.max()) <= 3100
+    provenance = landio.read_provenance(written)  # the NIfTI's JSON sidecar beside the server's copy
+    assert str(provenance["description"]).startswith("SYNTHETIC")
+    assert provenance["synthetic"] == "true" and int(provenance["seed"]) == 0

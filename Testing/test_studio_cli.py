@@ -1,0 +1,29 @@
+"""``land studio`` from the engine's CLI: a thin, lazy dispatch; without the studio extra, exit 2 and a
+one-line message that names the install command (the core install stays lean)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from land.cli import build_parser
+
+
+def test_studio_options_and_defaults():
+    args = build_parser().parse_args(["studio"])
+    assert (args.host, args.port, args.token, args.demo) == ("127.0.0.1", 8080, None, False)
+
+
+@pytest.mark.parametrize("absent", ["trame_slicer", "land_studio"])
+def test_studio_without_the_extra_exits_2_naming_the_install(absent):
+    # the package is made unimportable in a fresh interpreter, as in a core install without the extra
+    code = (
+        f"import sys; sys.modules[{absent!r}] = None; from land.cli import main; "
+        "raise SystemExit(main(['studio', '--port', '1']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[studio]"' in lines[0] and absent in lines[0], lines
