@@ -434,6 +434,8 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             return ["A matched pair needs nodules: choose a mode with nodules, or turn the matched pair off."]
         if params.pairSegmentId is None:
             return []
+        if not params.pairSegmentId:
+            return ["Choose the nodule the matched twin goes without (add and paint a nodule first)."]
         if segmentationNode is None or params.pairSegmentId not in seglib.noduleSegmentIds(segmentationNode):
             return [f"The matched pair's nodule ({params.pairSegmentId}) is not a nodule segment of the "
                     "segmentation; choose one of its nodules."]  # fmt: skip
