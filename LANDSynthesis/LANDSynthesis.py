@@ -165,6 +165,7 @@ class LANDSynthesisWidget(
         self.ui.messagesTextEdit.setMaximumHeight(90)
         self.ui.progressBar.setVisible(False)
         self.ui.cancelButton.setEnabled(False)
+        self.ui.pairNoduleComboBox.enabled = False
         self.ui.teachingOutputPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.teachingOutputPathLineEdit.settingKey = "LANDSynthesis/TeachingOutput"
         self.ui.teachingProgressBar.setVisible(False)
@@ -193,6 +194,7 @@ class LANDSynthesisWidget(
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.fitComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.replacePreviousCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.pairCheckBox.toggled.connect(lambda on: setattr(self.ui.pairNoduleComboBox, "enabled", on))
         self.ui.noduleDiameterSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.noduleTextureSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         # actions
@@ -493,6 +495,10 @@ class LANDSynthesisWidget(
             "device": self.ui.deviceComboBox.currentData,
             "fit": self.ui.fitComboBox.currentData or "crop",
             "replacePrevious": self.ui.replacePreviousCheckBox.checked,
+            # matched pair: the chosen nodule segment ("" when there is none to choose: the logic says so)
+            "pairSegmentId": (self.ui.pairNoduleComboBox.currentData or "")
+            if self.ui.pairCheckBox.checked
+            else None,
             **self.guidanceParameters(),
         }
 
@@ -549,8 +555,9 @@ class LANDSynthesisWidget(
         self.updateButtons()
         self.updateModelInfo()
         if job.state == GenerationJob.SUCCEEDED:
-            node = job.resultNode
-            slicer.util.setSliceViewerLayers(background=node, foreground=None, label=None, fit=True)
+            node, twin = job.resultNode, job.pairNode
+            fade = {"foregroundOpacity": 0.0} if twin is not None else {}  # a twin: faded in to compare
+            slicer.util.setSliceViewerLayers(background=node, foreground=twin, label=None, fit=True, **fade)
             seg = self.segmentationNode()
             if seg is not None and seg.GetDisplayNode() is not None:
                 display = seg.GetDisplayNode()
@@ -558,9 +565,10 @@ class LANDSynthesisWidget(
                 display.SetVisibility2DFill(False)  # outline on top of the synthetic CT
                 display.SetVisibility2DOutline(True)
             extra = f" ({len(job.warnings)} warning(s) below)" if job.warnings else ""
-            self.showMessage(
-                f"{node.GetName()}: done in {formatDuration(job.elapsed)}{extra}. SYNTHETIC image."
-            )
+            if twin is not None:
+                extra += f"; its matched twin {twin.GetName()} is in the foreground: fade to compare"
+            took = formatDuration(job.elapsed)
+            self.showMessage(f"{node.GetName()}: done in {took}{extra}. SYNTHETIC image.")
         elif job.state == GenerationJob.CANCELLED:
             self.showMessage("Generation cancelled.")
         else:

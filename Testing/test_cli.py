@@ -411,15 +411,16 @@ def test_teaching_set_options_round_trip_through_the_parser():
     opts = TeachingSetOptions(out="set", cases=4, model="m", nodule_rate=0.5, textures="1,5",
                               diameters="6-20", steps=9, seed=2, guidance=2.0, guidance_mode="nodules",
                               lung_masks="lungs", burn_in=False, device="cpu", precision="fp32",
-                              progress="json")  # fmt: skip
+                              progress="json", pair_rate=0.5)  # fmt: skip
     a = build_parser().parse_args(opts.to_argv())
+    assert "--pair-rate" in opts.to_argv()
     assert a.command == "teaching-set" and options_from_namespace(TeachingSetOptions, a) == opts
     # a client's None: the command's default (left out of the command line)
     d = build_parser().parse_args(TeachingSetOptions(out="s", cases=1, nodule_rate=None, seed=None).to_argv())
     assert (d.nodule_rate, d.seed, d.textures, d.progress) == (0.7, 0, "1,3,5", "bar")
     bads = ((dict(cases=0), "cases"), (dict(textures="1,6"), "textures"), (dict(diameters="25-4"), "diam"),
             (dict(nodule_rate=1.5), "nodule rate"), (dict(steps=0), "step"),
-            (dict(seed=-1), "seed"))  # fmt: skip
+            (dict(seed=-1), "seed"), (dict(pair_rate=1.5), "pair rate"))  # fmt: skip
     for bad, match in bads:
         with pytest.raises(InputError, match=match):
             TeachingSetOptions(**{"out": "set", "cases": 2, **bad}).to_argv()

@@ -99,6 +99,11 @@ class GenerationJob(EngineJob):
         self.outputPath: Path | None = None
         self.inputs: MaskInputs | None = None
         self.resultNode = None
+        # matched pair: the engine label of the nodule left out, its name, the twin's file and node
+        self.pairLabel: int | None = None
+        self.pairName = ""
+        self.pairOutputPath: Path | None = None
+        self.pairNode = None
         self.loadSeconds = 0.0  # the result's hand-over into the scene on the calling thread
         self.readSeconds = 0.0  # reading the result file (worker thread)
         # preparation
@@ -120,6 +125,7 @@ class GenerationJob(EngineJob):
         # result loading (worker thread)
         self._loader: threading.Thread | None = None
         self._loaded: tuple[LoadedVolume | None, BaseException | None] | None = None
+        self._pairLoaded: LoadedVolume | None = None
 
     def release(self) -> None:
         for thread in (self._worker, self._loader):
@@ -133,7 +139,8 @@ class GenerationJob(EngineJob):
         self._sources, self._layers, self._exportQueue = [], {}, []
 
     def resultText(self) -> str:
-        return self.resultNode.GetName() if self.resultNode is not None else ""
+        text = self.resultNode.GetName() if self.resultNode is not None else ""
+        return text + (f" and {self.pairNode.GetName()}" if self.pairNode is not None else "")
 
     def result(self):
         return self.resultNode

@@ -92,7 +92,13 @@ from .options import (  # noqa: F401 - constants, errors and parameter classes r
     TeachingSetParameters,
     engineCommand,
 )
-from .results import LoadedVolume, ResultLoadingMixin, readResultVolume, uniqueNodeName  # noqa: F401
+from .results import (  # noqa: F401 - re-exported
+    PAIR_RESULT_ROLE,
+    LoadedVolume,
+    ResultLoadingMixin,
+    readResultVolume,
+    uniqueNodeName,
+)
 from .segtools import SegmentationToolsMixin
 from .teachingset import TeachingSetMixin
 
@@ -236,10 +242,13 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         info = self.modelInfo(params.modelDirectory)
         mode = params.mode or info.mode
         problems = self.checkSegmentation(segmentationNode, mode)
+        problems += self.checkPairNodule(segmentationNode, params, mode)
         if problems:
             raise LANDInputError("\n".join(problems))
         seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
         job = GenerationJob(params, info, seed)
+        if params.pairSegmentId:
+            job.pairName = segmentationNode.GetSegmentation().GetSegment(params.pairSegmentId).GetName()
         job.tempDir = Path(tempfile.mkdtemp(prefix="LANDSynthesis-", dir=self.temporaryRoot()))
         job.outputPath = job.tempDir / "synthetic_ct.nrrd"
         conditioned = segmentationNode is not None or referenceVolumeNode is not None
@@ -417,12 +426,39 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         except BaseException as e:  # noqa: BLE001 - reported by poll() on the main thread
             job._workerResult = (None, e)
 
+    def checkPairNodule(self, segmentationNode, params: GenerationParameters, mode: str) -> list[str]:
+        """Problems with the matched pair's nodule (a painted nodule segment, a mode with nodules)."""
+        if params.pairSegmentId is None and params.pairNodule is None:
+            return []
+        if mode == "none":
+            return ["A matched pair needs nodules: choose a mode with nodules, or turn the matched pair off."]
+        if params.pairSegmentId is None:
+            return []
+        if not params.pairSegmentId:
+            return ["Choose the nodule the matched twin goes without (add and paint a nodule first)."]
+        if segmentationNode is None or params.pairSegmentId not in seglib.noduleSegmentIds(segmentationNode):
+            return [f"The matched pair's nodule ({params.pairSegmentId}) is not a nodule segment of the "
+                    "segmentation; choose one of its nodules."]  # fmt: skip
+        if not seglib.segmentStatistics(segmentationNode, params.pairSegmentId)["voxels"]:
+            name = segmentationNode.GetSegmentation().GetSegment(params.pairSegmentId).GetName()
+            return [f"The matched pair's nodule '{name}' is empty: paint it, or choose another nodule."]
+        return []
+
     def _command(self, job: GenerationJob) -> list[str]:
-        """``PythonSlicer -m land generate ...``: the engine's own option contract builds the arguments."""
+        """``PythonSlicer -m land generate ...``: the engine's own option contract builds the arguments (the
+        matched pair's nodule segment becomes its engine label here, after the masks were combined)."""
         inputs = engineMaskOptions(job.inputs, job._inputPaths) if job.inputs is not None else {}
+        pair = job.parameters.pairNodule
+        if job.parameters.pairSegmentId:
+            labels = {sid: label for label, sid in (job.inputs.segmentIds if job.inputs else {}).items()}
+            pair = labels.get(job.parameters.pairSegmentId)
+            if pair is None:
+                raise LANDInputError(f"The matched pair's nodule '{job.pairName}' has no voxels on the grid.")
+        job.pairLabel, job.pairName = pair, job.pairName or (f"nodule {pair}" if pair is not None else "")
         options = job.parameters.engineOptions(
-            str(job.outputPath), model=str(job.modelInfo.path), seed=job.seed, **inputs
+            str(job.outputPath), model=str(job.modelInfo.path), seed=job.seed, pair=pair, **inputs
         )
+        job.pairOutputPath = Path(options.pair_out()) if pair is not None else None  # type: ignore[arg-type]
         return engineCommand(self.defaultPythonExecutable(), options)
 
     def _pollRunning(self, job: GenerationJob) -> None:
@@ -457,14 +493,16 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         if reference is not None and reference.GetImageData() is not None:
             refMatrix = seglib.ijkToRasArray(reference)
             refShape = tuple(reversed(reference.GetImageData().GetDimensions()))
-        path = job.outputPath
+        path, pairPath = job.outputPath, job.pairOutputPath
 
         def read() -> None:
             t0 = time.monotonic()
             try:
                 job._loaded = (readResultVolume(path, refMatrix, refShape), None)  # type: ignore[arg-type]
+                if pairPath is not None:  # the matched twin (None: Slicer's reader takes it)
+                    job._pairLoaded = readResultVolume(pairPath, refMatrix, refShape)  # type: ignore[arg-type]
             except BaseException as e:  # noqa: BLE001 - reported by poll() on the calling thread
-                job._loaded = (None, e)
+                job._loaded = (job._loaded[0] if job._loaded else None, e)
             job.readSeconds = time.monotonic() - t0
 
         job.state = GenerationJob.LOADING
@@ -487,14 +525,24 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             "transformNodeId": job._transformNodeId,
             "segmentationNodeId": job._segmentationNodeId,
         }
+        reference = slicer.mrmlScene.GetNodeByID(job._conformNodeId) if job._conformNodeId else None
         if loaded is not None:
             job.resultNode = self.addResultVolume(loaded, name, **options)
         else:  # a file this reader does not support: Slicer's reader, on this thread
             logging.warning("LANDSynthesis: reading %s in a worker failed (%s)", job.outputPath, error)
-            reference = slicer.mrmlScene.GetNodeByID(job._conformNodeId) if job._conformNodeId else None
             job.resultNode = self._loadWithSlicerReader(
                 job.outputPath, name, referenceVolumeNode=reference, **options
             )
+        if job.pairOutputPath is not None:  # the matched twin, named after the nodule it goes without
+            twin = {**options, "replacePrevious": False, "role": PAIR_RESULT_ROLE}
+            pairName = f"{name} without {job.pairName}"
+            if job._pairLoaded is not None:
+                job.pairNode = self.addResultVolume(job._pairLoaded, pairName, **twin)
+            else:
+                job.pairNode = self._loadWithSlicerReader(
+                    job.pairOutputPath, pairName, referenceVolumeNode=reference, **twin
+                )
+            self.linkMatchedPair(job.resultNode, job.pairNode, job.pairLabel, job.pairName)
         job.loadSeconds = time.monotonic() - t0
         self._finish(job, GenerationJob.SUCCEEDED)
 

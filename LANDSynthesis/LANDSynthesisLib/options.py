@@ -61,7 +61,9 @@ def engineCommand(python: str, options) -> list[str]:
 @dataclass
 class GenerationParameters:
     """Options of one generation. ``seed`` None draws a random seed; ``steps`` None uses the sampler's
-    default; ``mode`` None uses the model's. ``device``: auto, cuda or cpu."""
+    default; ``mode`` None uses the model's. ``device``: auto, cuda or cpu. Matched pair (the contract's
+    ``pair``): ``pairSegmentId`` names a nodule segment, turned into its engine label when the masks are
+    prepared, or ``pairNodule`` gives the engine label itself; the twin without it is loaded beside the CT."""
 
     modelDirectory: str | None = None  # None: the bundled demo model
     mode: str | None = None
@@ -76,6 +78,8 @@ class GenerationParameters:
     guidanceFromModel: bool = True  # True: the model's recommended guidance; else guidanceScale/Mode
     guidanceScale: float = 3.0
     guidanceMode: str = "nodules"
+    pairNodule: int | None = None  # matched pair: also generate the CT without this nodule (engine label)
+    pairSegmentId: str | None = None  # ... or without this nodule segment (its label found at preparation)
     extraArguments: list[str] = field(default_factory=list)
 
     @classmethod
@@ -96,6 +100,7 @@ class GenerationParameters:
             guidance_mode=None if self.guidanceFromModel else self.guidanceMode,
             strict=self.strict,
             fit=self.fit,
+            pair=self.pairNodule,
             compress=False,  # a raw NRRD loads several times faster on the GUI thread
             progress="json",
             extra=[str(a) for a in self.extraArguments],
@@ -127,6 +132,7 @@ class TeachingSetParameters:
     guidanceFromModel: bool = True  # as in GenerationParameters
     guidanceScale: float = 3.0
     guidanceMode: str = "nodules"
+    pairRate: float | None = None  # share of the cases with nodules that also get a matched twin
     extraArguments: list[str] = field(default_factory=list)
 
     @classmethod
@@ -158,6 +164,7 @@ class TeachingSetParameters:
             cases=self.cases,
             model=str(self.modelDirectory) if self.modelDirectory else None,
             nodule_rate=self.noduleRate,
+            pair_rate=self.pairRate or None,
             textures=self.texturesText(),
             diameters=self.diametersText(),
             steps=self.steps,

@@ -18,6 +18,8 @@ from .nrrd import read_nrrd, read_nrrd_header
 from .options import LUNG_LEVEL, LUNG_WINDOW, RESULT_ATTRIBUTE, LANDSynthesisError
 from .resample import conformArray
 
+PAIR_RESULT_ROLE = "LastPairResult"  # parameter-node reference to the last result's matched twin
+
 
 def uniqueNodeName(name: str) -> str:
     """``name``, or ``name_1``, ``name_2``, … when the scene already has a node of that name."""
@@ -107,6 +109,7 @@ class ResultLoadingMixin:
         replacePrevious: bool = False,
         transformNodeId: str | None = None,
         segmentationNodeId: str | None = None,
+        role: str = "LastResult",
     ):
         """Put a volume read by :func:`readResultVolume` into the scene (the cheap, calling-thread part: the
         node adopts the image data; no voxel is copied and no window/level statistics are computed)."""
@@ -121,8 +124,8 @@ class ResultLoadingMixin:
         display = slicer.mrmlScene.AddNode(display)
         display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         node.SetAndObserveDisplayNodeID(display.GetID())
-        fields = loaded.fields
-        return self._finishResultNode(node, fields, replacePrevious, transformNodeId, segmentationNodeId)
+        ids = (transformNodeId, segmentationNodeId)
+        return self._finishResultNode(node, loaded.fields, replacePrevious, *ids, role)
 
     def _loadWithSlicerReader(
         self,
@@ -132,6 +135,7 @@ class ResultLoadingMixin:
         transformNodeId: str | None = None,
         segmentationNodeId: str | None = None,
         referenceVolumeNode=None,
+        role: str = "LastResult",
     ):
         """Slicer's reader (``AddArchetypeVolume``) for files :func:`readResultVolume` does not read."""
         path = Path(path)
@@ -149,11 +153,20 @@ class ResultLoadingMixin:
         if referenceVolumeNode is not None:
             conformToReference(node, referenceVolumeNode)
         self.setLungWindow(node)
-        return self._finishResultNode(node, header, replacePrevious, transformNodeId, segmentationNodeId)
+        ids = (transformNodeId, segmentationNodeId)
+        return self._finishResultNode(node, header, replacePrevious, *ids, role)
+
+    def linkMatchedPair(self, node, twin, label: int | None, noduleName: str) -> None:
+        """Mark ``twin`` as ``node``'s matched twin without nodule ``label`` (``noduleName``), both ways."""
+        node.SetAttribute("LAND.MatchedPair", twin.GetID())
+        twin.SetAttribute("LAND.PairOf", node.GetID())
+        twin.SetAttribute("LAND.PairRemovedNodule", "" if label is None else str(label))
+        twin.SetAttribute("LAND.PairNoduleName", noduleName)
 
     def _finishResultNode(
-        self, node, header: Mapping[str, str], replacePrevious, transformNodeId, segmentationNodeId
-    ):
+        self, node, header: Mapping[str, str], replacePrevious, transformNodeId, segmentationNodeId,
+        role: str = "LastResult",
+    ):  # fmt: skip
         for key, value in header.items():
             if key.startswith("LAND."):
                 node.SetAttribute(key, value)
@@ -172,8 +185,13 @@ class ResultLoadingMixin:
         except Exception:  # noqa: BLE001 - no parameter node in a bare scene is fine
             parameterNode = None
         if parameterNode is not None:
-            previous = parameterNode.GetNodeReference("LastResult")
+            previous = parameterNode.GetNodeReference(role)
             if replacePrevious and previous is not None and previous is not node:
                 slicer.mrmlScene.RemoveNode(previous)
-            parameterNode.SetNodeReferenceID("LastResult", node.GetID())
+                twin = parameterNode.GetNodeReference(PAIR_RESULT_ROLE) if role != PAIR_RESULT_ROLE else None
+                if twin is not None:  # the previous result's matched twin goes with it
+                    slicer.mrmlScene.RemoveNode(twin)
+            if role != PAIR_RESULT_ROLE:
+                parameterNode.SetNodeReferenceID(PAIR_RESULT_ROLE, None)  # a new result: its twin follows
+            parameterNode.SetNodeReferenceID(role, node.GetID())
         return node

@@ -81,6 +81,21 @@ class MaskActionsMixin:
                 spin.value = value
                 spin.blockSignals(False)
         table.resizeColumnsToContents()
+        self.updatePairNodules(rows)
+
+    def updatePairNodules(self, rows) -> None:
+        """The matched pair's nodule choices: the nodule segments, in the table's order (the choice kept)."""
+        combo = self.ui.pairNoduleComboBox
+        items = [(row["name"], row["segmentId"]) for row in rows]
+        if [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count)] == items:
+            return
+        current = combo.currentData
+        combo.blockSignals(True)
+        combo.clear()
+        for name, segmentId in items:
+            combo.addItem(name, segmentId)
+        combo.setCurrentIndex(max(combo.findData(current), 0) if current else 0)
+        combo.blockSignals(False)
 
     def onTextureChanged(self, segmentId: str, value: int) -> None:
         seg = self.segmentationNode()

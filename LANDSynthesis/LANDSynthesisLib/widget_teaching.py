@@ -22,6 +22,7 @@ class TeachingActionsMixin:
             "cases": self.ui.teachingCasesSpinBox.value,
             "modelDirectory": self.selectedModelDirectory() or None,
             "noduleRate": self.ui.teachingNoduleRateSpinBox.value,
+            "pairRate": self.ui.teachingPairRateSpinBox.value,
             "textures": self.ui.teachingTexturesLineEdit.text.strip() or None,
             "diameters": self.ui.teachingDiametersLineEdit.text.strip() or None,
             "steps": self.ui.teachingStepsSpinBox.value,

@@ -530,6 +530,13 @@ class TeachingSetOptions:
     cases: int = option(0, "number of cases", kind=int, required=True)
     out: str = option("", "output folder (rerun with the same settings to resume)", required=True)
     nodule_rate: float | None = option(0.7, "share of cases with nodules (default 0.7)", kind=float)
+    pair_rate: float | None = option(
+        0.0,
+        "matched pairs: share of the cases with nodules (0..1, default 0) that also get a twin, the same "
+        "CT without one of their nodules (identical beyond a margin around it), as an extra case in random "
+        "order; the answer key lists the pairs",
+        kind=float,
+    )
     textures: str | None = option("1,3,5", "nodule textures to draw from, 1..5 (default 1,3,5)")
     diameters: str | None = option("4-25", "nodule diameter range in mm (default 4-25)")
     steps: int | None = option(
@@ -556,6 +563,11 @@ class TeachingSetOptions:
         if self.nodule_rate is not None and not 0.0 <= float(self.nodule_rate) <= 1.0:
             raise InputError(
                 f"the nodule rate (--nodule-rate) is a share of cases, 0..1, got {self.nodule_rate!r}"
+            )
+        if self.pair_rate is not None and not 0.0 <= float(self.pair_rate) <= 1.0:
+            raise InputError(
+                "the pair rate (--pair-rate) is a share of the cases with nodules, 0..1, got "
+                f"{self.pair_rate!r}"
             )
         if self.textures is not None:
             parse_textures(self.textures)

@@ -1,10 +1,18 @@
 """The answer key of a teaching set: ``key/answers.csv`` and ``key/answers.json``.
 
-One row per nodule: case, nodule id (1..K, the label in the case's ``.seg.nrrd``), centre in DICOM patient
+One row per nodule: case, nodule id (1..K, segment "Nodule k" of the case's ``.seg.nrrd``; a matched twin
+keeps its original's ids, so it lacks one), centre in DICOM patient
 coordinates (LPS mm: x to the patient's left, y posterior, z superior), the slice (Instance Number of the
 DICOM file that contains the centre, 1-based), diameter (mm) and texture (1..5, LIDC scale). Cases without
 nodules appear in ``answers.json`` (``"nodules": []``) and in the CSV only through ``cases`` in the JSON;
 the scorer reads the JSON.
+
+Matched pairs (``--pair-rate``): each case of a pair carries ``"pair"`` in ``answers.json`` and the JSON
+lists ``"pairs"`` — ``with_nodule`` and ``without_nodule`` (case ids), ``nodule`` (the id of the nodule that
+only the first has; the twin's key lists the others under the same ids), its centre, slice, diameter and
+texture, and ``identical_beyond_mm`` (the CTs are identical farther than that from the nodule) — also as
+``pairs.csv``.
+A mark in the twin where the nodule was is a false positive, as any mark off its key's nodules.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from ..interface.errors import InputError
 
 FORMAT = "land-teaching-answers/1"
 CSV_FIELDS = ("case", "nodule", "x_mm", "y_mm", "z_mm", "slice", "diameter_mm", "texture", "texture_name")
+PAIR_CSV_FIELDS = ("with_nodule", "without_nodule", "nodule", "x_mm", "y_mm", "z_mm", "slice", "diameter_mm",
+                   "texture", "identical_beyond_mm")  # fmt: skip
+CASE_FIELDS = ("case", "dicom", "segmentation", "thumbnail", "series_uid", "slices", "nodules", "pair")
 COORDINATES = "DICOM patient coordinates (LPS, mm): x to the patient's left, y posterior, z superior"
 
 
@@ -39,6 +50,28 @@ class KeyNodule:
     @property
     def radius_mm(self) -> float:
         return self.diameter_mm / 2.0
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A matched pair of the key: ``without_case`` is ``with_case`` without its nodule ``nodule``."""
+
+    with_case: str
+    without_case: str
+    nodule: int
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float
+
+    @property
+    def radius_mm(self) -> float:
+        return self.diameter_mm / 2.0
+
+
+def _pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The matched pairs of the records (one entry per pair, in the twins' case order; pairs whose case got
+    no nodule are left out: nothing differs)."""
+    twins = [r["pair"] for r in records if r.get("pair") and r["pair"]["without_nodule"] == r["case"]]
+    return [p for p in twins if p["nodule"] is not None]
 
 
 def write_answers(
@@ -62,6 +95,15 @@ def write_answers(
     writer.writerows(rows)
     csv_path, json_path = key_dir / "answers.csv", key_dir / "answers.json"
     atomic_write_text(csv_path, buf.getvalue())
+    pairs = _pairs(records)
+    if pairs:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=PAIR_CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for p in pairs:
+            x, y, z = p["centre_mm"]
+            writer.writerow({**p, "x_mm": f"{x:.2f}", "y_mm": f"{y:.2f}", "z_mm": f"{z:.2f}"})
+        atomic_write_text(key_dir / "pairs.csv", buf.getvalue())
     doc = {
         "format": FORMAT,
         "synthetic": True,
@@ -69,13 +111,8 @@ def write_answers(
         "coordinates": COORDINATES,
         "slice": "Instance Number (1-based) of the DICOM slice that contains the nodule centre",
         "settings": settings,
-        "cases": [
-            {
-                k: rec[k]
-                for k in ("case", "dicom", "segmentation", "thumbnail", "series_uid", "slices", "nodules")
-            }
-            for rec in records
-        ],
+        "cases": [{k: rec[k] for k in CASE_FIELDS if k in rec} for rec in records],
+        **({"pairs": pairs} if pairs else {}),
     }
     atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")
     return csv_path, json_path
@@ -93,13 +130,38 @@ def answers_file(path: str | os.PathLike) -> Path:
     )
 
 
-def read_answers(path: str | os.PathLike) -> tuple[list[str], list[KeyNodule]]:
-    """(case ids in order, nodules) from an ``answers.json`` (or its folder)."""
+def _read_key(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     f = answers_file(path)
     try:
         doc = json.loads(f.read_text(encoding="utf-8"))
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}")
+    except ValueError as e:
+        raise InputError(
+            f"{f} is not a LAND teaching-set answer key ({e}); fix: give the answers.json that land "
+            "teaching-set wrote"
+        ) from e
+    return f, doc
+
+
+def read_pairs(path: str | os.PathLike) -> list[KeyPair]:
+    """The matched pairs of an ``answers.json`` (or its folder); none for a set without pairs."""
+    f, doc = _read_key(path)
+    try:
+        return [
+            KeyPair(str(p["with_nodule"]), str(p["without_nodule"]), int(p["nodule"]),
+                    tuple(float(v) for v in p["centre_mm"]), float(p["diameter_mm"]))  # type: ignore[arg-type]
+            for p in doc.get("pairs", [])
+        ]  # fmt: skip
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{f}: its matched pairs are not readable ({e}); fix: give the answers.json that "
+                         "land teaching-set wrote") from e  # fmt: skip
+
+
+def read_answers(path: str | os.PathLike) -> tuple[list[str], list[KeyNodule]]:
+    """(case ids in order, nodules) from an ``answers.json`` (or its folder)."""
+    f, doc = _read_key(path)
+    try:
         cases = [str(c["case"]) for c in doc["cases"]]
         nodules = [
             KeyNodule(

@@ -73,6 +73,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         diameters=parse_diameters(opts.diameters),
         seed=opts.seed,
         lung_masks=str(Path(opts.lung_masks).resolve()) if opts.lung_masks else None,
+        pair_rate=float(opts.pair_rate or 0.0),
     )
     settings.validate()
     model_dir = model_dir_or_default(opts.model)
@@ -102,7 +103,7 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         out=str(result.out), complete=result.complete,
         index=str(result.index) if result.index else None,
         answers=str(result.answers) if result.answers else None,
-        generated=len(result.generated), skipped=len(result.skipped),
+        generated=len(result.generated), skipped=len(result.skipped), pairs=len(result.pairs or {}),
     )  # fmt: skip
     if opts.progress != "json":
         took = time.monotonic() - t0
@@ -112,6 +113,9 @@ def cmd_teaching_set(args: argparse.Namespace) -> int:
         if result.complete:
             print(f"wrote SYNTHETIC teaching set {result.out}: DICOM for trainees in {result.out / 'dicom'}, "
                   f"instructor sheet {result.index}, answer key {result.answers}")  # fmt: skip
+            if result.pairs:
+                print(f"{len(result.pairs)} matched pair(s), the same CT with and without one nodule, in "
+                      f"random case order: {result.out / 'key' / 'pairs.csv'}")  # fmt: skip
         else:
             print(
                 f"this rank's cases are done in {result.out}; the key is written when all cases are finished"

@@ -8,6 +8,12 @@ nodules are more common, as in screening) and a centre. Centres are voxel centre
 the whole sphere fits inside the lung mask and stays ``SEPARATION_MM`` (surface to surface) away from the
 other nodules; a nodule that does not fit is shrunk (x0.8, down to the minimum diameter) and dropped only if
 it never fits. Nodules are spheres rasterised on the model grid (voxels whose centre is within the radius).
+
+Matched pairs (``pair_rate``): ``round(pair_rate * K)`` of the K cases with nodules, picked by a seeded
+permutation ``(seed, 2)``, also get a twin: the same CT without one of their nodules (drawn from ``(seed, 4,
+i)``). The twins are extra cases; the N plans and their P twins get the case ids ``case_001`` ... of N + P
+cases dealt by a seeded permutation ``(seed, 3)`` (:func:`case_layout`), so neither a case's position nor its
+number tells a twin from its original. Without pairs plan ``i`` is case ``i + 1``, as before.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class TeachingSettings:
     diameters: tuple[float, float] = (4.0, 25.0)
     seed: int = 0
     lung_masks: str | None = None
+    pair_rate: float = 0.0  # share of the cases with nodules that also get a matched twin
 
     def validate(self) -> None:
         check_teaching_cases(self.cases)
@@ -57,11 +64,17 @@ class TeachingSettings:
             raise InputError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if not 0.0 <= self.nodule_rate <= 1.0:
             raise InputError(f"--nodule-rate must be between 0 and 1, got {self.nodule_rate}")
+        if not 0.0 <= self.pair_rate <= 1.0:
+            raise InputError(f"--pair-rate must be between 0 and 1, got {self.pair_rate}")
         parse_textures(self.textures)  # the contract's rules (the CLI and the Slicer panel check the same)
         parse_diameters(self.diameters)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The settings as JSON (``pair_rate`` only when pairs are on: earlier sets keep their ids)."""
+        d = asdict(self)
+        if not self.pair_rate:
+            d.pop("pair_rate")
+        return d
 
 
 @dataclass
@@ -95,6 +108,22 @@ class CasePlan:
             nodules=self.nodules,
             textures={n.nodule: n.texture for n in self.nodule_plans},
             names={n.nodule: f"Nodule {n.nodule}" for n in self.nodule_plans},
+        )
+
+    def without(self, label: int, case: str) -> CasePlan:
+        """The matched twin's plan: this case as ``case`` without nodule ``label`` (its voxels become lung;
+        the other nodules keep their labels, so the key names the same nodule in both)."""
+        spot = self.nodules.array == label
+        labels = np.where(spot, 0, self.nodules.array).astype(self.nodules.array.dtype)
+        return CasePlan(
+            case=case,
+            index=self.index,
+            seed=self.seed,
+            lung_source=self.lung_source,
+            lung=Volume.like(self.lung, np.where(spot, 1, self.lung.array).astype(self.lung.array.dtype)),
+            nodules=Volume.like(self.nodules, labels),
+            nodule_plans=[n for n in self.nodule_plans if n.nodule != label],
+            dropped=self.dropped,
         )
 
     def to_json(self) -> dict:
@@ -145,6 +174,58 @@ def nodule_case_indices(settings: TeachingSettings) -> set[int]:
     k = math.floor(settings.nodule_rate * settings.cases + 0.5)  # half rounds up
     order = np.random.default_rng([settings.seed, 0]).permutation(settings.cases)
     return {int(i) for i in order[:k]}
+
+
+def pair_case_indices(settings: TeachingSettings) -> list[int]:
+    """The cases (0-based, ascending) that also get a matched twin: ``round(pair_rate * K)`` of the K cases
+    with nodules, by a seeded permutation."""
+    if not settings.pair_rate:
+        return []
+    nodule_cases = sorted(nodule_case_indices(settings))
+    k = math.floor(settings.pair_rate * len(nodule_cases) + 0.5)
+    order = np.random.default_rng([settings.seed, 2]).permutation(len(nodule_cases))
+    return sorted(nodule_cases[int(j)] for j in order[:k])
+
+
+@dataclass(frozen=True)
+class CaseLayout:
+    """Which exported case is which: ``base[i]`` is the case id of plan ``i``, ``twin[i]`` that of its matched
+    twin (plans with a twin only)."""
+
+    base: list[str]
+    twin: dict[int, str]
+
+    @property
+    def total(self) -> int:
+        return len(self.base) + len(self.twin)
+
+    def cases_of(self, index: int) -> list[str]:
+        """The case ids plan ``index`` is written as: its own, then its twin's when it has one."""
+        return [self.base[index]] + ([self.twin[index]] if index in self.twin else [])
+
+
+def case_layout(settings: TeachingSettings) -> CaseLayout:
+    """The case ids of the plans and their twins (see the module docstring): without pairs plan ``i`` is
+    ``case_{i+1}``; with pairs the N + P ids are dealt by a seeded permutation (O(N) memory, N bounded by
+    :data:`land.interface.contract.MAX_TEACHING_CASES`)."""
+    pairs = pair_case_indices(settings)
+    total = settings.cases + len(pairs)
+    ids = case_ids(total)
+    if not pairs:
+        return CaseLayout(ids, {})
+    order = np.random.default_rng([settings.seed, 3]).permutation(total)
+    base = [ids[int(order[i])] for i in range(settings.cases)]
+    twin = {i: ids[int(order[settings.cases + r])] for r, i in enumerate(pairs)}
+    return CaseLayout(base, twin)
+
+
+def pair_nodule(settings: TeachingSettings, plan: CasePlan) -> int | None:
+    """The nodule the twin of ``plan`` goes without, drawn from the case's generator ``(seed, 4, index)``;
+    None when no nodule could be placed in the case."""
+    if not plan.nodule_plans:
+        return None
+    rng = np.random.default_rng([settings.seed, 4, plan.index])
+    return plan.nodule_plans[int(rng.integers(len(plan.nodule_plans)))].nodule
 
 
 def _lung_on_grid(
@@ -200,9 +281,12 @@ def plan_case(
     spacing: tuple[float, float, float],
     lung_files: list[Path] | None = None,
     with_nodules: bool | None = None,
+    case: str | None = None,
 ) -> CasePlan:
-    """Plan case ``index`` (0-based) on the model grid; the same arguments always give the same plan."""
+    """Plan case ``index`` (0-based) on the model grid; the same arguments always give the same plan.
+    ``case``: its id (default ``case_{index+1}``; :func:`case_layout` gives it when the set has pairs)."""
     settings.validate()
+    case = case or case_ids(settings.cases)[index]
     if with_nodules is None:
         with_nodules = index in nodule_case_indices(settings)
     rng = np.random.default_rng([settings.seed, 1, index])
@@ -248,12 +332,12 @@ def plan_case(
         plans.append(NodulePlan(label, centre, tuple(int(i) for i in idx), round(diameter, 1), texture))  # type: ignore[arg-type]
     if dropped:
         warnings.warn(
-            f"case {index + 1}: {dropped} of {count} planned nodules did not fit inside the lungs "
+            f"{case}: {dropped} of {count} planned nodules did not fit inside the lungs "
             f"(even at {lo:g} mm) and were left out; the answer key lists only the placed ones",
             stacklevel=2,
         )
     return CasePlan(
-        case=case_ids(settings.cases)[index],
+        case=case,
         index=index,
         seed=gen_seed,
         lung_source=lung_source,

@@ -7,6 +7,11 @@ several nodules goes to the one whose surface is nearest. A nodule is detected w
 it; further marks on a detected nodule are duplicates (reported, not false positives). Marks that hit no
 nodule are false positives. Sensitivity = detected / nodules; FP per case = false positives / cases in the
 key (a case without marks was read as normal).
+
+Matched pairs: the twin's key lacks the nodule that differs, so a mark there is a false positive like any
+other. ``matched_pairs`` adds, per pair, whether the nodule was found in the case that has it
+(``detected_with``) and whether the twin was marked where it was (``marked_without``: within radius +
+margin of its centre), and the counts of both.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..interface.errors import InputError
-from .answers import KeyNodule, read_answers
+from .answers import KeyNodule, KeyPair, read_answers, read_pairs
 from .plan import TEXTURE_NAMES
 
 DEFAULT_MARGIN_MM = 5.0
@@ -84,9 +89,14 @@ def read_reads(path: str | os.PathLike, cases: list[str]) -> list[Mark]:
 
 
 def score_reads(
-    cases: list[str], nodules: list[KeyNodule], marks: list[Mark], margin_mm: float = DEFAULT_MARGIN_MM
+    cases: list[str],
+    nodules: list[KeyNodule],
+    marks: list[Mark],
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    pairs: list[KeyPair] | None = None,
 ) -> dict[str, Any]:
-    """Sensitivity, false positives per case and a per-texture breakdown (see the module docstring)."""
+    """Sensitivity, false positives per case, a per-texture breakdown and the matched pairs (see the module
+    docstring)."""
     if margin_mm < 0:
         raise InputError(f"--margin-mm must be >= 0, got {margin_mm}")
     by_case: dict[str, list[KeyNodule]] = defaultdict(list)
@@ -115,6 +125,16 @@ def score_reads(
         per_texture[str(t)] = {"name": TEXTURE_NAMES[t], "nodules": total, "detected": found,
                                "sensitivity": found / total}  # fmt: skip
     n_fp = sum(false_pos.values())
+    matched = []
+    for p in pairs or []:
+        marked = any(
+            m.case == p.without_case
+            and float(np.linalg.norm(np.subtract(m.point, p.centre_mm))) <= p.radius_mm + margin_mm
+            for m in marks
+        )
+        found = hits.get((p.with_case, p.nodule), 0) > 0
+        matched.append({"with_nodule": p.with_case, "without_nodule": p.without_case, "nodule": p.nodule,
+                        "detected_with": found, "marked_without": marked})  # fmt: skip
     return {
         "cases": len(cases),
         "nodules": len(nodules),
@@ -130,13 +150,16 @@ def score_reads(
             {"case": n.case, "nodule": n.nodule, "slice": n.slice} for n in nodules if n not in detected
         ],
         "false_positives_per_case": {c: false_pos[c] for c in cases if false_pos[c]},
+        "matched_pairs": matched,
+        "pairs_detected_with": sum(p["detected_with"] for p in matched),
+        "pairs_marked_without": sum(p["marked_without"] for p in matched),
     }
 
 
 def score_files(answers: str | os.PathLike, reads: str | os.PathLike, margin_mm: float = DEFAULT_MARGIN_MM):
     """Score a reads CSV against an answer key folder or ``answers.json``."""
     cases, nodules = read_answers(answers)
-    return score_reads(cases, nodules, read_reads(reads, cases), margin_mm)
+    return score_reads(cases, nodules, read_reads(reads, cases), margin_mm, read_pairs(answers))
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -157,6 +180,12 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(
                 f"  {t} {row['name']:<26} {row['detected']}/{row['nodules']}  {row['sensitivity']:.1%}"
             )
+    if result.get("matched_pairs"):
+        n = len(result["matched_pairs"])
+        lines.append(
+            f"matched pairs    {n}: nodule found in the case with it {result['pairs_detected_with']}/{n}, "
+            f"twin without it marked there (false positive) {result['pairs_marked_without']}/{n}"
+        )
     if result["missed"]:
         lines.append("missed: " + ", ".join(f"{m['case']} nodule {m['nodule']} (slice {m['slice']})"
                                             for m in result["missed"]))  # fmt: skip
