@@ -722,8 +722,11 @@ def register(sub, command) -> None:
     p.add_argument("--ldm-steps", type=int, help="LDM steps (default: the config's)")
     p.add_argument("--finetune-config", default=FINETUNE_CONFIG,
                    help=f"fine-tuning stage's config (default {FINETUNE_CONFIG}; none: skip)")  # fmt: skip
-    p.add_argument("--no-wide", action="store_true",
-                   help=f"skip the wide-field stages ({WIDE_CONFIG}, {WIDE_DECODER_CONFIG}: 128^3 at 2.5 mm)")
+    p.add_argument(
+        "--no-wide",
+        action="store_true",
+        help=f"skip the wide-field stages ({WIDE_CONFIG}, {WIDE_DECODER_CONFIG}: 128^3 at 2.5 mm)",
+    )
 
     @command("train-demo")
     def cmd_train_demo(args: argparse.Namespace) -> int:
