@@ -130,7 +130,9 @@ class TeachingSession:
         if view is None:
             return
         if factor == 0:
-            view.fit_view_to_content()
+            number = self.sliceNumber()
+            view.fit_view_to_content()  # also centres the slice: go back to the one being read
+            self.setSlice(number)
         else:
             view.zoom(float(factor))
 
