@@ -27,3 +27,13 @@ def test_studio_without_the_extra_exits_2_naming_the_install(absent):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install -e ".[studio]"' in lines[0] and absent in lines[0], lines
+
+
+def test_teaching_session_options_and_a_folder_that_is_not_a_set(tmp_path, capsys):
+    pytest.importorskip("aiohttp")
+    args = build_parser().parse_args(["studio", "--teaching-set", str(tmp_path)])
+    assert (args.max_sessions, args.margin_mm, args.instructor_token, args.trainee) == (8, 5.0, None, None)
+    from land.cli import main
+
+    assert main(["studio", "--teaching-set", str(tmp_path), "--port", "1"]) == 2  # no key: refused at start
+    assert "answer key" in capsys.readouterr().err

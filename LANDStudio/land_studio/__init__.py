@@ -38,3 +38,18 @@ def missing_requirements() -> list[str]:
     import importlib.util
 
     return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+
+
+def main(args) -> int:
+    """``land studio``: the paint-and-generate page, or with ``--teaching-set`` the class launcher (no
+    Slicer in that process) and, with ``--trainee``, one trainee's reading page (the launcher's child)."""
+    import importlib
+
+    if getattr(args, "teaching_set", None):
+        from land.interface.errors import InputError
+
+        if args.max_sessions < 1:
+            raise InputError("--max-sessions must be at least 1")
+        module = "land_studio.teaching_app" if args.trainee else "land_studio.launcher"
+        return importlib.import_module(module).serve(args)
+    return importlib.import_module("land_studio.app").main(args)

@@ -276,7 +276,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
         print(f"error: LAND Studio needs {', '.join(missing)}: run {STUDIO_INSTALL} in a LAND checkout",
               file=sys.stderr, flush=True)  # fmt: skip
         return EXIT_INPUT
-    return importlib.import_module("land_studio.app").main(args)
+    return importlib.import_module("land_studio").main(args)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -371,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="folder for uploads, jobs and results (default: a new temporary one)")
     p.add_argument("--max-upload-mb", type=int, default=512, help="largest upload accepted")
     p.add_argument("--verbose", action="store_true", help="log the studio's actions")
+    p.add_argument("--teaching-set", metavar="DIR",
+                   help="run a teaching session on this teaching set (land teaching-set's folder): trainees "
+                   "read and mark its cases, each in their own page; answers go to --work-dir "
+                   "(default DIR/studio)")
+    p.add_argument("--instructor-token", help="token of the instructor's page (default: a new one, printed)")
+    p.add_argument("--max-sessions", type=int, default=8,
+                   help="most trainee pages at once (each its own process)")
+    p.add_argument("--margin-mm", type=float, default=5.0,
+                   help="grading: a mark hits within nodule radius + this")
+    # the launcher's child, one per trainee (not for users)
+    p.add_argument("--trainee", help=argparse.SUPPRESS)
+    p.add_argument("--secret-file", help=argparse.SUPPRESS)
+    p.add_argument("--idle-exit", type=int, default=600, help=argparse.SUPPRESS)
 
     for module_name in COMMAND_MODULES:
         try:

@@ -1,0 +1,351 @@
+"""A LAND Studio teaching session in real browsers (issue 27): ``land studio --teaching-set`` serves the class
+page, each trainee gets their own page process; headless Chromium drives two trainees and the instructor.
+
+A tiny teaching set from the bundled demo model (2 cases, 2 steps); trainee 1 enters a name, scrolls, switches
+the window preset, zooms, clicks on a nodule (its position read from the key on disk by the test, never by the
+page) and places one false mark on the other case, submits; the grade shown equals ``land teaching-score`` on
+the same marks, and nothing of the key is in the page before submission. A second browser cannot take the
+same name and gets its own page, without the first trainee's marks. The instructor page lists the trainee, its
+CSV matches; after a restart of the server the first trainee comes back to the graded reads.
+
+Skipped with the reason when the studio extra, selenium or Chromium are missing (as test_studio_browser.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_studio_browser import CHROMEDRIVER, CHROMIUM, MISSING, click, free_port, page_state, wait_for
+from test_teaching import run_cli
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="LAND Studio browser test needs " + ", ".join(MISSING))
+
+TOKEN = "instructor-secret"
+NAME = "Ada Trainee"
+START_TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def teaching_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("class") / "set"
+    code, text = run_cli(
+        [
+            "teaching-set",
+            "--cases",
+            "2",
+            "--out",
+            str(out),
+            "--nodule-rate",
+            "1",
+            "--diameters",
+            "10-16",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--progress",
+            "none",
+        ]
+    )
+    assert code == 0, text
+    return out
+
+
+class Launcher:
+    """``land studio --teaching-set`` as a child process."""
+
+    def __init__(self, set_dir: Path, work: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = work / f"launcher-{self.port}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "land",
+            "studio",
+            "--teaching-set",
+            str(set_dir),
+            "--work-dir",
+            str(work / "answers"),
+            "--port",
+            str(self.port),
+            "--instructor-token",
+            TOKEN,
+            "--max-sessions",
+            "2",
+        ]
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        t0 = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() - t0 < START_TIMEOUT, "the class page did not answer"
+                time.sleep(0.3)
+        self.start_s = time.monotonic() - t0
+
+    def stop(self) -> None:
+        self.proc.terminate()  # the launcher stops its trainee pages on the way out
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def chrome():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browsers():
+    drivers = [chrome(), chrome()]
+    yield drivers
+    for d in drivers:
+        d.quit()
+
+
+def enter(driver, url: str, name: str) -> float:
+    """Open the class page, enter ``name``; seconds until the reading page shows its first case."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    t0 = time.monotonic()
+    driver.find_element(By.ID, "land-name").send_keys(name)
+    driver.find_element(By.ID, "land-start").click()
+    wait_for(driver, lambda s: s["ready"] and s["teaching"].get("case"), timeout=START_TIMEOUT, what="a case")
+    return time.monotonic() - t0
+
+
+def settled(driver, predicate=lambda s: True, what="the view"):
+    """The state once the view geometry is the one of the browser's image (the render window resized)."""
+    from selenium.webdriver.common.by import By
+
+    img = driver.find_element(By.CSS_SELECTOR, "img.image-display-area")
+
+    def ok(s):
+        v = s["teaching"].get("view") or {}
+        return predicate(s) and abs(v.get("width", 0) - img.size["width"]) <= 2 and img.size["height"] > 100
+
+    return wait_for(driver, ok, what=what)
+
+
+def click_at_lps(driver, state: dict, lps) -> None:
+    """A real mouse click in the slice view where the physical point ``lps`` is shown."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    img = driver.find_element(By.CSS_SELECTOR, "img.image-display-area")
+    view = state["teaching"]["view"]
+    m = np.array(view["xy_to_ras"]).reshape(4, 4)
+    x, y = np.linalg.solve(m, np.array([-lps[0], -lps[1], lps[2], 1.0]))[:2]
+    w, h = img.size["width"], img.size["height"]
+    ex, ey = x * w / view["width"], (view["height"] - y) * h / view["height"]
+    ActionChains(driver).move_to_element_with_offset(
+        img, int(round(ex - w / 2)), int(round(ey - h / 2))
+    ).click().perform()
+
+
+def lps_at_pixel(state: dict, fx: float, fy: float) -> tuple[float, float, float]:
+    """The physical point shown at the fraction (fx, fy) of the view (from the top left)."""
+    view = state["teaching"]["view"]
+    m = np.array(view["xy_to_ras"]).reshape(4, 4)
+    ras = m @ np.array([fx * view["width"], (1 - fy) * view["height"], 0.0, 1.0])
+    return (-ras[0], -ras[1], ras[2])
+
+
+def go_to_slice(driver, number: int) -> dict:
+    """Scroll with the slider's keyboard (one key per slice)."""
+    from selenium.webdriver.common.keys import Keys
+
+    current = page_state(driver)["teaching"]["slice"]
+    thumb = driver.execute_script(
+        "return document.getElementById('land-slice-slider').closest('.v-input')"
+        ".querySelector('.v-slider-thumb')"
+    )
+    key = Keys.ARROW_RIGHT if number > current else Keys.ARROW_LEFT
+    thumb.send_keys(*([key] * abs(number - current)))
+    return wait_for(driver, lambda s: s["teaching"]["slice"] == number, what=f"slice {number}")
+
+
+def key_leaks(driver, set_dir: Path, numbers: bool = False) -> list[str]:
+    """Words (and, before any mark, whose coordinates could match by chance, numbers) of the answer key found
+    in the page (its HTML and its state)."""
+    from land.teaching.answers import read_answers
+
+    text = driver.page_source + json.dumps(page_state(driver))
+    words = ['"nodules"', "diameter_mm", '"missed"', '"found"', "texture", "answers"]
+    _, nodules = read_answers(set_dir)
+    values = [f"{v:g}" for n in nodules for v in (n.diameter_mm, *n.centre_mm)] if numbers else []
+    found = [w for w in words if w in text]
+    return found + [f"number {v}" for v in values if f'"{v}"' in text or f":{v}," in text or f" {v} " in text]
+
+
+def test_class_session(teaching_set, browsers, tmp_path):
+    import psutil
+    from selenium.webdriver.common.by import By
+
+    from land.teaching.answers import read_answers
+
+    cases, nodules = read_answers(teaching_set)  # the test reads the key on disk; the pages never do
+    target = next(n for n in nodules if n.case == cases[0])
+    launcher = Launcher(teaching_set, tmp_path)
+    first, second = browsers
+    try:
+        page_s = enter(first, launcher.url, NAME)
+        state = settled(first)
+        assert (
+            state["teaching"]["name"] == NAME
+            and state["teaching"]["cases"] == cases
+            and state["grade"] is None
+        )
+        assert not key_leaks(first, teaching_set, numbers=True)
+        for path in (
+            "key/answers.json",
+            "answers.json",
+            "../key/answers.csv",
+        ):  # the page's server has no key
+            port = first.current_url.split(":")[2].split("/")[0]
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5)
+
+        # read: scroll, window presets, zoom
+        start = state["teaching"]["slice"]
+        t0 = time.monotonic()
+        click(first, "land-slice-up")
+        wait_for(first, lambda s: s["teaching"]["slice"] == start + 1, what="the next slice")
+        slice_ms = 1000 * (time.monotonic() - t0)
+        click(first, "land-window-mediastinum")
+        wait_for(first, lambda s: s["teaching"]["window"] == "mediastinum", what="mediastinum window")
+        click(first, "land-window-lung")
+        before = settled(first)["teaching"]["view"]["xy_to_ras"]
+        click(first, "land-zoom-in")
+        zoomed = wait_for(first, lambda s: s["teaching"]["view"]["xy_to_ras"][0] != before[0], what="zoom")
+        click(first, "land-zoom-fit")
+        zoomed = zoomed["teaching"]["view"]["xy_to_ras"]
+        wait_for(first, lambda s: s["teaching"]["view"]["xy_to_ras"][0] != zoomed[0], what="fit")
+        go_to_slice(first, target.slice)
+        state = settled(first)
+
+        # a mark on the nodule, and a false one on the other case
+        click_at_lps(first, state, target.centre_mm)
+        state = wait_for(first, lambda s: len(s["teaching"]["marks"]) == 1, what="the mark")
+        mark = state["teaching"]["marks"][0]
+        assert mark["case"] == cases[0]
+        assert (
+            np.linalg.norm(np.subtract([mark["x"], mark["y"], mark["z"]], target.centre_mm))
+            < target.radius_mm
+        )
+        assert not key_leaks(first, teaching_set)
+        click(first, "land-case-next")
+        state = settled(first, lambda s: s["teaching"]["case"] == cases[1], what="the second case")
+        others = [n for n in nodules if n.case == cases[1]]
+        spot = next(
+            p
+            for p in (lps_at_pixel(state, fx, 0.5) for fx in (0.5, 0.35, 0.65, 0.2, 0.8))
+            if all(np.linalg.norm(np.subtract(p, n.centre_mm)) > n.radius_mm + 10 for n in others)
+        )
+        click_at_lps(first, state, spot)
+        state = wait_for(first, lambda s: len(s["teaching"]["marks"]) == 2, what="the false mark")
+        assert not key_leaks(first, teaching_set) and state["grade"] is None
+
+        # a second trainee at once: the same name is refused, another name gets a page of its own
+        second.get(launcher.url)
+        second.find_element(By.ID, "land-name").send_keys(NAME)
+        second.find_element(By.ID, "land-start").click()
+        assert "already taken" in second.find_element(By.ID, "land-error").text
+        enter(second, launcher.url, "Bo Second")
+        other = settled(second)
+        assert other["teaching"]["name"] == "Bo Second" and other["teaching"]["marks"] == []
+
+        # submit: the grade equals land teaching-score on the same marks
+        click(first, "land-submit")
+        state = wait_for(first, lambda s: s["grade"] is not None, what="the grade")
+        marks = state["teaching"]["marks"]
+        reads = tmp_path / "reads.csv"
+        reads.write_text(
+            "case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n" for m in marks)
+        )
+        code, text = run_cli(
+            ["teaching-score", "--answers", str(teaching_set), "--reads", str(reads), "--json"]
+        )
+        expected = json.loads(text)
+        assert code == 0 and state["grade"]["result"] == expected
+        assert (expected["detected"], expected["false_positives"]) == (1, 1)
+        shown = first.find_element(By.ID, "land-grade-summary").text
+        assert f"Detected 1 of {len(nodules)}" in shown and "1 false mark" in shown
+        assert [m["verdict"] for m in state["grade"]["cases"][cases[1]]["marks"]] == ["false"]
+        click(first, "land-case-prev")
+        wait_for(first, lambda s: s["teaching"]["case"] == cases[0], what="the first case again")
+        first.save_screenshot(str(tmp_path / "graded.png"))
+        assert page_state(second)["grade"] is None and not key_leaks(second, teaching_set)
+
+        # memory and start-up of a trainee page process
+        pages = psutil.Process(launcher.proc.pid).children()
+        assert len(pages) == 2
+        rss = [p.memory_info().rss / 2**20 for p in pages]
+        uss = [p.memory_full_info().uss / 2**20 for p in pages]
+        print(
+            f"class page up in {launcher.start_s:.1f} s; trainee page shown {page_s:.1f} s after 'Start'; "
+            f"slice change {slice_ms:.0f} ms; per trainee page RSS {rss} MB, USS {uss} MB"
+        )
+
+        # the instructor: the list and the CSV
+        first.get(launcher.url + "instructor?token=" + TOKEN)
+        table = first.find_element(By.ID, "land-scores").text
+        assert NAME in table and "Bo Second" in table
+        with urllib.request.urlopen(launcher.url + "instructor.csv?token=" + TOKEN, timeout=10) as r:
+            rows = {row["name"]: row for row in csv.DictReader(io.StringIO(r.read().decode()))}
+        row = rows[NAME]
+        assert (int(row["detected"]), int(row["false_positives"]), int(row["nodules"])) == (
+            expected["detected"],
+            expected["false_positives"],
+            expected["nodules"],
+        )
+        assert (
+            float(row["sensitivity"]) == expected["sensitivity"] and rows["Bo Second"]["submitted_at"] == ""
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(launcher.url + "instructor.csv?token=wrong", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        launcher.stop()
+
+    # a restarted server keeps the submitted reads: the same browser comes back to its grade
+    launcher = Launcher(teaching_set, tmp_path)
+    try:
+        enter(first, launcher.url, NAME)
+        state = wait_for(first, lambda s: s["grade"] is not None, what="the kept grade")
+        assert state["grade"]["result"] == expected and state["teaching"]["submitted"]
+    finally:
+        launcher.stop()
