@@ -41,15 +41,20 @@ def missing_requirements() -> list[str]:
 
 
 def main(args) -> int:
-    """``land studio``: the paint-and-generate page, or with ``--teaching-set`` the class launcher (no
-    Slicer in that process) and, with ``--trainee``, one trainee's reading page (the launcher's child)."""
+    """``land studio``: the class launcher (no Slicer in that process) that gives each browser its own
+    paint-and-generate page (``--page``, the launcher's child); with ``--teaching-set`` the teaching session's
+    launcher and, with ``--trainee``, one trainee's reading page."""
     import importlib
 
-    if getattr(args, "teaching_set", None):
-        from land.interface.errors import InputError
+    from land.interface.errors import InputError
 
-        if args.max_sessions < 1:
-            raise InputError("--max-sessions must be at least 1")
+    if args.max_sessions < 1:
+        raise InputError("--max-sessions must be at least 1")
+    if args.gpu_slots < 0:
+        raise InputError("--gpu-slots must be 0 (one per GPU) or more")
+    if getattr(args, "teaching_set", None):
         module = "land_studio.teaching_app" if args.trainee else "land_studio.launcher"
         return importlib.import_module(module).serve(args)
-    return importlib.import_module("land_studio.app").main(args)
+    if args.page:
+        return importlib.import_module("land_studio.app").main(args)
+    return importlib.import_module("land_studio.studio_launcher").serve(args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ FAVICON = (
 
 class StudioApp:
     def __init__(self, server=None, work_dir: str | None = None, token: str | None = None,
-                 max_upload_mb: int = MAX_UPLOAD_MB) -> None:  # fmt: skip
+                 max_upload_mb: int = MAX_UPLOAD_MB, queue=None,
+                 keep_jobs: bool = False) -> None:  # fmt: skip
         self.server = server or get_server("land-studio", client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.state, self.ctrl = self.server.state, self.server.controller
@@ -57,7 +59,9 @@ class StudioApp:
         register_rca_factories(self.slicerApp.view_manager, self.server)
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, self.server)
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
-        self.session = StudioSession(self.slicerApp, work_dir)
+        self.session = StudioSession(self.slicerApp, work_dir, queue=queue, keep_jobs=keep_jobs)
+        self.parent: int | None = None  # the launcher's pid, when a launcher started this page
+        self.clients: set[str] = set()  # the browsers' websockets (the launcher gives a page one browser)
         self.session.editor.segmentation_modified.connect(self._segmentsChanged)
         self._initState()
         self._buildUi()
@@ -89,6 +93,7 @@ class StudioApp:
         s.land_warnings = []
         s.land_lungs_running = False
         s.land_result = None
+        s.land_queue = None
         try:
             s.land_model = self.session.modelCard()
         except Exception as e:  # noqa: BLE001 - no model: the page says so, painting still works
@@ -236,6 +241,12 @@ class StudioApp:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            if (
+                self.parent is not None and os.getppid() != self.parent
+            ):  # the launcher is gone: so is the class
+                self.browserGone()
+                await self.server.stop()
+                return
             try:
                 with self.state:
                     self._pollOnce()
@@ -257,7 +268,9 @@ class StudioApp:
                     self._refreshSegments()
         job = s.logic.job
         if job is not None and not job.done:
-            if not s.pollGeneration():
+            active = s.pollGeneration()
+            self.state.land_queue = s.queuePlace
+            if not active:
                 self._refreshSegments()
                 if job.state == job.SUCCEEDED and s.result is not None:
                     self.state.land_result = {
@@ -272,7 +285,32 @@ class StudioApp:
 
     def _onReady(self, **_) -> None:
         self.state.land_ready = True
+        self._watchClients()
         create_task(self._poll())
+
+    def _watchClients(self) -> None:
+        """Know when the last browser goes away (wslink's connect / close of a websocket)."""
+        protocol = self.server.protocol
+        onConnect, onClose = protocol.onConnect, protocol.onClose
+
+        def connected(request, client_id):
+            self.clients.add(client_id)
+            return onConnect(request, client_id)
+
+        def closed(client_id):
+            self.clients.discard(client_id)
+            if not self.clients:
+                self.browserGone()
+            return onClose(client_id)
+
+        protocol.onConnect, protocol.onClose = connected, closed
+
+    def browserGone(self) -> None:
+        """The tab was closed (or the browser went away): cancel its generation; the job's folder goes with
+        it (LANDSynthesisLogic removes it when the cancelled job ends) and the queue moves on."""
+        if self.session.logic.isRunning():
+            log.warning("LAND Studio: the browser went away; cancelling its generation")
+            self.session.cancelGeneration()
 
     # ------------------------------------------------------------------ page
     def _buildUi(self) -> None:
@@ -291,7 +329,7 @@ class StudioApp:
                     "{{ JSON.stringify({ready: land_ready, authorized: land_authorized, loaded: land_loaded, "
                     "segments: land_segments, active: land_active_segment, effect: land_effect, "
                     "job: land_job, result: land_result, error: land_error, message: land_message, "
-                    "warnings: land_warnings, lungs_running: land_lungs_running}) }}",
+                    "warnings: land_warnings, lungs_running: land_lungs_running, queue: land_queue}) }}",
                     id="land-state",
                     style="display: none;",
                 )
@@ -387,10 +425,10 @@ class StudioApp:
                                   style="max-width: 100px;")  # fmt: skip
                 with html.Div(classes="d-flex ga-1"):
                     v3.VBtn("Generate", click=self.generate, color="primary", id="land-generate",
-                            disabled=("!land_loaded || ['preparing','running','cancelling','loading']"
-                                      ".includes(land_job.state)",))  # fmt: skip
+                            disabled=("!land_loaded || ['preparing','queued','running','cancelling',"
+                                      "'loading'].includes(land_job.state)",))  # fmt: skip
                     v3.VBtn("Cancel", click=self.cancel, id="land-cancel",
-                            disabled=("!['preparing','running','loading']"
+                            disabled=("!['preparing','queued','running','loading']"
                                       ".includes(land_job.state)",))  # fmt: skip
                 v3.VProgressLinear(model_value=("land_job.fraction * 100",), height=8, classes="my-2",
                                    id="land-progress")  # fmt: skip
@@ -410,21 +448,35 @@ class StudioApp:
 
 
 def main(args) -> int:
-    """``land studio``: serve the page until interrupted (Ctrl-C)."""
+    """``land studio --page``: one page, served until interrupted (Ctrl-C) or, when the launcher started
+    it (``--secret-file``), until no browser was connected for ``--idle-exit`` s or the launcher is gone."""
+    import shutil
+
+    from .jobqueue import JobQueue
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     t0 = time.monotonic()
-    app = StudioApp(work_dir=args.work_dir, token=args.token, max_upload_mb=args.max_upload_mb)
+    queue = JobQueue(args.queue_dir) if args.queue_dir else None
+    app = StudioApp(work_dir=args.work_dir, token=args.token, max_upload_mb=args.max_upload_mb, queue=queue,
+                    keep_jobs=args.keep_jobs)  # fmt: skip
     if args.demo:
         app.loadDemo()
     elif args.ct:
         app.state.land_ct_path = args.ct
         app.loadPath()
+    launched = bool(args.secret_file)
+    if launched:  # the launcher's per-browser secret: only the browser sent here may connect
+        app.parent = os.getppid()
+        app.server.cli.set_defaults(authKeyFile=str(Path(args.secret_file)))
     print(
         f"LAND Studio on http://{args.host}:{args.port}/ (set up in {time.monotonic() - t0:.1f} s)",
         flush=True,
     )
     try:
-        app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
+        app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
+                         timeout=args.idle_exit if launched else None)  # fmt: skip
     finally:
         app.session.close()
+        if launched and not args.keep_jobs:  # this browser's uploads and results end with its page
+            shutil.rmtree(app.session.workDir, ignore_errors=True)
     return 0

@@ -54,22 +54,130 @@ class Child:
         return self.proc.poll() is None
 
 
-class Launcher:
-    def __init__(self, roster: Roster, args) -> None:
-        self.roster, self.args = roster, args
+class PageLauncher:
+    """Page processes, one per key (a trainee's name, a browser), at most ``--max-sessions`` at once, each on
+    its own port with its own wslink secret (``sessions/<key>.secret``, mode 600) and log
+    (``sessions/<key>.log``)."""
+
+    noun = "pages"
+
+    def __init__(self, workDir: Path, args) -> None:
+        self.args = args
         self.token = args.token or None
-        self.instructorToken = args.instructor_token or secrets.token_urlsafe(12)
         self.maxSessions = int(args.max_sessions)
         self.children: dict[str, Child] = {}
-        self.sessionsDir = roster.workDir / "sessions"
+        self.sessionsDir = Path(workDir) / "sessions"
         self.sessionsDir.mkdir(parents=True, exist_ok=True)
         self.lock = asyncio.Lock()
 
-    # ------------------------------------------------------------------ pages
     def _page(self, title: str, body: str, status: int = 200) -> web.Response:
         return web.Response(
             text=PAGE.format(title=html.escape(title), body=body), content_type="text/html", status=status
         )
+
+    @staticmethod
+    def _ensureCookie(request: web.Request, response: web.StreamResponse) -> str:
+        key = request.cookies.get(COOKIE)
+        if not key:
+            key = secrets.token_urlsafe(18)
+            response.set_cookie(COOKIE, key, max_age=90 * 86400, httponly=True, samesite="Lax")
+        return key
+
+    def _codeOk(self, code) -> bool:
+        return not self.token or hmac.compare_digest(str(code or "").encode(), self.token.encode())
+
+    def childCommand(self, key: str, name: str, port: int, secretFile: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _redirect(self, request: web.Request, child: Child, key: str) -> web.StreamResponse:
+        host = request.url.host or "127.0.0.1"
+        response = web.HTTPSeeOther(f"http://{host}:{child.port}/?secret={quote(child.secret)}")
+        response.set_cookie(COOKIE, key, max_age=90 * 86400, httponly=True, samesite="Lax")
+        return response
+
+    async def _child(self, s: str, name: str) -> Child:
+        """The running page process of key ``s``, or a new one (refused beyond --max-sessions)."""
+        for k in [k for k, c in self.children.items() if not c.alive()]:
+            del self.children[k]
+        if s in self.children:
+            return self.children[s]
+        if len(self.children) >= self.maxSessions:
+            raise RuntimeError(
+                f"All {self.maxSessions} {self.noun} are in use; try again when someone has "
+                "finished, or ask the instructor to raise --max-sessions."
+            )
+        secret = secrets.token_urlsafe(24)
+        secret_file = self.sessionsDir / f"{s}.secret"
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(secret)
+        port = free_port(self.args.host)
+        log = self.sessionsDir / f"{s}.log"
+        cmd = self.childCommand(s, name, port, secret_file)
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        child = Child(name, port, secret, proc, log)
+        url = f"http://127.0.0.1:{port}/"
+        t0 = time.monotonic()
+        async with ClientSession(timeout=ClientTimeout(total=2)) as http:
+            while True:
+                if not child.alive():
+                    raise InputError(f"the page did not start (see {log})")
+                try:
+                    async with http.get(url) as r:
+                        if r.status == 200:
+                            break
+                except (OSError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() - t0 > START_TIMEOUT_S:
+                    proc.terminate()
+                    raise InputError(f"the page did not start in {START_TIMEOUT_S:g} s (see {log})")
+                await asyncio.sleep(0.25)
+        self.children[s] = child
+        return child
+
+    def liveSessions(self) -> list[dict]:
+        import psutil
+
+        rows = []
+        for c in self.children.values():
+            if not c.alive():
+                continue
+            try:
+                rss = psutil.Process(c.proc.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            rows.append(
+                {
+                    "name": c.name,
+                    "pid": c.proc.pid,
+                    "port": c.port,
+                    "rss_mb": round(rss / 2**20),
+                    "minutes": round((time.monotonic() - c.started) / 60, 1),
+                }
+            )
+        return rows
+
+    async def stopChildren(self, _app=None) -> None:
+        for c in self.children.values():
+            if c.alive():
+                c.proc.terminate()
+        for c in self.children.values():
+            try:
+                c.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait()
+
+
+class Launcher(PageLauncher):
+    """The teaching session's class page: a reading page per trainee."""
+
+    noun = "reading pages"
+
+    def __init__(self, roster: Roster, args) -> None:
+        super().__init__(roster.workDir, args)
+        self.roster = roster
+        self.instructorToken = args.instructor_token or secrets.token_urlsafe(12)
 
     def _form(self, error: str = "", status: int = 200) -> web.Response:
         code = (
@@ -94,52 +202,24 @@ class Launcher:
         self._ensureCookie(request, response)
         return response
 
-    @staticmethod
-    def _ensureCookie(request: web.Request, response: web.StreamResponse) -> str:
-        key = request.cookies.get(COOKIE)
-        if not key:
-            key = secrets.token_urlsafe(18)
-            response.set_cookie(COOKIE, key, max_age=90 * 86400, httponly=True, samesite="Lax")
-        return key
-
     async def start(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        if self.token and not hmac.compare_digest(str(form.get("code", "")).encode(), self.token.encode()):
+        if not self._codeOk(form.get("code")):
             return self._form("Wrong access code.", 403)
         key = request.cookies.get(COOKIE) or secrets.token_urlsafe(18)
         try:
             name = clean_name(str(form.get("name", "")))
             self.roster.claim(name, key)
             async with self.lock:
-                child = await self._child(name)
+                child = await self._child(slug(name), name)
         except InputError as e:
             return self._form(str(e), 409 if "taken" in str(e) else 400)
         except RuntimeError as e:
             return self._form(str(e), 503)
-        host = request.url.host or "127.0.0.1"
-        response = web.HTTPSeeOther(f"http://{host}:{child.port}/?secret={quote(child.secret)}")
-        response.set_cookie(COOKIE, key, max_age=90 * 86400, httponly=True, samesite="Lax")
-        return response
+        return self._redirect(request, child, key)
 
-    async def _child(self, name: str) -> Child:
-        """The trainee's running page process, or a new one (refused beyond --max-sessions)."""
-        s = slug(name)
-        for k in [k for k, c in self.children.items() if not c.alive()]:
-            del self.children[k]
-        if s in self.children:
-            return self.children[s]
-        if len(self.children) >= self.maxSessions:
-            raise RuntimeError(
-                f"All {self.maxSessions} reading pages are in use; try again when someone has "
-                "finished, or ask the instructor to raise --max-sessions."
-            )
-        secret = secrets.token_urlsafe(24)
-        secret_file = self.sessionsDir / f"{s}.secret"
-        secret_file.touch(mode=0o600)
-        secret_file.write_text(secret)
-        port = free_port(self.args.host)
-        log = self.sessionsDir / f"{s}.log"
-        cmd = [
+    def childCommand(self, key: str, name: str, port: int, secretFile: Path) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "land",
@@ -155,59 +235,16 @@ class Launcher:
             "--port",
             str(port),
             "--secret-file",
-            str(secret_file),
+            str(secretFile),
             "--idle-exit",
             str(self.args.idle_exit),
             "--margin-mm",
             repr(self.roster.margin),
         ]
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        child = Child(name, port, secret, proc, log)
-        url = f"http://127.0.0.1:{port}/"
-        t0 = time.monotonic()
-        async with ClientSession(timeout=ClientTimeout(total=2)) as http:
-            while True:
-                if not child.alive():
-                    raise InputError(f"the reading page did not start (see {log})")
-                try:
-                    async with http.get(url) as r:
-                        if r.status == 200:
-                            break
-                except (OSError, asyncio.TimeoutError):
-                    pass
-                if time.monotonic() - t0 > START_TIMEOUT_S:
-                    proc.terminate()
-                    raise InputError(f"the reading page did not start in {START_TIMEOUT_S:g} s (see {log})")
-                await asyncio.sleep(0.25)
-        self.children[s] = child
-        return child
 
     # ------------------------------------------------------------------ instructor
     def _instructor(self, request: web.Request) -> bool:
         return hmac.compare_digest(request.query.get("token", "").encode(), self.instructorToken.encode())
-
-    def liveSessions(self) -> list[dict]:
-        import psutil
-
-        rows = []
-        for c in self.children.values():
-            if not c.alive():
-                continue
-            try:
-                rss = psutil.Process(c.proc.pid).memory_info().rss
-            except psutil.Error:
-                continue
-            rows.append(
-                {
-                    "name": c.name,
-                    "pid": c.proc.pid,
-                    "port": c.port,
-                    "rss_mb": round(rss / 2**20),
-                    "minutes": round((time.monotonic() - c.started) / 60, 1),
-                }
-            )
-        return rows
 
     async def instructor(self, request: web.Request) -> web.Response:
         if not self._instructor(request):
@@ -251,17 +288,6 @@ class Launcher:
             content_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="scores.csv"'},
         )
-
-    async def stopChildren(self, _app=None) -> None:
-        for c in self.children.values():
-            if c.alive():
-                c.proc.terminate()
-        for c in self.children.values():
-            try:
-                c.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                c.proc.kill()
-                c.proc.wait()
 
     def app(self) -> web.Application:
         app = web.Application()

@@ -46,7 +46,8 @@ def _hex(color) -> str:
 class StudioSession:
     """The studio's state on one ``trame_slicer.core.SlicerApp`` (see the module docstring)."""
 
-    def __init__(self, slicer_app, work_dir: str | Path | None = None) -> None:
+    def __init__(self, slicer_app, work_dir: str | Path | None = None, queue=None,
+                 keep_jobs: bool = False) -> None:  # fmt: skip
         self.app = slicer_app
         self.editor = slicer_app.segmentation_editor
         self.restore = bindScene(slicer_app.scene, slicer_app.volumes_logic, slicer_app.segmentations_logic)
@@ -56,6 +57,13 @@ class StudioSession:
         self.logic.pythonExecutable = sys.executable
         self.logic.tempRoot = str(self.workDir / "jobs")
         Path(self.logic.tempRoot).mkdir(exist_ok=True)
+        self.logic.keepJobFolders = keep_jobs
+        # the class's one queue of generation jobs (land_studio.jobqueue), shared by every page process
+        self.queue = queue
+        self.queueEntry: str | None = None
+        self.queuePlace: dict[str, Any] | None = None
+        if queue is not None:
+            self.logic.startGate = self._queueGate
         self.reference = None
         self.segmentation = None
         self.result = None
@@ -67,7 +75,27 @@ class StudioSession:
     # ------------------------------------------------------------------ loading
     def close(self) -> None:
         self.logic.cleanup()
+        self._leaveQueue()
         shutil.rmtree(self.workDir / "jobs", ignore_errors=True)
+
+    # ------------------------------------------------------------------ the class's job queue
+    def _queueGate(self, job) -> str | None:
+        """LANDSynthesisLogic.startGate: None once this job holds a slot of the queue, else its place."""
+        if self.queueEntry is None:
+            self.queueEntry = self.queue.join(label=str(self.workDir.name))
+        place = self.queuePlace = self.queue.status(self.queueEntry)
+        if place["slot"] is not None:
+            if place["slots"] > 1:  # one engine per GPU: this job's slot is its GPU
+                self.logic.extraEnvironment["CUDA_VISIBLE_DEVICES"] = str(place["slot"])
+            return None
+        ahead = place["ahead"]
+        return f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours ({place['running']} running)."
+
+    def _leaveQueue(self) -> None:
+        if self.queueEntry is not None:
+            self.queue.leave(self.queueEntry)
+            self.queueEntry = None
+        self.queuePlace = None
 
     def _clear(self) -> None:
         if self.logic.isRunning():
@@ -279,6 +307,8 @@ class StudioSession:
         """Advance the generation; True while it runs. On success the result is shown under the masks."""
         job = self.logic.job
         active = self.logic.poll()
+        if not active:
+            self._leaveQueue()  # done, failed or cancelled: the slot (or the place) goes to the next job
         succeeded = job is not None and job.state == job.SUCCEEDED
         if not active and succeeded and job.resultNode is not self.result:
             self._showResult(job.resultNode)

@@ -98,6 +98,7 @@ class GenerationJob(EngineJob):
         super().__init__(parameters, modelInfo, seed)
         self.outputPath: Path | None = None
         self.inputs: MaskInputs | None = None
+        self.inputsReady = False  # the engine's input files are written (it may wait for logic.startGate)
         self.resultNode = None
         # matched pair: the engine label of the nodule left out, its name, the twin's file and node
         self.pairLabel: int | None = None

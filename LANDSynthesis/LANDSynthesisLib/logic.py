@@ -20,6 +20,7 @@ Teaching sets (:meth:`LANDSynthesisLogic.startTeachingSet`; blocking: ``runTeach
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -128,6 +129,11 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         self.job: GenerationJob | None = None
         self.pythonExecutable: str | None = None  # None: PythonSlicer in Slicer, sys.executable elsewhere
         self.tempRoot: str | None = None  # None: Slicer's temporary folder, or the system's
+        # a job's inputs are ready: may its engine start now? None: yes; a text: not yet (e.g. its place in a
+        # queue of jobs shared with other sessions, LAND Studio). Asked on every poll until it answers None.
+        self.startGate: Callable[[GenerationJob], str | None] | None = None
+        self.extraEnvironment: dict[str, str] = {}  # added to the engine's environment (e.g. its GPU)
+        self.keepJobFolders = False  # keep each job's folder (engine inputs, command.json) when it succeeds
         self.lastSecondsPerStep: dict[tuple[str, str], float] = {}
         self._onProgress: Callable[[dict[str, Any]], None] | None = None
         self._onFinished: Callable[[GenerationJob], None] | None = None
@@ -207,6 +213,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             env["PYTHONPATH"] = os.pathsep.join(parts)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONIOENCODING"] = "utf-8"
+        env.update(self.extraEnvironment)
         return env
 
     def temporaryRoot(self) -> str | None:
@@ -391,21 +398,30 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             return
         if job._worker.is_alive():
             return
-        inputs, error = job._workerResult or (None, RuntimeError("input preparation did not finish"))
-        if error is not None:
-            raise error
-        if any(layer.changed() for layer in job._layerViews):
-            raise LANDSynthesisError(
-                "The segmentation was edited while its masks were being prepared; press Generate again."
-            )
-        job._layerViews = []
-        job.inputs = inputs
+        if not job.inputsReady:
+            inputs, error = job._workerResult or (None, RuntimeError("input preparation did not finish"))
+            if error is not None:
+                raise error
+            if any(layer.changed() for layer in job._layerViews):
+                raise LANDSynthesisError(
+                    "The segmentation was edited while its masks were being prepared; press Generate again."
+                )
+            job._layerViews = []
+            job.inputs = inputs
+            job.inputsReady = True
+            for message in inputs.warnings if inputs and not job.cancelRequested else []:
+                self._warn(job, message)
         if job.cancelRequested:
             self._finish(job, GenerationJob.CANCELLED)
             return
-        for message in inputs.warnings if inputs else []:
-            self._warn(job, message)
+        waiting = self.startGate(job) if self.startGate is not None else None
+        if waiting is not None:  # e.g. queued behind other sessions' jobs: the masks are already taken
+            if waiting != job.progress.get("text"):
+                self._emit({"state": "queued", "fraction": 0.0, "text": waiting})
+            return
         job.command = self._command(job)
+        if self.keepJobFolders:
+            (job.tempDir / "command.json").write_text(json.dumps(job.command))
         logging.info("LANDSynthesis: running %s", " ".join(job.command))
         job.child = ChildProcess(job.command, env=self.childEnvironment(), cwd=str(job.tempDir))
         job.state = GenerationJob.RUNNING
@@ -554,7 +570,8 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         if job.child is not None:
             job.child.close()
         job.release()
-        self._removeTemp(job)
+        if not (self.keepJobFolders and state == GenerationJob.SUCCEEDED):  # kept: inputs + command.json
+            self._removeTemp(job)
         job.state = state
         job.endTime = time.monotonic()
         if error:

@@ -377,13 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default DIR/studio)")
     p.add_argument("--instructor-token", help="token of the instructor's page (default: a new one, printed)")
     p.add_argument("--max-sessions", type=int, default=8,
-                   help="most trainee pages at once (each its own process)")
+                   help="most pages at once (a page per browser, or per trainee; each its own process)")
+    p.add_argument("--keep-jobs", action="store_true",
+                   help="keep each successful generation's folder (the engine's inputs and command.json) in "
+                   "--work-dir")
+    p.add_argument("--gpu-slots", type=int, default=0,
+                   help="generation jobs at once (default: one per GPU torch sees, one on a CPU)")
     p.add_argument("--margin-mm", type=float, default=5.0,
                    help="grading: a mark hits within nodule radius + this")
     # the launcher's child, one per trainee (not for users)
     p.add_argument("--trainee", help=argparse.SUPPRESS)
     p.add_argument("--secret-file", help=argparse.SUPPRESS)
     p.add_argument("--idle-exit", type=int, default=600, help=argparse.SUPPRESS)
+    p.add_argument("--page", action="store_true", help=argparse.SUPPRESS)  # one browser's page (a child)
+    p.add_argument("--queue-dir", help=argparse.SUPPRESS)
 
     for module_name in COMMAND_MODULES:
         try:
