@@ -83,3 +83,30 @@ def test_ct_lungs_from_ct_nodule_and_cancel(session):
     assert session.logic.job.state == "cancelled"
     assert session.result is None
     assert not any((session.workDir / "jobs").iterdir())  # the job's temporary folder is gone
+
+
+def test_threshold_and_islands_on_a_real_ct(session):
+    import numpy as np
+    import slicer
+    from LANDSynthesisLib.options import LANDInputError
+    from scipy import ndimage
+
+    session.loadCT([ct_chest()])
+    lungs = session.activeSegmentId()
+    ct = slicer.util.arrayFromVolume(session.reference)
+    with pytest.raises(LANDInputError, match="empty"):
+        session.applyThreshold(-400, -1000)
+    voxels = session.applyThreshold(-1000, -400)  # air and lung: the segment is exactly that range
+    assert session.effect == "threshold"
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, lungs, session.reference)
+    assert voxels == int(((ct >= -1000) & (ct <= -400)).sum()) == int(np.count_nonzero(mask))
+    parts = ndimage.label(mask)[1]
+    assert parts > 1  # outside air, lungs, airways, noise
+    kept = session.applyIslands("keep_largest")
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(session.segmentation, lungs, session.reference)
+    assert 0 < kept < voxels and kept == int(np.count_nonzero(mask)) and ndimage.label(mask)[1] == 1
+    with pytest.raises(LANDInputError, match="islands mode"):
+        session.applyIslands("everything")
+    session.setEffect("scissors")
+    assert session.effect == "scissors" and session.scissorsMode == "erase_inside"
+    session.setEffect("none")

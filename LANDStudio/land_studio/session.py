@@ -36,7 +36,9 @@ from land.interface.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, guidance_tex
 from land.resources import demo_masks_path  # noqa: E402
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-EFFECTS = ("none", "paint", "erase")
+EFFECTS = ("none", "paint", "erase", "threshold", "islands", "scissors")
+SCISSORS_MODES = ("erase_inside", "erase_outside", "fill_inside", "fill_outside")
+ISLAND_MODES = ("keep_largest", "remove_small")
 
 
 def _hex(color) -> str:
@@ -71,6 +73,7 @@ class StudioSession:
         self.lungsTask = None
         self.effect = "none"
         self.brushMm = 8.0
+        self.scissorsMode = "erase_inside"
 
     # ------------------------------------------------------------------ loading
     def close(self) -> None:
@@ -230,12 +233,9 @@ class StudioSession:
             raise LANDInputError(str(e)) from None
 
     def setEffect(self, name: str) -> None:
-        """Slicer's segment editor effect in the slice views: none, paint or erase."""
-        from trame_slicer.segmentation import (
-            SegmentationEffectErase,
-            SegmentationEffectNoTool,
-            SegmentationEffectPaint,
-        )
+        """Slicer's segment editor effect in the slice views: none, paint, erase, threshold (a preview of the
+        range until applied), islands (applied with :meth:`applyIslands`) or scissors (draw in the view)."""
+        from trame_slicer import segmentation as ts
 
         if name not in EFFECTS:
             raise LANDInputError(f"unknown effect {name!r}; one of {', '.join(EFFECTS)}")
@@ -245,13 +245,65 @@ class StudioSession:
             self.effect = "none"
             return
         kind = {
-            "none": SegmentationEffectNoTool,
-            "paint": SegmentationEffectPaint,
-            "erase": SegmentationEffectErase,
+            "none": ts.SegmentationEffectNoTool,
+            "paint": ts.SegmentationEffectPaint,
+            "erase": ts.SegmentationEffectErase,
+            "threshold": ts.SegmentationEffectThreshold,
+            "islands": ts.SegmentationEffectIslands,
+            "scissors": ts.SegmentationEffectScissors,
         }
         effect = self.editor.set_active_effect_type(kind[name])
         self.effect = name
         self.setBrush(self.brushMm, effect)
+        if name == "scissors":
+            self.setScissorsMode(self.scissorsMode)
+
+    def _effect(self, name: str):
+        if self.effect != name:
+            self.setEffect(name)
+        return self.editor.active_effect
+
+    def applyThreshold(self, low: float, high: float) -> int:
+        """Threshold: the active segment becomes the reference voxels in [low, high] (HU); its voxel count."""
+        self._need_segmentation()
+        if self.reference is None or self.reference.GetAttribute("LAND.BlankReference") == "true":
+            raise LANDInputError("Threshold needs a CT: load one first (the demo masks have no CT).")
+        low, high = float(low), float(high)
+        if not low <= high:
+            raise LANDInputError(f"The threshold range is empty: {low:g} > {high:g}.")
+        effect = self._effect("threshold")
+        effect.set_threshold_min_max_values((low, high))
+        effect.apply()
+        return self._voxels()
+
+    def applyIslands(self, mode: str = "keep_largest", minimumSize: int = 1000) -> int:
+        """Islands on the active segment: keep the largest, or remove those under ``minimumSize`` voxels."""
+        from trame_slicer.segmentation import SegmentationIslandsMode
+
+        self._need_segmentation()
+        if mode not in ISLAND_MODES:
+            raise LANDInputError(f"unknown islands mode {mode!r}; one of {', '.join(ISLAND_MODES)}")
+        effect = self._effect("islands")
+        if mode == "keep_largest":
+            effect.apply(SegmentationIslandsMode.KEEP_LARGEST_ISLAND)
+        else:
+            effect.set_minimum_island_size(int(minimumSize))
+            effect.apply(SegmentationIslandsMode.REMOVE_SMALL_ISLANDS)
+        return self._voxels()
+
+    def setScissorsMode(self, mode: str) -> None:
+        """What a scissors stroke does: erase (or fill) inside (or outside) the drawn outline."""
+        from trame_slicer.segmentation import ScissorsEffectFillMode, SegmentationEffectScissors
+
+        if mode not in SCISSORS_MODES:
+            raise LANDInputError(f"unknown scissors mode {mode!r}; one of {', '.join(SCISSORS_MODES)}")
+        self.scissorsMode = mode
+        effect = self.editor.active_effect
+        if isinstance(effect, SegmentationEffectScissors):
+            effect.set_fill_mode(ScissorsEffectFillMode[mode.upper()])
+
+    def _voxels(self) -> int:
+        return int(seglib.segmentStatistics(self.segmentation, self.activeSegmentId())["voxels"])
 
     def setBrush(self, diameterMm: float, effect=None) -> None:
         from trame_slicer.segmentation import AbstractSegmentationEffectBrush, BrushDiameterMode
