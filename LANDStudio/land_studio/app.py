@@ -94,6 +94,9 @@ class StudioApp:
         s.land_lungs_running = False
         s.land_result = None
         s.land_queue = None
+        s.land_threshold = [-1000, -400]
+        s.land_island_size = 1000
+        s.land_scissors_mode = self.session.scissorsMode
         try:
             s.land_model = self.session.modelCard()
         except Exception as e:  # noqa: BLE001 - no model: the page says so, painting still works
@@ -236,6 +239,27 @@ class StudioApp:
             return None
         self.state.land_result = {**(self.state.land_result or {}), "path": str(path)}
         return self.server.protocol.addAttachment(Path(path).read_bytes())
+
+    def downloadDicom(self):
+        path = self._action(self.session.writeDicom)
+        if path is None:
+            return None
+        return self.server.protocol.addAttachment(Path(path).read_bytes())
+
+    def applyThreshold(self) -> None:
+        voxels = self._action(self.session.applyThreshold, self.state.land_threshold[0],
+                              self.state.land_threshold[1])  # fmt: skip
+        if voxels is not None:
+            self.state.land_message = f"Threshold applied: {voxels} voxels in the segment."
+
+    def applyIslands(self, mode: str) -> None:
+        voxels = self._action(self.session.applyIslands, mode, int(self.state.land_island_size or 0))
+        if voxels is not None:
+            self.state.land_message = f"Islands ({mode.replace('_', ' ')}): {voxels} voxels left."
+
+    def setScissorsMode(self, mode: str) -> None:
+        self._action(self.session.setScissorsMode, mode)
+        self.state.land_scissors_mode = self.session.scissorsMode
 
     # ------------------------------------------------------------------ polling
     async def _poll(self) -> None:
@@ -406,6 +430,33 @@ class StudioApp:
                             disabled=("!land_loaded",))  # fmt: skip
                     v3.VBtn("Erase", value="erase", click=(self.setEffect, "['erase']"), id="land-erase",
                             disabled=("!land_loaded",))  # fmt: skip
+                with v3.VBtnToggle(v_model=("land_effect",), density="compact", classes="mb-2", divided=True):
+                    for name in ("threshold", "islands", "scissors"):
+                        v3.VBtn(name.capitalize(), value=name, click=(self.setEffect, f"['{name}']"),
+                                id=f"land-{name}", disabled=("!land_loaded",))  # fmt: skip
+                with html.Div(v_if="land_effect === 'threshold'", classes="mb-2"):
+                    v3.VRangeSlider(v_model=("land_threshold",), min=-1024, max=1500, step=1,
+                                    thumb_label=True, label="HU", density="compact", hide_details=True,
+                                    id="land-threshold-range")  # fmt: skip
+                    v3.VBtn(
+                        "Apply threshold", click=self.applyThreshold, size="small", id="land-threshold-apply"
+                    )
+                with html.Div(v_if="land_effect === 'islands'", classes="d-flex flex-wrap ga-1 mb-2"):
+                    v3.VBtn("Keep largest", click=(self.applyIslands, "['keep_largest']"), size="small",
+                            id="land-islands-largest")  # fmt: skip
+                    v3.VTextField(v_model=("land_island_size",), label="min voxels", density="compact",
+                                  hide_details=True, style="max-width: 100px;",
+                                  id="land-island-size")  # fmt: skip
+                    v3.VBtn("Remove small", click=(self.applyIslands, "['remove_small']"), size="small",
+                            id="land-islands-small")  # fmt: skip
+                with html.Div(v_if="land_effect === 'scissors'", classes="mb-2"):
+                    html.Div("Draw an outline in the view:", classes="text-caption")
+                    with v3.VBtnToggle(v_model=("land_scissors_mode",), mandatory=True, density="compact",
+                                       divided=True):  # fmt: skip
+                        for mode in ("erase_inside", "erase_outside", "fill_inside", "fill_outside"):
+                            v3.VBtn(mode.replace("_", " "), value=mode, size="x-small",
+                                    id=f"land-scissors-{mode}",
+                                    click=(self.setScissorsMode, f"['{mode}']"))  # fmt: skip
                 v3.VSlider(v_model=("land_brush_mm",), min=1, max=40, step=1, label="Brush (mm)",
                            thumb_label=True, density="compact", hide_details=True)  # fmt: skip
                 v3.VDivider(classes="my-2")
@@ -443,6 +494,16 @@ class StudioApp:
                             "utils.download('synthetic_ct.nii.gz', trigger('"
                             f"{self.server.controller.trigger_name(self.download)}"
                             "'), 'application/octet-stream')"
+                        ),
+                    )
+                    v3.VBtn(
+                        "Download DICOM (zip)",
+                        id="land-download-dicom",
+                        classes="ml-1",
+                        click=(
+                            "utils.download('synthetic_ct_dicom.zip', trigger('"
+                            f"{self.server.controller.trigger_name(self.downloadDicom)}"
+                            "'), 'application/zip')"
                         ),
                     )
 

@@ -374,6 +374,30 @@ class StudioSession:
         self.resultPath = None
         self.app.display_manager.show_volume_in_slice_background(node)
 
+    def writeDicom(self, name: str = "synthetic_ct_dicom") -> Path:
+        """The result as a DICOM CT series labelled SYNTHETIC (the engine's teaching-set writer: patient name
+        SYNTHETIC^LAND^..., SYNTHETIC in descriptions and burned into every slice), zipped for download."""
+        import zipfile
+
+        from land.imaging.io import read_volume
+        from land.teaching.dicom_export import LABEL, write_ct_series
+
+        nifti = self.writeResult()
+        ct = read_volume(nifti)
+        provenance = json.loads(self.result.GetAttribute("LAND.Provenance") or "{}")
+        folder = nifti.parent / name
+        seed = provenance.get("seed", "")
+        write_ct_series(folder, ct, case="studio", patient_id=f"SYNTH-STUDIO-{seed}",
+                        study_description=f"{LABEL} LAND Studio",
+                        series_description=f"{LABEL} CT seed {seed}",
+                        model_id=str(provenance.get("model_id", "")),
+                        comments=self.result.GetAttribute("LAND.Description") or "")  # fmt: skip
+        archive = folder.with_suffix(".zip")
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.iterdir()):
+                z.write(f, f"{name}/{f.name}")
+        return archive
+
     def writeResult(self, name: str = "synthetic_ct.nii.gz") -> Path:
         """The result as the engine labels it (NIfTI + provenance sidecar, SYNTHETIC in the header)."""
         from land.imaging.io import write_volume
