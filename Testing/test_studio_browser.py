@@ -1,10 +1,14 @@
 """LAND Studio in a real browser (issue 27): ``land studio`` serves the page, headless Chromium drives it.
 
-Starts the server as a child process (``python -m land studio --demo``), opens the page with selenium and
-Debian's ``chromium``/``chromium-driver``, adds a nodule, paints it with a real mouse drag in Slicer's slice
-view, sets its texture, generates with the bundled demo model at few steps, waits on the page's own state
-(the hidden ``#land-state`` JSON, never a sleep) for the synthetic CT node, downloads it through the page and
-reads the file back: SYNTHETIC in its header and provenance, the demo model's grid.
+Starts the server as a child process (``python -m land studio --keep-jobs``: the class launcher, which gives
+the browser its own page process), opens the page with selenium and Debian's ``chromium``/``chromium-driver``,
+uploads a real CT through the page (slicerio's CTChest4.nrrd; a file that is not an image first: a message,
+nothing lost), presses Generate with no lungs (a message), "Lungs from CT", adds a nodule, paints it with a
+real mouse drag in Slicer's slice view, sets its texture, generates with the bundled demo model at few steps,
+waits on the page's own state (the hidden ``#land-state`` JSON, never a sleep) for the synthetic CT node, and
+downloads it through the page (NIfTI and DICOM). The download equals, voxel for voxel, ``land generate`` run
+from the command line on the same engine inputs (the job folder kept by ``--keep-jobs``). Screenshots of the
+page go to ``Resources/Screenshots`` (the README's figures).
 
 Skipped with the reason when the studio extra (trame-slicer), selenium or Chromium are missing; ``.ci/run``
 installs them.
@@ -51,7 +55,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """``land studio --demo`` on a free port; yields (url, process, seconds to the first HTTP answer)."""
+    """``land studio --keep-jobs`` on a free port; yields (url, process, seconds to the first HTTP answer,
+    work folder)."""
     work = tmp_path_factory.mktemp("studio")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -61,7 +66,9 @@ def studio(tmp_path_factory):
         "-m",
         "land",
         "studio",
-        "--demo",
+        "--keep-jobs",
+        "--gpu-slots",
+        "1",
         "--port",
         str(port),
         "--work-dir",
@@ -171,26 +178,72 @@ def segment(state: dict, name: str) -> dict | None:
     return next((s for s in state["segments"] if s["name"] == name), None)
 
 
-def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots"
+
+
+def save_screenshot(driver, name: str, tmp_path: Path) -> Path:
+    """A small PNG of the page (256 colours): into the README's figure folder when LAND_SCREENSHOTS=1."""
+    import io
+
+    from PIL import Image
+
+    folder = SCREENSHOTS if os.environ.get("LAND_SCREENSHOTS") == "1" else tmp_path
+    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
+    path = folder / name
+    image.quantize(256).save(path, optimize=True)
+    assert path.stat().st_size < 200_000
+    return path
+
+
+def ct_chest() -> Path:
+    slicerio = pytest.importorskip("slicerio")
+    return Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd"
+
+
+def upload(driver, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "#land-upload").send_keys(str(path))
+
+
+def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
+    import numpy as np
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     import land.imaging.io as landio
 
-    url, _proc, start_s, _work = studio
+    url, _proc, start_s, work = studio
     t0 = time.monotonic()
     browser.get(url)
-    state = wait_for(browser, lambda s: s["ready"] and s["loaded"], what="the demo masks")
+    state = wait_for(browser, lambda s: s["ready"], what="the page")
     page_s = time.monotonic() - t0
-    print(f"server answered after {start_s:.1f} s; page with the demo masks after {page_s:.1f} s")
-    names = [s["name"] for s in state["segments"]]
-    assert names == ["Lungs", "Nodule 1", "Nodule 2", "Nodule 3"]
-    assert [s["texture"] for s in state["segments"][1:]] == [1, 3, 5]  # the LAND.Texture tags of the file
+    print(f"server answered after {start_s:.1f} s; own page ready after {page_s:.1f} s")
+    assert not state["loaded"] and state["segments"] == []
 
+    # bad input: a file that is not an image is a message; nothing else changes
+    junk = tmp_path / "notes.nii.gz"
+    junk.write_text("these are my notes, not an image")
+    upload(browser, junk)
+    state = wait_for(browser, lambda s: s["error"], what="the upload's error")
+    assert "notes.nii.gz" in state["error"] and not state["loaded"]
+
+    upload(browser, ct_chest())
+    state = wait_for(browser, lambda s: s["loaded"] and not s["error"], what="the uploaded CT")
+    assert "CTChest4" in state["message"] and [s["name"] for s in state["segments"]] == ["Lungs"]
+
+    click(browser, "land-generate")  # no lungs painted yet: the module's own check, as a message
+    state = wait_for(browser, lambda s: s["error"], what="the no-lungs message")
+    assert "lung" in state["error"].lower() and state["job"]["state"] == "idle"
+
+    click(browser, "land-lungs-from-ct")
+    state = wait_for(browser, lambda s: not s["lungs_running"] and segment(s, "Lungs")["voxels"] > 10000,
+                     timeout=300, what="Lungs from CT")  # fmt: skip
     click(browser, "land-add-nodule")
-    state = wait_for(browser, lambda s: segment(s, "Nodule 4") is not None, what="Nodule 4")
-    new = segment(state, "Nodule 4")
+    state = wait_for(browser, lambda s: segment(s, "Nodule 1") is not None, what="Nodule 1")
+    new = segment(state, "Nodule 1")
     assert state["active"] == new["id"] and new["voxels"] == 0 and new["texture"] == 5
 
     click(browser, "land-paint")
@@ -204,15 +257,13 @@ def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
     for dx, dy in ((2, 1), (2, 1), (2, 0), (2, -1), (2, -1)):
         actions.move_by_offset(dx, dy)
     actions.release().perform()  # a real mouse drag: Slicer's paint effect in the slice view
-    state = wait_for(browser, lambda s: segment(s, "Nodule 4")["voxels"] > 0, what="painted voxels")
-    painted = segment(state, "Nodule 4")
-    assert painted["voxels"] > 0 and segment(state, "Lungs")["voxels"] > 0
-
+    state = wait_for(browser, lambda s: segment(s, "Nodule 1")["voxels"] > 0, what="painted voxels")
     click(browser, "land-tex-" + new["id"] + "-1")
-    wait_for(browser, lambda s: segment(s, "Nodule 4")["texture"] == 1, what="texture 1")
+    wait_for(browser, lambda s: segment(s, "Nodule 1")["texture"] == 1, what="texture 1")
     click(browser, "land-tex-" + new["id"] + "-5")
-    state = wait_for(browser, lambda s: segment(s, "Nodule 4")["texture"] == 5, what="texture 5")
-    assert segment(state, "Nodule 4")["textureText"] == "5 - solid"
+    state = wait_for(browser, lambda s: segment(s, "Nodule 1")["texture"] == 5, what="texture 5")
+    assert segment(state, "Nodule 1")["textureText"] == "5 - solid"
+    save_screenshot(browser, "studio_painting.png", tmp_path)
 
     steps = browser.find_element(By.CSS_SELECTOR, "#land-steps")
     steps.send_keys(Keys.CONTROL, "a")
@@ -221,6 +272,9 @@ def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
     wait_for(browser, lambda s: s["effect"] == "none", what="the view mode")
     time.sleep(0.5)  # the steps field's change reaches the server on the next state flush
     click(browser, "land-generate")
+    state = wait_for(browser, lambda s: s["job"]["state"] != "idle", what="the job's start")
+    # a second Generate while one runs: the button is off, and the server refuses it with a message
+    assert browser.find_element(By.ID, "land-generate").get_attribute("disabled") is not None
     seen = set()
 
     def finished(s):
@@ -232,7 +286,7 @@ def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
     assert "running" in seen  # progress reached the page while the child ran
     assert state["result"]["name"].startswith("SYNTHETIC CT land-demo-phantom seed 0")
     assert state["result"]["description"].startswith("SYNTHETIC")
-    browser.save_screenshot(str(tmp_path / "generated.png"))
+    save_screenshot(browser, "studio_generated.png", tmp_path)
 
     click(browser, "land-download")
     target = browser.downloads / "synthetic_ct.nii.gz"
@@ -244,8 +298,51 @@ def test_paint_a_nodule_and_generate(studio, browser, tmp_path):
     written = Path(state["result"]["path"])
     assert target.read_bytes() == written.read_bytes()
     volume = landio.read_volume(target)
-    assert volume.array.shape == (128, 128, 128)
-    assert -1100 <= int(volume.array.min()) and int(volume.array.max()) <= 3100
+    assert volume.array.shape == (34, 128, 128)  # CTChest4's grid: the engine matched the masks' geometry
     provenance = landio.read_provenance(written)  # the NIfTI's JSON sidecar beside the server's copy
     assert str(provenance["description"]).startswith("SYNTHETIC")
     assert provenance["synthetic"] == "true" and int(provenance["seed"]) == 0
+
+    # the same engine inputs through the command line: identical voxels
+    jobs = [
+        p for p in (work / "w" / "sessions").glob("*/jobs/LANDSynthesis-*") if (p / "command.json").is_file()
+    ]
+    assert len(jobs) == 1, jobs
+    command = json.loads((jobs[0] / "command.json").read_text())
+    out = command.index("--out") + 1
+    assert Path(command[out]).name == "synthetic_ct.nrrd"
+    command[out] = str(tmp_path / "cli.nrrd")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=GENERATE_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli = landio.read_volume(tmp_path / "cli.nrrd")
+    assert np.array_equal(cli.array, volume.array)
+    np.testing.assert_allclose(cli.spacing, volume.spacing, atol=1e-4)
+    np.testing.assert_allclose(cli.origin, volume.origin, atol=1e-3)
+
+    # DICOM: the engine's series writer, labelled SYNTHETIC
+    click(browser, "land-download-dicom")
+    archive = browser.downloads / "synthetic_ct_dicom.zip"
+    t0 = time.monotonic()
+    while not archive.is_file() and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    assert archive.is_file(), list(browser.downloads.iterdir())
+    check_dicom(archive, volume, tmp_path)
+
+
+def check_dicom(archive: Path, volume, tmp_path: Path) -> None:
+    import zipfile
+
+    import numpy as np
+    import pydicom
+
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path / "dicom")
+    files = sorted((tmp_path / "dicom" / "synthetic_ct_dicom").glob("*.dcm"))
+    assert len(files) == volume.array.shape[0]
+    first = pydicom.dcmread(files[0])
+    assert str(first.PatientName).startswith("SYNTHETIC") and "SYNTHETIC" in first.SeriesDescription
+    assert first.BurnedInAnnotation == "YES"
+    hu = first.pixel_array.astype(np.int32) * int(first.RescaleSlope) + int(first.RescaleIntercept)
+    unburned = hu == volume.array[0]
+    assert unburned.mean() > 0.9  # the CT itself, but for the burned-in SYNTHETIC label
