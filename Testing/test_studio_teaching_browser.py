@@ -26,7 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_studio_browser import CHROMEDRIVER, CHROMIUM, MISSING, click, free_port, page_state, wait_for
+from test_studio_browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    MISSING,
+    click,
+    free_port,
+    page_state,
+    save_screenshot,
+    wait_for,
+)
 from test_teaching import run_cli
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason="LAND Studio browser test needs " + ", ".join(MISSING))
@@ -307,7 +316,9 @@ def test_class_session(teaching_set, browsers, tmp_path):
         assert [m["verdict"] for m in state["grade"]["cases"][cases[1]]["marks"]] == ["false"]
         click(first, "land-case-prev")
         wait_for(first, lambda s: s["teaching"]["case"] == cases[0], what="the first case again")
-        first.save_screenshot(str(tmp_path / "graded.png"))
+        save_screenshot(
+            first, "studio_teaching_graded.png", tmp_path
+        )  # the README's figure with LAND_SCREENSHOTS=1
         assert page_state(second)["grade"] is None and not key_leaks(second, teaching_set)
 
         # memory and start-up of a trainee page process
