@@ -107,9 +107,7 @@ class JobQueue:
             result = {"slots": data["slots"], "running": running, "waiting": len(entries) - running}
             if index is None:
                 return {**result, "slot": None, "ahead": 0, "gone": True}
-            slot = entries[index][
-                "slot"
-            ]  # slots go in arrival order: all before a waiting one are ahead
+            slot = entries[index]["slot"]  # slots go in arrival order: all before a waiting one are ahead
             return {**result, "slot": slot, "ahead": 0 if slot is not None else index, "gone": False}
 
     def leave(self, entry_id: str) -> None:
