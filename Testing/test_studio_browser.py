@@ -60,7 +60,7 @@ def studio(tmp_path_factory):
     work = tmp_path_factory.mktemp("studio")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+    log = open(work / "server.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     cmd = [
         sys.executable,
         "-m",
@@ -81,7 +81,8 @@ def studio(tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"land studio exited with {proc.returncode}:\n{(work / 'server.log').read_text()}"
+                    f"land studio exited with {proc.returncode}:\n"
+                    + (work / "server.log").read_text(encoding="utf-8")
                 )
             try:
                 urllib.request.urlopen(url, timeout=2).read()
@@ -225,7 +226,7 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
 
     # bad input: a file that is not an image is a message; nothing else changes
     junk = tmp_path / "notes.nii.gz"
-    junk.write_text("these are my notes, not an image")
+    junk.write_text("these are my notes, not an image", encoding="utf-8")
     upload(browser, junk)
     state = wait_for(browser, lambda s: s["error"], what="the upload's error")
     assert "notes.nii.gz" in state["error"] and not state["loaded"]
@@ -308,7 +309,7 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
         p for p in (work / "w" / "sessions").glob("*/jobs/LANDSynthesis-*") if (p / "command.json").is_file()
     ]
     assert len(jobs) == 1, jobs
-    command = json.loads((jobs[0] / "command.json").read_text())
+    command = json.loads((jobs[0] / "command.json").read_text(encoding="utf-8"))
     out = command.index("--out") + 1
     assert Path(command[out]).name == "synthetic_ct.nrrd"
     command[out] = str(tmp_path / "cli.nrrd")

@@ -42,12 +42,13 @@ class StudioClass:
         cmd = [sys.executable, "-m", "land", "studio", "--demo", "--token", CODE, "--max-sessions", "2",
                "--gpu-slots", "1", "--idle-exit", "120", "--work-dir", str(work / "w"),
                "--port", str(self.port)]  # fmt: skip
-        with open(self.log, "w") as out:
+        with open(self.log, "w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                log = self.log.read_text(encoding="utf-8")
+                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{log}")
             try:
                 urllib.request.urlopen(self.url, timeout=2).read()
                 break

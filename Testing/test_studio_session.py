@@ -39,7 +39,7 @@ def test_bad_input_is_a_message_and_nothing_is_lost(session, tmp_path):
     session.loadDemoMasks()
     before = session.segments()
     junk = tmp_path / "notes.nii.gz"
-    junk.write_text("not an image")
+    junk.write_text("not an image", encoding="utf-8")
     with pytest.raises(LANDInputError, match="notes.nii.gz"):
         session.loadCT([junk])
     with pytest.raises(LANDInputError, match="does not exist"):

@@ -46,7 +46,7 @@ def slicer_app():
 
 def key_strings(set_dir: Path) -> list[str]:
     """Spellings of the key's numbers and words as they would appear if any of it leaked."""
-    doc = json.loads((set_dir / "key" / "answers.json").read_text())
+    doc = json.loads((set_dir / "key" / "answers.json").read_text(encoding="utf-8"))
     out = ['"nodules"', '"diameter_mm"', '"missed"', '"texture"', '"found"', "answers"]
     for c in doc["cases"]:
         for n in c["nodules"]:
@@ -100,7 +100,7 @@ def test_read_mark_submit_grade_equals_teaching_score(teaching_set, slicer_app, 
     result = session.submit()
     reads = tmp_path / "reads.csv"  # the same marks, written by the test, graded by the CLI
     reads.write_text("case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n"
-                                              for m in session.marks))  # fmt: skip
+                                              for m in session.marks), encoding="utf-8")  # fmt: skip
     code, text = run_cli(["teaching-score", "--answers", str(teaching_set), "--reads", str(reads), "--json"])
     assert code == 0 and json.loads(text) == result
     assert (result["detected"], result["false_positives"], result["marks"]) == (1, 1, 2)

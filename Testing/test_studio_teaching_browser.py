@@ -95,12 +95,13 @@ class Launcher:
             "--max-sessions",
             "2",
         ]
-        with open(self.log, "w") as out:
+        with open(self.log, "w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                log = self.log.read_text(encoding="utf-8")
+                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{log}")
             try:
                 urllib.request.urlopen(self.url, timeout=2).read()
                 break
@@ -303,7 +304,8 @@ def test_class_session(teaching_set, browsers, tmp_path):
         marks = state["teaching"]["marks"]
         reads = tmp_path / "reads.csv"
         reads.write_text(
-            "case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n" for m in marks)
+            "case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n" for m in marks),
+            encoding="utf-8",
         )
         code, text = run_cli(
             ["teaching-score", "--answers", str(teaching_set), "--reads", str(reads), "--json"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("LANDSynthesis", "LANDTraining", "Testing", "benchmarks", "Utilities")
+SOURCES = ("LANDSynthesis", "LANDTraining", "LANDStudio", "Testing", "benchmarks", "Utilities")
 TEXT_IO = {"open", "read_text", "write_text"}
 NOT_FILES = {"io", "os", "gzip", "tarfile", "zipfile", "Image", "sitk", "webbrowser"}
 

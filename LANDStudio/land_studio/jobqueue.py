@@ -60,11 +60,11 @@ class JobQueue:
     @contextmanager
     def _locked(self):
         """The queue's data under the lock (dead entries dropped, free slots handed out); written back."""
-        with open(self.folder / LOCK_FILE, "a+") as lock:
+        with open(self.folder / LOCK_FILE, "a+", encoding="utf-8") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.folder / QUEUE_FILE
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 data = {}
             data.setdefault("slots", 1)
@@ -74,7 +74,7 @@ class JobQueue:
             yield data
             self._assign(data)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1))
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
             tmp.replace(path)
 
     @staticmethod

@@ -109,11 +109,11 @@ class PageLauncher:
         secret = secrets.token_urlsafe(24)
         secret_file = self.sessionsDir / f"{s}.secret"
         secret_file.touch(mode=0o600)
-        secret_file.write_text(secret)
+        secret_file.write_text(secret, encoding="utf-8")
         port = free_port(self.args.host)
         log = self.sessionsDir / f"{s}.log"
         cmd = self.childCommand(s, name, port, secret_file)
-        with open(log, "w") as out:
+        with open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         child = Child(name, port, secret, proc, log)
         url = f"http://127.0.0.1:{port}/"

@@ -421,7 +421,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             return
         job.command = self._command(job)
         if self.keepJobFolders:
-            (job.tempDir / "command.json").write_text(json.dumps(job.command))
+            (job.tempDir / "command.json").write_text(json.dumps(job.command), encoding="utf-8")
         logging.info("LANDSynthesis: running %s", " ".join(job.command))
         job.child = ChildProcess(job.command, env=self.childEnvironment(), cwd=str(job.tempDir))
         job.state = GenerationJob.RUNNING
