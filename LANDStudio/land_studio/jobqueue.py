@@ -118,3 +118,31 @@ class JobQueue:
         """The queue as it is now (dead entries dropped): slots and entries in arrival order."""
         with self._locked() as data:
             return json.loads(json.dumps(data))
+
+
+class QueueGate:
+    """``LANDSynthesisLogic.startGate`` through the class's queue: a job joins when first asked, waits for a
+    slot (its place as the text the page shows), then runs (on a GPU queue the slot is its
+    ``CUDA_VISIBLE_DEVICES``); :meth:`leave` when the job has ended, so the slot goes to the next one."""
+
+    def __init__(self, queue: JobQueue, label: str, environment: dict[str, str]) -> None:
+        self.queue, self.label, self.environment = queue, label, environment
+        self.entry: str | None = None
+        self.place: dict | None = None
+
+    def __call__(self, _job=None) -> str | None:
+        if self.entry is None:
+            self.entry = self.queue.join(label=self.label)
+        place = self.place = self.queue.status(self.entry)
+        if place["slot"] is not None:
+            if place["slots"] > 1:  # one engine per GPU: this job's slot is its GPU
+                self.environment["CUDA_VISIBLE_DEVICES"] = str(place["slot"])
+            return None
+        ahead = place["ahead"]
+        return f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours ({place['running']} running)."
+
+    def leave(self) -> None:
+        if self.entry is not None:
+            self.queue.leave(self.entry)
+            self.entry = None
+        self.place = None

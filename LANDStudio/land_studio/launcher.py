@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import json
+import logging
 import secrets
 import subprocess
 import sys
@@ -27,7 +29,9 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from land.interface.errors import InputError
 
+from .jobqueue import JobQueue
 from .roster import Roster, clean_name, slug
+from .teaching_set_maker import TeachingSetMaker
 
 COOKIE = "land_browser"
 START_TIMEOUT_S = 180.0
@@ -170,16 +174,40 @@ class PageLauncher:
 
 
 class Launcher(PageLauncher):
-    """The teaching session's class page: a reading page per trainee."""
+    """The teaching session's class page: a reading page per trainee. When ``--teaching-set`` names a folder
+    without a set yet, the instructor makes it from the instructor page
+    (:mod:`land_studio.teaching_set_maker`) and trainees are asked to wait until it is served."""
 
     noun = "reading pages"
 
-    def __init__(self, roster: Roster, args) -> None:
-        super().__init__(roster.workDir, args)
-        self.roster = roster
+    def __init__(self, args) -> None:
+        self.setDir = Path(args.teaching_set).expanduser().resolve()
+        workDir = Path(args.work_dir).resolve() if args.work_dir else self.setDir / "studio"
+        super().__init__(workDir, args)
+        self.workDir = workDir
+        self.roster: Roster | None = None
+        self.noSet = ""  # why there is no set to read yet
+        self.loadRoster()
         self.instructorToken = args.instructor_token or secrets.token_urlsafe(12)
+        queue = Path(args.queue_dir).resolve() if args.queue_dir else workDir / "queue"
+        self.maker = TeachingSetMaker(self.setDir, workDir, JobQueue(queue, args.gpu_slots or None))
+        self._poller: asyncio.Task | None = None
+
+    def loadRoster(self) -> None:
+        try:
+            self.roster = Roster(self.setDir, self.workDir, self.args.margin_mm)
+            self.noSet = ""
+        except InputError as e:
+            self.roster, self.noSet = None, str(e)
 
     def _form(self, error: str = "", status: int = 200) -> web.Response:
+        if self.roster is None:
+            body = (
+                (f'<p class="error" id="land-error">{html.escape(error)}</p>' if error else "")
+                + '<p id="land-no-set">The instructor has not made the teaching set of this session yet; '
+                "reload this page when it is ready.</p>"
+            )
+            return self._page("LAND teaching session", body, status)
         code = (
             '<label>Access code <input type="password" name="code" id="land-code"></label><br>'
             if self.token
@@ -206,6 +234,8 @@ class Launcher(PageLauncher):
         form = await request.post()
         if not self._codeOk(form.get("code")):
             return self._form("Wrong access code.", 403)
+        if self.roster is None:
+            return self._form("There is no teaching set to read yet.", 503)
         key = request.cookies.get(COOKIE) or secrets.token_urlsafe(18)
         try:
             name = clean_name(str(form.get("name", "")))
@@ -219,6 +249,7 @@ class Launcher(PageLauncher):
         return self._redirect(request, child, key)
 
     def childCommand(self, key: str, name: str, port: int, secretFile: Path) -> list[str]:
+        assert self.roster is not None
         return [
             sys.executable,
             "-m",
@@ -243,12 +274,29 @@ class Launcher(PageLauncher):
         ]
 
     # ------------------------------------------------------------------ instructor
-    def _instructor(self, request: web.Request) -> bool:
-        return hmac.compare_digest(request.query.get("token", "").encode(), self.instructorToken.encode())
+    def _instructor(self, request: web.Request, token: str | None = None) -> bool:
+        token = request.query.get("token", "") if token is None else token
+        return hmac.compare_digest(str(token).encode(), self.instructorToken.encode())
+
+    def _wrongToken(self) -> web.Response:
+        return self._page("LAND teaching session", '<p class="error">Wrong instructor token.</p>', 403)
+
+    def makerState(self) -> dict:
+        return {"set_ready": self.roster is not None, "no_set": self.noSet,
+                "cases": len(self.roster.cases) if self.roster else 0, **self.maker.state()}  # fmt: skip
 
     async def instructor(self, request: web.Request) -> web.Response:
         if not self._instructor(request):
-            return self._page("LAND teaching session", '<p class="error">Wrong instructor token.</p>', 403)
+            return self._wrongToken()
+        if self.roster is None:  # make the set from here
+            state = html.escape(json.dumps(self.makerState()))
+            refresh = '<meta http-equiv="refresh" content="2">' if self.maker.running else ""
+            body = (
+                f"{refresh}<p>No teaching set in {html.escape(str(self.setDir))} yet.</p>"
+                + self.maker.html(self.instructorToken)
+                + f'<pre id="land-state" style="display:none">{state}</pre>'
+            )
+            return self._page("LAND teaching session: instructor", body)
         rows = self.roster.rows()
         head = (
             "name",
@@ -277,17 +325,66 @@ class Launcher(PageLauncher):
             f'</p><table id="land-scores"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{table}</table>'
             f'<p><a id="land-csv" href="instructor.csv?token={token}">Download CSV</a></p>'
             f"<h3>Reading pages running ({self.maxSessions} at most)</h3><ul>{live or '<li>none</li>'}</ul>"
+            f'<pre id="land-state" style="display:none">{html.escape(json.dumps(self.makerState()))}</pre>'
         )
         return self._page("LAND teaching session: instructor", body)
 
     async def instructorCsv(self, request: web.Request) -> web.Response:
         if not self._instructor(request):
             return web.Response(text="wrong instructor token\n", status=403)
+        if self.roster is None:
+            return web.Response(text="no teaching set yet\n", status=404)
         return web.Response(
             text=self.roster.csvText(),
             content_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="scores.csv"'},
         )
+
+    # ------------------------------------------------------------------ making the set (instructor)
+    def _back(self) -> web.StreamResponse:
+        return web.HTTPSeeOther(f"/instructor?token={quote(self.instructorToken)}")
+
+    async def makeSet(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._instructor(request, form.get("token", "")):
+            return self._wrongToken()
+        if self.roster is not None:
+            self.maker.error = "This session already has its teaching set."
+        else:
+            try:
+                self.maker.start(form)
+            except Exception as e:  # noqa: BLE001 - shown on the instructor page
+                self.maker.error = str(e) or type(e).__name__
+        return self._back()
+
+    async def cancelSet(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._instructor(request, form.get("token", "")):
+            return self._wrongToken()
+        self.maker.cancel()
+        return self._back()
+
+    async def makeJson(self, request: web.Request) -> web.Response:
+        if not self._instructor(request):
+            return web.json_response({"error": "wrong instructor token"}, status=403)
+        return web.json_response(self.makerState())
+
+    async def _pollMaker(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                if self.maker.poll() == "succeeded":
+                    self.loadRoster()  # served for reading from now on
+            except Exception:  # noqa: BLE001 - the loop must survive; the page shows the maker's error
+                logging.getLogger("land_studio").exception("teaching set poll failed")
+
+    async def _startPoller(self, _app) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self._pollMaker())
+
+    async def _stopMaker(self, _app) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        self.maker.close()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -297,8 +394,13 @@ class Launcher(PageLauncher):
                 web.post("/start", self.start),
                 web.get("/instructor", self.instructor),
                 web.get("/instructor.csv", self.instructorCsv),
+                web.get("/instructor/make.json", self.makeJson),
+                web.post("/instructor/make", self.makeSet),
+                web.post("/instructor/cancel", self.cancelSet),
             ]
         )
+        app.on_startup.append(self._startPoller)
+        app.on_shutdown.append(self._stopMaker)
         app.on_shutdown.append(self.stopChildren)
         return app
 
@@ -313,14 +415,16 @@ def free_port(host: str) -> int:
 
 def serve(args) -> int:
     """``land studio --teaching-set DIR``: the class page until interrupted."""
-    roster = Roster(args.teaching_set, args.work_dir, args.margin_mm)
-    launcher = Launcher(roster, args)
+    launcher = Launcher(args)
     where = f"http://{args.host}:{args.port}/"
-    print(
-        f"LAND teaching session on {where} ({len(roster.cases)} cases from {roster.setDir}; answers in "
-        f"{roster.dir}; at most {launcher.maxSessions} reading pages)",
-        flush=True,
+    roster = launcher.roster
+    what = (
+        f"{len(roster.cases)} cases from {roster.setDir}; answers in {roster.dir}"
+        if roster
+        else f"no teaching set in {launcher.setDir} yet ({launcher.noSet}): make it from the instructor page"
     )
+    most = f"at most {launcher.maxSessions} reading pages"
+    print(f"LAND teaching session on {where} ({what}; {most})", flush=True)
     print(f"instructor: {where}instructor?token={quote(launcher.instructorToken)}", flush=True)
     try:
         web.run_app(launcher.app(), host=args.host, port=args.port, print=None)

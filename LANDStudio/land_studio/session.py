@@ -62,10 +62,12 @@ class StudioSession:
         self.logic.keepJobFolders = keep_jobs
         # the class's one queue of generation jobs (land_studio.jobqueue), shared by every page process
         self.queue = queue
-        self.queueEntry: str | None = None
-        self.queuePlace: dict[str, Any] | None = None
+        self.gate = None
         if queue is not None:
-            self.logic.startGate = self._queueGate
+            from .jobqueue import QueueGate
+
+            self.gate = QueueGate(queue, str(self.workDir.name), self.logic.extraEnvironment)
+            self.logic.startGate = self.gate
         self.reference = None
         self.segmentation = None
         self.result = None
@@ -82,23 +84,14 @@ class StudioSession:
         shutil.rmtree(self.workDir / "jobs", ignore_errors=True)
 
     # ------------------------------------------------------------------ the class's job queue
-    def _queueGate(self, job) -> str | None:
-        """LANDSynthesisLogic.startGate: None once this job holds a slot of the queue, else its place."""
-        if self.queueEntry is None:
-            self.queueEntry = self.queue.join(label=str(self.workDir.name))
-        place = self.queuePlace = self.queue.status(self.queueEntry)
-        if place["slot"] is not None:
-            if place["slots"] > 1:  # one engine per GPU: this job's slot is its GPU
-                self.logic.extraEnvironment["CUDA_VISIBLE_DEVICES"] = str(place["slot"])
-            return None
-        ahead = place["ahead"]
-        return f"Queued: {ahead} job{'s' if ahead != 1 else ''} ahead of yours ({place['running']} running)."
+    @property
+    def queuePlace(self) -> dict[str, Any] | None:
+        """This page's place in the class's queue (None: not queued)."""
+        return self.gate.place if self.gate is not None else None
 
     def _leaveQueue(self) -> None:
-        if self.queueEntry is not None:
-            self.queue.leave(self.queueEntry)
-            self.queueEntry = None
-        self.queuePlace = None
+        if self.gate is not None:
+            self.gate.leave()
 
     def _clear(self) -> None:
         if self.logic.isRunning():

@@ -38,7 +38,7 @@ class StudioLauncher(PageLauncher):
         super().__init__(workDir, args)
         self.workDir = workDir
         slots = args.gpu_slots if args.gpu_slots else max(1, gpu_count())
-        self.queue = JobQueue(workDir / "queue", slots)
+        self.queue = JobQueue(Path(args.queue_dir).resolve() if args.queue_dir else workDir / "queue", slots)
 
     def _form(self, error: str = "", status: int = 200) -> web.Response:
         live = sum(c.alive() for c in self.children.values())

@@ -130,7 +130,8 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         self.pythonExecutable: str | None = None  # None: PythonSlicer in Slicer, sys.executable elsewhere
         self.tempRoot: str | None = None  # None: Slicer's temporary folder, or the system's
         # a job's inputs are ready: may its engine start now? None: yes; a text: not yet (e.g. its place in a
-        # queue of jobs shared with other sessions, LAND Studio). Asked on every poll until it answers None.
+        # queue of jobs shared with other sessions, LAND Studio). Asked on every poll until it answers None;
+        # generations and teaching sets alike.
         self.startGate: Callable[[GenerationJob], str | None] | None = None
         self.extraEnvironment: dict[str, str] = {}  # added to the engine's environment (e.g. its GPU)
         self.keepJobFolders = False  # keep each job's folder (engine inputs, command.json) when it succeeds
@@ -364,6 +365,9 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         self._emit({"warning": message, "text": message})
 
     def _pollPreparing(self, job: GenerationJob) -> None:
+        if job.kind == TeachingSetJob.kind:  # no inputs to prepare: only the start gate to pass
+            self._pollTeachingSetGate(job)
+            return
         if job.cancelRequested and job._worker is None:
             self._finish(job, GenerationJob.CANCELLED)
             return

@@ -50,17 +50,35 @@ class TeachingSetMixin:
         self.job = job
         self._onProgress = onProgress
         self._onFinished = onFinished
+        if self.startGate is not None:  # e.g. LAND Studio's class queue: poll() starts it when its turn comes
+            self._emit({"state": job.state, "fraction": 0.0, "text": "Waiting for a generation slot…"})
+            return job
         try:
-            logging.info("LANDSynthesis: running %s", " ".join(command))
-            job.child = ChildProcess(command, env=self.childEnvironment(), cwd=str(job.tempDir))
+            self._launchTeachingSet(job)
         except BaseException:
             self._removeTemp(job)
             self.job = None
             raise
+        return job
+
+    def _launchTeachingSet(self, job: TeachingSetJob) -> None:
+        logging.info("LANDSynthesis: running %s", " ".join(job.command))
+        job.child = ChildProcess(job.command, env=self.childEnvironment(), cwd=str(job.tempDir))
         job.state = EngineJob.RUNNING
         text = "Starting the teaching set (loading the model)…"
         self._emit({"state": job.state, "fraction": 0.0, "text": text})
-        return job
+
+    def _pollTeachingSetGate(self, job: TeachingSetJob) -> None:
+        """A teaching set waiting for :attr:`startGate` (its place in a queue): started once it says None."""
+        if job.cancelRequested:
+            self._finish(job, EngineJob.CANCELLED)
+            return
+        waiting = self.startGate(job) if self.startGate is not None else None
+        if waiting is not None:
+            if waiting != job.progress.get("text"):
+                self._emit({"state": "queued", "fraction": 0.0, "text": waiting})
+            return
+        self._launchTeachingSet(job)
 
     def runTeachingSet(
         self,

@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teaching-set", metavar="DIR",
                    help="run a teaching session on this teaching set (land teaching-set's folder): trainees "
                    "read and mark its cases, each in their own page; answers go to --work-dir "
-                   "(default DIR/studio)")
+                   "(default DIR/studio). A new or empty DIR: the instructor makes the set from the "
+                   "instructor page")
     p.add_argument("--instructor-token", help="token of the instructor's page (default: a new one, printed)")
     p.add_argument("--max-sessions", type=int, default=8,
                    help="most pages at once (a page per browser, or per trainee; each its own process)")
@@ -390,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", help=argparse.SUPPRESS)
     p.add_argument("--idle-exit", type=int, default=600, help=argparse.SUPPRESS)
     p.add_argument("--page", action="store_true", help=argparse.SUPPRESS)  # one browser's page (a child)
-    p.add_argument("--queue-dir", help=argparse.SUPPRESS)
+    p.add_argument("--queue-dir", metavar="DIR",
+                   help="the class's generation queue folder (default WORK/queue); give two land studio "
+                   "servers the same one to share it")
 
     for module_name in COMMAND_MODULES:
         try:

@@ -99,7 +99,8 @@ def full_settings(
     }
 
 
-SET_ENTRIES = frozenset({"teaching.json", "dicom", "key"})
+# "studio": LAND Studio's default answers folder of a session on this set (made from its instructor page)
+SET_ENTRIES = frozenset({"teaching.json", "dicom", "key", "studio"})
 
 
 def refuse_foreign_folder(out: str | os.PathLike) -> None:
