@@ -45,6 +45,7 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason="LAND Studio browser test 
 
 START_TIMEOUT = 120.0
 GENERATE_TIMEOUT = 600.0
+MAX_UPLOAD_MB = 1  # CTChest4.nrrd is 0.7 MB
 
 
 def free_port() -> int:
@@ -67,6 +68,8 @@ def studio(tmp_path_factory):
         "land",
         "studio",
         "--keep-jobs",
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
         "--gpu-slots",
         "1",
         "--port",
@@ -231,6 +234,13 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
     state = wait_for(browser, lambda s: s["error"], what="the upload's error")
     assert "notes.nii.gz" in state["error"] and not state["loaded"]
 
+    big = tmp_path / "big.nrrd"  # over --max-upload-mb: the limit's message, nothing loaded
+    big.write_bytes(os.urandom(MAX_UPLOAD_MB * 2**20 + 300_000))
+    upload(browser, big)
+    state = wait_for(browser, lambda s: "upload limit" in s["error"], what="the upload limit's message")
+    assert f"big.nrrd is larger than the upload limit of {MAX_UPLOAD_MB} MB" in state["error"]
+    assert not state["loaded"]
+
     upload(browser, ct_chest())
     state = wait_for(browser, lambda s: s["loaded"] and not s["error"], what="the uploaded CT")
     assert "CTChest4" in state["message"] and [s["name"] for s in state["segments"]] == ["Lungs"]
@@ -274,13 +284,19 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
     time.sleep(0.5)  # the steps field's change reaches the server on the next state flush
     click(browser, "land-generate")
     state = wait_for(browser, lambda s: s["job"]["state"] != "idle", what="the job's start")
-    # a second Generate while one runs: the button is off, and the server refuses it with a message
+    # a second Generate while one runs: the button is off, and the server refuses it with a message (sent
+    # as the button sends it, through the page's trame client)
     assert browser.find_element(By.ID, "land-generate").get_attribute("disabled") is not None
+    browser.execute_script("window.trame.trigger(arguments[0])", state["triggers"]["generate"])
+    state = wait_for(browser, lambda s: s["error"], what="the second Generate's refusal")
+    assert "already running" in state["error"], state
+    assert state["job"]["state"] not in ("idle", "failed", "cancelled")  # the first one goes on
     seen = set()
 
     def finished(s):
         seen.add(s["job"]["state"])
-        return s["job"]["state"] in ("succeeded", "failed", "cancelled") or s["error"]
+        failed = s["error"] and "already running" not in s["error"]
+        return s["job"]["state"] in ("succeeded", "failed", "cancelled") or failed
 
     state = wait_for(browser, finished, timeout=GENERATE_TIMEOUT, what="the generation")
     assert state["job"]["state"] == "succeeded", state
@@ -329,6 +345,23 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
         time.sleep(0.2)
     assert archive.is_file(), list(browser.downloads.iterdir())
     check_dicom(archive, volume, tmp_path)
+
+    # Scissors: an outline drawn with real mouse moves around a lung point erases the Lungs inside it
+    lungs = segment(state, "Lungs")
+    click(browser, "land-seg-" + lungs["id"])
+    wait_for(browser, lambda s: s["active"] == lungs["id"], what="Lungs active")
+    click(browser, "land-scissors")
+    state = wait_for(browser, lambda s: s["effect"] == "scissors", what="the scissors effect")
+    before = segment(state, "Lungs")["voxels"]
+    actions = ActionChains(browser, duration=50)
+    actions.move_to_element_with_offset(view, x - w // 2 - 15, y - h // 2 - 15).click_and_hold()
+    for dx, dy in [(6, 0)] * 5 + [(0, 6)] * 5 + [(-6, 0)] * 5 + [(0, -6)] * 5:
+        actions.move_by_offset(dx, dy)
+    actions.release().perform()
+    state = wait_for(browser, lambda s: segment(s, "Lungs")["voxels"] < before, what="the scissors cut")
+    assert state["effect"] == "scissors" and not state["error"]
+    assert segment(state, "Nodule 1")["voxels"] > 0  # only the active segment is cut
+    print(f"scissors: Lungs {before} -> {segment(state, 'Lungs')['voxels']} voxels")
 
 
 def check_dicom(archive: Path, volume, tmp_path: Path) -> None:

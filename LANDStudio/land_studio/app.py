@@ -97,6 +97,8 @@ class StudioApp:
         s.land_threshold = [-1000, -400]
         s.land_island_size = 1000
         s.land_scissors_mode = self.session.scissorsMode
+        # the server's name of the Generate action: what its button sends (a test sends it too)
+        s.land_triggers = {"generate": self.ctrl.trigger_name(self.generate)}
         try:
             s.land_model = self.session.modelCard()
         except Exception as e:  # noqa: BLE001 - no model: the page says so, painting still works
@@ -353,7 +355,8 @@ class StudioApp:
                     "{{ JSON.stringify({ready: land_ready, authorized: land_authorized, loaded: land_loaded, "
                     "segments: land_segments, active: land_active_segment, effect: land_effect, "
                     "job: land_job, result: land_result, error: land_error, message: land_message, "
-                    "warnings: land_warnings, lungs_running: land_lungs_running, queue: land_queue}) }}",
+                    "warnings: land_warnings, lungs_running: land_lungs_running, queue: land_queue, "
+                    "triggers: land_triggers}) }}",
                     id="land-state",
                     style="display: none;",
                 )
