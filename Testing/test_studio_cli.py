@@ -35,5 +35,10 @@ def test_teaching_session_options_and_a_folder_that_is_not_a_set(tmp_path, capsy
     assert (args.max_sessions, args.margin_mm, args.instructor_token, args.trainee) == (8, 5.0, None, None)
     from land.cli import main
 
-    assert main(["studio", "--teaching-set", str(tmp_path), "--port", "1"]) == 2  # no key: refused at start
-    assert "answer key" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a teaching set", encoding="utf-8")
+    # no key, and a folder that holds other things (an empty or new one is where the instructor makes the set
+    # from the page: test_studio_make_set_browser.py): refused at start
+    assert main(["studio", "--teaching-set", str(tmp_path), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "answer key" in err and "notes.txt" in err and "no set can be made there" in err
+    assert not (tmp_path / "studio").exists()  # nothing written into the foreign folder

@@ -183,11 +183,20 @@ class Launcher(PageLauncher):
     def __init__(self, args) -> None:
         self.setDir = Path(args.teaching_set).expanduser().resolve()
         workDir = Path(args.work_dir).resolve() if args.work_dir else self.setDir / "studio"
-        super().__init__(workDir, args)
-        self.workDir = workDir
+        self.args, self.workDir = args, workDir
         self.roster: Roster | None = None
         self.noSet = ""  # why there is no set to read yet
         self.loadRoster()
+        if self.roster is None:  # made here only in a new or empty folder (or resumed in its own)
+            from land.teaching.build import refuse_foreign_folder
+
+            try:
+                if self.setDir.exists() and not self.setDir.is_dir():
+                    raise InputError(f"{self.setDir} is a file, not a folder")
+                refuse_foreign_folder(self.setDir)
+            except InputError as e:
+                raise InputError(f"{self.noSet}; and no set can be made there: {e}") from None
+        super().__init__(workDir, args)
         self.instructorToken = args.instructor_token or secrets.token_urlsafe(12)
         queue = Path(args.queue_dir).resolve() if args.queue_dir else workDir / "queue"
         self.maker = TeachingSetMaker(self.setDir, workDir, JobQueue(queue, args.gpu_slots or None))
