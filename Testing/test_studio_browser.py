@@ -22,12 +22,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from studio_server import StudioServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -60,49 +59,14 @@ def studio(tmp_path_factory):
     work folder)."""
     work = tmp_path_factory.mktemp("studio")
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(work / "server.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    cmd = [
-        sys.executable,
-        "-m",
-        "land",
-        "studio",
-        "--keep-jobs",
-        "--max-upload-mb",
-        str(MAX_UPLOAD_MB),
-        "--gpu-slots",
-        "1",
-        "--port",
-        str(port),
-        "--work-dir",
-        str(work / "w"),
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    t0 = time.monotonic()
+    args = ["--keep-jobs", "--max-upload-mb", str(MAX_UPLOAD_MB), "--gpu-slots", "1", "--port", str(port),
+            "--work-dir", str(work / "w")]  # fmt: skip
+    server = StudioServer(args, f"http://127.0.0.1:{port}/", work / "server.log", START_TIMEOUT)
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"land studio exited with {proc.returncode}:\n"
-                    + (work / "server.log").read_text(encoding="utf-8")
-                )
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() - t0 > START_TIMEOUT:
-                    pytest.fail(f"land studio did not answer in {START_TIMEOUT:g} s")
-                time.sleep(0.3)
-        yield url, proc, time.monotonic() - t0, work
+        server.start()
+        yield server.url, server.proc, server.start_s, work
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop(20)
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +269,17 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
     assert state["result"]["description"].startswith("SYNTHETIC")
     save_screenshot(browser, "studio_generated.png", tmp_path)
 
-    click(browser, "land-download")
-    target = browser.downloads / "synthetic_ct.nii.gz"
-    t0 = time.monotonic()
-    while not target.is_file() and time.monotonic() - t0 < 60:
-        time.sleep(0.2)
-    assert target.is_file(), list(browser.downloads.iterdir())
+    def download(element_id: str, name: str) -> Path:
+        """Click a download button; the file once the browser has written it."""
+        click(browser, element_id)
+        target = browser.downloads / name
+        t0 = time.monotonic()
+        while not target.is_file() and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+        assert target.is_file(), list(browser.downloads.iterdir())
+        return target
+
+    target = download("land-download", "synthetic_ct.nii.gz")
     state = wait_for(browser, lambda s: s["result"].get("path"), what="the written result")
     written = Path(state["result"]["path"])
     assert target.read_bytes() == written.read_bytes()
@@ -338,12 +307,7 @@ def test_upload_paint_generate_and_match_the_cli(studio, browser, tmp_path):
     np.testing.assert_allclose(cli.origin, volume.origin, atol=1e-3)
 
     # DICOM: the engine's series writer, labelled SYNTHETIC
-    click(browser, "land-download-dicom")
-    archive = browser.downloads / "synthetic_ct_dicom.zip"
-    t0 = time.monotonic()
-    while not archive.is_file() and time.monotonic() - t0 < 60:
-        time.sleep(0.2)
-    assert archive.is_file(), list(browser.downloads.iterdir())
+    archive = download("land-download-dicom", "synthetic_ct_dicom.zip")
     check_dicom(archive, volume, tmp_path)
 
     # Scissors: an outline drawn with real mouse moves around a lung point erases the Lungs inside it

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from studio_server import StudioServer
 from test_studio_browser import MISSING, click, free_port, wait_for
 from test_studio_teaching_browser import chrome
 
@@ -31,42 +29,19 @@ CODE = "class-code-27"
 START_TIMEOUT = 120.0
 
 
-class StudioClass:
+class StudioClass(StudioServer):
     """``land studio --demo --token CODE --max-sessions 2`` as a child process."""
 
     def __init__(self, work: Path) -> None:
         self.port, self.work = free_port(), work
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = work / "launcher.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "land", "studio", "--demo", "--token", CODE, "--max-sessions", "2",
-               "--gpu-slots", "1", "--idle-exit", "120", "--work-dir", str(work / "w"),
-               "--port", str(self.port)]  # fmt: skip
-        with open(self.log, "w", encoding="utf-8") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                log = self.log.read_text(encoding="utf-8")
-                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{log}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() - t0 < START_TIMEOUT, "the class page did not answer"
-                time.sleep(0.3)
+        args = ["--demo", "--token", CODE, "--max-sessions", "2", "--gpu-slots", "1", "--idle-exit", "120",
+                "--work-dir", str(work / "w"), "--port", str(self.port)]  # fmt: skip
+        super().__init__(args, f"http://127.0.0.1:{self.port}/", work / "launcher.log", START_TIMEOUT)
+        self.start()
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"{self.url}status.json?code={CODE}", timeout=10) as r:
             return json.loads(r.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()  # the launcher stops its pages on the way out
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,14 @@ Skipped with the reason when the studio extra, selenium or Chromium are missing 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LANDStudio"))
 
 import pytest  # noqa: E402
+from studio_server import StudioServer  # noqa: E402
 from test_studio_browser import MISSING, click, free_port, wait_for  # noqa: E402
 from test_studio_teaching_browser import chrome  # noqa: E402
 from test_teaching import run_cli  # noqa: E402
@@ -36,36 +34,14 @@ OPTIONS = {"cases": "2", "nodule_rate": "1", "textures": "5", "diameters": "10-1
            "steps": "2", "seed": "3"}  # fmt: skip
 
 
-class Server:
+class Server(StudioServer):
     def __init__(self, work: Path) -> None:
         self.port, self.work = free_port(), work
-        self.url = f"http://127.0.0.1:{self.port}/"
         self.set_dir, self.queue = work / "session-set", work / "queue"
-        self.log = work / "launcher.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "land", "studio", "--teaching-set", str(self.set_dir), "--queue-dir",
-               str(self.queue), "--instructor-token", TOKEN, "--max-sessions", "1",
-               "--port", str(self.port)]  # fmt: skip
-        with open(self.log, "w", encoding="utf-8") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"land studio exited:\n{self.log.read_text(encoding='utf-8')}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() - t0 < START_TIMEOUT, "the class page did not answer"
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        args = ["--teaching-set", str(self.set_dir), "--queue-dir", str(self.queue),
+                "--instructor-token", TOKEN, "--max-sessions", "1", "--port", str(self.port)]  # fmt: skip
+        super().__init__(args, f"http://127.0.0.1:{self.port}/", work / "launcher.log", START_TIMEOUT)
+        self.start()
 
 
 @pytest.fixture(scope="module")

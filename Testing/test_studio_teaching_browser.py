@@ -16,9 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from studio_server import StudioServer
 from test_studio_browser import (
     CHROMEDRIVER,
     CHROMIUM,
@@ -71,52 +69,16 @@ def teaching_set(tmp_path_factory) -> Path:
     return out
 
 
-class Launcher:
+class Launcher(StudioServer):
     """``land studio --teaching-set`` as a child process."""
 
     def __init__(self, set_dir: Path, work: Path) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = work / f"launcher-{self.port}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "land",
-            "studio",
-            "--teaching-set",
-            str(set_dir),
-            "--work-dir",
-            str(work / "answers"),
-            "--port",
-            str(self.port),
-            "--instructor-token",
-            TOKEN,
-            "--max-sessions",
-            "2",
-        ]
-        with open(self.log, "w", encoding="utf-8") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                log = self.log.read_text(encoding="utf-8")
-                pytest.fail(f"land studio exited with {self.proc.returncode}:\n{log}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() - t0 < START_TIMEOUT, "the class page did not answer"
-                time.sleep(0.3)
-        self.start_s = time.monotonic() - t0
-
-    def stop(self) -> None:
-        self.proc.terminate()  # the launcher stops its trainee pages on the way out
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        args = ["--teaching-set", str(set_dir), "--work-dir", str(work / "answers"), "--port", str(self.port),
+                "--instructor-token", TOKEN, "--max-sessions", "2"]  # fmt: skip
+        url = f"http://127.0.0.1:{self.port}/"
+        super().__init__(args, url, work / f"launcher-{self.port}.log", START_TIMEOUT)
+        self.start()
 
 
 def chrome():

@@ -24,7 +24,6 @@ from . import ensure_module_path
 ensure_module_path()
 
 from trame.app import get_server  # noqa: E402
-from trame.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame.widgets import html  # noqa: E402
 from trame.widgets import vuetify3 as v3  # noqa: E402
 from trame_server.utils.asynchronous import create_task  # noqa: E402
@@ -35,6 +34,7 @@ from trame_slicer.utils import write_client_files_to_dir  # noqa: E402
 
 from land.interface.contract import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_SEED, SAMPLER_TITLES  # noqa: E402
 
+from .page_frame import build_page  # noqa: E402
 from .session import StudioSession  # noqa: E402
 
 log = logging.getLogger("land_studio")
@@ -340,27 +340,18 @@ class StudioApp:
 
     # ------------------------------------------------------------------ page
     def _buildUi(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, theme="dark", width=380) as layout:
-            layout.title.set_text("LAND Studio")
-            with layout.toolbar:
-                v3.VSpacer()
-                html.Span("Every generated image is SYNTHETIC", classes="text-caption mr-4")
-            with layout.drawer:
-                self._panel()
-            with layout.content:
-                # below the app bar (64 px) and above the footer (about 24 px), right of the drawer
-                with html.Div(style="position: relative; width: 100%; height: calc(100vh - 88px);"):
-                    self.layoutManager.initialize_layout_grid(layout)
-                html.Pre(
-                    "{{ JSON.stringify({ready: land_ready, authorized: land_authorized, loaded: land_loaded, "
-                    "segments: land_segments, active: land_active_segment, effect: land_effect, "
-                    "job: land_job, result: land_result, error: land_error, message: land_message, "
-                    "warnings: land_warnings, lungs_running: land_lungs_running, queue: land_queue, "
-                    "triggers: land_triggers}) }}",
-                    id="land-state",
-                    style="display: none;",
-                )
-        self.layout = layout
+        self.layout = build_page(
+            self.server,
+            self.layoutManager,
+            "LAND Studio",
+            "Every generated image is SYNTHETIC",
+            self._panel,
+            "{ready: land_ready, authorized: land_authorized, loaded: land_loaded, "
+            "segments: land_segments, active: land_active_segment, effect: land_effect, "
+            "job: land_job, result: land_result, error: land_error, message: land_message, "
+            "warnings: land_warnings, lungs_running: land_lungs_running, queue: land_queue, "
+            "triggers: land_triggers}",
+        )
 
     def _panel(self) -> None:
         with v3.VContainer(classes="pa-2"):

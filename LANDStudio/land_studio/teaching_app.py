@@ -26,7 +26,6 @@ from . import ensure_module_path
 ensure_module_path()
 
 from trame.app import get_server  # noqa: E402
-from trame.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame.widgets import html  # noqa: E402
 from trame.widgets import vuetify3 as v3  # noqa: E402
 from trame_server.utils.asynchronous import create_task  # noqa: E402
@@ -35,6 +34,7 @@ from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 
 from .app import FAVICON  # noqa: E402
+from .page_frame import build_page  # noqa: E402
 from .roster import Roster  # noqa: E402
 from .teaching import PRESETS, TeachingSession  # noqa: E402
 
@@ -143,23 +143,15 @@ class TeachingApp:
 
     # ------------------------------------------------------------------ page
     def _buildUi(self) -> None:
-        with SinglePageWithDrawerLayout(self.server, theme="dark", width=380) as layout:
-            layout.title.set_text("LAND teaching session")
-            with layout.toolbar:
-                v3.VSpacer()
-                html.Span("{{ land_teaching.name }} · SYNTHETIC cases", classes="text-caption mr-4")
-            with layout.drawer:
-                self._panel()
-            with layout.content:
-                with html.Div(style="position: relative; width: 100%; height: calc(100vh - 88px);"):
-                    self.layoutManager.initialize_layout_grid(layout)
-                html.Pre(
-                    "{{ JSON.stringify({ready: land_ready, error: land_error, message: land_message, "
-                    "teaching: land_teaching, grade: land_grade}) }}",
-                    id="land-state",
-                    style="display: none;",
-                )
-        self.layout = layout
+        self.layout = build_page(
+            self.server,
+            self.layoutManager,
+            "LAND teaching session",
+            "{{ land_teaching.name }} · SYNTHETIC cases",
+            self._panel,
+            "{ready: land_ready, error: land_error, message: land_message, "
+            "teaching: land_teaching, grade: land_grade}",
+        )
 
     def _panel(self) -> None:
         with v3.VContainer(classes="pa-2"):
