@@ -2,11 +2,13 @@
 page, each trainee gets their own page process; headless Chromium drives two trainees and the instructor.
 
 A tiny teaching set from the bundled demo model (2 cases, 2 steps); trainee 1 enters a name, scrolls, switches
-the window preset, zooms, clicks on a nodule (its position read from the key on disk by the test, never by the
-page) and places one false mark on the other case, submits; the grade shown equals ``land teaching-score`` on
-the same marks, and nothing of the key is in the page before submission. A second browser cannot take the
-same name and gets its own page, without the first trainee's marks. The instructor page lists the trainee, its
-CSV matches; after a restart of the server the first trainee comes back to the graded reads.
+the window preset, zooms. A second browser cannot take the same name and gets its own page. Then both trainees
+read at once, their marks interleaved: trainee 1 clicks on a nodule (its position read from the key on disk by
+the test, never by the page) and places one false mark on the other case, trainee 2 places two false marks;
+neither page shows the other's marks nor anything of the key before its own submission. Both submit; each
+grade shown equals ``land teaching-score`` on that trainee's own marks, and the second page holds no key data
+while only the first is graded. The instructor page lists both trainees, its CSV matches; after a restart of
+the server the first trainee comes back to the graded reads.
 
 Skipped with the reason when the studio extra, selenium or Chromium are missing (as test_studio_browser.py).
 """
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason="LAND Studio browser test 
 
 TOKEN = "instructor-secret"
 NAME = "Ada Trainee"
+SECOND = "Bo Second"
 START_TIMEOUT = 120.0
 
 
@@ -170,6 +173,33 @@ def go_to_slice(driver, number: int) -> dict:
     return wait_for(driver, lambda s: s["teaching"]["slice"] == number, what=f"slice {number}")
 
 
+def mark_away(driver, state: dict, nodules, count: int) -> dict:
+    """A click in the view at least 10 mm off every nodule of the shown case (a false mark); the state once
+    the page holds ``count`` marks."""
+    case = state["teaching"]["case"]
+    others = [n for n in nodules if n.case == case]
+    spot = next(
+        p
+        for p in (lps_at_pixel(state, fx, 0.5) for fx in (0.5, 0.35, 0.65, 0.2, 0.8))
+        if all(np.linalg.norm(np.subtract(p, n.centre_mm)) > n.radius_mm + 10 for n in others)
+    )
+    click_at_lps(driver, state, spot)
+    return wait_for(driver, lambda s: len(s["teaching"]["marks"]) == count, what=f"mark {count} on {case}")
+
+
+def graded_by_cli(driver, teaching_set: Path, reads: Path) -> tuple[dict, dict]:
+    """The page's state once graded, and ``land teaching-score --json`` on the marks that page holds."""
+    state = wait_for(driver, lambda s: s["grade"] is not None, what="the grade")
+    marks = state["teaching"]["marks"]
+    reads.write_text(
+        "case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n" for m in marks),
+        encoding="utf-8",
+    )
+    code, text = run_cli(["teaching-score", "--answers", str(teaching_set), "--reads", str(reads), "--json"])
+    assert code == 0, text
+    return state, json.loads(text)
+
+
 def key_leaks(driver, set_dir: Path, numbers: bool = False) -> list[str]:
     """Words (and, before any mark, whose coordinates could match by chance, numbers) of the answer key found
     in the page (its HTML and its state)."""
@@ -226,10 +256,20 @@ def test_class_session(teaching_set, browsers, tmp_path):
         click(first, "land-zoom-fit")
         zoomed = zoomed["teaching"]["view"]["xy_to_ras"]
         wait_for(first, lambda s: s["teaching"]["view"]["xy_to_ras"][0] != zoomed[0], what="fit")
+
+        # a second trainee at once: the same name is refused, another name gets a page of its own
+        second.get(launcher.url)
+        second.find_element(By.ID, "land-name").send_keys(NAME)
+        second.find_element(By.ID, "land-start").click()
+        assert "already taken" in second.find_element(By.ID, "land-error").text
+        enter(second, launcher.url, SECOND)
+        other = settled(second)
+        assert other["teaching"]["name"] == SECOND and other["teaching"]["marks"] == []
+
+        # both read at once, marks interleaved: 1 on the nodule, 2 a false mark on the other case, 1 a false
+        # mark on the other case, 2 a false mark on the first case
         go_to_slice(first, target.slice)
         state = settled(first)
-
-        # a mark on the nodule, and a false one on the other case
         click_at_lps(first, state, target.centre_mm)
         state = wait_for(first, lambda s: len(s["teaching"]["marks"]) == 1, what="the mark")
         mark = state["teaching"]["marks"][0]
@@ -239,51 +279,43 @@ def test_class_session(teaching_set, browsers, tmp_path):
             < target.radius_mm
         )
         assert not key_leaks(first, teaching_set)
+        click(second, "land-case-next")
+        other = settled(second, lambda s: s["teaching"]["case"] == cases[1], what="trainee 2's second case")
+        other = mark_away(second, other, nodules, 1)
+        assert other["teaching"]["marks"][0]["case"] == cases[1]
         click(first, "land-case-next")
         state = settled(first, lambda s: s["teaching"]["case"] == cases[1], what="the second case")
-        others = [n for n in nodules if n.case == cases[1]]
-        spot = next(
-            p
-            for p in (lps_at_pixel(state, fx, 0.5) for fx in (0.5, 0.35, 0.65, 0.2, 0.8))
-            if all(np.linalg.norm(np.subtract(p, n.centre_mm)) > n.radius_mm + 10 for n in others)
-        )
-        click_at_lps(first, state, spot)
-        state = wait_for(first, lambda s: len(s["teaching"]["marks"]) == 2, what="the false mark")
-        assert not key_leaks(first, teaching_set) and state["grade"] is None
+        state = mark_away(first, state, nodules, 2)
+        click(second, "land-case-prev")
+        other = settled(second, lambda s: s["teaching"]["case"] == cases[0], what="trainee 2's first case")
+        other = mark_away(second, other, nodules, 2)
+        assert [m["case"] for m in other["teaching"]["marks"]] == [cases[1], cases[0]]
+        assert [m["case"] for m in page_state(first)["teaching"]["marks"]] == [cases[0], cases[1]]
+        for driver in (first, second):  # each page: its own marks only, no key, no grade
+            assert not key_leaks(driver, teaching_set) and page_state(driver)["grade"] is None
 
-        # a second trainee at once: the same name is refused, another name gets a page of its own
-        second.get(launcher.url)
-        second.find_element(By.ID, "land-name").send_keys(NAME)
-        second.find_element(By.ID, "land-start").click()
-        assert "already taken" in second.find_element(By.ID, "land-error").text
-        enter(second, launcher.url, "Bo Second")
-        other = settled(second)
-        assert other["teaching"]["name"] == "Bo Second" and other["teaching"]["marks"] == []
-
-        # submit: the grade equals land teaching-score on the same marks
+        # both submit: each grade equals land teaching-score on that trainee's own marks; the second page
+        # holds nothing of the key while only the first is graded
         click(first, "land-submit")
-        state = wait_for(first, lambda s: s["grade"] is not None, what="the grade")
-        marks = state["teaching"]["marks"]
-        reads = tmp_path / "reads.csv"
-        reads.write_text(
-            "case,x,y,z\n" + "".join(f"{m['case']},{m['x']!r},{m['y']!r},{m['z']!r}\n" for m in marks),
-            encoding="utf-8",
-        )
-        code, text = run_cli(
-            ["teaching-score", "--answers", str(teaching_set), "--reads", str(reads), "--json"]
-        )
-        expected = json.loads(text)
-        assert code == 0 and state["grade"]["result"] == expected
+        state, expected = graded_by_cli(first, teaching_set, tmp_path / "reads-1.csv")
+        assert page_state(second)["grade"] is None and not key_leaks(second, teaching_set)
+        click(second, "land-submit")
+        other, expected_2 = graded_by_cli(second, teaching_set, tmp_path / "reads-2.csv")
+        assert state["grade"]["result"] == expected and other["grade"]["result"] == expected_2
         assert (expected["detected"], expected["false_positives"]) == (1, 1)
+        assert (expected_2["detected"], expected_2["false_positives"]) == (0, 2)
         shown = first.find_element(By.ID, "land-grade-summary").text
         assert f"Detected 1 of {len(nodules)}" in shown and "1 false mark" in shown
+        shown = second.find_element(By.ID, "land-grade-summary").text
+        assert f"Detected 0 of {len(nodules)}" in shown and "2 false mark" in shown
         assert [m["verdict"] for m in state["grade"]["cases"][cases[1]]["marks"]] == ["false"]
+        assert [m["verdict"] for c in cases for m in other["grade"]["cases"][c]["marks"]] == ["false"] * 2
+        assert page_state(first)["grade"]["result"] == expected  # not overwritten by the second submission
         click(first, "land-case-prev")
         wait_for(first, lambda s: s["teaching"]["case"] == cases[0], what="the first case again")
         save_screenshot(
             first, "studio_teaching_graded.png", tmp_path
         )  # the README's figure with LAND_SCREENSHOTS=1
-        assert page_state(second)["grade"] is None and not key_leaks(second, teaching_set)
 
         # memory and start-up of a trainee page process
         pages = psutil.Process(launcher.proc.pid).children()
@@ -298,7 +330,7 @@ def test_class_session(teaching_set, browsers, tmp_path):
         # the instructor: the list and the CSV
         first.get(launcher.url + "instructor?token=" + TOKEN)
         table = first.find_element(By.ID, "land-scores").text
-        assert NAME in table and "Bo Second" in table
+        assert NAME in table and SECOND in table
         with urllib.request.urlopen(launcher.url + "instructor.csv?token=" + TOKEN, timeout=10) as r:
             rows = {row["name"]: row for row in csv.DictReader(io.StringIO(r.read().decode()))}
         row = rows[NAME]
@@ -307,8 +339,11 @@ def test_class_session(teaching_set, browsers, tmp_path):
             expected["false_positives"],
             expected["nodules"],
         )
-        assert (
-            float(row["sensitivity"]) == expected["sensitivity"] and rows["Bo Second"]["submitted_at"] == ""
+        assert float(row["sensitivity"]) == expected["sensitivity"] and rows[SECOND]["submitted_at"] != ""
+        row = rows[SECOND]
+        assert (int(row["detected"]), int(row["false_positives"])) == (
+            expected_2["detected"],
+            expected_2["false_positives"],
         )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(launcher.url + "instructor.csv?token=wrong", timeout=10)
