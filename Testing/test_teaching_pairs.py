@@ -4,12 +4,8 @@ scoring counts a mark in the twin where the nodule was as a false positive."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import signal
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +13,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+from test_teaching import run_cli
 
-from land.cli import main
 from land.imaging.io import read_masks
 from land.pipeline import LANDPipeline
 from land.teaching.answers import read_pairs
@@ -42,21 +38,6 @@ SETTINGS = TeachingSettings(cases=3, nodule_rate=0.67, textures=(3, 5), diameter
 
 
 HEADER_TEXT = ("SeriesDescription", "StudyDescription", "ImageComments", "DerivationDescription", "PatientID")
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    """``land ...`` in-process; restores the signal handlers and warning hook the command installs."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    show = warnings.showwarning
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = main(argv)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        warnings.showwarning = show
-    return code, out.getvalue()
 
 
 def read_hu(folder: Path) -> np.ndarray:
