@@ -82,6 +82,7 @@ def engine_pids(page_pid: int) -> list[int]:
 def test_a_class_at_once(studio_class, tmp_path):
     import psutil
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url = studio_class.url
     a, b = chrome(), chrome()
@@ -90,7 +91,10 @@ def test_a_class_at_once(studio_class, tmp_path):
         a.get(url)
         a.find_element(By.ID, "land-code").send_keys("wrong")
         a.find_element(By.ID, "land-start").click()
-        assert "Wrong access code" in a.find_element(By.ID, "land-error").text
+        error = WebDriverWait(a, 30).until(  # the form posts and a new page loads: wait for it
+            lambda d: d.find_elements(By.ID, "land-error")
+        )
+        assert "Wrong access code" in error[0].text
         assert studio_class.status()["pages"] == []
 
         seconds = [open_page(a, url), open_page(b, url)]

@@ -216,6 +216,7 @@ def key_leaks(driver, set_dir: Path, numbers: bool = False) -> list[str]:
 def test_class_session(teaching_set, browsers, tmp_path):
     import psutil
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from land.teaching.answers import read_answers
 
@@ -261,7 +262,10 @@ def test_class_session(teaching_set, browsers, tmp_path):
         second.get(launcher.url)
         second.find_element(By.ID, "land-name").send_keys(NAME)
         second.find_element(By.ID, "land-start").click()
-        assert "already taken" in second.find_element(By.ID, "land-error").text
+        error = WebDriverWait(second, 30).until(  # the form posts and a new page loads: wait for it
+            lambda d: d.find_elements(By.ID, "land-error")
+        )
+        assert "already taken" in error[0].text
         enter(second, launcher.url, SECOND)
         other = settled(second)
         assert other["teaching"]["name"] == SECOND and other["teaching"]["marks"] == []
