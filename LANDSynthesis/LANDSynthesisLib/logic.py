@@ -250,7 +250,7 @@ class LANDSynthesisLogic(  # type: ignore[misc]
         info = self.modelInfo(params.modelDirectory)
         mode = params.mode or info.mode
         problems = self.checkSegmentation(segmentationNode, mode)
-        problems += self.checkPairNodule(segmentationNode, params, mode)
+        problems += seglib.pairNoduleProblems(segmentationNode, params.pairSegmentId, params.pairNodule, mode)
         if problems:
             raise LANDInputError("\n".join(problems))
         seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
@@ -445,24 +445,6 @@ class LANDSynthesisLogic(  # type: ignore[misc]
             job._workerResult = (inputs, None)
         except BaseException as e:  # noqa: BLE001 - reported by poll() on the main thread
             job._workerResult = (None, e)
-
-    def checkPairNodule(self, segmentationNode, params: GenerationParameters, mode: str) -> list[str]:
-        """Problems with the matched pair's nodule (a painted nodule segment, a mode with nodules)."""
-        if params.pairSegmentId is None and params.pairNodule is None:
-            return []
-        if mode == "none":
-            return ["A matched pair needs nodules: choose a mode with nodules, or turn the matched pair off."]
-        if params.pairSegmentId is None:
-            return []
-        if not params.pairSegmentId:
-            return ["Choose the nodule the matched twin goes without (add and paint a nodule first)."]
-        if segmentationNode is None or params.pairSegmentId not in seglib.noduleSegmentIds(segmentationNode):
-            return [f"The matched pair's nodule ({params.pairSegmentId}) is not a nodule segment of the "
-                    "segmentation; choose one of its nodules."]  # fmt: skip
-        if not seglib.segmentStatistics(segmentationNode, params.pairSegmentId)["voxels"]:
-            name = segmentationNode.GetSegmentation().GetSegment(params.pairSegmentId).GetName()
-            return [f"The matched pair's nodule '{name}' is empty: paint it, or choose another nodule."]
-        return []
 
     def _command(self, job: GenerationJob) -> list[str]:
         """``PythonSlicer -m land generate ...``: the engine's own option contract builds the arguments (the

@@ -226,3 +226,24 @@ def placeShape(
         src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
     ]
     return out
+
+
+def pairNoduleProblems(
+    segmentationNode, pairSegmentId: str | None, pairNodule: int | None, mode: str
+) -> list[str]:
+    """Problems with the matched pair's nodule (a painted nodule segment, a mode with nodules)."""
+    if pairSegmentId is None and pairNodule is None:
+        return []
+    if mode == "none":
+        return ["A matched pair needs nodules: choose a mode with nodules, or turn the matched pair off."]
+    if pairSegmentId is None:
+        return []
+    if not pairSegmentId:
+        return ["Choose the nodule the matched twin goes without (add and paint a nodule first)."]
+    if segmentationNode is None or pairSegmentId not in noduleSegmentIds(segmentationNode):
+        return [f"The matched pair's nodule ({pairSegmentId}) is not a nodule segment of the "
+                "segmentation; choose one of its nodules."]  # fmt: skip
+    if not segmentStatistics(segmentationNode, pairSegmentId)["voxels"]:
+        name = segmentationNode.GetSegmentation().GetSegment(pairSegmentId).GetName()
+        return [f"The matched pair's nodule '{name}' is empty: paint it, or choose another nodule."]
+    return []
